@@ -1,0 +1,69 @@
+"""Training checkpoints: written atomically, read back with `torch.load(weights_only=True)`.
+
+A checkpoint holds only tensors, numbers, strings, lists and dicts, so it never needs unpickling of
+arbitrary objects. Its `format` key tells `mpinet export` that it is ours.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "atomic_save",
+    "backbone_state_dict",
+    "is_training_checkpoint",
+    "load_checkpoint",
+]
+
+CHECKPOINT_FORMAT = "mpinet-hub/pretrain/1"
+_BACKBONE_PREFIX = "backbone."
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
+    """torch.save to a temporary file in the same folder, fsync, then rename over `path`.
+
+    A kill at any moment leaves either the previous file or the new one, never a torn file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a training checkpoint with `weights_only=True` (no arbitrary unpickling)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"No checkpoint at {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises several types for torn or foreign files
+        raise ValueError(
+            f"{path} could not be read as a weights-only torch checkpoint ({type(err).__name__}: {err}). "
+            "If it was written by an interrupted run, use the previous checkpoint in the same folder."
+        ) from err
+
+
+def is_training_checkpoint(obj: Any) -> bool:
+    return isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT
+
+
+def backbone_state_dict(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The online network's backbone weights of a training checkpoint, with timm's key names."""
+    model = checkpoint["model"]
+    return {k[len(_BACKBONE_PREFIX) :]: v for k, v in model.items() if k.startswith(_BACKBONE_PREFIX)}

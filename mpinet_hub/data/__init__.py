@@ -1,0 +1,1 @@
+"""Dataset readers (Potsdam, LoveDA, UAVid, unlabeled imagery), synthetic look-alikes and checks."""

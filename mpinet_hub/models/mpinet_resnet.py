@@ -1,0 +1,206 @@
+"""MPINet-pretrained ResNet encoders, registered with timm.
+
+The self-supervised method changes the weights, not the architecture: `mpinet_resnet50` is timm's
+`resnet50` (and `mpinet_resnet18` its `resnet18`) with pretrained cfgs that point at MPINet weights,
+one tag per pretraining data set. A checkpoint therefore also loads into `timm.create_model("resnet50")`.
+
+    >>> import mpinet_hub, timm
+    >>> encoder = timm.create_model("mpinet_resnet50.potsdam", pretrained=True, features_only=True)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._pretrained import PretrainedCfg
+from timm.models.resnet import BasicBlock, Bottleneck, ResNet
+
+__all__ = [
+    "DEFAULT_HUB_ORG",
+    "MPINET_ARCHS",
+    "MPINET_TAGS",
+    "MpinetPretrainedCfg",
+    "PretrainedWeightsNotFoundError",
+    "UnknownTagError",
+    "hub_org",
+    "hub_repo_id",
+    "mpinet_resnet18",
+    "mpinet_resnet50",
+]
+
+DEFAULT_HUB_ORG = "mpinet-hub"
+PAPER_DOI = "10.1016/j.asr.2024.10.026"
+PAPER_NAME = (
+    "Multi-scale fusion pixel and instance contrastive self-supervised learning for semantic "
+    "segmentation of high-resolution Earth surface images"
+)
+
+# Architecture -> (timm base architecture, block, layers). The base name is what exported configs name,
+# so `hf-hub:` loading works in a process that never imports mpinet_hub.
+MPINET_ARCHS: dict[str, tuple[str, type, tuple[int, ...]]] = {
+    "mpinet_resnet18": ("resnet18", BasicBlock, (2, 2, 2, 2)),
+    "mpinet_resnet50": ("resnet50", Bottleneck, (3, 4, 6, 3)),
+}
+
+# ImageNet statistics: the normalisation mmsegmentation uses for all three data sets, and the one our
+# pretraining recipes use for RGB input (configs/). An export from a run with other statistics writes
+# that run's values into its config.json, so a loaded checkpoint always carries what it was trained with.
+_RGB_MEAN = (0.485, 0.456, 0.406)
+_RGB_STD = (0.229, 0.224, 0.225)
+
+# Tag -> facts about the pretraining data. Licences are the data sets' own terms: weights trained on
+# them inherit those terms, which is why a tag's licence is not the code's Apache-2.0.
+MPINET_TAGS: dict[str, dict[str, Any]] = {
+    "potsdam": dict(
+        dataset="ISPRS Potsdam (24 training tiles, 256x256 patches, labels unused)",
+        band_names=("R", "G", "B"),
+        license="other",
+        license_note="ISPRS benchmark data: research use only, cite the ISPRS benchmark",
+        origin_url="https://www.isprs.org/education/benchmarks/UrbanSemLab/2d-sem-label-potsdam.aspx",
+    ),
+    "loveda": dict(
+        dataset="LoveDA (Train split, urban + rural, labels unused)",
+        band_names=("R", "G", "B"),
+        license="cc-by-nc-sa-4.0",
+        license_note="LoveDA: CC BY-NC-SA 4.0",
+        origin_url="https://github.com/Junjue-Wang/LoveDA",
+    ),
+    "uavid": dict(
+        dataset="UAVid v1.5 (train split, labels unused)",
+        band_names=("R", "G", "B"),
+        license="cc-by-nc-sa-4.0",
+        license_note="UAVid: CC BY-NC-SA 4.0",
+        origin_url="https://uavid.nl/",
+    ),
+}
+
+
+@dataclass
+class MpinetPretrainedCfg(PretrainedCfg):
+    """timm's PretrainedCfg plus the band names a remote-sensing user needs to feed the right inputs."""
+
+    band_names: tuple[str, ...] | None = None
+
+
+class UnknownTagError(ValueError):
+    """A pretrained tag that does not exist for an architecture."""
+
+
+class PretrainedWeightsNotFoundError(RuntimeError):
+    """Weights of a tag are neither in the local Hugging Face cache nor reachable."""
+
+
+def hub_org() -> str:
+    """The Hub organisation holding the weights; `MPINET_HUB_ORG` overrides it at call time."""
+    return os.environ.get("MPINET_HUB_ORG") or DEFAULT_HUB_ORG
+
+
+def hub_repo_id(arch: str, tag: str, org: str | None = None) -> str:
+    """`{org}/{arch}.{tag}`, e.g. `mpinet-hub/mpinet_resnet50.potsdam`."""
+    return f"{org or hub_org()}/{arch}.{tag}"
+
+
+def _cfg(arch: str, tag: str) -> MpinetPretrainedCfg:
+    meta = MPINET_TAGS[tag]
+    bands = meta["band_names"]
+    return MpinetPretrainedCfg(
+        hf_hub_id=hub_repo_id(arch, tag),
+        hf_hub_filename="model.safetensors",
+        num_classes=0,
+        input_size=(len(bands), 256, 256),
+        pool_size=(8, 8),
+        crop_pct=1.0,
+        interpolation="bilinear",
+        mean=_RGB_MEAN,
+        std=_RGB_STD,
+        first_conv="conv1",
+        classifier="fc",
+        license=meta["license"],
+        description=f"MPINet self-supervised {MPINET_ARCHS[arch][0]} pretrained on {meta['dataset']}",
+        origin_url=meta["origin_url"],
+        paper_name=PAPER_NAME,
+        paper_ids=f"doi:{PAPER_DOI}",
+        band_names=bands,
+    )
+
+
+default_cfgs = generate_default_cfgs({f"{arch}.{tag}": _cfg(arch, tag) for arch in MPINET_ARCHS for tag in MPINET_TAGS})
+
+
+def _resolve_tag(arch: str, pretrained_cfg: Any) -> str | None:
+    """The tag a create_model call asked for; None when a full cfg (e.g. from a config.json) was passed."""
+    if pretrained_cfg is None:
+        return next(iter(MPINET_TAGS))
+    if isinstance(pretrained_cfg, str):
+        if pretrained_cfg not in MPINET_TAGS:
+            raise UnknownTagError(
+                f"Unknown pretrained tag {pretrained_cfg!r} for {arch}. Tags that exist: "
+                + ", ".join(f"{arch}.{t}" for t in MPINET_TAGS)
+            )
+        return pretrained_cfg
+    return None
+
+
+def _create_mpinet_resnet(arch: str, pretrained: bool = False, **kwargs: Any) -> ResNet:
+    base, block, layers = MPINET_ARCHS[arch]
+    pretrained_cfg = kwargs.pop("pretrained_cfg", None)
+    overlay = dict(kwargs.pop("pretrained_cfg_overlay", None) or {})
+    allow_band_drop = kwargs.pop("allow_band_drop", False)
+    tag = _resolve_tag(arch, pretrained_cfg)
+    if tag is not None:
+        pretrained_cfg = tag
+        # The org is read per call, so MPINET_HUB_ORG set after `import mpinet_hub` still applies.
+        overlay.setdefault("hf_hub_id", hub_repo_id(arch, tag))
+        cfg_bands = len(MPINET_TAGS[tag]["band_names"])
+    else:
+        cfg = pretrained_cfg if isinstance(pretrained_cfg, dict) else dataclasses.asdict(pretrained_cfg)
+        cfg_bands = cfg.get("input_size", (3,))[0]
+    in_chans = kwargs.get("in_chans", cfg_bands)
+    if pretrained and in_chans < cfg_bands and not allow_band_drop:
+        # timm would silently slice the first conv, dropping bands the weights were trained on.
+        raise ValueError(
+            f"{arch}.{tag or ''} was pretrained on {cfg_bands} bands but in_chans={in_chans}: loading would "
+            f"drop {cfg_bands - in_chans} band(s) of the first conv. Feed all {cfg_bands} bands, or pass "
+            "allow_band_drop=True to accept timm's channel adaptation."
+        )
+    try:
+        return build_model_with_cfg(
+            ResNet,
+            arch,
+            pretrained,
+            pretrained_cfg=pretrained_cfg,
+            pretrained_cfg_overlay=overlay,
+            block=block,
+            layers=layers,
+            **kwargs,
+        )
+    except (FileNotFoundError, ConnectionError, OSError) as err:
+        if not pretrained or overlay.get("file"):
+            raise
+        repo = overlay.get("hf_hub_id") or (pretrained_cfg or {}).get("hf_hub_id")
+        raise PretrainedWeightsNotFoundError(
+            f"Pretrained weights for {arch}.{tag} were not found: looked for model.safetensors in the Hugging "
+            f"Face repo {repo!r} (local cache first, then the Hub) and got: {type(err).__name__}: {err}\n"
+            "Two ways out:\n"
+            f"  1. point at a local file: timm.create_model('{arch}.{tag}', pretrained=True, "
+            "pretrained_cfg_overlay=dict(file='/path/to/model.safetensors'))\n"
+            "  2. make the weights: `mpinet pretrain ...`, then `mpinet export RUN/checkpoints/last.pt OUT "
+            f"--arch {arch} --tag {tag}` and `mpinet push OUT --repo-id {repo}` (or set MPINET_HUB_ORG to "
+            "the organisation that holds them)."
+        ) from err
+
+
+@register_model
+def mpinet_resnet18(pretrained: bool = False, **kwargs: Any) -> ResNet:
+    """ResNet-18 with MPINet self-supervised weights (small; for tests and CPUs)."""
+    return _create_mpinet_resnet("mpinet_resnet18", pretrained, **kwargs)
+
+
+@register_model
+def mpinet_resnet50(pretrained: bool = False, **kwargs: Any) -> ResNet:
+    """ResNet-50 with MPINet self-supervised weights (the release architecture)."""
+    return _create_mpinet_resnet("mpinet_resnet50", pretrained, **kwargs)

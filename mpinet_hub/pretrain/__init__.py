@@ -1,0 +1,1 @@
+"""Self-supervised pretraining: two views, the MPINet method and its baselines, and the trainer."""

@@ -1,0 +1,1 @@
+"""One loss per file: tensors in, scalar out, shapes in the docstring."""

@@ -1,0 +1,56 @@
+"""Shared fixtures. The Hugging Face environment is set before anything imports huggingface_hub
+(it reads HF_HOME and HF_HUB_OFFLINE once, at import), so every test runs offline against a cache
+that the tests fill themselves."""
+
+import os
+import tempfile
+
+_HF_HOME = tempfile.mkdtemp(prefix="mpinet-hf-home-")
+os.environ["HF_HOME"] = _HF_HOME
+os.environ.pop("HF_HUB_CACHE", None)
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ.pop("MPINET_HUB_ORG", None)
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import timm  # noqa: E402
+import torch  # noqa: E402
+
+import mpinet_hub  # noqa: E402,F401
+from mpinet_hub.hub import export_weights, install_to_hf_cache  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def hf_home() -> Path:
+    return Path(_HF_HOME)
+
+
+@pytest.fixture(scope="session")
+def backbone_state() -> dict:
+    """Random, seeded resnet18 backbone weights: distinct from any init, so a bit-for-bit match means loaded."""
+    torch.manual_seed(1234)
+    model = timm.create_model("resnet18", num_classes=0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+        for name, buf in model.named_buffers():
+            if name.endswith("running_mean"):
+                buf.copy_(torch.randn_like(buf) * 0.1)
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.fixture(scope="session")
+def exported_potsdam(tmp_path_factory, backbone_state, hf_home) -> Path:
+    """An export of `mpinet_resnet18.potsdam`, also installed in the offline HF cache under its repo id."""
+    work = tmp_path_factory.mktemp("export")
+    src = work / "backbone.pt"
+    torch.save(backbone_state, src)
+    out = work / "mpinet_resnet18.potsdam"
+    export_weights(src, out, "mpinet_resnet18", "potsdam")
+    install_to_hf_cache(out, "mpinet-hub/mpinet_resnet18.potsdam")
+    return out

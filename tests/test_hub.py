@@ -1,0 +1,260 @@
+"""Every way in of HUB.md, offline, against weights exported by `mpinet export`."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import safetensors.torch
+import segmentation_models_pytorch as smp
+import timm
+import torch
+
+import mpinet_hub
+from mpinet_hub.checkpoint import CHECKPOINT_FORMAT, atomic_save
+from mpinet_hub.downstream.model import save_segmentation_model
+from mpinet_hub.hub import ExportError, PushRefused, card_front_matter, check_export_folder, export_weights
+from mpinet_hub.hub.export import file_sha256
+
+from .conftest import REPO_ROOT
+from .fake_hub import FakeHub
+
+
+def assert_same_weights(model_state: dict, reference: dict) -> None:
+    keys = [k for k in reference if not k.startswith("fc.")]
+    assert keys, "nothing to compare"
+    for k in keys:
+        assert torch.equal(model_state[k], reference[k]), k
+
+
+def test_architectures_and_tags_are_registered():
+    for arch in ("mpinet_resnet18", "mpinet_resnet50"):
+        assert arch in timm.list_models("mpinet_*")
+        tags = {name.split(".")[1] for name in timm.list_pretrained(f"{arch}.*")}
+        assert tags == {"potsdam", "loveda", "uavid"}
+        for tag in tags:
+            cfg = timm.models.get_pretrained_cfg(f"{arch}.{tag}")
+            assert cfg.hf_hub_id == f"mpinet-hub/{arch}.{tag}"
+            assert cfg.num_classes == 0
+            assert cfg.input_size[0] == len(cfg.band_names) == 3
+            assert len(cfg.mean) == len(cfg.std) == 3
+            assert cfg.first_conv == "conv1" and cfg.license and cfg.paper_ids and cfg.origin_url
+
+
+def test_org_override_applies_at_call_time(monkeypatch):
+    monkeypatch.setenv("MPINET_HUB_ORG", "my-lab")
+    model = timm.create_model("mpinet_resnet18.uavid")
+    assert model.pretrained_cfg["hf_hub_id"] == "my-lab/mpinet_resnet18.uavid"
+    assert mpinet_hub.hub_repo_id("mpinet_resnet50", "loveda") == "my-lab/mpinet_resnet50.loveda"
+
+
+def test_export_folder_contents(exported_potsdam, backbone_state):
+    files = sorted(p.name for p in exported_potsdam.iterdir())
+    assert files == ["README.md", "config.json", "model.safetensors"]
+    weights = safetensors.torch.load_file(str(exported_potsdam / "model.safetensors"))
+    assert not any(k.startswith("fc.") for k in weights)
+    assert_same_weights(weights, backbone_state)
+    config = json.loads((exported_potsdam / "config.json").read_text())
+    assert config["architecture"] == "resnet18"  # plain timm: hf-hub loading needs no mpinet_hub
+    assert config["num_classes"] == 0 and config["num_features"] == 512
+    assert config["pretrained_cfg"]["tag"] == "potsdam"
+    assert "band_names" not in config["pretrained_cfg"]
+    sha = file_sha256(exported_potsdam / "model.safetensors")
+    assert config["mpinet"]["sha256"] == sha and config["mpinet"]["band_names"] == ["R", "G", "B"]
+    card = (exported_potsdam / "README.md").read_text()
+    meta = card_front_matter(card)
+    assert meta["mpinet_sha256"] == sha and meta["mpinet_evaluated"] is False and meta["library_name"] == "timm"
+    assert "${" not in card and "ISPRS" in card and "10.1016/j.asr.2024.10.026" in card
+
+
+def test_timm_tag_loads_from_offline_cache(exported_potsdam, backbone_state):
+    model = timm.create_model("mpinet_resnet18.potsdam", pretrained=True)
+    assert_same_weights(model.state_dict(), backbone_state)
+    assert model.num_classes == 0
+    default = timm.create_model("mpinet_resnet18", pretrained=True)  # potsdam is the default tag
+    assert_same_weights(default.state_dict(), backbone_state)
+
+
+def test_timm_features_only(exported_potsdam, backbone_state):
+    model = timm.create_model("mpinet_resnet18.potsdam", pretrained=True, features_only=True, out_indices=(1, 2, 3, 4))
+    assert model.feature_info.channels() == [64, 128, 256, 512]
+    assert model.feature_info.reduction() == [4, 8, 16, 32]
+    feats = model(torch.zeros(1, 3, 64, 64))
+    assert [tuple(f.shape[1:]) for f in feats] == [(64, 16, 16), (128, 8, 8), (256, 4, 4), (512, 2, 2)]
+    assert torch.equal(model.state_dict()["conv1.weight"], backbone_state["conv1.weight"])
+
+
+def test_timm_in_chans_4_adapts_and_3_to_fewer_is_refused(exported_potsdam, backbone_state):
+    model = timm.create_model("mpinet_resnet18.potsdam", pretrained=True, in_chans=4)
+    assert model.conv1.weight.shape[1] == 4
+    assert torch.equal(model.state_dict()["layer1.0.conv1.weight"], backbone_state["layer1.0.conv1.weight"])
+    with pytest.raises(ValueError, match="in_chans=1.*allow_band_drop"):
+        timm.create_model("mpinet_resnet18.potsdam", pretrained=True, in_chans=1)
+    allowed = timm.create_model("mpinet_resnet18.potsdam", pretrained=True, in_chans=1, allow_band_drop=True)
+    assert allowed.conv1.weight.shape[1] == 1
+
+
+def test_timm_file_overlay(exported_potsdam, backbone_state):
+    model = timm.create_model(
+        "mpinet_resnet18.loveda", pretrained=True,
+        pretrained_cfg_overlay=dict(file=str(exported_potsdam / "model.safetensors")),
+    )
+    assert_same_weights(model.state_dict(), backbone_state)
+
+
+def test_local_dir_path(exported_potsdam, backbone_state):
+    model = timm.create_model(f"local-dir:{exported_potsdam}", pretrained=True)
+    assert_same_weights(model.state_dict(), backbone_state)
+    assert model.pretrained_cfg["tag"] == "potsdam"
+
+
+def test_hf_hub_path_in_a_process_that_never_imports_mpinet_hub(exported_potsdam, backbone_state, tmp_path, hf_home):
+    out = tmp_path / "loaded.safetensors"
+    code = (
+        "import sys, timm, safetensors.torch\n"
+        "m = timm.create_model('hf-hub:mpinet-hub/mpinet_resnet18.potsdam', pretrained=True)\n"
+        "assert 'mpinet_hub' not in sys.modules, 'mpinet_hub was imported'\n"
+        f"safetensors.torch.save_file({{k: v.contiguous() for k, v in m.state_dict().items()}}, {str(out)!r})\n"
+        "print(m.pretrained_cfg['mean'], m.num_classes)\n"
+    )
+    env = dict(os.environ, HF_HOME=str(hf_home), HF_HUB_OFFLINE="1")
+    done = subprocess.run([sys.executable, "-c", code], env=env, cwd="/", capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert_same_weights(safetensors.torch.load_file(str(out)), backbone_state)
+
+
+@pytest.mark.parametrize("decoder", [smp.Unet, smp.DeepLabV3Plus])
+def test_smp_tu_encoder(exported_potsdam, backbone_state, decoder):
+    model = decoder("tu-mpinet_resnet18.potsdam", encoder_weights=True, classes=6)
+    enc = model.encoder.model.state_dict()
+    assert torch.equal(enc["conv1.weight"], backbone_state["conv1.weight"])
+    assert torch.equal(enc["layer4.1.conv2.weight"], backbone_state["layer4.1.conv2.weight"])
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.rand(2, 3, 64, 64))
+    assert out.shape == (2, 6, 64, 64)
+
+
+def test_smp_save_and_from_pretrained_offline(exported_potsdam, tmp_path):
+    model = smp.DeepLabV3Plus("tu-mpinet_resnet18.potsdam", encoder_weights=True, classes=6).eval()
+    path = save_segmentation_model(model, tmp_path / "model")
+    assert json.loads((path / "config.json").read_text())["encoder_weights"] is None
+    reloaded = smp.from_pretrained(str(path)).eval()
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(x), reloaded(x))
+
+
+def test_torch_hub_local(exported_potsdam, backbone_state):
+    model = torch.hub.load(str(REPO_ROOT), "mpinet_resnet18", pretrained=True, tag="potsdam", source="local")
+    assert_same_weights(model.state_dict(), backbone_state)
+    feats = torch.hub.load(str(REPO_ROOT), "mpinet_resnet18", source="local", features_only=True).eval()
+    assert len(feats(torch.zeros(1, 3, 32, 32))) == 5
+    # torch.hub.list/help only read GitHub repos; this is their rule for what an entrypoint is
+    hubconf = torch.hub._import_module("hubconf", str(REPO_ROOT / "hubconf.py"))
+    entrypoints = [f for f in dir(hubconf) if callable(getattr(hubconf, f)) and not f.startswith("_")]
+    assert entrypoints == ["mpinet_resnet18", "mpinet_resnet50"]
+    assert all(getattr(hubconf, name).__doc__.strip() for name in entrypoints)
+    for dep in hubconf.dependencies:
+        __import__(dep)
+
+
+def test_unknown_tag_lists_the_tags():
+    with pytest.raises(mpinet_hub.UnknownTagError, match="mpinet_resnet50.potsdam, mpinet_resnet50.loveda"):
+        timm.create_model("mpinet_resnet50.sentinel2")
+    with pytest.raises(mpinet_hub.UnknownTagError, match="potsdam, loveda, uavid"):
+        torch.hub.load(str(REPO_ROOT), "mpinet_resnet18", tag="nope", source="local")
+
+
+def test_missing_weights_say_repo_and_ways_out():
+    with pytest.raises(mpinet_hub.PretrainedWeightsNotFoundError) as info:
+        timm.create_model("mpinet_resnet18.uavid", pretrained=True)
+    message = str(info.value)
+    assert "mpinet-hub/mpinet_resnet18.uavid" in message
+    assert "pretrained_cfg_overlay=dict(file=" in message and "mpinet export" in message
+
+
+def test_export_of_a_training_checkpoint(tmp_path, backbone_state):
+    ckpt = {
+        "format": CHECKPOINT_FORMAT, "arch": "mpinet_resnet18", "method": "mpinet", "step": 7,
+        "config": {"method": "mpinet", "crop": 128, "lr": 0.03},
+        "norm": {"mean": [0.3, 0.3, 0.3], "std": [0.2, 0.2, 0.2], "bands": ["R", "G", "B"]},
+        "model": {**{f"backbone.{k}": v for k, v in backbone_state.items()},
+                  "pixel_head.proj.weight": torch.zeros(3)},
+    }
+    atomic_save(ckpt, tmp_path / "last.pt")
+    out = tmp_path / "hub"
+    export_weights(tmp_path / "last.pt", out, "mpinet_resnet18", "loveda")
+    config = json.loads((out / "config.json").read_text())
+    assert config["pretrained_cfg"]["mean"] == [0.3, 0.3, 0.3]
+    assert config["pretrained_cfg"]["input_size"] == [3, 128, 128]
+    assert config["mpinet"]["method"] == "mpinet" and config["mpinet"]["pretrain_steps"] == 7
+    weights = safetensors.torch.load_file(str(out / "model.safetensors"))
+    assert not any("head" in k for k in weights)
+    assert_same_weights(weights, backbone_state)
+    with pytest.raises(ExportError, match="trained with --arch mpinet_resnet18"):
+        export_weights(tmp_path / "last.pt", tmp_path / "hub50", "mpinet_resnet50", "loveda")
+
+
+def test_export_names_missing_and_unexpected_keys(tmp_path, backbone_state):
+    broken = {k: v for k, v in backbone_state.items() if not k.startswith("layer4.1.")}
+    broken["decoder.head.weight"] = torch.zeros(2)
+    torch.save(broken, tmp_path / "broken.pt")
+    with pytest.raises(ExportError, match=r"missing key\(s\) \['layer4\.1\..*unexpected key\(s\) \['decoder\.head"):
+        export_weights(tmp_path / "broken.pt", tmp_path / "out", "mpinet_resnet18", "potsdam")
+    assert not (tmp_path / "out").exists()  # nothing left behind
+    torch.save(backbone_state, tmp_path / "r18.pt")
+    with pytest.raises(ExportError, match="missing key"):
+        export_weights(tmp_path / "r18.pt", tmp_path / "out", "mpinet_resnet50", "potsdam")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ExportError, match="junk.pt"):
+        export_weights(tmp_path / "junk.pt", tmp_path / "out", "mpinet_resnet18", "potsdam")
+
+
+def _cli(*args, env=None, cwd=None):
+    return subprocess.run([sys.executable, "-m", "mpinet_hub", *args], capture_output=True, text=True,
+                          env=env or dict(os.environ), cwd=cwd, timeout=300)
+
+
+def test_cli_help_lists_subcommands():
+    done = _cli("--help")
+    assert done.returncode == 0
+    for name in ("export", "push"):
+        assert name in done.stdout
+
+
+def test_push_uploads_to_local_endpoint_and_refuses_bad_folders(exported_potsdam, tmp_path):
+    env = dict(os.environ, HF_TOKEN="hf_testtoken")
+    env.pop("HF_HUB_OFFLINE", None)
+    with FakeHub() as hub:
+        env["HF_ENDPOINT"] = hub.url
+        refused = _cli("push", str(exported_potsdam), "--repo-id", "lab/mpinet_resnet18.potsdam", env=env)
+        assert refused.returncode == 1 and "no downstream metrics" in refused.stderr
+        assert hub.requests == []  # refused before any network call
+
+        done = _cli("push", str(exported_potsdam), "--repo-id", "lab/mpinet_resnet18.potsdam",
+                    "--revision", "v0.1", "--allow-unevaluated", env=env)
+        assert done.returncode == 0, done.stderr
+        assert hub.repos["lab/mpinet_resnet18.potsdam"].get("type", "model") == "model"
+        assert hub.branches == [("lab/mpinet_resnet18.potsdam", "v0.1")]
+        (commit,) = hub.commits
+        assert commit["revision"] == "v0.1" and commit["oid"] in done.stdout
+        assert set(commit["files"]) == {"model.safetensors", "config.json", "README.md"}
+        for name, data in commit["files"].items():
+            assert data == (exported_potsdam / name).read_bytes(), name
+        assert all(h == "Bearer hf_testtoken" for h in hub.auth_headers)
+
+    tampered = tmp_path / "tampered"
+    tampered.mkdir()
+    for name in ("config.json", "README.md"):
+        (tampered / name).write_bytes((exported_potsdam / name).read_bytes())
+    weights = safetensors.torch.load_file(str(exported_potsdam / "model.safetensors"))
+    weights["conv1.weight"] = weights["conv1.weight"] + 1
+    safetensors.torch.save_file(weights, str(tampered / "model.safetensors"))
+    problems = check_export_folder(tampered, allow_unevaluated=True)
+    assert any("config.json sha256" in p for p in problems) and any("README.md sha256" in p for p in problems)
+    with pytest.raises(PushRefused):
+        from mpinet_hub.hub import push_folder
+
+        push_folder(tampered, "lab/x", allow_unevaluated=True, endpoint="http://127.0.0.1:9")

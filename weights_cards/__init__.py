@@ -1,0 +1,1 @@
+"""Model-card templates, one per pretrained tag (installed as mpinet_hub.weights_cards)."""
