@@ -1,0 +1,164 @@
+"""The dataset API shared by the readers (torchgeo-like): items are dicts of image, mask and meta."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .labels import IGNORE_INDEX
+from .raster import DataError, Window, grid_windows, raster_info, read_window
+
+__all__ = ["Scene", "SegmentationDataset", "to_unit_float"]
+
+
+def to_unit_float(array: np.ndarray) -> np.ndarray:
+    """Integer rasters scaled by their dtype's maximum to [0, 1]; float rasters returned as float32."""
+    if np.issubdtype(array.dtype, np.integer):
+        return array.astype(np.float32) / float(np.iinfo(array.dtype).max)
+    return array.astype(np.float32)
+
+
+@dataclass
+class Scene:
+    """One whole tile/frame: the image file(s) whose bands are stacked, and its label file.
+
+    Each image entry is (path, 1-based bands to read); the file must hold exactly that many bands.
+    """
+
+    id: str
+    images: list[tuple[Path, list[int] | None]]
+    label: Path | None
+    height: int = 0
+    width: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def files(self) -> list[Path]:
+        return [p for p, _ in self.images] + ([self.label] if self.label else [])
+
+
+class SegmentationDataset(Dataset):
+    """Base of Potsdam, LoveDA and UAVid.
+
+    Subclasses set `classes`, `palette`, `split_names` and implement `_find_scenes` and `decode_label`.
+    With `patch_size`, items are a deterministic grid of windows over every scene; without it, whole scenes.
+    """
+
+    classes: tuple[str, ...] = ()
+    palette: tuple[tuple[int, int, int], ...] = ()
+    ignore_index = IGNORE_INDEX
+    split_names: tuple[str, ...] = ()
+    labeled_splits: tuple[str, ...] = ()
+    # Tiles of some releases are a pixel off in size; a larger difference is a real mismatch.
+    size_tolerance_px = 1
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "train",
+        patch_size: int | None = None,
+        stride: int | None = None,
+        transforms: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    ) -> None:
+        if split not in self.split_names:
+            raise ValueError(f"{type(self).__name__}: unknown split {split!r}; choose one of {self.split_names}")
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise DataError(f"{self.root}: data set folder not found")
+        self.split = split
+        self.patch_size = patch_size
+        self.stride = stride
+        self.transforms = transforms
+        self.has_labels = split in self.labeled_splits
+        self.scenes = self._find_scenes()
+        if not self.scenes:
+            raise DataError(f"{self.root}: no {type(self).__name__} {split} images found ({self._layout_hint()})")
+        for scene in self.scenes:
+            self._measure(scene)
+        self.windows: list[tuple[int, Window]] = [
+            (i, w) for i, s in enumerate(self.scenes) for w in grid_windows(s.height, s.width, patch_size, stride)
+        ]
+        self._warned: set[Path] = set()
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    # --- for subclasses
+    def _find_scenes(self) -> list[Scene]:
+        raise NotImplementedError
+
+    def _layout_hint(self) -> str:
+        return "see DATASETS.md for the expected layout"
+
+    def decode_label(self, array: np.ndarray) -> tuple[np.ndarray, int]:
+        raise NotImplementedError
+
+    # --- shared
+    def _measure(self, scene: Scene) -> None:
+        """Sizes from headers; a pixel off is cropped to the common extent (with a warning), more is an error."""
+        sizes = {}
+        for path, bands in scene.images:
+            info = raster_info(path)
+            if bands is not None and info.count != len(bands):
+                raise DataError(f"{path}: has {info.count} band(s), but {len(bands)} were expected for this file "
+                                f"(bands={getattr(self, 'bands', '?')!r}); is it the right product folder?")
+            sizes[path] = (info.height, info.width)
+        if scene.label is not None:
+            info = raster_info(scene.label)
+            sizes[scene.label] = (info.height, info.width)
+        heights = [h for h, _ in sizes.values()]
+        widths = [w for _, w in sizes.values()]
+        if max(heights) - min(heights) > self.size_tolerance_px or max(widths) - min(widths) > self.size_tolerance_px:
+            listing = ", ".join(f"{p.name}: {h}x{w}" for p, (h, w) in sizes.items())
+            raise DataError(f"scene {scene.id}: image and label sizes differ ({listing}); they must cover the same "
+                            "pixels. Re-extract the files or remove the scene.")
+        scene.height, scene.width = min(heights), min(widths)
+        if len(set(sizes.values())) > 1:
+            note = (f"scene {scene.id}: files differ by a pixel in size "
+                    f"({', '.join(f'{p.name} {h}x{w}' for p, (h, w) in sizes.items())}); "
+                    f"using the common extent {scene.height}x{scene.width} from the top-left corner")
+            scene.notes.append(note)
+            warnings.warn(note, stacklevel=3)
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def read_image(self, scene: Scene, window: Window) -> np.ndarray:
+        parts = [read_window(path, window, bands) for path, bands in scene.images]
+        image = np.concatenate([to_unit_float(p) for p in parts], axis=0)
+        return image
+
+    def read_mask(self, scene: Scene, window: Window) -> np.ndarray:
+        raw = read_window(scene.label, window)
+        mask, unknown = self.decode_label(raw)
+        if unknown and scene.label not in self._warned:
+            self._warned.add(scene.label)
+            warnings.warn(f"{scene.label}: {unknown} pixel(s) of unknown label colour/value in window "
+                          f"{window_tuple(window)} mapped to ignore ({self.ignore_index})", stacklevel=2)
+        return mask
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        scene_index, window = self.windows[index]
+        scene = self.scenes[scene_index]
+        item: dict[str, Any] = {
+            "image": torch.from_numpy(self.read_image(scene, window)),
+            "meta": {"scene": scene.id, "file": str(scene.images[0][0]), "window": window_tuple(window)},
+        }
+        if self.has_labels and scene.label is not None:
+            item["mask"] = torch.from_numpy(self.read_mask(scene, window).astype(np.int64))
+        if self.transforms is not None:
+            item = self.transforms(item)
+        return item
+
+
+def window_tuple(window: Window) -> tuple[int, int, int, int]:
+    """(row_off, col_off, height, width)."""
+    return int(window.row_off), int(window.col_off), int(window.height), int(window.width)

@@ -1,0 +1,103 @@
+"""`mpinet data check`: validate a data set folder and report what a user must know before training."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .base import SegmentationDataset
+from .potsdam import POTSDAM_SPLITS, Potsdam, potsdam_paths
+from .raster import DataError, grid_windows, raster_info, read_window
+
+__all__ = ["CheckReport", "check_dataset"]
+
+
+@dataclass
+class CheckReport:
+    rows: list[dict] = field(default_factory=list)  # one per split
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    unknown_pixels: dict[str, int] = field(default_factory=dict)  # label file -> unknown-colour pixels
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def render(self) -> str:
+        lines = [f"{'split':<8} {'scenes':>7} {'labeled':>8} {'missing':>8} {'size':>14}"]
+        for r in self.rows:
+            lines.append(f"{r['split']:<8} {r['scenes']:>7} {r['labeled']:>8} {r['missing']:>8} {r['size']:>14}")
+        if self.unknown_pixels:
+            lines.append("unknown label colours/values (mapped to ignore):")
+            lines += [f"  {k}: {v} px" for k, v in sorted(self.unknown_pixels.items())]
+        lines += [f"warning: {w}" for w in self.warnings]
+        lines += [f"ERROR: {e}" for e in self.errors]
+        lines.append("OK" if self.ok else f"{len(self.errors)} error(s)")
+        return "\n".join(lines)
+
+
+def _count_unknown(ds: SegmentationDataset, report: CheckReport) -> None:
+    for scene in ds.scenes:
+        if scene.label is None:
+            continue
+        total = 0
+        for window in grid_windows(scene.height, scene.width, min(1024, scene.height, scene.width)):
+            try:
+                _, unknown = ds.decode_label(read_window(scene.label, window))
+            except DataError as err:
+                report.errors.append(str(err))
+                break
+            total += unknown
+        if total:
+            report.unknown_pixels[str(scene.label.relative_to(ds.root))] = total
+
+
+def check_dataset(name: str, root: str | Path, **kwargs) -> CheckReport:
+    """Open every split of `name` under `root` as the readers would, and collect what is wrong."""
+    from . import DATASETS
+
+    root = Path(root)
+    report = CheckReport()
+    cls = DATASETS[name]
+    for split in cls.split_names:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                ds = cls(root, split=split, **kwargs)
+            except DataError as err:
+                report.errors.append(f"{split}: {err}")
+                report.rows.append(dict(split=split, scenes=0, labeled=0, missing="-", size="-"))
+                continue
+            _count_unknown(ds, report)
+        report.warnings += [str(w.message) for w in caught]
+        sizes = sorted({(s.height, s.width) for s in ds.scenes})
+        size = f"{sizes[0][0]}x{sizes[0][1]}" + (f" (+{len(sizes) - 1})" if len(sizes) > 1 else "")
+        missing = len(POTSDAM_SPLITS[split]) - len(ds.scenes) if name == "potsdam" else "-"
+        report.rows.append(dict(split=split, scenes=len(ds.scenes), labeled=sum(s.label is not None for s in ds.scenes),
+                                missing=missing, size=size))
+    if name == "potsdam":
+        _potsdam_known_defects(root, report)
+    return report
+
+
+def _potsdam_known_defects(root: Path, report: CheckReport) -> None:
+    for tile, text in Potsdam.known_defects.items():
+        paths = potsdam_paths(root, tile)
+        if tile == "4_12" and paths["full"].is_file():
+            key = str(paths["full"].relative_to(root))
+            status = "present" if report.unknown_pixels.get(key) else "not seen here"
+            report.warnings.append(f"known defect ({status}): {text}")
+        elif tile == "7_10" and paths["image"].is_file():
+            report.warnings.append(f"known defect: {text}; consider tiles=[...] without it")
+        elif tile == "3_13" and paths["dsm"].is_file() and paths["image"].is_file():
+            dsm, img = raster_info(paths["dsm"]), raster_info(paths["image"])
+            status = f"present: {dsm.width} vs {img.width} px" if dsm.width != img.width else "not seen here"
+            report.warnings.append(f"known defect ({status}): {text}; readers crop to the common extent")
+    # A DSM that differs by a pixel is only seen by readers that use it: check them all here.
+    for tile in POTSDAM_SPLITS["train"] + POTSDAM_SPLITS["test"]:
+        paths = potsdam_paths(root, tile)
+        if paths["dsm"].is_file() and paths["image"].is_file():
+            dsm, img = raster_info(paths["dsm"]), raster_info(paths["image"])
+            if (dsm.height, dsm.width) != (img.height, img.width) and tile != "3_13":
+                report.warnings.append(f"{paths['dsm'].name}: {dsm.height}x{dsm.width}, image {img.height}x{img.width}")

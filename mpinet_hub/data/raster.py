@@ -1,0 +1,105 @@
+"""Reading rasters by window, with errors that name the file.
+
+GeoTIFFs are read window by window through rasterio, so serving a 256x256 patch of a 6000x6000 tile
+decodes only the blocks it touches. PNG/JPEG cannot be read partially; the last decoded file is kept per
+process so the patches of one image in a row cost one decode.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+from rasterio.windows import Window
+
+__all__ = ["DataError", "RasterInfo", "Window", "grid_windows", "raster_info", "read_window"]
+
+_TILED_SUFFIXES = (".tif", ".tiff")
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file and what to do."""
+
+
+@dataclass(frozen=True)
+class RasterInfo:
+    path: Path
+    height: int
+    width: int
+    count: int
+    dtype: str
+
+
+def raster_info(path: str | Path) -> RasterInfo:
+    """Size, band count and dtype, read from the header only."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(path) as src:
+                return RasterInfo(path, src.height, src.width, src.count, src.dtypes[0])
+    except RasterioIOError as err:
+        raise DataError(f"{path}: not a readable raster ({err}). Re-extract it from the release archive.") from err
+
+
+_last_decoded: dict[str, object] = {"key": None, "array": None}
+
+
+def _decode_whole(path: Path) -> np.ndarray:
+    key = (str(path), path.stat().st_mtime_ns)
+    if _last_decoded["key"] != key:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(path) as src:
+                _last_decoded["array"] = src.read()
+        _last_decoded["key"] = key
+    return _last_decoded["array"]  # type: ignore[return-value]
+
+
+def read_window(path: str | Path, window: Window | None = None, bands: list[int] | None = None) -> np.ndarray:
+    """Bands x H x W array of `window` (whole raster if None); `bands` are 1-based band indices."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() in _TILED_SUFFIXES:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                with rasterio.open(path) as src:
+                    return src.read(bands, window=window)
+        array = _decode_whole(path)
+        if bands is not None:
+            array = array[[b - 1 for b in bands]]
+        if window is not None:
+            r, c = int(window.row_off), int(window.col_off)
+            array = array[:, r : r + int(window.height), c : c + int(window.width)]
+        return array
+    except RasterioIOError as err:
+        raise DataError(
+            f"{path}: could not be read ({err}). The file is truncated or corrupt: re-extract it from the release "
+            "archive, or remove it and its label."
+        ) from err
+
+
+def grid_windows(height: int, width: int, patch: int | None, stride: int | None = None) -> list[Window]:
+    """A deterministic grid of patch x patch windows; the last row/column is aligned to the edge (never padded).
+
+    `patch=None` gives one window over the whole raster.
+    """
+    if patch is None:
+        return [Window(0, 0, width, height)]
+    stride = stride or patch
+    if height < patch or width < patch:
+        raise DataError(f"raster of {height}x{width} px is smaller than patch_size={patch}")
+
+    def starts(n: int) -> list[int]:
+        s = list(range(0, n - patch + 1, stride))
+        if s[-1] != n - patch:
+            s.append(n - patch)
+        return s
+
+    return [Window(c, r, patch, patch) for r in starts(height) for c in starts(width)]

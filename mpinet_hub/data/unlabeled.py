@@ -1,0 +1,107 @@
+"""Pretraining data: random windows from any collection of rasters, or from a data set's training images."""
+
+from __future__ import annotations
+
+import glob
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .base import to_unit_float, window_tuple
+from .raster import DataError, Window, raster_info, read_window
+
+__all__ = ["UnlabeledImages", "pretraining_images"]
+
+_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+
+
+class UnlabeledImages(Dataset):
+    """Random `patch_size` windows from GeoTIFF/PNG/JPEG files of any size, sampled in proportion to area.
+
+    Item `i` of epoch `e` is drawn from a generator seeded by (seed, e, i): reproducible, and different per
+    epoch once `set_epoch` is called. Files smaller than a patch are skipped with a warning naming them.
+
+    Args:
+        paths_or_globs: files, folders (searched recursively) or glob patterns.
+        patch_size: side of the square windows.
+        bands: 1-based bands to read (default: all; every file must then have the same count).
+        length: items per epoch (default: total area / patch area, i.e. one pass over the pixels).
+    """
+
+    def __init__(self, paths_or_globs: str | Path | list[str | Path], patch_size: int = 256,
+                 bands: list[int] | None = None, length: int | None = None, seed: int = 0) -> None:
+        if isinstance(paths_or_globs, (str, Path)):
+            paths_or_globs = [paths_or_globs]
+        files: list[Path] = []
+        for entry in paths_or_globs:
+            p = Path(entry)
+            if p.is_dir():
+                files += sorted(f for f in p.rglob("*") if f.suffix.lower() in _SUFFIXES)
+            elif p.is_file():
+                files.append(p)
+            else:
+                matched = sorted(Path(m) for m in glob.glob(str(entry), recursive=True))
+                if not matched:
+                    raise DataError(f"{entry}: no such file, folder or matching glob")
+                files += [f for f in matched if f.suffix.lower() in _SUFFIXES]
+        if not files:
+            raise DataError(f"no GeoTIFF/PNG/JPEG images found in {', '.join(map(str, paths_or_globs))}")
+        self.patch_size = patch_size
+        self.bands = bands
+        self.seed = seed
+        self.epoch = 0
+        self.infos = []
+        small = []
+        for f in files:
+            info = raster_info(f)
+            if info.height < patch_size or info.width < patch_size:
+                small.append(f.name)
+                continue
+            if bands and max(bands) > info.count:
+                raise DataError(f"{f}: has {info.count} band(s); bands={bands} asked for")
+            self.infos.append(info)
+        if small:
+            warnings.warn(f"skipped {len(small)} image(s) smaller than {patch_size}px: {', '.join(small[:10])}",
+                          stacklevel=2)
+        if not self.infos:
+            raise DataError(f"every image is smaller than patch_size={patch_size}")
+        counts = {len(bands) if bands else i.count for i in self.infos}
+        if len(counts) > 1:
+            raise DataError(f"images have different band counts {sorted(counts)}; pass bands=[...] to choose")
+        self.num_bands = counts.pop()
+        areas = np.array([(i.height - patch_size + 1) * (i.width - patch_size + 1) for i in self.infos], dtype=float)
+        self.weights = areas / areas.sum()
+        total = sum(i.height * i.width for i in self.infos)
+        self.length = length or max(1, total // (patch_size * patch_size))
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        rng = np.random.default_rng((self.seed, self.epoch, index))
+        info = self.infos[rng.choice(len(self.infos), p=self.weights)]
+        row = int(rng.integers(0, info.height - self.patch_size + 1))
+        col = int(rng.integers(0, info.width - self.patch_size + 1))
+        window = Window(col, row, self.patch_size, self.patch_size)
+        image = to_unit_float(read_window(info.path, window, self.bands))
+        return {"image": torch.from_numpy(image), "meta": {"file": str(info.path), "window": window_tuple(window)}}
+
+
+def pretraining_images(dataset: str, root: str | Path, bands: str = "RGB") -> list[Path]:
+    """Image files of a data set's training split (labels unused), for `UnlabeledImages`."""
+    from . import DATASETS
+
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown data set {dataset!r}; choose one of {', '.join(DATASETS)}")
+    kwargs = {"bands": bands} if dataset == "potsdam" else {}
+    ds = DATASETS[dataset](root, split="train", **kwargs)
+    if any(len(s.images) > 1 for s in ds.scenes):
+        raise ValueError("pretraining reads one file per scene; use bands without +DSM")
+    return [s.images[0][0] for s in ds.scenes]

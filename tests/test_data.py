@@ -1,0 +1,225 @@
+"""Readers against hand-built fixtures with known pixels, and against `mpinet data synth` copies."""
+
+import hashlib
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from PIL import Image
+
+from mpinet_hub.data import (
+    DataError,
+    LoveDA,
+    Potsdam,
+    UAVid,
+    UnlabeledImages,
+    decode_colour_label,
+    grid_windows,
+    pretraining_images,
+)
+from mpinet_hub.data.check import check_dataset
+from mpinet_hub.data.synth import synth_dataset
+
+WHITE, BLUE, CYAN, GREEN, YELLOW, RED, BLACK = (
+    (255, 255, 255), (0, 0, 255), (0, 255, 255), (0, 255, 0), (255, 255, 0), (255, 0, 0), (0, 0, 0))
+
+
+def write_tif(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with rasterio.open(path, "w", driver="GTiff", height=array.shape[1], width=array.shape[2],
+                       count=array.shape[0], dtype="uint8") as dst:
+        dst.write(array)
+
+
+def hand_potsdam(root: Path, h: int = 10, w: int = 12, label_w: int | None = None) -> np.ndarray:
+    """Tile 2_10 with an image whose pixel value encodes its position, and a label with every colour case."""
+    image = np.zeros((3, h, w), np.uint8)
+    image[0] = np.arange(h)[:, None] * 10
+    image[1] = np.arange(w)[None, :] * 10
+    image[2] = 7
+    write_tif(root / "2_Ortho_RGB" / "top_potsdam_2_10_RGB.tif", image)
+    label = np.zeros((3, h, label_w or w), np.uint8)
+    colours = [WHITE, BLUE, CYAN, GREEN, YELLOW, RED, BLACK, (10, 20, 30)]
+    expected = np.zeros((h, label_w or w), np.int64)
+    for col in range(label_w or w):
+        k = col % len(colours)
+        label[:, :, col] = np.array(colours[k])[:, None]
+        expected[:, col] = k if k < 6 else 255
+    write_tif(root / "5_Labels_all_noBoundary" / "top_potsdam_2_10_label_noBoundary.tif", label)
+    write_tif(root / "5_Labels_all" / "top_potsdam_2_10_label.tif", label)
+    return expected
+
+
+def test_colour_lookup_every_pixel_and_unknown_count():
+    rgb = np.array([WHITE, BLUE, CYAN, GREEN, YELLOW, RED, BLACK, (1, 2, 3)], np.uint8).T[:, None, :]
+    ids, unknown = decode_colour_label(rgb, [WHITE, BLUE, CYAN, GREEN, YELLOW, RED], ignore_colours=(BLACK,))
+    assert ids[0].tolist() == [0, 1, 2, 3, 4, 5, 255, 255]
+    assert unknown == 1  # black is expected (boundary), (1,2,3) is not
+    _, unknown_full = decode_colour_label(rgb, [WHITE, BLUE, CYAN, GREEN, YELLOW, RED])
+    assert unknown_full == 2
+
+
+def test_potsdam_hand_fixture_every_pixel(tmp_path):
+    expected = hand_potsdam(tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = Potsdam(tmp_path, split="train", labels="noBoundary", tiles=["2_10"])
+        item = ds[0]
+    assert item["image"].dtype.is_floating_point and item["image"].shape == (3, 10, 12)
+    assert np.allclose(item["image"][0, :, 0].numpy() * 255, np.arange(10) * 10)
+    assert item["mask"].tolist() == expected.tolist()
+    assert [w for w in caught if "unknown label colour" in str(w.message) and "2_10_label" in str(w.message)]
+    assert ds.classes[0] == "impervious_surface" and ds.ignore_index == 255 and ds.palette[1] == BLUE
+
+
+def test_potsdam_patches_edge_aligned_and_values_match(tmp_path):
+    expected = hand_potsdam(tmp_path, h=10, w=12)
+    ds = Potsdam(tmp_path, split="train", patch_size=4, stride=4, tiles=["2_10"])
+    windows = [it["meta"]["window"] for it in ds]
+    assert windows[-1] == (6, 8, 4, 4)  # last row/col end exactly at the edge: rows 6..9, cols 8..11
+    assert sorted({w[0] for w in windows}) == [0, 4, 6] and sorted({w[1] for w in windows}) == [0, 4, 8]
+    for it in ds:
+        r, c, h, w = it["meta"]["window"]
+        assert it["mask"].tolist() == expected[r : r + h, c : c + w].tolist()
+        assert round(float(it["image"][1, 0, 0]) * 255) == c * 10
+
+
+def test_grid_windows_rules():
+    assert [tuple(map(int, (w.row_off, w.col_off))) for w in grid_windows(5, 5, 3, 2)] == [
+        (0, 0), (0, 2), (2, 0), (2, 2)]
+    assert len(grid_windows(7, 9, None)) == 1
+    with pytest.raises(DataError, match="smaller than patch_size"):
+        grid_windows(3, 3, 4)
+
+
+def test_size_mismatch_is_an_error_and_one_pixel_is_cropped(tmp_path):
+    hand_potsdam(tmp_path / "a", label_w=15)
+    with pytest.raises(DataError, match="2_10.*sizes differ.*top_potsdam_2_10_RGB.tif: 10x12"):
+        Potsdam(tmp_path / "a", tiles=["2_10"])
+    hand_potsdam(tmp_path / "b", label_w=13)
+    with pytest.warns(UserWarning, match="common extent 10x12"):
+        ds = Potsdam(tmp_path / "b", tiles=["2_10"])
+    assert ds[0]["mask"].shape == (10, 12)
+
+
+def test_bad_input_errors_name_the_file(tmp_path):
+    with pytest.raises(DataError, match="2_Ortho_RGB: folder not found"):
+        Potsdam(tmp_path)
+    (tmp_path / "2_Ortho_RGB").mkdir()
+    (tmp_path / "5_Labels_all_noBoundary").mkdir()
+    with pytest.raises(DataError, match="no Potsdam train images found"):
+        Potsdam(tmp_path)
+    hand_potsdam(tmp_path)
+    with pytest.raises(DataError, match="4_Ortho_RGBIR"):
+        Potsdam(tmp_path, bands="RGBIR", tiles=["2_10"])
+    # a 3-band file where RGBIR promises 4
+    rgb = rasterio.open(tmp_path / "2_Ortho_RGB" / "top_potsdam_2_10_RGB.tif").read()
+    write_tif(tmp_path / "4_Ortho_RGBIR" / "top_potsdam_2_10_RGBIR.tif", rgb)
+    with pytest.raises(DataError, match="top_potsdam_2_10_RGBIR.tif: has 3 band"):
+        Potsdam(tmp_path, bands="RGBIR", tiles=["2_10"])
+    # a truncated label
+    label = tmp_path / "5_Labels_all_noBoundary" / "top_potsdam_2_10_label_noBoundary.tif"
+    label.write_bytes(label.read_bytes()[:100])
+    with pytest.raises(DataError, match="top_potsdam_2_10_label_noBoundary.tif"):
+        Potsdam(tmp_path, tiles=["2_10"])[0]
+    with pytest.raises(DataError, match="Train.*folder not found"):
+        LoveDA(tmp_path)
+    with pytest.raises(DataError, match="uavid_val: folder not found"):
+        UAVid(tmp_path, split="val")
+
+
+@pytest.fixture(scope="module")
+def synth_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("synth")
+    synth_dataset("potsdam", root / "potsdam", tiles=4, size=256, seed=3, defects=True)
+    synth_dataset("loveda", root / "loveda", tiles=4, size=256, seed=3)
+    synth_dataset("uavid", root / "uavid", tiles=4, size=256, seed=3)
+    return root
+
+
+def _digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        if p.is_file():
+            h.update(str(p.relative_to(folder)).encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def test_synth_is_deterministic_for_a_seed(tmp_path, synth_root):
+    synth_dataset("loveda", tmp_path / "a", tiles=4, size=256, seed=3)
+    assert _digest(tmp_path / "a") == _digest(synth_root / "loveda")
+    synth_dataset("loveda", tmp_path / "b", tiles=4, size=256, seed=4)
+    assert _digest(tmp_path / "b") != _digest(tmp_path / "a")
+
+
+def test_synth_potsdam_release_layout(synth_root):
+    root = synth_root / "potsdam"
+    for rel in ("2_Ortho_RGB/top_potsdam_2_10_RGB.tif", "2_Ortho_RGB/top_potsdam_2_10_RGB.tfw",
+                "3_Ortho_IRRG/top_potsdam_2_10_IRRG.tif", "4_Ortho_RGBIR/top_potsdam_2_10_RGBIR.tif",
+                "1_DSM_normalisation/dsm_potsdam_02_10_normalized_lastools.jpg",
+                "5_Labels_all/top_potsdam_2_10_label.tif",
+                "5_Labels_all_noBoundary/top_potsdam_2_10_label_noBoundary.tif"):
+        assert (root / rel).is_file(), rel
+    with rasterio.open(root / "4_Ortho_RGBIR/top_potsdam_2_10_RGBIR.tif") as src:
+        assert src.count == 4 and src.dtypes[0] == "uint8" and src.crs.to_epsg() == 32633
+    ds = Potsdam(root, split="train", bands="RGBIR", patch_size=128)
+    item = ds[0]
+    assert item["image"].shape == (4, 128, 128)
+    classes = set(np.unique(np.concatenate([ds[i]["mask"].numpy().ravel() for i in range(len(ds))])))
+    assert {0, 1, 2, 3, 4, 255} <= classes  # roads, buildings, grass, trees, cars, boundaries
+    test = Potsdam(root, split="test", bands="RGB+DSM")
+    assert test[0]["image"].shape[0] == 4 and test.band_names[-1] == "nDSM"
+
+
+def test_synth_loveda_and_uavid_readers(synth_root):
+    train = LoveDA(synth_root / "loveda", split="train", scene="both", patch_size=128)
+    assert train.num_classes == 7 and len(train.scenes) == 2
+    masks = np.concatenate([train[i]["mask"].numpy().ravel() for i in range(len(train))])
+    assert masks.max() == 255 and set(np.unique(masks)) - {255} <= set(range(7))
+    assert (masks == 255).any()  # the no-data corner (mask value 0) is ignore
+    test = LoveDA(synth_root / "loveda", split="test", scene="rural")
+    assert "mask" not in test[0] and not any(s.label for s in test.scenes)
+    uav = UAVid(synth_root / "uavid", split="train", patch_size=64, stride=64)
+    frame = uav.scenes[0]
+    assert (frame.height, frame.width) == (144, 256)
+    assert uav[len(uav) - 1]["meta"]["window"] == (80, 192, 64, 64)
+    assert "mask" not in UAVid(synth_root / "uavid", split="test")[0]
+
+
+def test_unlabeled_images_weighted_reproducible(tmp_path):
+    big = np.random.default_rng(0).integers(0, 255, (3, 200, 200), dtype=np.uint8)
+    write_tif(tmp_path / "big.tif", big)
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(tmp_path / "small.png")
+    Image.fromarray(np.zeros((10, 10, 3), np.uint8)).save(tmp_path / "tiny.png")
+    with pytest.warns(UserWarning, match="tiny.png"):
+        ds = UnlabeledImages([tmp_path], patch_size=32, seed=1)
+    assert len(ds) == (200 * 200 + 40 * 40) // (32 * 32)
+    files = [Path(ds[i]["meta"]["file"]).name for i in range(len(ds))]
+    assert files.count("big.tif") > 5 * files.count("small.png")  # area-weighted: 169^2 vs 9^2 positions
+    it = ds[3]
+    r, c, h, w = it["meta"]["window"]
+    if it["meta"]["file"].endswith("big.tif"):
+        assert np.allclose(it["image"].numpy() * 255, big[:, r : r + h, c : c + w], atol=1e-3)
+    assert np.array_equal(ds[3]["image"], UnlabeledImages([tmp_path], patch_size=32, seed=1)[3]["image"])
+    ds.set_epoch(1)
+    assert ds[3]["meta"] != UnlabeledImages([tmp_path], patch_size=32, seed=1)[3]["meta"]
+    with pytest.raises(DataError, match="no such file"):
+        UnlabeledImages([tmp_path / "nope*.tif"], patch_size=32)
+
+
+def test_pretraining_images_use_the_train_split(synth_root):
+    files = pretraining_images("potsdam", synth_root / "potsdam")
+    assert [f.name for f in files] == [f"top_potsdam_{t}_RGB.tif" for t in ("2_10", "2_11", "2_12", "4_12")]
+
+
+def test_check_reports_known_defects(synth_root, tmp_path):
+    report = check_dataset("potsdam", synth_root / "potsdam", labels="full")
+    assert report.ok
+    assert report.unknown_pixels.get("5_Labels_all/top_potsdam_4_12_label.tif", 0) > 0
+    text = report.render()
+    assert "known defect (present)" in text and "5999 px wide" in text and "255 vs 256" in text
+    bad = check_dataset("loveda", tmp_path)
+    assert not bad.ok and "Train" in bad.errors[0]
