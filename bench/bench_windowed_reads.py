@@ -44,7 +44,8 @@ def main() -> None:
                 src.read()[:, r : r + 256, c : c + 256]
         whole = args.whole_reads / (time.perf_counter() - t)
     line = (f"| {datetime.date.today()} | {platform.node()} ({platform.processor() or platform.machine()}) "
-            f"| {args.size}x{args.size} tiled deflate GeoTIFF | {windowed:.1f} | {whole:.2f} | {windowed / whole:.0f}x |")
+            f"| {args.size}x{args.size} tiled deflate GeoTIFF | {windowed:.1f} | {whole:.2f} "
+            f"| {windowed / whole:.0f}x |")
     print(line)
     doc = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
     with doc.open("a") as f:

@@ -194,7 +194,8 @@ def render_loveda_scene(size: int, rng: np.random.Generator, urban: bool) -> tup
         img[lab == cls] = c
     fields = lab == agri
     stripes = 12 * np.sin(xx / max(2.0, size / 150) + yy * 0.1)
-    img[fields] = (field_colour[fields] if not urban else (140, 160, 80)) + np.broadcast_to(stripes, (h, w))[fields, None]
+    crop_colour = field_colour[fields] if not urban else np.array((140, 160, 80), np.float32)
+    img[fields] = crop_colour + np.broadcast_to(stripes, (h, w))[fields, None]
     img[lab == forest] += (fine[lab == forest] * 25)[:, None]
     img += (n * 14)[..., None] + (fine * 5)[..., None]
     return img.clip(0, 255).astype(np.uint8).transpose(2, 0, 1), lab
