@@ -1,0 +1,96 @@
+"""Pretraining configuration: one dataclass, method presets from METHOD.md, YAML in, flags over YAML."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["METHODS", "PretrainConfig"]
+
+# METHOD.md's baselines from the same machinery. "auto" FFL weight: calibrated at step 0 (see method.py).
+METHODS: dict[str, dict[str, Any]] = {
+    "mocov2": dict(w_ins=1.0, w_pix=0.0, w_ffl=0.0, momentum_schedule="fixed", momentum=0.999),
+    "pixcontrast": dict(w_ins=1.0, w_pix=1.0, w_ffl=0.0, fusion_levels=["C5"]),
+    "mpinet-noffl": dict(w_ins=1.0, w_pix=1.0, w_ffl=0.0, fusion_levels=["C2", "C3", "C4"]),
+    "mpinet": dict(w_ins=1.0, w_pix=1.0, w_ffl="auto", fusion_levels=["C2", "C3", "C4"]),
+}
+
+
+@dataclass
+class PretrainConfig:
+    # data
+    dataset: str = "folder"  # potsdam | loveda | uavid | folder
+    data_root: list[str] = field(default_factory=list)
+    bands: str = "RGB"
+    patch: int = 256  # side of the windows read from the images
+    crop: int = 256  # side of each view
+    mean: list[float] | None = None  # per band; default: the tag's (ImageNet statistics for RGB)
+    std: list[float] | None = None
+    # method
+    method: str = "mpinet"
+    arch: str = "mpinet_resnet50"
+    w_ins: float = 1.0
+    w_pix: float = 1.0
+    w_ffl: float | str = "auto"
+    ffl_calibration_ratio: float = 0.5  # "auto": w_ffl * L_ffl(0) = ratio * L_ins(0)
+    fusion_levels: list[str] = field(default_factory=lambda: ["C2", "C3", "C4"])
+    queue_size: int = 8192
+    t_ins: float = 0.2
+    t_pix: float = 0.3
+    pixel_grid: int = 14
+    pixel_anchors: int | None = None
+    ffl_grid: int = 7
+    ffl_alpha: float = 1.0
+    ffl_patch_factor: int = 1
+    ffl_log_matrix: bool = False
+    ffl_batch_matrix: bool = False
+    momentum_schedule: str = "cosine"  # cosine (PixPro: m0 -> 1) | fixed (MoCo v2)
+    momentum: float = 0.99
+    min_overlap: float = 0.1
+    crop_scale: list[float] = field(default_factory=lambda: [0.2, 1.0])
+    photometric: bool = True
+    # optimisation
+    batch_size: int = 256
+    lr: float = 0.03  # per 256 images; scaled by the global batch
+    weight_decay: float = 1e-4
+    sgd_momentum: float = 0.9
+    warmup_epochs: float = 10.0
+    epochs: float | None = 200.0
+    steps: int | None = None  # overrides epochs
+    precision: str = "32"  # 32 | bf16 | 16
+    compile: bool = False
+    channels_last: bool = True
+    sync_bn: bool = True
+    # run
+    out: str = "runs/pretrain"
+    save_every: int = 1000
+    log_every: int = 1
+    workers: int = 4
+    seed: int = 0
+    device: str = "auto"
+
+    @classmethod
+    def from_sources(cls, yaml_path: str | Path | None = None, **overrides: Any) -> PretrainConfig:
+        """Defaults < method preset < YAML file < explicit overrides (None means 'not given')."""
+        values: dict[str, Any] = {}
+        if yaml_path:
+            values.update(yaml.safe_load(Path(yaml_path).read_text()) or {})
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        method = overrides.get("method", values.get("method", cls.method))
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        merged = {**METHODS[method], **values, **overrides}
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(merged) - names)
+        if unknown:
+            raise ValueError(f"unknown config key(s) {unknown}; known: {sorted(names)}")
+        if isinstance(merged.get("data_root"), str):
+            merged["data_root"] = [merged["data_root"]]
+        return cls(**merged)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

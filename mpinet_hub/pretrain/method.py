@@ -1,0 +1,164 @@
+"""The MPINet method and its baselines: online network (backbone + heads), EMA target, queue, losses.
+
+    online  = timm backbone (features_only C2..C5) + instance MLP + fusion pixel head + FFL head/predictor
+    target  = EMA of online (no gradient); momentum m0 -> 1 on a cosine schedule, or fixed (MoCo v2)
+    L       = w_ins * InfoNCE(q, k; queue) + w_pix * PixelInfoNCE + w_ffl * FFL, each symmetrised
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import timm
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import roi_align
+
+from ..models import MPINET_ARCHS
+from .config import PretrainConfig
+from .losses import FocalFrequencyLoss, InfoNCELoss, PixelInfoNCELoss
+from .views import TwoViews, undo_geometry
+
+__all__ = ["LEVELS", "MPINetModel", "OnlineNetwork"]
+
+LEVELS = {"C2": 0, "C3": 1, "C4": 2, "C5": 3}  # index into the backbone's (C2, C3, C4, C5) outputs
+STRIDES = (4, 8, 16, 32)
+
+
+def _conv_bn_relu(cin: int, cout: int, k: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), nn.BatchNorm2d(cout),
+                         nn.ReLU(inplace=True))
+
+
+class FusionPixelHead(nn.Module):
+    """RoIAligned grids of several levels -> 1x1 conv each to 256, sum, 3x3 conv-BN-ReLU, projector -> 128."""
+
+    def __init__(self, channels: list[int], width: int = 256, out: int = 128) -> None:
+        super().__init__()
+        self.lateral = nn.ModuleList(nn.Conv2d(c, width, 1) for c in channels)
+        self.fuse = _conv_bn_relu(width, width, 3)
+        self.projector = nn.Sequential(_conv_bn_relu(width, width), nn.Conv2d(width, out, 1))
+
+    def forward(self, grids: list[torch.Tensor]) -> torch.Tensor:
+        fused = sum(lat(g) for lat, g in zip(self.lateral, grids))
+        return F.normalize(self.projector(self.fuse(fused)), dim=1)
+
+
+class OnlineNetwork(nn.Module):
+    """Backbone + heads. `backbone.*` keys are what `mpinet export` releases."""
+
+    def __init__(self, cfg: PretrainConfig, in_chans: int) -> None:
+        super().__init__()
+        base = MPINET_ARCHS[cfg.arch][0]
+        self.backbone = timm.create_model(base, pretrained=False, features_only=True, out_indices=(1, 2, 3, 4),
+                                          in_chans=in_chans)
+        chans = self.backbone.feature_info.channels()
+        c5 = chans[-1]
+        self.levels = [LEVELS[name] for name in cfg.fusion_levels]
+        self.instance_head = nn.Sequential(nn.Linear(c5, c5), nn.ReLU(inplace=True), nn.Linear(c5, 128))
+        self.pixel_head = FusionPixelHead([chans[i] for i in self.levels]) if cfg.w_pix else None
+        self.use_ffl = cfg.w_ffl != 0
+        if self.use_ffl:
+            self.ffl_head = nn.Sequential(_conv_bn_relu(c5, 512), nn.Conv2d(512, 256, 1))
+            self.ffl_predictor = nn.Sequential(_conv_bn_relu(256, 512), nn.Conv2d(512, 256, 1))
+        self.pixel_grid = cfg.pixel_grid
+        self.ffl_grid = cfg.ffl_grid
+
+    def forward(self, x: torch.Tensor, boxes: torch.Tensor, predict: bool = True) -> dict[str, torch.Tensor]:
+        """x: (N, C, H, W) views; boxes: (N, 4) overlap boxes in view pixels. Grids still in view orientation."""
+        feats = self.backbone(x)
+        out = {"instance": F.normalize(self.instance_head(feats[-1].float().mean((2, 3))), dim=1)}
+        rois = [b[None] for b in boxes.float()]
+        if self.pixel_head is not None:
+            grids = [roi_align(feats[i].float(), rois, self.pixel_grid, spatial_scale=1 / STRIDES[i],
+                               sampling_ratio=2, aligned=True) for i in self.levels]
+            out["pixel"] = self.pixel_head(grids)
+        if self.use_ffl:
+            grid = roi_align(feats[-1].float(), rois, self.ffl_grid, spatial_scale=1 / 32, sampling_ratio=2,
+                             aligned=True)
+            proj = self.ffl_head(grid)
+            out["ffl"] = F.normalize(self.ffl_predictor(proj) if predict else proj, dim=1)
+        return out
+
+
+class MPINetModel(nn.Module):
+    """Online + EMA target + queue; `forward(views)` returns the loss terms (unweighted) of one step."""
+
+    def __init__(self, cfg: PretrainConfig, in_chans: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.online = OnlineNetwork(cfg, in_chans)
+        self.target = copy.deepcopy(self.online)
+        for p in self.target.parameters():
+            p.requires_grad_(False)
+        self.register_buffer("queue", F.normalize(torch.randn(cfg.queue_size, 128), dim=1))
+        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+        self.register_buffer("w_ffl_value", torch.tensor(float(cfg.w_ffl) if cfg.w_ffl != "auto" else -1.0))
+        self.info_nce = InfoNCELoss(cfg.t_ins)
+        self.pixel_nce = PixelInfoNCELoss(cfg.t_pix, cfg.pixel_anchors)
+        self.ffl = FocalFrequencyLoss(cfg.ffl_alpha, cfg.ffl_patch_factor, cfg.ffl_log_matrix, cfg.ffl_batch_matrix)
+
+    def momentum_at(self, step: int, total_steps: int) -> float:
+        if self.cfg.momentum_schedule == "fixed":
+            return self.cfg.momentum
+        m0 = self.cfg.momentum
+        return 1 - (1 - m0) * (math.cos(math.pi * step / max(1, total_steps)) + 1) / 2
+
+    @torch.no_grad()
+    def update_target(self, momentum: float) -> None:
+        online = self.online.module if hasattr(self.online, "module") else self.online
+        for t, o in zip(self.target.parameters(), online.parameters()):
+            t.mul_(momentum).add_(o.detach(), alpha=1 - momentum)
+        for t, o in zip(self.target.buffers(), online.buffers()):
+            t.copy_(o)
+
+    @torch.no_grad()
+    def enqueue(self, keys: torch.Tensor) -> None:
+        if dist.is_available() and dist.is_initialized():  # MoCo: keys of every rank enter the queue
+            gathered = [torch.empty_like(keys) for _ in range(dist.get_world_size())]
+            dist.all_gather(gathered, keys)
+            keys = torch.cat(gathered)
+        k = keys.shape[0]
+        size = self.queue.shape[0]
+        idx = (self.queue_ptr + torch.arange(k, device=keys.device)) % size
+        self.queue[idx] = keys.float()
+        self.queue_ptr.copy_((self.queue_ptr + k) % size)
+
+    def forward(self, views: TwoViews) -> dict[str, torch.Tensor]:
+        b = views.view1.shape[0]
+        x = torch.cat([views.view1, views.view2])
+        boxes = torch.cat([views.overlap1, views.overlap2])
+        on = self.online(x, boxes)
+        with torch.no_grad():
+            tg = self.target(x, boxes, predict=False)
+        geoms = (views.geom1, views.geom2)
+        terms: dict[str, torch.Tensor] = {}
+        q1, q2 = on["instance"][:b], on["instance"][b:]
+        k1, k2 = tg["instance"][:b], tg["instance"][b:]
+        queue = self.queue.clone().detach()
+        terms["ins"] = (self.info_nce(q1, k2, queue) + self.info_nce(q2, k1, queue)) / 2
+        for name, loss_fn in (("pixel", self.pixel_nce), ("ffl", self.ffl)):
+            if name not in on:
+                continue
+            o1, o2 = (undo_geometry(on[name][i * b : (i + 1) * b], geoms[i]) for i in (0, 1))
+            t1, t2 = (undo_geometry(tg[name][i * b : (i + 1) * b], geoms[i]) for i in (0, 1))
+            terms["pix" if name == "pixel" else "ffl"] = (loss_fn(o1, t2) + loss_fn(o2, t1)) / 2
+        self.enqueue(torch.cat([k1, k2]))
+        return terms
+
+    def total_loss(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        if "ffl" in terms and float(self.w_ffl_value) < 0:
+            # "auto": weight the FFL so it starts at `ffl_calibration_ratio` of the instance term (METHOD.md)
+            ratio = self.cfg.ffl_calibration_ratio * terms["ins"].detach() / terms["ffl"].detach().clamp_min(1e-12)
+            if dist.is_available() and dist.is_initialized():
+                dist.broadcast(ratio, 0)
+            self.w_ffl_value.copy_(ratio)
+        total = self.cfg.w_ins * terms["ins"]
+        if "pix" in terms:
+            total = total + self.cfg.w_pix * terms["pix"]
+        if "ffl" in terms:
+            total = total + self.w_ffl_value * terms["ffl"]
+        return total

@@ -1,0 +1,307 @@
+"""The pretraining loop: single process or DDP under torchrun, resumable, atomic checkpoints, NaN stop.
+
+Randomness is derived from (seed, step): view geometry and photometric augmentation reseed at every
+step, and the data order is a fixed permutation per epoch, so a resumed run reproduces the
+uninterrupted one on CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import yaml
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from ..checkpoint import CHECKPOINT_FORMAT, atomic_save, load_checkpoint
+from ..data import UnlabeledImages, pretraining_images
+from ..models import MPINET_TAGS
+from .config import PretrainConfig
+from .method import MPINetModel
+from .views import PhotometricAugment, make_two_views
+
+__all__ = ["NonFiniteLossError", "Trainer", "build_pretraining_dataset"]
+
+_IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss term became NaN or inf; the last good checkpoint is kept."""
+
+
+def build_pretraining_dataset(cfg: PretrainConfig) -> UnlabeledImages:
+    if not cfg.data_root:
+        raise ValueError("no --data-root given")
+    if cfg.dataset == "folder":
+        paths = cfg.data_root
+    else:
+        paths = pretraining_images(cfg.dataset, cfg.data_root[0], bands=cfg.bands)
+    return UnlabeledImages(paths, patch_size=cfg.patch, seed=cfg.seed)
+
+
+class _EpochBatches:
+    """Deterministic batches: epoch e is a permutation seeded by (seed, e), sharded across ranks."""
+
+    def __init__(self, n: int, batch: int, seed: int, rank: int, world: int) -> None:
+        self.n, self.batch, self.seed, self.rank, self.world = n, batch, seed, rank, world
+        self.per_epoch = max(1, n // (batch * world))
+
+    def indices(self, step: int) -> list[int]:
+        epoch, k = divmod(step, self.per_epoch)
+        perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 7919 + epoch)).tolist()
+        start = (k * self.world + self.rank) * self.batch
+        return [perm[(start + j) % self.n] for j in range(self.batch)]
+
+
+class _StepDataset(Dataset):
+    """One item per step: the stacked images of that step's batch (so workers load whole batches)."""
+
+    def __init__(self, images: UnlabeledImages, batches: _EpochBatches, first: int, last: int) -> None:
+        self.images, self.batches, self.first, self.last = images, batches, first, last
+
+    def __len__(self) -> int:
+        return self.last - self.first
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        step = self.first + i
+        self.images.set_epoch(step // self.batches.per_epoch)
+        return torch.stack([self.images[j]["image"] for j in self.batches.indices(step)])
+
+
+class Trainer:
+    def __init__(self, cfg: PretrainConfig, resume: bool = False) -> None:
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self.world = int(os.environ.get("WORLD_SIZE", 1))
+        self.rank = int(os.environ.get("RANK", 0))
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo")
+        self.device = self._device()
+        self.is_main = self.rank == 0
+        self.images = build_pretraining_dataset(cfg)
+        self.in_chans = self.images.num_bands
+        mean, std = self._norm_stats()
+        self.mean = torch.tensor(mean, device=self.device).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, device=self.device).view(1, -1, 1, 1)
+        self.batches = _EpochBatches(len(self.images), cfg.batch_size, cfg.seed, self.rank, self.world)
+        self.total_steps = cfg.steps or max(1, math.ceil((cfg.epochs or 1) * self.batches.per_epoch))
+        self.warmup_steps = min(int(cfg.warmup_epochs * self.batches.per_epoch), self.total_steps // 2)
+        torch.manual_seed(cfg.seed)
+        self.model = MPINetModel(cfg, self.in_chans).to(self.device)
+        if self.world > 1 and cfg.sync_bn and self.device.type == "cuda":
+            self.model.online = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model.online)
+        if cfg.channels_last and self.device.type == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.runner = self.model.online
+        if self.world > 1:
+            self.runner = DistributedDataParallel(self.model.online,
+                                                  device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.augment = PhotometricAugment(self.in_chans, cfg.crop, cfg.photometric).to(self.device)
+        self.optimizer = self._optimizer()
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "16" and self.device.type == "cuda")
+        self.step = 0
+        self.norm = {"mean": list(mean), "std": list(std), "bands": self._band_names()}
+        if resume:
+            self._resume()
+        if cfg.compile:
+            self.model.online.backbone.forward = torch.compile(self.model.online.backbone.forward)
+
+    # --- setup
+    def _device(self) -> torch.device:
+        want = self.cfg.device
+        if want == "auto":
+            want = "cuda" if torch.cuda.is_available() else "cpu"
+        if want == "cuda":
+            local = int(os.environ.get("LOCAL_RANK", 0))
+            torch.cuda.set_device(local)
+            return torch.device("cuda", local)
+        return torch.device(want)
+
+    def _band_names(self) -> list[str]:
+        if self.cfg.dataset != "folder" and self.cfg.bands in ("RGB", "IRRG", "RGBIR"):
+            return {"RGB": ["R", "G", "B"], "IRRG": ["IR", "R", "G"], "RGBIR": ["R", "G", "B", "IR"]}[self.cfg.bands]
+        if self.in_chans == 3:
+            return list(MPINET_TAGS["potsdam"]["band_names"])
+        return [f"band{i + 1}" for i in range(self.in_chans)]
+
+    def _norm_stats(self) -> tuple[list[float], list[float]]:
+        if self.cfg.mean and self.cfg.std:
+            if len(self.cfg.mean) != self.in_chans or len(self.cfg.std) != self.in_chans:
+                raise ValueError(f"--mean/--std need {self.in_chans} values (one per band)")
+            return list(self.cfg.mean), list(self.cfg.std)
+        if self.in_chans == 3:
+            return _IMAGENET
+        raise ValueError(f"{self.in_chans}-band input: give --mean and --std (see `mpinet data stats`)")
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        decay, no_decay = [], []
+        for name, p in self.model.online.named_parameters():
+            (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+        lr = self.cfg.lr * self.cfg.batch_size * self.world / 256
+        return torch.optim.SGD([{"params": decay, "weight_decay": self.cfg.weight_decay},
+                                {"params": no_decay, "weight_decay": 0.0}], lr=lr, momentum=self.cfg.sgd_momentum)
+
+    def _lr_factor(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        progress = (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    # --- checkpoints
+    def state(self) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "arch": self.cfg.arch,
+            "method": self.cfg.method,
+            "step": self.step,
+            "config": {**self.cfg.to_dict(), "w_ffl_calibrated": float(self.model.w_ffl_value)},
+            "norm": self.norm,
+            "model": self.model.online.state_dict(),
+            "target": self.model.target.state_dict(),
+            "buffers": {"queue": self.model.queue, "queue_ptr": self.model.queue_ptr,
+                        "w_ffl_value": self.model.w_ffl_value},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            # Views and augmentations reseed from (seed, step); the global state is kept for anything else.
+            "rng": {"torch": torch.get_rng_state(),
+                    **({"cuda": torch.cuda.get_rng_state()} if self.device.type == "cuda" else {})},
+        }
+
+    def save(self, name: str = "last.pt") -> Path | None:
+        if not self.is_main:
+            return None
+        return atomic_save(self.state(), self.out / "checkpoints" / name)
+
+    def _resume(self) -> None:
+        path = self.out / "checkpoints" / "last.pt"
+        ckpt = load_checkpoint(path, map_location=self.device)
+        if ckpt.get("arch") != self.cfg.arch or ckpt.get("method") != self.cfg.method:
+            raise ValueError(f"{path} is a {ckpt.get('method')}/{ckpt.get('arch')} run, not "
+                             f"{self.cfg.method}/{self.cfg.arch}")
+        self.model.online.load_state_dict(ckpt["model"])
+        self.model.target.load_state_dict(ckpt["target"])
+        for k, v in ckpt["buffers"].items():
+            getattr(self.model, k).copy_(v)
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        torch.set_rng_state(ckpt["rng"]["torch"].cpu())
+        self.step = int(ckpt["step"])
+
+    # --- loop
+    def _views(self, images: torch.Tensor):
+        gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.step * (self.world + 1) + self.rank)
+        torch.manual_seed(self.cfg.seed * 999_983 + self.step * (self.world + 1) + self.rank)  # kornia's draws
+        views = make_two_views(images, self.cfg.crop, scale=tuple(self.cfg.crop_scale),
+                               min_overlap=self.cfg.min_overlap, generator=gen)
+        views.view1 = (self.augment(views.view1) - self.mean) / self.std
+        views.view2 = (self.augment(views.view2) - self.mean) / self.std
+        if self.cfg.channels_last and self.device.type == "cuda":
+            views.view1 = views.view1.contiguous(memory_format=torch.channels_last)
+            views.view2 = views.view2.contiguous(memory_format=torch.channels_last)
+        return views
+
+    def train(self) -> dict[str, float]:
+        cfg = self.cfg
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        loader = DataLoader(_StepDataset(self.images, self.batches, self.step, self.total_steps), batch_size=None,
+                            shuffle=False, num_workers=cfg.workers, persistent_workers=False,
+                            pin_memory=self.device.type == "cuda")
+        log = (self.out / "log.jsonl").open("a") if self.is_main else None
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.is_main, unit="step",
+                   desc=f"pretrain {cfg.method}")
+        autocast_dtype = {"bf16": torch.bfloat16, "16": torch.float16}.get(cfg.precision)
+        last: dict[str, float] = {}
+        tick = time.perf_counter()
+        for images in loader:
+            images = images.to(self.device, non_blocking=True)
+            views = self._views(images)
+            with torch.autocast(self.device.type, dtype=autocast_dtype or torch.float32,
+                                enabled=autocast_dtype is not None):
+                terms = self.model(views) if self.world == 1 else self._forward_ddp(views)
+                loss = self.model.total_loss(terms)
+            for name, value in {**terms, "total": loss}.items():
+                if not torch.isfinite(value):
+                    raise NonFiniteLossError(
+                        f"step {self.step}: loss term '{name}' is {float(value)}; stopped without saving. The last "
+                        f"good checkpoint is {self.out / 'checkpoints' / 'last.pt'} (resume with --resume, perhaps "
+                        "with a lower --lr or --precision 32)")
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            momentum = self.model.momentum_at(self.step, self.total_steps)
+            self.model.update_target(momentum)
+            self.step += 1
+            now = time.perf_counter()
+            rate = images.shape[0] * self.world / (now - tick)
+            tick = now
+            last = {k: float(v.detach()) for k, v in terms.items()} | {"total": float(loss.detach())}
+            if self.is_main:
+                record = {"step": self.step, **last, "lr": self.optimizer.param_groups[0]["lr"], "momentum": momentum,
+                          "w_ffl": float(self.model.w_ffl_value), "images_per_s": rate}
+                if self.step % cfg.log_every == 0 or self.step == self.total_steps:
+                    log.write(json.dumps(record) + "\n")
+                    log.flush()
+                bar.set_postfix({k: f"{v:.3f}" for k, v in last.items()} | {"img/s": f"{rate:.1f}"})
+                bar.update(1)
+            if self.step % cfg.save_every == 0 or self.step == self.total_steps:
+                self.save()
+                if self.step % cfg.save_every == 0 and self.step != self.total_steps:
+                    self.save(f"step_{self.step:07d}.pt")
+                if self.is_main:
+                    plot_losses(self.out / "log.jsonl", self.out / "loss.png")
+        bar.close()
+        if log:
+            log.close()
+        return last
+
+    def _forward_ddp(self, views) -> dict[str, torch.Tensor]:
+        # Route the online forward through the DDP wrapper so gradients are all-reduced.
+        model = self.model
+        original = model.online
+        try:
+            model._modules["online"] = self.runner
+            return model(views)
+        finally:
+            model._modules["online"] = original
+
+
+def plot_losses(log_path: Path, png_path: Path) -> None:
+    """PNG of every loss term (and the total) against step, from the JSON-lines log."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    if not records:
+        return
+    keys = [k for k in ("total", "ins", "pix", "ffl") if k in records[-1]]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    steps = [r["step"] for r in records]
+    for k in keys:
+        ax.plot(steps, [r.get(k) for r in records], label=k)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(f"pretraining losses ({png_path.parent.name})")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = png_path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, png_path)

@@ -1,0 +1,233 @@
+"""Two-view geometry, the three losses, the method's networks, and the trainer (single process and DDP)."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+from torchvision.ops import roi_align
+
+from mpinet_hub.checkpoint import load_checkpoint
+from mpinet_hub.data.synth import synth_dataset
+from mpinet_hub.hub import export_weights
+from mpinet_hub.pretrain.config import PretrainConfig
+from mpinet_hub.pretrain.losses import FocalFrequencyLoss, InfoNCELoss, PixelInfoNCELoss
+from mpinet_hub.pretrain.method import MPINetModel
+from mpinet_hub.pretrain.trainer import NonFiniteLossError, Trainer
+from mpinet_hub.pretrain.views import ViewGeometry, make_two_views, map_box_to_view, undo_geometry
+
+from .conftest import REPO_ROOT
+
+
+def test_identical_crops_give_aligned_grids_under_flips_and_rotations():
+    torch.manual_seed(0)
+    images = torch.rand(16, 3, 32, 32)
+    views = make_two_views(images, out=32, scale=(1.0, 1.0), ratio=(1.0, 1.0),
+                           generator=torch.Generator().manual_seed(1))
+    assert not torch.equal(views.view1, views.view2)  # orientations differ
+    assert len({(int(h), int(v), int(k)) for h, v, k in zip(views.geom1.hflip, views.geom1.vflip, views.geom1.rot)}) > 3
+    g1 = roi_align(views.view1, [b[None] for b in views.overlap1], 8, aligned=True, sampling_ratio=2)
+    g2 = roi_align(views.view2, [b[None] for b in views.overlap2], 8, aligned=True, sampling_ratio=2)
+    a, b = undo_geometry(g1, views.geom1), undo_geometry(g2, views.geom2)
+    assert torch.allclose(a, b, atol=1e-5)
+    assert not torch.allclose(g1, g2, atol=1e-2)  # before undoing, the grids are not aligned
+
+
+def test_different_crops_cells_cover_the_same_ground():
+    # an image whose pixels encode their own coordinates: aligned cells must read the same coordinates
+    yy, xx = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+    images = torch.stack([xx, yy, xx * 0], 0)[None].repeat(8, 1, 1, 1)
+    views = make_two_views(images, out=48, scale=(0.3, 0.8), min_overlap=0.3,
+                           generator=torch.Generator().manual_seed(3))
+    g1 = undo_geometry(roi_align(views.view1, [b[None] for b in views.overlap1], 4, aligned=True), views.geom1)
+    g2 = undo_geometry(roi_align(views.view2, [b[None] for b in views.overlap2], 4, aligned=True), views.geom2)
+    assert (g1[:, :2] - g2[:, :2]).abs().max() < 1.0  # within a source pixel
+
+
+def test_overlap_box_hand_computed():
+    geom = ViewGeometry(torch.tensor([[10.0, 20.0, 50.0, 60.0]]), torch.tensor([False]), torch.tensor([False]),
+                        torch.tensor([0]))
+    overlap = torch.tensor([[30.0, 20.0, 50.0, 40.0]])  # right-top quarter of the 40x40 crop
+    assert map_box_to_view(overlap, geom, 80).tolist() == [[40.0, 0.0, 80.0, 40.0]]
+    geom.hflip[:] = True
+    assert map_box_to_view(overlap, geom, 80).tolist() == [[0.0, 0.0, 40.0, 40.0]]
+    geom.hflip[:] = False
+    geom.rot[:] = 1  # counter-clockwise: the top-right quarter moves to the top-left
+    assert map_box_to_view(overlap, geom, 80).tolist() == [[0.0, 0.0, 40.0, 40.0]]
+    geom.rot[:] = 2
+    assert map_box_to_view(overlap, geom, 80).tolist() == [[0.0, 40.0, 40.0, 80.0]]
+
+
+def test_low_overlap_pairs_are_redrawn():
+    views = make_two_views(torch.rand(64, 3, 100, 100), 32, scale=(0.05, 0.1), min_overlap=0.5,
+                           generator=torch.Generator().manual_seed(0))
+    inter = (views.overlap[:, 2:] - views.overlap[:, :2]).clamp_min(0).prod(1)
+    smaller = torch.minimum((views.geom1.boxes[:, 2:] - views.geom1.boxes[:, :2]).prod(1),
+                            (views.geom2.boxes[:, 2:] - views.geom2.boxes[:, :2]).prod(1))
+    assert (inter >= 0.5 * smaller - 1e-4).all()
+
+
+def test_info_nce_hand_computed():
+    q = torch.tensor([[1.0, 0.0]])
+    k = torch.tensor([[1.0, 0.0]])
+    queue = torch.tensor([[0.0, 1.0], [-1.0, 0.0]])
+    expected = -math.log(math.exp(1 / 0.5) / (math.exp(1 / 0.5) + math.exp(0) + math.exp(-1 / 0.5)))
+    assert InfoNCELoss(0.5)(q, k, queue).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_pixel_info_nce_hand_computed():
+    # B=1, S=2: four cells; cell i of view 1 equals cell i of view 2 (one-hot), so logits are 1/t on the diagonal
+    online = torch.eye(4).reshape(4, 2, 2)[None]
+    target = online.clone()
+    expected = -math.log(math.exp(1 / 0.3) / (math.exp(1 / 0.3) + 3))
+    assert PixelInfoNCELoss(0.3)(online, target).item() == pytest.approx(expected, rel=1e-6)
+    assert PixelInfoNCELoss(0.3, anchors_per_image=2)(online, target).item() == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("alpha,log_matrix,batch_matrix,patch", [(1.0, False, False, 1), (2.0, True, True, 2)])
+def test_focal_frequency_loss_against_numpy_formula(alpha, log_matrix, batch_matrix, patch):
+    rng = np.random.default_rng(0)
+    p, t = rng.standard_normal((2, 3, 4, 4)), rng.standard_normal((2, 3, 4, 4))
+    h = 4 // patch
+    dist, weights = [], []
+    for b in range(2):
+        for i in range(patch):
+            for j in range(patch):
+                for c in range(3):
+                    fp = np.fft.fft2(p[b, c, i * h : (i + 1) * h, j * h : (j + 1) * h], norm="ortho")
+                    ft = np.fft.fft2(t[b, c, i * h : (i + 1) * h, j * h : (j + 1) * h], norm="ortho")
+                    d = np.abs(fp - ft) ** 2
+                    w = np.sqrt(d) ** alpha
+                    if log_matrix:
+                        w = np.log(w + 1)
+                    dist.append(d)
+                    weights.append(w)
+    weights = np.array(weights)
+    weights = weights / (weights.max() if batch_matrix else weights.max(axis=(1, 2), keepdims=True))
+    expected = float((weights * np.array(dist)).mean())
+    loss = FocalFrequencyLoss(alpha, patch, log_matrix, batch_matrix)(torch.tensor(p), torch.tensor(t))
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+def _tiny_cfg(tmp_path, data_root, method="mpinet", **kw) -> PretrainConfig:
+    return PretrainConfig.from_sources(
+        None, dataset="potsdam", data_root=[str(data_root)], method=method, arch="mpinet_resnet18", patch=96,
+        crop=64, batch_size=4, steps=kw.pop("steps", 2), queue_size=32, workers=0, out=str(tmp_path / method),
+        save_every=kw.pop("save_every", 100), pixel_grid=7, ffl_grid=4, warmup_epochs=0, **kw)
+
+
+@pytest.fixture(scope="module")
+def potsdam_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pretrain-data")
+    synth_dataset("potsdam", root, tiles=3, size=192, seed=5)
+    return root
+
+
+def test_gradients_reach_only_the_online_network_and_ema_is_correct(tmp_path, potsdam_root):
+    cfg = _tiny_cfg(tmp_path, potsdam_root)
+    model = MPINetModel(cfg, 3)
+    views = make_two_views(torch.rand(4, 3, 96, 96), 64, generator=torch.Generator().manual_seed(0))
+    terms = model(views)
+    assert set(terms) == {"ins", "pix", "ffl"}
+    model.total_loss(terms).backward()
+    assert all(p.grad is None for p in model.target.parameters())
+    assert model.online.backbone.conv1.weight.grad.abs().sum() > 0
+    assert model.online.ffl_predictor[1].weight.grad is not None
+    before_t = model.target.backbone.conv1.weight.clone()
+    with torch.no_grad():
+        model.online.backbone.conv1.weight.add_(1.0)
+    online_w = model.online.backbone.conv1.weight.clone()
+    model.update_target(0.9)
+    assert torch.allclose(model.target.backbone.conv1.weight, 0.9 * before_t + 0.1 * online_w)
+    assert model.momentum_at(0, 100) == pytest.approx(0.99) and model.momentum_at(100, 100) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("method,terms", [("mocov2", {"ins"}), ("pixcontrast", {"ins", "pix"}),
+                                          ("mpinet-noffl", {"ins", "pix"}), ("mpinet", {"ins", "pix", "ffl"})])
+def test_each_method_trains_and_exports(tmp_path, potsdam_root, method, terms):
+    trainer = Trainer(_tiny_cfg(tmp_path, potsdam_root, method=method))
+    last = trainer.train()
+    assert set(last) == terms | {"total"} and all(math.isfinite(v) for v in last.values())
+    run = tmp_path / method
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2] and "images_per_s" in records[0]
+    assert (run / "loss.png").stat().st_size > 1000 and (run / "config.yaml").is_file()
+    if method == "mpinet":  # auto-calibrated FFL weight: weighted FFL starts at half the instance term
+        first = records[0]
+        assert first["w_ffl"] * first["ffl"] == pytest.approx(0.5 * first["ins"], rel=1e-3)
+    if method == "mocov2":
+        assert trainer.model.momentum_at(1, 2) == 0.999
+    ckpt = load_checkpoint(run / "checkpoints" / "last.pt")  # weights_only=True
+    export_weights(run / "checkpoints" / "last.pt", tmp_path / "hub", "mpinet_resnet18", "potsdam")
+    model = timm.create_model(f"local-dir:{tmp_path / 'hub'}", pretrained=True)
+    assert torch.equal(model.state_dict()["layer3.0.conv1.weight"], ckpt["model"]["backbone.layer3.0.conv1.weight"])
+
+
+def test_resume_reproduces_the_uninterrupted_run(tmp_path, potsdam_root):
+    straight = Trainer(_tiny_cfg(tmp_path / "a", potsdam_root, steps=4))
+    straight.train()
+    first = Trainer(_tiny_cfg(tmp_path / "b", potsdam_root, steps=4, save_every=2))
+    first.total_steps = 4
+    loader_stop = 2
+
+    # interrupt after 2 steps: train a copy whose total is 4 but stop by running only 2 steps
+    class Stop(Exception):
+        pass
+
+    original_save = first.save
+
+    def save_then_stop(name="last.pt"):
+        path = original_save(name)
+        if first.step == loader_stop and name == "last.pt":
+            raise Stop
+        return path
+
+    first.save = save_then_stop
+    with pytest.raises(Stop):
+        first.train()
+    resumed = Trainer(_tiny_cfg(tmp_path / "b", potsdam_root, steps=4, save_every=2), resume=True)
+    assert resumed.step == 2
+    resumed.train()
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-6), k
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, potsdam_root):
+    trainer = Trainer(_tiny_cfg(tmp_path, potsdam_root, steps=3, save_every=1))
+    original = trainer.model.forward
+
+    def poisoned(views):
+        terms = original(views)
+        if trainer.step == 2:
+            terms["pix"] = terms["pix"] * float("nan")
+        return terms
+
+    trainer.model.forward = poisoned
+    with pytest.raises(NonFiniteLossError, match="step 2: loss term 'pix'"):
+        trainer.train()
+    assert load_checkpoint(tmp_path / "mpinet" / "checkpoints" / "last.pt")["step"] == 2
+
+
+@pytest.mark.slow
+def test_ddp_two_gloo_processes(tmp_path, potsdam_root):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
+           "-m", "mpinet_hub", "pretrain", "--dataset", "potsdam", "--data-root", str(potsdam_root), "--arch",
+           "mpinet_resnet18", "--patch", "96", "--crop", "64", "--batch-size", "2", "--steps", "2", "--queue-size",
+           "16", "--workers", "0", "--out", str(out), "--device", "cpu", "--debug"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=REPO_ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ckpt = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert ckpt["step"] == 2
+    # keys of both ranks (2 views x 2 images x 2 ranks per step) entered the queue
+    assert int(ckpt["buffers"]["queue_ptr"]) == (2 * 2 * 2 * 2) % 16
+    assert len((out / "log.jsonl").read_text().splitlines()) == 2  # only rank 0 writes
+    F.normalize(ckpt["buffers"]["queue"], dim=1)
