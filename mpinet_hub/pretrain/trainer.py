@@ -102,8 +102,8 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.runner = self.model.online
         if self.world > 1:
-            self.runner = DistributedDataParallel(self.model.online,
-                                                  device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.runner = DistributedDataParallel(self.model.online, device_ids=ids)
         self.augment = PhotometricAugment(self.in_chans, cfg.crop, cfg.photometric).to(self.device)
         self.optimizer = self._optimizer()
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
