@@ -203,8 +203,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, potsdam_root):
     trainer = Trainer(_tiny_cfg(tmp_path, potsdam_root, steps=3, save_every=1))
     original = trainer.model.forward
 
-    def poisoned(views):
-        terms = original(views)
+    def poisoned(views, online=None):
+        terms = original(views, online=online)
         if trainer.step == 2:
             terms["pix"] = terms["pix"] * float("nan")
         return terms

@@ -11,7 +11,7 @@ from .base import Scene, SegmentationDataset
 from .labels import decode_colour_label
 from .raster import DataError
 
-__all__ = ["POTSDAM_SPLITS", "Potsdam", "potsdam_paths"]
+__all__ = ["POTSDAM_BAND_NAMES", "POTSDAM_SPLITS", "Potsdam", "potsdam_paths"]
 
 # mmsegmentation's and torchgeo's split (24 train, 14 test tiles), as "row_col".
 POTSDAM_SPLITS = {
@@ -26,6 +26,7 @@ _PRODUCTS = {
     "IRRG": ("3_Ortho_IRRG", "IRRG", 3),
     "RGBIR": ("4_Ortho_RGBIR", "RGBIR", 4),
 }
+POTSDAM_BAND_NAMES = {"RGB": ("R", "G", "B"), "IRRG": ("IR", "R", "G"), "RGBIR": ("R", "G", "B", "IR")}
 _LABEL_FOLDERS = {"full": ("5_Labels_all", "label"), "noBoundary": ("5_Labels_all_noBoundary", "label_noBoundary")}
 
 
@@ -77,8 +78,7 @@ class Potsdam(SegmentationDataset):
 
     @property
     def band_names(self) -> tuple[str, ...]:
-        names = {"RGB": ("R", "G", "B"), "IRRG": ("IR", "R", "G"), "RGBIR": ("R", "G", "B", "IR")}
-        return names[self.bands.removesuffix("+DSM")] + (("nDSM",) if self.bands.endswith("+DSM") else ())
+        return POTSDAM_BAND_NAMES[self.bands.removesuffix("+DSM")] + (("nDSM",) if self.bands.endswith("+DSM") else ())
 
     def _layout_hint(self) -> str:
         folder = _PRODUCTS[self.bands.removesuffix("+DSM")][0]

@@ -8,7 +8,6 @@ tag's card with the weights' sha256.
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ import torch
 from timm.models._hub import save_config_for_hf
 
 from ..checkpoint import backbone_state_dict, is_training_checkpoint
-from ..models import MPINET_ARCHS, MPINET_TAGS
+from ..models import MPINET_ARCHS, MPINET_TAGS, hub_repo_id
 from .card import render_card
 
 __all__ = ["ExportError", "ExportResult", "export_weights", "file_sha256", "load_source_weights"]
@@ -96,8 +95,6 @@ def export_weights(
     org: str | None = None,
 ) -> ExportResult:
     """Write the hub folder for `arch.tag` from `src`; nothing is left behind if any step fails."""
-    from ..models import hub_repo_id
-
     if arch not in MPINET_ARCHS:
         raise ExportError(f"Unknown --arch {arch!r}; choose one of {', '.join(MPINET_ARCHS)}")
     if tag not in MPINET_TAGS:
@@ -183,6 +180,3 @@ def export_weights(
         raise
     return ExportResult(out_dir=out_dir, sha256=sha, num_tensors=len(weights), dropped_keys=dropped)
 
-
-def read_config(folder: str | Path) -> dict[str, Any]:
-    return json.loads((Path(folder) / "config.json").read_text())

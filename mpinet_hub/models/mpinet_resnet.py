@@ -25,6 +25,8 @@ __all__ = [
     "MPINET_TAGS",
     "MpinetPretrainedCfg",
     "PretrainedWeightsNotFoundError",
+    "RGB_MEAN",
+    "RGB_STD",
     "UnknownTagError",
     "hub_org",
     "hub_repo_id",
@@ -49,8 +51,8 @@ MPINET_ARCHS: dict[str, tuple[str, type, tuple[int, ...]]] = {
 # ImageNet statistics: the normalisation mmsegmentation uses for all three data sets, and the one our
 # pretraining recipes use for RGB input (configs/). An export from a run with other statistics writes
 # that run's values into its config.json, so a loaded checkpoint always carries what it was trained with.
-_RGB_MEAN = (0.485, 0.456, 0.406)
-_RGB_STD = (0.229, 0.224, 0.225)
+RGB_MEAN = (0.485, 0.456, 0.406)
+RGB_STD = (0.229, 0.224, 0.225)
 
 # Tag -> facts about the pretraining data. Licences are the data sets' own terms: weights trained on
 # them inherit those terms, which is why a tag's licence is not the code's Apache-2.0.
@@ -115,8 +117,8 @@ def _cfg(arch: str, tag: str) -> MpinetPretrainedCfg:
         pool_size=(8, 8),
         crop_pct=1.0,
         interpolation="bilinear",
-        mean=_RGB_MEAN,
-        std=_RGB_STD,
+        mean=RGB_MEAN,
+        std=RGB_STD,
         first_conv="conv1",
         classifier="fc",
         license=meta["license"],

@@ -109,10 +109,9 @@ class MPINetModel(nn.Module):
 
     @torch.no_grad()
     def update_target(self, momentum: float) -> None:
-        online = self.online.module if hasattr(self.online, "module") else self.online
-        for t, o in zip(self.target.parameters(), online.parameters()):
+        for t, o in zip(self.target.parameters(), self.online.parameters()):
             t.mul_(momentum).add_(o.detach(), alpha=1 - momentum)
-        for t, o in zip(self.target.buffers(), online.buffers()):
+        for t, o in zip(self.target.buffers(), self.online.buffers()):
             t.copy_(o)
 
     @torch.no_grad()
@@ -127,11 +126,12 @@ class MPINetModel(nn.Module):
         self.queue[idx] = keys.float()
         self.queue_ptr.copy_((self.queue_ptr + k) % size)
 
-    def forward(self, views: TwoViews) -> dict[str, torch.Tensor]:
+    def forward(self, views: TwoViews, online: nn.Module | None = None) -> dict[str, torch.Tensor]:
+        """`online`: the module to run the online network through (its DDP wrapper under torchrun)."""
         b = views.view1.shape[0]
         x = torch.cat([views.view1, views.view2])
         boxes = torch.cat([views.overlap1, views.overlap2])
-        on = self.online(x, boxes)
+        on = (online or self.online)(x, boxes)
         with torch.no_grad():
             tg = self.target(x, boxes, predict=False)
         geoms = (views.geom1, views.geom2)

@@ -23,15 +23,13 @@ from tqdm import tqdm
 
 from ..checkpoint import CHECKPOINT_FORMAT, atomic_save, load_checkpoint
 from ..data import UnlabeledImages, pretraining_images
-from ..models import MPINET_TAGS
+from ..data.potsdam import POTSDAM_BAND_NAMES
+from ..models import MPINET_TAGS, RGB_MEAN, RGB_STD
 from .config import PretrainConfig
 from .method import MPINetModel
 from .views import PhotometricAugment, make_two_views
 
 __all__ = ["NonFiniteLossError", "Trainer", "build_pretraining_dataset"]
-
-_IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
-
 
 class NonFiniteLossError(RuntimeError):
     """A loss term became NaN or inf; the last good checkpoint is kept."""
@@ -127,8 +125,8 @@ class Trainer:
         return torch.device(want)
 
     def _band_names(self) -> list[str]:
-        if self.cfg.dataset != "folder" and self.cfg.bands in ("RGB", "IRRG", "RGBIR"):
-            return {"RGB": ["R", "G", "B"], "IRRG": ["IR", "R", "G"], "RGBIR": ["R", "G", "B", "IR"]}[self.cfg.bands]
+        if self.cfg.dataset != "folder" and self.cfg.bands in POTSDAM_BAND_NAMES:
+            return list(POTSDAM_BAND_NAMES[self.cfg.bands])
         if self.in_chans == 3:
             return list(MPINET_TAGS["potsdam"]["band_names"])
         return [f"band{i + 1}" for i in range(self.in_chans)]
@@ -139,7 +137,7 @@ class Trainer:
                 raise ValueError(f"--mean/--std need {self.in_chans} values (one per band)")
             return list(self.cfg.mean), list(self.cfg.std)
         if self.in_chans == 3:
-            return _IMAGENET
+            return list(RGB_MEAN), list(RGB_STD)
         raise ValueError(f"{self.in_chans}-band input: give --mean and --std (see `mpinet data stats`)")
 
     def _optimizer(self) -> torch.optim.Optimizer:
@@ -230,7 +228,7 @@ class Trainer:
             views = self._views(images)
             with torch.autocast(self.device.type, dtype=autocast_dtype or torch.float32,
                                 enabled=autocast_dtype is not None):
-                terms = self.model(views) if self.world == 1 else self._forward_ddp(views)
+                terms = self.model(views, online=self.runner)
                 loss = self.model.total_loss(terms)
             for name, value in {**terms, "total": loss}.items():
                 if not torch.isfinite(value):
@@ -268,16 +266,6 @@ class Trainer:
         if log:
             log.close()
         return last
-
-    def _forward_ddp(self, views) -> dict[str, torch.Tensor]:
-        # Route the online forward through the DDP wrapper so gradients are all-reduced.
-        model = self.model
-        original = model.online
-        try:
-            model._modules["online"] = self.runner
-            return model(views)
-        finally:
-            model._modules["online"] = original
 
 
 def plot_losses(log_path: Path, png_path: Path) -> None:
