@@ -13,6 +13,11 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "pretrain": ("mpinet_hub.pretrain.cli", "Self-supervised pretraining (mpinet, mpinet-noffl, pixcontrast, mocov2)"),
     "export": ("mpinet_hub.hub.cli", "Training checkpoint or state dict -> Hub folder (safetensors, config, card)"),
     "push": ("mpinet_hub.hub.cli", "Upload an export folder to the Hugging Face Hub after checking it"),
+    "finetune": ("mpinet_hub.downstream.cli", "Fine-tune an SMP decoder + encoder on a seeded fraction of the labels"),
+    "evaluate": ("mpinet_hub.downstream.cli", "Whole-tile sliding-window evaluation by a named metric protocol"),
+    "predict": ("mpinet_hub.downstream.cli", "Class maps for GeoTIFF/PNG inputs (CRS and transform kept)"),
+    "compare": ("mpinet_hub.downstream.cli", "Label-efficiency table: encoders x label fractions, markdown + plot"),
+    "quickstart": ("mpinet_hub.downstream.cli", "The whole pipeline on a synthetic Potsdam set in a few minutes"),
 }
 
 

@@ -231,3 +231,20 @@ def test_ddp_two_gloo_processes(tmp_path, potsdam_root):
     assert int(ckpt["buffers"]["queue_ptr"]) == (2 * 2 * 2 * 2) % 16
     assert len((out / "log.jsonl").read_text().splitlines()) == 2  # only rank 0 writes
     F.normalize(ckpt["buffers"]["queue"], dim=1)
+
+
+@pytest.mark.parametrize("size,cin,cout,grid", [(8, 64, 32, 14), (16, 64, 16, 7), (32, 16, 16, 7)])
+def test_roi_grid_projects_before_or_after_roialign_with_the_same_result(size, cin, cout, grid):
+    from mpinet_hub.pretrain.method import roi_grid
+
+    torch.manual_seed(0)
+    feat = torch.randn(3, cin, size, size)
+    conv = torch.nn.Conv2d(cin, cout, 1)
+    rois = [torch.tensor([[3.0, 5.0, 90.0, 70.0]]), torch.tensor([[0.0, 0.0, 128.0, 128.0]]),
+            torch.tensor([[40.0, 10.0, 60.0, 120.0]])]
+    grid_out, projected = roi_grid(feat, rois, grid, 128 // size, conv)
+    assert projected == (size * size <= grid * grid)  # the first two cases take the cheaper order
+    from torchvision.ops import roi_align
+
+    reference = conv(roi_align(feat, rois, grid, spatial_scale=size / 128, sampling_ratio=2, aligned=True))
+    assert torch.allclose(grid_out if projected else conv(grid_out), reference, atol=1e-5)

@@ -4,17 +4,33 @@ Every reader takes the folder the official archives unpack into, unchanged, and 
 "image" (float32 C x H x W in [0, 1]), "mask" (int64 H x W train ids, 255 = ignore) and "meta".
 """
 
+from pathlib import Path
+from typing import Any
+
 from .base import Scene, SegmentationDataset, to_unit_float
 from .labels import IGNORE_INDEX, decode_colour_label, decode_value_label, encode_colour_label
 from .loveda import LoveDA
 from .potsdam import POTSDAM_SPLITS, Potsdam
-from .raster import DataError, grid_windows, raster_info, read_window
+from .raster import DataError, Window, grid_windows, raster_info, read_window, window_starts
 from .uavid import UAVid
 from .unlabeled import UnlabeledImages, pretraining_images
 
 DATASETS = {"potsdam": Potsdam, "loveda": LoveDA, "uavid": UAVid}
 # data set -> the metric protocol its results are reported under by default
 DEFAULT_PROTOCOL = {"potsdam": "potsdam-mmseg", "loveda": "loveda", "uavid": "uavid"}
+
+
+def open_dataset(
+    name: str, root: str | Path, split: str, bands: str | None = None, **kwargs: Any
+) -> SegmentationDataset:
+    """A reader by data set name; `bands` (RGB, IRRG, RGBIR, optionally +DSM) applies to Potsdam only."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
+    if name == "potsdam":
+        kwargs["bands"] = bands or "RGB"
+    elif bands not in (None, "RGB"):
+        raise ValueError(f"{name} images are RGB only; --bands {bands} applies to Potsdam")
+    return DATASETS[name](root, split=split, **kwargs)
 
 __all__ = [
     "DATASETS",
@@ -28,12 +44,15 @@ __all__ = [
     "SegmentationDataset",
     "UAVid",
     "UnlabeledImages",
+    "Window",
     "decode_colour_label",
     "decode_value_label",
     "encode_colour_label",
     "grid_windows",
+    "open_dataset",
     "pretraining_images",
     "raster_info",
     "read_window",
     "to_unit_float",
+    "window_starts",
 ]

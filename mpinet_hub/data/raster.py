@@ -16,7 +16,7 @@ import rasterio
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.windows import Window
 
-__all__ = ["DataError", "RasterInfo", "Window", "grid_windows", "raster_info", "read_window"]
+__all__ = ["DataError", "RasterInfo", "Window", "grid_windows", "raster_info", "read_window", "window_starts"]
 
 _TILED_SUFFIXES = (".tif", ".tiff")
 
@@ -85,6 +85,16 @@ def read_window(path: str | Path, window: Window | None = None, bands: list[int]
         ) from err
 
 
+def window_starts(length: int, size: int, stride: int) -> list[int]:
+    """Offsets of windows of `size` every `stride` px along `length`; the last one ends at the edge."""
+    if length < size:
+        raise DataError(f"raster side of {length} px is smaller than the window ({size} px)")
+    starts = list(range(0, length - size + 1, stride))
+    if starts[-1] != length - size:
+        starts.append(length - size)
+    return starts
+
+
 def grid_windows(height: int, width: int, patch: int | None, stride: int | None = None) -> list[Window]:
     """A deterministic grid of patch x patch windows; the last row/column is aligned to the edge (never padded).
 
@@ -95,11 +105,5 @@ def grid_windows(height: int, width: int, patch: int | None, stride: int | None 
     stride = stride or patch
     if height < patch or width < patch:
         raise DataError(f"raster of {height}x{width} px is smaller than patch_size={patch}")
-
-    def starts(n: int) -> list[int]:
-        s = list(range(0, n - patch + 1, stride))
-        if s[-1] != n - patch:
-            s.append(n - patch)
-        return s
-
-    return [Window(c, r, patch, patch) for r in starts(height) for c in starts(width)]
+    return [Window(c, r, patch, patch) for r in window_starts(height, patch, stride)
+            for c in window_starts(width, patch, stride)]

@@ -96,12 +96,9 @@ class UnlabeledImages(Dataset):
 
 def pretraining_images(dataset: str, root: str | Path, bands: str = "RGB") -> list[Path]:
     """Image files of a data set's training split (labels unused), for `UnlabeledImages`."""
-    from . import DATASETS
+    from . import open_dataset
 
-    if dataset not in DATASETS:
-        raise ValueError(f"unknown data set {dataset!r}; choose one of {', '.join(DATASETS)}")
-    kwargs = {"bands": bands} if dataset == "potsdam" else {}
-    ds = DATASETS[dataset](root, split="train", **kwargs)
+    ds = open_dataset(dataset, root, "train", bands=bands)
     if any(len(s.images) > 1 for s in ds.scenes):
         raise ValueError("pretraining reads one file per scene; use bands without +DSM")
     return [s.images[0][0] for s in ds.scenes]

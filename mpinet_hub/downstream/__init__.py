@@ -1,1 +1,32 @@
-"""Downstream use of the encoders: SMP segmentation models, fine-tuning, evaluation and prediction."""
+"""Downstream use of the encoders: SMP segmentation models, fine-tuning, evaluation and prediction.
+
+    model.py      encoder SPEC -> SMP model; offline save/load with mpinet.json
+    finetune.py   seeded labeled subset + resumable fine-tuning
+    inference.py  sliding-window logits, blended, streamed row band by row band
+    evaluate.py   whole-tile metrics by protocol -> metrics.json, confusion.png, previews
+    predict.py    GeoTIFF in -> class GeoTIFF out
+    compare.py    encoders x label fractions -> results.md + plot
+    quickstart.py the whole pipeline on the embedded default
+"""
+
+from .inference import SlidingWindow
+from .model import (
+    DECODERS,
+    EncoderSpec,
+    SegmentationModelInfo,
+    build_segmentation_model,
+    load_encoder,
+    load_segmentation_model,
+    save_segmentation_model,
+)
+
+__all__ = [
+    "DECODERS",
+    "EncoderSpec",
+    "SegmentationModelInfo",
+    "SlidingWindow",
+    "build_segmentation_model",
+    "load_encoder",
+    "load_segmentation_model",
+    "save_segmentation_model",
+]

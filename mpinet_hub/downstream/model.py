@@ -9,7 +9,10 @@ works offline (SMP #957).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +20,20 @@ import segmentation_models_pytorch as smp
 import timm
 import torch
 
-from ..models import MPINET_ARCHS
+from ..models import MPINET_ARCHS, RGB_MEAN, RGB_STD
 
-__all__ = ["DECODERS", "EncoderSpec", "build_segmentation_model", "load_encoder", "save_segmentation_model"]
+__all__ = [
+    "DECODERS",
+    "MODEL_INFO_FILE",
+    "EncoderSpec",
+    "SegmentationModelInfo",
+    "build_segmentation_model",
+    "load_encoder",
+    "load_segmentation_model",
+    "save_segmentation_model",
+]
+
+MODEL_INFO_FILE = "mpinet.json"  # beside SMP's config.json: what the model expects and what it was trained on
 
 DECODERS = {
     "deeplabv3plus": smp.DeepLabV3Plus,
@@ -42,16 +56,24 @@ class EncoderSpec:
     in_chans: int
 
 
-def load_encoder(spec: str, default_arch: str = "mpinet_resnet18") -> EncoderSpec:
-    """Resolve SPEC to a plain timm architecture and its backbone weights (None for `random`)."""
+def load_encoder(spec: str, default_arch: str = "mpinet_resnet18", in_chans: int = 3) -> EncoderSpec:
+    """Resolve SPEC to a plain timm architecture and its backbone weights (None for `random`).
+
+    `in_chans` applies to `random` and `imagenet` (timm adapts the first conv); pretrained MPINet weights
+    keep the bands they were trained on.
+    """
     kind, _, rest = spec.partition(":")
     if kind in ("random", "imagenet") and ":" not in rest:
         arch = rest or default_arch
         base = MPINET_ARCHS[arch][0] if arch in MPINET_ARCHS else arch
         if kind == "random":
             cfg = timm.models.get_pretrained_cfg(base).to_dict()
-            return EncoderSpec(spec, base, None, tuple(cfg["mean"]), tuple(cfg["std"]), 3)
-        model = timm.create_model(base, pretrained=True, num_classes=0)  # timm's own weights, where cached
+            return EncoderSpec(spec, base, None, tuple(cfg["mean"]), tuple(cfg["std"]), in_chans)
+        try:
+            model = timm.create_model(base, pretrained=True, num_classes=0, in_chans=in_chans)
+        except Exception as err:  # no network and not in the HF cache
+            raise RuntimeError(f"encoder {spec}: timm's ImageNet weights for {base} could not be loaded ({err}); "
+                               "they must be in the Hugging Face cache on an offline machine") from err
     elif Path(spec).is_dir():
         model = timm.create_model(f"local-dir:{Path(spec).resolve()}", pretrained=True)
     else:
@@ -85,9 +107,62 @@ def build_segmentation_model(
     return model
 
 
-def save_segmentation_model(model: torch.nn.Module, path: str | Path, **card: Any) -> Path:
-    """`save_pretrained`, with `encoder_weights` stored as null so reloading never downloads (SMP #957)."""
+@dataclass
+class SegmentationModelInfo:
+    """What a fine-tuned model needs at inference (classes, normalisation, bands) and where it came from."""
+
+    classes: list[str]
+    mean: list[float]
+    std: list[float]
+    palette: list[list[int]] | None = None
+    bands: str | None = None
+    ignore_index: int = 255
+    provenance: dict[str, Any] = field(default_factory=dict)  # dataset, encoder, decoder, label fraction, steps
+
+    @property
+    def in_chans(self) -> int:
+        return len(self.mean)
+
+
+def save_segmentation_model(
+    model: torch.nn.Module, path: str | Path, info: SegmentationModelInfo | None = None, **card: Any
+) -> Path:
+    """`save_pretrained` (+ `mpinet.json`), with `encoder_weights` stored as null so reloading never downloads
+    (SMP #957). Written to a staging folder and renamed into place, so `path` is never half-written."""
+    path = Path(path)
     config = model._hub_mixin_config  # SMP keeps the constructor arguments here
     config["encoder_weights"] = None
-    model.save_pretrained(str(path), **card)
-    return Path(path)
+    staging = path.with_name(f".{path.name}.staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(str(staging), **card)
+    if info is not None:
+        (staging / MODEL_INFO_FILE).write_text(json.dumps(asdict(info), indent=2))
+    old = path.with_name(f".{path.name}.old")
+    if path.exists():
+        os.replace(path, old)
+    os.replace(staging, path)
+    shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def load_segmentation_model(path: str | Path) -> tuple[torch.nn.Module, SegmentationModelInfo]:
+    """An SMP model folder (or a fine-tuning run folder holding `model/`), offline, in eval mode, with its info."""
+    path = Path(path)
+    if not (path / "config.json").is_file() and (path / "model" / "config.json").is_file():
+        path = path / "model"
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path}: no SMP model here (config.json missing); pass the folder written by "
+                                "`mpinet finetune` (RUN or RUN/model) or by SMP's save_pretrained")
+    model = smp.from_pretrained(str(path)).eval()
+    info_path = path / MODEL_INFO_FILE
+    if info_path.is_file():
+        info = SegmentationModelInfo(**json.loads(info_path.read_text()))
+    else:  # a plain SMP folder: class ids as names, ImageNet normalisation for RGB
+        in_chans = int(model.config.get("in_channels", 3))
+        if in_chans != 3:
+            raise ValueError(f"{path}: no {MODEL_INFO_FILE} telling the normalisation of its {in_chans} bands; "
+                             "write one (see SegmentationModelInfo) or re-save the model with mpinet")
+        info = SegmentationModelInfo([str(i) for i in range(int(model.config["classes"]))], list(RGB_MEAN),
+                                     list(RGB_STD))
+    info.provenance.setdefault("model_dir", str(path))
+    return model, info

@@ -43,8 +43,27 @@ class FusionPixelHead(nn.Module):
         self.projector = nn.Sequential(_conv_bn_relu(width, width), nn.Conv2d(width, out, 1))
 
     def forward(self, grids: list[torch.Tensor]) -> torch.Tensor:
-        fused = sum(lat(g) for lat, g in zip(self.lateral, grids))
+        """grids: per level (N, C_l, S, S), or already through its lateral conv when `projected`."""
+        fused = sum(g if projected else lat(g) for lat, (g, projected) in zip(self.lateral, grids))
         return F.normalize(self.projector(self.fuse(fused)), dim=1)
+
+
+def roi_grid(feat: torch.Tensor, rois: list[torch.Tensor], size: int, stride: int,
+             project: nn.Conv2d) -> tuple[torch.Tensor, bool]:
+    """RoIAlign `feat` on `rois` into size x size cells; returns (grid, whether `project` was applied).
+
+    A 1x1 conv and RoIAlign are both linear (RoIAlign's bilinear weights sum to one inside the map), so they
+    commute. When the conv shrinks the channels and the map is not much larger than the grid (C4/C5 of a
+    ResNet-50 at 256 px), running it first moves 4x fewer numbers through RoIAlign, whose CPU kernel is
+    single-threaded and dominated the step (docs/benchmarks.md); when the map is smaller than the grid, the
+    conv itself is cheaper first. The result is the same up to rounding.
+    """
+    h, w = feat.shape[-2:]
+    cin, cout, cells = project.in_channels, project.out_channels, size * size
+    first = (cout <= cin and h * w <= cells) or (cout < cin and h * w <= 2 * cells)
+    x = project(feat.float()) if first else feat.float()
+    grid = roi_align(x, rois, size, spatial_scale=1 / stride, sampling_ratio=2, aligned=True)
+    return grid, first
 
 
 class OnlineNetwork(nn.Module):
@@ -73,13 +92,13 @@ class OnlineNetwork(nn.Module):
         out = {"instance": F.normalize(self.instance_head(feats[-1].float().mean((2, 3))), dim=1)}
         rois = [b[None] for b in boxes.float()]
         if self.pixel_head is not None:
-            grids = [roi_align(feats[i].float(), rois, self.pixel_grid, spatial_scale=1 / STRIDES[i],
-                               sampling_ratio=2, aligned=True) for i in self.levels]
+            grids = [roi_grid(feats[i], rois, self.pixel_grid, STRIDES[i], lat)
+                     for i, lat in zip(self.levels, self.pixel_head.lateral)]
             out["pixel"] = self.pixel_head(grids)
         if self.use_ffl:
-            grid = roi_align(feats[-1].float(), rois, self.ffl_grid, spatial_scale=1 / 32, sampling_ratio=2,
-                             aligned=True)
-            proj = self.ffl_head(grid)
+            conv, bn_relu = self.ffl_head[0][0], self.ffl_head[0][1:]
+            grid, projected = roi_grid(feats[-1], rois, self.ffl_grid, STRIDES[-1], conv)
+            proj = self.ffl_head[1:](bn_relu(grid if projected else conv(grid)))
             out["ffl"] = F.normalize(self.ffl_predictor(proj) if predict else proj, dim=1)
         return out
 

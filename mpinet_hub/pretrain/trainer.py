@@ -25,14 +25,12 @@ from ..checkpoint import CHECKPOINT_FORMAT, atomic_save, load_checkpoint
 from ..data import UnlabeledImages, pretraining_images
 from ..data.potsdam import POTSDAM_BAND_NAMES
 from ..models import MPINET_TAGS, RGB_MEAN, RGB_STD
+from ..training import EpochBatches, NonFiniteLossError, check_finite, plot_losses, resolve_device
 from .config import PretrainConfig
 from .method import MPINetModel
 from .views import PhotometricAugment, make_two_views
 
 __all__ = ["NonFiniteLossError", "Trainer", "build_pretraining_dataset"]
-
-class NonFiniteLossError(RuntimeError):
-    """A loss term became NaN or inf; the last good checkpoint is kept."""
 
 
 def build_pretraining_dataset(cfg: PretrainConfig) -> UnlabeledImages:
@@ -45,24 +43,10 @@ def build_pretraining_dataset(cfg: PretrainConfig) -> UnlabeledImages:
     return UnlabeledImages(paths, patch_size=cfg.patch, seed=cfg.seed)
 
 
-class _EpochBatches:
-    """Deterministic batches: epoch e is a permutation seeded by (seed, e), sharded across ranks."""
-
-    def __init__(self, n: int, batch: int, seed: int, rank: int, world: int) -> None:
-        self.n, self.batch, self.seed, self.rank, self.world = n, batch, seed, rank, world
-        self.per_epoch = max(1, n // (batch * world))
-
-    def indices(self, step: int) -> list[int]:
-        epoch, k = divmod(step, self.per_epoch)
-        perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 7919 + epoch)).tolist()
-        start = (k * self.world + self.rank) * self.batch
-        return [perm[(start + j) % self.n] for j in range(self.batch)]
-
-
 class _StepDataset(Dataset):
     """One item per step: the stacked images of that step's batch (so workers load whole batches)."""
 
-    def __init__(self, images: UnlabeledImages, batches: _EpochBatches, first: int, last: int) -> None:
+    def __init__(self, images: UnlabeledImages, batches: EpochBatches, first: int, last: int) -> None:
         self.images, self.batches, self.first, self.last = images, batches, first, last
 
     def __len__(self) -> int:
@@ -82,14 +66,14 @@ class Trainer:
         self.rank = int(os.environ.get("RANK", 0))
         if self.world > 1 and not dist.is_initialized():
             dist.init_process_group("nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo")
-        self.device = self._device()
+        self.device = resolve_device(cfg.device)
         self.is_main = self.rank == 0
         self.images = build_pretraining_dataset(cfg)
         self.in_chans = self.images.num_bands
         mean, std = self._norm_stats()
         self.mean = torch.tensor(mean, device=self.device).view(1, -1, 1, 1)
         self.std = torch.tensor(std, device=self.device).view(1, -1, 1, 1)
-        self.batches = _EpochBatches(len(self.images), cfg.batch_size, cfg.seed, self.rank, self.world)
+        self.batches = EpochBatches(len(self.images), cfg.batch_size, cfg.seed, self.rank, self.world)
         self.total_steps = cfg.steps or max(1, math.ceil((cfg.epochs or 1) * self.batches.per_epoch))
         self.warmup_steps = min(int(cfg.warmup_epochs * self.batches.per_epoch), self.total_steps // 2)
         torch.manual_seed(cfg.seed)
@@ -114,16 +98,6 @@ class Trainer:
             self.model.online.backbone.forward = torch.compile(self.model.online.backbone.forward)
 
     # --- setup
-    def _device(self) -> torch.device:
-        want = self.cfg.device
-        if want == "auto":
-            want = "cuda" if torch.cuda.is_available() else "cpu"
-        if want == "cuda":
-            local = int(os.environ.get("LOCAL_RANK", 0))
-            torch.cuda.set_device(local)
-            return torch.device("cuda", local)
-        return torch.device(want)
-
     def _band_names(self) -> list[str]:
         if self.cfg.dataset != "folder" and self.cfg.bands in POTSDAM_BAND_NAMES:
             return list(POTSDAM_BAND_NAMES[self.cfg.bands])
@@ -230,12 +204,7 @@ class Trainer:
                                 enabled=autocast_dtype is not None):
                 terms = self.model(views, online=self.runner)
                 loss = self.model.total_loss(terms)
-            for name, value in {**terms, "total": loss}.items():
-                if not torch.isfinite(value):
-                    raise NonFiniteLossError(
-                        f"step {self.step}: loss term '{name}' is {float(value)}; stopped without saving. The last "
-                        f"good checkpoint is {self.out / 'checkpoints' / 'last.pt'} (resume with --resume, perhaps "
-                        "with a lower --lr or --precision 32)")
+            check_finite({**terms, "total": loss}, self.step, self.out / "checkpoints" / "last.pt")
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
@@ -268,28 +237,3 @@ class Trainer:
         return last
 
 
-def plot_losses(log_path: Path, png_path: Path) -> None:
-    """PNG of every loss term (and the total) against step, from the JSON-lines log."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    records = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
-    if not records:
-        return
-    keys = [k for k in ("total", "ins", "pix", "ffl") if k in records[-1]]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    steps = [r["step"] for r in records]
-    for k in keys:
-        ax.plot(steps, [r.get(k) for r in records], label=k)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.set_title(f"pretraining losses ({png_path.parent.name})")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    tmp = png_path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, png_path)

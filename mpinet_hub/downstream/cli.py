@@ -1,0 +1,208 @@
+"""`mpinet finetune`, `evaluate`, `predict`, `compare` and `quickstart`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..data import DATASETS
+from ..metrics import PROTOCOLS
+from ..models import MPINET_ARCHS
+from ..pretrain.config import METHODS
+from ..training import resolve_device
+from .model import DECODERS
+
+ENCODER_HELP = ("a registered tag (mpinet_resnet50.potsdam), an export folder, hf-hub:ORG/NAME, local-dir:PATH, "
+                "`random` or `imagenet` (optionally random:ARCH / imagenet:ARCH)")
+
+
+def _finetune_options(p: argparse.ArgumentParser, with_encoder: bool = True) -> None:
+    p.add_argument("--config", help="YAML with any of these settings (flags override it)")
+    p.add_argument("--dataset", choices=list(DATASETS))
+    p.add_argument("--data-root", help="the folder the release archives unpack into")
+    if with_encoder:
+        p.add_argument("--encoder", help=ENCODER_HELP + " (default random)")
+        p.add_argument("--label-fraction", type=float, help="fraction of labeled training patches, e.g. 0.01")
+        p.add_argument("--out", help="run folder")
+        p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
+    p.add_argument("--decoder", choices=list(DECODERS), help="SMP decoder (default deeplabv3plus)")
+    p.add_argument("--arch", choices=list(MPINET_ARCHS), help="architecture of random/imagenet encoders")
+    p.add_argument("--bands", help="Potsdam bands: RGB (default), IRRG, RGBIR, optionally +DSM")
+    p.add_argument("--patch", type=int, help="side of the labeled patches (the subset's unit; default 256)")
+    p.add_argument("--crop", type=int, help="side of the random training crops (default 256)")
+    p.add_argument("--batch-size", type=int, help="default 16")
+    p.add_argument("--steps", type=int, help="optimiser steps (default 1000)")
+    p.add_argument("--lr", type=float, help="Adam learning rate (default 1e-4)")
+    p.add_argument("--seed", type=int, help="training seed")
+    p.add_argument("--subset-seed", type=int, help="seed of the labeled subset (keep it fixed across encoders)")
+    p.add_argument("--workers", type=int, help="data-loading processes")
+    p.add_argument("--device", help="auto, cpu, cuda")
+    p.add_argument("--precision", choices=["32", "bf16", "16"])
+    p.add_argument("--save-every", type=int, help="steps between checkpoints")
+    p.add_argument("--mean", type=float, nargs="+", help="per-band normalisation (default: the encoder's)")
+    p.add_argument("--std", type=float, nargs="+")
+
+
+def _finetune_config(args: argparse.Namespace, **fixed):
+    from .finetune import FinetuneConfig
+
+    names = ("dataset", "data_root", "encoder", "decoder", "label_fraction", "out", "arch", "bands", "patch", "crop",
+             "batch_size", "steps", "lr", "seed", "subset_seed", "workers", "device", "precision", "save_every",
+             "mean", "std")
+    values = {n: getattr(args, n, None) for n in names} | fixed
+    return FinetuneConfig.from_sources(args.config, **values)
+
+
+def _inference_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--window", type=int, default=512, help="sliding-window side in px")
+    p.add_argument("--overlap", type=int, help="px shared by neighbouring windows, logits averaged (default window/4)")
+    p.add_argument("--batch-size", type=int, default=4, help="windows per forward pass")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    p.add_argument("--precision", default="32", choices=["32", "bf16", "16"])
+
+
+# --- finetune
+def add_finetune_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = ("Fine-tune an SMP decoder with an encoder SPEC on a fixed, seeded fraction of the labeled "
+                     "training patches. Writes RUN/labeled_patches.json, log.jsonl, loss.png, checkpoints/last.pt "
+                     "and RUN/model (smp.from_pretrained reloads it offline).")
+    _finetune_options(p)
+    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+
+
+def run_finetune(args: argparse.Namespace) -> int:
+    from .finetune import Finetuner
+
+    cfg = _finetune_config(args)
+    tuner = Finetuner(cfg, resume=args.resume)
+    print(f"{len(tuner.subset)} of {len(tuner.dataset)} labeled patches ({100 * cfg.label_fraction:g}%), "
+          f"encoder {cfg.encoder}, decoder {cfg.decoder}, device {tuner.device}")
+    model_dir = tuner.train()
+    print(f"model: {model_dir} (smp.from_pretrained('{model_dir}')); subset: {Path(cfg.out) / 'labeled_patches.json'}")
+    print(f"next: mpinet evaluate {cfg.out} --dataset {cfg.dataset} --data-root {cfg.data_root}")
+    return 0
+
+
+# --- evaluate
+def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="a fine-tuning run folder (or its model/ folder, or any SMP save_pretrained folder)")
+    p.add_argument("--dataset", required=True, choices=list(DATASETS))
+    p.add_argument("--data-root", required=True)
+    p.add_argument("--split", default="test", help="potsdam: test; loveda, uavid: val (their test has no labels)")
+    p.add_argument("--protocol", choices=list(PROTOCOLS), help="default: the data set's (potsdam-mmseg, loveda, uavid)")
+    p.add_argument("--bands", help="Potsdam bands (default: those the model was trained on)")
+    p.add_argument("--out", help="results folder (default RUN/eval-SPLIT)")
+    p.add_argument("--previews", type=int, default=3, help="scenes drawn as image | truth | prediction PNGs")
+    p.add_argument("--f1-from-precision-recall", action="store_true",
+                   help="mmseg/GeoSeg parity: a class never predicted drops out of mF1 instead of counting 0")
+    _inference_options(p)
+    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate, format_metrics_table
+
+    result = evaluate(args.model, args.dataset, args.data_root, split=args.split, protocol=args.protocol,
+                      out=args.out, window=args.window, overlap=args.overlap, batch_size=args.batch_size,
+                      previews=args.previews, device=args.device, precision=args.precision, bands=args.bands,
+                      f1_from_precision_recall=args.f1_from_precision_recall)
+    print(format_metrics_table(result))
+    print(f"written: {Path(result['out']) / 'metrics.json'}, confusion.png, previews/")
+    return 0
+
+
+# --- predict
+def add_predict_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="a fine-tuning run folder (or its model/ folder)")
+    p.add_argument("input", help="a GeoTIFF/PNG/JPEG, or a folder of them")
+    p.add_argument("output", nargs="?", help="output file (.tif or .png) or, for a folder input, output folder "
+                   "(default: INPUT_classes.tif beside the input; .png for non-georeferenced inputs)")
+    p.add_argument("--bands", help="1-based bands of the input to use, e.g. 1,2,3 (default: all)")
+    p.add_argument("--preview", action="store_true", help="also write a colour PNG (OUTPUT.preview.png)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    _inference_options(p)
+    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from .inference import SlidingWindow
+    from .model import load_segmentation_model
+    from .predict import default_output, find_inputs, predict_raster
+
+    src = Path(args.input)
+    inputs = find_inputs(src)
+    bands = [int(b) for b in args.bands.split(",")] if args.bands else None
+    model, info = load_segmentation_model(args.model)
+    sw = SlidingWindow(model, info.mean, info.std, window=args.window, overlap=args.overlap,
+                       batch_size=args.batch_size, device=resolve_device(args.device), precision=args.precision)
+    for path in inputs:
+        if src.is_dir():
+            dst = default_output(path, Path(args.output) if args.output else src.with_name(f"{src.name}_classes"))
+        else:
+            dst = Path(args.output) if args.output else default_output(path)
+        print(f"{path} -> {predict_raster(sw, info, path, dst, bands, args.preview, args.overwrite)}")
+    return 0
+
+
+# --- compare
+def add_compare_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = ("Label-efficiency table: fine-tune + evaluate every encoder at every label fraction, then "
+                     "write OUT/results.md, results.json and label_efficiency.png. Finished cells are reused.")
+    _finetune_options(p, with_encoder=False)
+    p.add_argument("--out", required=True, help="comparison folder")
+    p.add_argument("--encoders", nargs="*", default=["random"], help=f"NAME=SPEC or SPEC; SPEC is {ENCODER_HELP}")
+    p.add_argument("--pretrain", nargs="*", default=[], choices=list(METHODS),
+                   help="also pretrain these methods on the data set first (e.g. mocov2 mpinet) and compare them")
+    p.add_argument("--pretrain-config", help="YAML for that pretraining (e.g. configs/mpinet_resnet50_potsdam.yaml)")
+    p.add_argument("--pretrain-steps", type=int, help="pretraining steps (overrides the YAML's epochs)")
+    p.add_argument("--pretrain-batch-size", type=int)
+    p.add_argument("--pretrain-crop", type=int)
+    p.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.05, 0.1, 1.0])
+    p.add_argument("--split", default="test")
+    p.add_argument("--window", type=int, default=512)
+    p.add_argument("--overlap", type=int, help="default window/4")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from .compare import compare, parse_encoders
+
+    base = _finetune_config(args, out=args.out)
+    pretrain = {"config": args.pretrain_config, "dataset": base.dataset, "data_root": [base.data_root],
+                "arch": base.arch, "bands": base.bands, "steps": args.pretrain_steps,
+                "batch_size": args.pretrain_batch_size, "crop": args.pretrain_crop, "device": base.device,
+                "seed": base.seed, "workers": base.workers}
+    compare(base, parse_encoders(args.encoders), args.fractions, args.out, split=args.split,
+            pretrain_methods=tuple(args.pretrain), pretrain=pretrain,
+            eval_kwargs={"window": args.window, "overlap": args.overlap})
+    print((Path(args.out) / "results.md").read_text())
+    print(f"written: {Path(args.out) / 'results.md'}, results.json, label_efficiency.png")
+    return 0
+
+
+# --- quickstart
+def add_quickstart_arguments(p: argparse.ArgumentParser) -> None:
+    from .quickstart import QuickstartSettings
+
+    d = QuickstartSettings()
+    p.description = ("The whole pipeline on the embedded default (a synthetic Potsdam-format set): synth -> "
+                     "pretrain -> export -> load through timm -> fine-tune on few labels -> evaluate. A few minutes "
+                     "on a 2-core CPU.")
+    p.add_argument("--out", default=d.out, help="folder for every artifact")
+    p.add_argument("--tiles", type=int, default=d.tiles)
+    p.add_argument("--size", type=int, default=d.size, help="tile side in px")
+    p.add_argument("--pretrain-steps", type=int, default=d.pretrain_steps)
+    p.add_argument("--finetune-steps", type=int, default=d.finetune_steps)
+    p.add_argument("--label-fraction", type=float, default=d.label_fraction)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--device", default=d.device)
+    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+
+
+def run_quickstart(args: argparse.Namespace) -> int:
+    from .quickstart import QuickstartSettings, quickstart
+
+    quickstart(QuickstartSettings(out=args.out, tiles=args.tiles, size=args.size, pretrain_steps=args.pretrain_steps,
+                                  finetune_steps=args.finetune_steps, label_fraction=args.label_fraction,
+                                  seed=args.seed, device=args.device))
+    return 0

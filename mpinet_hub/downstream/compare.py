@@ -1,0 +1,113 @@
+"""The label-efficiency table: encoders x label fractions, each fine-tuned and evaluated the same way.
+
+Encoders are `NAME=SPEC` (or a bare SPEC); with `pretrain_methods`, each method is first pretrained on the
+data set's training images and exported into OUT/pretrain/METHOD, then compared like any other encoder.
+Every cell is OUT/runs/NAME/fraction-F (a fine-tuning run and its eval-SPLIT/metrics.json); cells whose
+metrics exist are reused, so an interrupted comparison continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from ..hub.export import export_weights
+from ..models import MPINET_TAGS
+from ..pretrain.config import PretrainConfig
+from ..pretrain.trainer import Trainer
+from .evaluate import evaluate, write_json
+from .finetune import FinetuneConfig, Finetuner
+from .plots import label_efficiency_png
+
+__all__ = ["compare", "parse_encoders", "results_markdown"]
+
+
+def parse_encoders(specs: list[str]) -> dict[str, str]:
+    """["random", "mpinet=runs/hub"] -> {"random": "random", "mpinet": "runs/hub"}; names are unique."""
+    encoders: dict[str, str] = {}
+    for item in specs:
+        name, sep, spec = item.partition("=")
+        if not sep:
+            name, spec = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(item).name or item), item
+        if name in encoders:
+            raise ValueError(f"encoder name {name!r} given twice; name them NAME=SPEC")
+        encoders[name] = spec
+    return encoders
+
+
+def pretrain_encoder(method: str, settings: dict[str, Any], out: Path) -> str:
+    """Pretrain `method` with `settings` (PretrainConfig fields over the method's preset), or reuse a finished
+    run, and export its backbone; returns the export folder."""
+    hub = out / "hub"
+    if (hub / "model.safetensors").is_file():
+        return str(hub)
+    cfg = PretrainConfig.from_sources(settings.get("config"), **{**settings, "config": None, "method": method,
+                                                                 "out": str(out)})
+    last = out / "checkpoints" / "last.pt"
+    Trainer(cfg, resume=last.is_file()).train()
+    export_weights(last, hub, cfg.arch, cfg.dataset if cfg.dataset in MPINET_TAGS else "potsdam", overwrite=True)
+    return str(hub)
+
+
+def compare(
+    base: FinetuneConfig,
+    encoders: dict[str, str],
+    fractions: list[float],
+    out: str | Path,
+    split: str = "test",
+    pretrain_methods: tuple[str, ...] = (),
+    pretrain: dict[str, Any] | None = None,
+    eval_kwargs: dict[str, Any] | None = None,
+) -> dict[str, dict[float, dict[str, Any]]]:
+    """Fine-tune + evaluate every encoder at every fraction; writes OUT/results.{json,md} and the plot."""
+    out = Path(out)
+    encoders = dict(encoders)
+    for method in pretrain_methods:
+        if pretrain is None:
+            raise ValueError("pretraining methods given without pretraining settings")
+        encoders.setdefault(method, pretrain_encoder(method, pretrain, out / "pretrain" / method))
+    if not encoders:
+        raise ValueError("nothing to compare: give --encoders and/or --pretrain")
+    results: dict[str, dict[float, dict[str, Any]]] = {}
+    for name, spec in encoders.items():
+        for fraction in fractions:
+            run = out / "runs" / name / f"fraction-{fraction:g}"
+            metrics_path = run / f"eval-{split}" / "metrics.json"
+            if metrics_path.is_file():
+                metrics = json.loads(metrics_path.read_text())
+            else:
+                cfg = replace(base, encoder=spec, label_fraction=fraction, out=str(run))
+                cfg.validate()
+                resume = (run / "checkpoints" / "last.pt").is_file()
+                model_dir = Finetuner(cfg, resume=resume).train()
+                metrics = evaluate(model_dir, cfg.dataset, cfg.data_root, split=split, out=run / f"eval-{split}",
+                                   bands=cfg.bands, device=cfg.device, **(eval_kwargs or {}))
+            results.setdefault(name, {})[fraction] = metrics
+    summary = {name: {f"{f:g}": {k: m[k] for k in ("mIoU", "OA", "mF1")} | {"encoder": encoders[name],
+                                                                          "metrics": str(Path(m.get("out", "")))}
+                      for f, m in by_f.items()} for name, by_f in results.items()}
+    write_json({"dataset": base.dataset, "split": split, "decoder": base.decoder, "steps": base.steps,
+                "protocol": next(iter(next(iter(results.values())).values()))["protocol"], "results": summary},
+               out / "results.json")
+    (out / "results.md").write_text(results_markdown(results, base, split))
+    label_efficiency_png({n: {f: m["mIoU"] for f, m in by_f.items()} for n, by_f in results.items()},
+                         out / "label_efficiency.png", title=f"{base.dataset} {split}, {base.decoder}")
+    return results
+
+
+def results_markdown(results: dict[str, dict[float, dict[str, Any]]], base: FinetuneConfig, split: str) -> str:
+    """Rows: encoders; columns: label fractions; cells: mIoU / OA / mF1 (%)."""
+    fractions = sorted({f for by_f in results.values() for f in by_f})
+    protocol = next(iter(next(iter(results.values())).values()))["protocol"]
+    lines = [f"# Label efficiency: {base.dataset} {split} ({protocol}), {base.decoder}, {base.steps} fine-tuning "
+             "steps", "", "Cells: mIoU / OA / mF1 (%).", "",
+             "| encoder | " + " | ".join(f"{100 * f:g}% labels" for f in fractions) + " |",
+             "|---|" + "---|" * len(fractions)]
+    for name, by_f in results.items():
+        cells = [f"{by_f[f]['mIoU']:.2f} / {by_f[f]['OA']:.2f} / {by_f[f]['mF1']:.2f}" if f in by_f else "-"
+                 for f in fractions]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,134 @@
+"""Whole-tile evaluation by a named metric protocol (DATASETS.md), with sliding-window inference.
+
+Writes OUT/metrics.json (protocol, split, checkpoint, ignored pixels, per-class IoU/F1/precision/recall,
+means, confusion matrix), OUT/confusion.png and a few OUT/previews/*.png, and returns the metrics dict.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..data import DEFAULT_PROTOCOL, Window, open_dataset
+from ..metrics import PROTOCOLS, SegmentationMetrics
+from ..training import resolve_device
+from .inference import SlidingWindow
+from .model import load_segmentation_model
+from .plots import confusion_png, preview_png
+
+__all__ = ["evaluate", "format_metrics_table", "write_json"]
+
+
+def write_json(obj: Any, path: Path) -> Path:
+    """JSON through a temporary file + rename, so a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+    return path
+
+
+def _protocol_for(dataset: str, protocol: str | None) -> str:
+    protocol = protocol or DEFAULT_PROTOCOL[dataset]
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+    if not protocol.startswith(dataset):
+        raise ValueError(f"protocol {protocol} is not one of {dataset}'s "
+                         f"({', '.join(p for p in PROTOCOLS if p.startswith(dataset))})")
+    return protocol
+
+
+def evaluate(
+    model_path: str | Path,
+    dataset: str,
+    data_root: str | Path,
+    split: str = "test",
+    protocol: str | None = None,
+    out: str | Path | None = None,
+    window: int = 512,
+    overlap: int | None = None,
+    batch_size: int = 4,
+    previews: int = 3,
+    device: str = "auto",
+    precision: str = "32",
+    bands: str | None = None,
+    f1_from_precision_recall: bool = False,
+) -> dict[str, Any]:
+    """Sliding-window predictions over every scene of `split`, scored by `protocol` (default: the data set's)."""
+    model, info = load_segmentation_model(model_path)
+    model_dir = Path(info.provenance["model_dir"])
+    protocol = _protocol_for(dataset, protocol)
+    kwargs = {"labels": PROTOCOLS[protocol]["labels"]} if "labels" in PROTOCOLS[protocol] else {}
+    ds = open_dataset(dataset, data_root, split, bands=bands or info.bands, **kwargs)
+    if not ds.has_labels:
+        labeled = ", ".join(ds.labeled_splits)
+        raise ValueError(f"{dataset} split {split!r} has no labels to evaluate against; use --split {labeled}")
+    if len(info.classes) != ds.num_classes:
+        raise ValueError(f"{model_dir} predicts {len(info.classes)} classes ({', '.join(info.classes)}) but {dataset} "
+                         f"has {ds.num_classes} ({', '.join(ds.classes)}); evaluate it on the data set it was "
+                         "fine-tuned for")
+    bands_in_data = ds.read_image(ds.scenes[0], Window(0, 0, 1, 1)).shape[0]
+    if bands_in_data != info.in_chans:
+        raise ValueError(f"{model_dir} takes {info.in_chans} band(s) ({info.bands}) but {dataset} with bands="
+                         f"{getattr(ds, 'bands', 'RGB')} gives {bands_in_data}; pass --bands {info.bands}")
+    out = Path(out) if out else model_dir.parent / f"eval-{split}"
+    sw = SlidingWindow(model, info.mean, info.std, window=window, overlap=overlap, batch_size=batch_size,
+                       device=resolve_device(device), precision=precision)
+    metrics = SegmentationMetrics.from_protocol(protocol, class_names=list(ds.classes),
+                                                f1_from_precision_recall=f1_from_precision_recall)
+    ignored = 0
+    total_windows = sum(sw.windows_in(s.height, s.width) for s in ds.scenes)
+    with tqdm(total=total_windows, unit="window", desc=f"evaluate {dataset} {split}") as bar:
+        for n, scene in enumerate(ds.scenes):
+            keep = n < previews  # whole-scene arrays only for the few previews
+            pred = np.empty((scene.height, scene.width), np.uint8) if keep else None
+            for top, logits in sw.strips(lambda w, s=scene: ds.read_image(s, w), scene.height, scene.width, bar):
+                rows = logits.shape[1]
+                strip = logits.argmax(0).to(torch.uint8).cpu().numpy()
+                truth = ds.read_mask(scene, Window(0, top, scene.width, rows))
+                ignored += int((truth == ds.ignore_index).sum())
+                metrics.update(torch.from_numpy(strip)[None], torch.from_numpy(truth.astype(np.int64))[None])
+                if keep:
+                    pred[top : top + rows] = strip
+            if keep:
+                whole = Window(0, 0, scene.width, scene.height)
+                preview_png(ds.read_image(scene, whole), ds.read_mask(scene, whole), pred, ds.palette,
+                            out / "previews" / f"{scene.id}.png", title=f"{dataset} {split} {scene.id}",
+                            ignore_index=ds.ignore_index)
+    result = metrics.compute()
+    result.update(
+        dataset=dataset, split=split, checkpoint=str(model_dir), scenes=len(ds.scenes), ignored_pixels=ignored,
+        protocol_description=PROTOCOLS[protocol]["description"], window=window, overlap=sw.overlap,
+        f1_definition="2PR/(P+R), mmseg parity" if f1_from_precision_recall else "2TP/(2TP+FP+FN)",
+        encoder=info.provenance.get("encoder"), decoder=info.provenance.get("decoder"),
+        label_fraction=info.provenance.get("label_fraction"),
+    )
+    write_json(result, out / "metrics.json")
+    confusion_png(np.asarray(result["confusion_matrix"]), result["class_names"], out / "confusion.png",
+                  title=f"{dataset} {split} ({protocol})")
+    result["out"] = str(out)
+    return result
+
+
+def format_metrics_table(result: dict[str, Any]) -> str:
+    """Per-class IoU/F1 and the means, as a fixed-width text table."""
+    def fmt(x: float | None) -> str:
+        return "   n/a" if x is None or x != x else f"{x:6.2f}"
+
+    width = max(len(n) for n in result["class_names"]) + 2
+    lines = [f"{result.get('dataset', '')} {result.get('split', '')} - protocol {result['protocol']}",
+             f"{'class':<{width}}   IoU     F1", "-" * (width + 16)]
+    for name in result["class_names"]:
+        c = result["per_class"][name]
+        note = "  (not in means)" if name in result.get("excluded_from_mean", []) else ""
+        lines.append(f"{name:<{width}} {fmt(c['IoU'])} {fmt(c['F1'])}{note}")
+    lines.append("-" * (width + 16))
+    lines.append(f"mIoU {fmt(result['mIoU'])}   OA {fmt(result['OA'])}   mF1 {fmt(result['mF1'])}   "
+                 f"({result['pixels_evaluated']} px evaluated, {result.get('ignored_pixels', 0)} ignored)")
+    return "\n".join(lines)

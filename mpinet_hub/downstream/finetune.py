@@ -1,0 +1,285 @@
+"""Fine-tuning an SMP decoder + encoder on a fixed, seeded fraction of the labeled training patches.
+
+The labeled subset depends only on (data set, bands, patch size, fraction, subset seed), never on the
+encoder, and is written to `RUN/labeled_patches.json`, so every encoder of a comparison sees the same
+patches. Patches are ordered by one seeded permutation and a fraction takes its prefix, so the 1% subset
+lies inside the 5% one. Protocol defaults follow METHOD.md (GLCNet): Adam lr 1e-4, batch 16, 256 px,
+cross-entropy with the ignore index, DeepLabV3+ (output stride 16).
+
+Run folder: config.yaml, labeled_patches.json, log.jsonl, loss.png, checkpoints/last.pt (atomic,
+weights-only loadable, resumable) and model/ (SMP `save_pretrained` + mpinet.json), which
+`smp.from_pretrained(RUN/"model")` reloads offline.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from ..checkpoint import atomic_save, load_checkpoint
+from ..data import IGNORE_INDEX, SegmentationDataset, open_dataset
+from ..models import MPINET_ARCHS
+from ..training import EpochBatches, check_finite, plot_losses, resolve_device
+from .inference import AUTOCAST_DTYPES
+from .model import (
+    DECODERS,
+    SegmentationModelInfo,
+    build_segmentation_model,
+    load_encoder,
+    save_segmentation_model,
+)
+
+__all__ = ["FINETUNE_FORMAT", "FinetuneConfig", "Finetuner", "labeled_subset"]
+
+FINETUNE_FORMAT = "mpinet-hub/finetune/1"
+# Settings that must match for --resume to continue a run rather than start a different one.
+_RUN_IDENTITY = ("dataset", "encoder", "decoder", "label_fraction", "subset_seed", "arch", "bands", "patch", "crop",
+                 "batch_size", "lr", "seed")
+
+
+@dataclass
+class FinetuneConfig:
+    dataset: str
+    data_root: str
+    encoder: str = "random"
+    decoder: str = "deeplabv3plus"
+    label_fraction: float = 0.01
+    out: str = "runs/finetune"
+    arch: str = "mpinet_resnet18"  # for `random` and `imagenet` encoders
+    bands: str | None = None  # Potsdam: RGB (default), IRRG, RGBIR, optionally +DSM
+    patch: int = 256  # side of the labeled patches cut from the training tiles (the subset's unit)
+    crop: int = 256  # side of the random crop of a patch that is trained on
+    batch_size: int = 16
+    steps: int = 1000
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    seed: int = 0
+    subset_seed: int = 0
+    workers: int = 0
+    device: str = "auto"
+    precision: str = "32"
+    save_every: int = 500
+    log_every: int = 1
+    mean: list[float] | None = None
+    std: list[float] | None = None
+
+    @classmethod
+    def from_sources(cls, path: str | Path | None = None, **overrides: Any) -> FinetuneConfig:
+        """YAML file values, then non-None overrides (the command line)."""
+        values: dict[str, Any] = yaml.safe_load(Path(path).read_text()) if path else {}
+        unknown = set(values) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"{path}: unknown setting(s) {sorted(unknown)}")
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        for required in ("dataset", "data_root"):
+            if not values.get(required):
+                raise ValueError(f"--{required.replace('_', '-')} is required")
+        cfg = cls(**values)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        if self.decoder not in DECODERS:
+            raise ValueError(f"unknown decoder {self.decoder!r}; choose one of {', '.join(DECODERS)}")
+        if not 0 < self.label_fraction <= 1:
+            raise ValueError(f"--label-fraction {self.label_fraction}: give a fraction in (0, 1], e.g. 0.01 for 1%")
+        if self.crop > self.patch:
+            raise ValueError(f"--crop {self.crop} is larger than --patch {self.patch}")
+        if self.batch_size < 2:
+            raise ValueError("--batch-size must be at least 2 (BatchNorm in the decoder needs two samples)")
+        if self.arch not in MPINET_ARCHS:
+            raise ValueError(f"unknown --arch {self.arch!r}; choose one of {', '.join(MPINET_ARCHS)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def patch_id(scene: str, row: int, col: int) -> str:
+    return f"{scene}@{row},{col}"
+
+
+def labeled_subset(dataset: SegmentationDataset, fraction: float, seed: int = 0) -> list[int]:
+    """Indices into `dataset` of a fixed, seeded `fraction` of its patches (at least one).
+
+    Patches are ordered by their ids (scene@row,col) before the seeded permutation, so the subset does not
+    depend on file-system order, and nested fractions share their prefix.
+    """
+    ids = [patch_id(dataset.scenes[s].id, int(w.row_off), int(w.col_off)) for s, w in dataset.windows]
+    order = sorted(range(len(ids)), key=ids.__getitem__)
+    perm = np.random.default_rng(seed).permutation(len(order))
+    count = max(1, round(fraction * len(order)))
+    return [order[i] for i in perm[:count]]
+
+
+class _StepBatches(Dataset):
+    """One item per step: that step's (images, masks), randomly cropped, flipped and rotated by (seed, step)."""
+
+    def __init__(self, dataset: SegmentationDataset, subset: list[int], batches: EpochBatches, crop: int,
+                 seed: int, first: int, last: int) -> None:
+        self.dataset, self.subset, self.batches, self.crop, self.seed = dataset, subset, batches, crop, seed
+        self.first, self.last = first, last
+
+    def __len__(self) -> int:
+        return self.last - self.first
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        step = self.first + i
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        images, masks = [], []
+        for j in self.batches.indices(step):
+            item = self.dataset[self.subset[j]]
+            image, mask = item["image"], item["mask"]
+            h, w = mask.shape
+            top = int(torch.randint(h - self.crop + 1, (1,), generator=gen))
+            left = int(torch.randint(w - self.crop + 1, (1,), generator=gen))
+            image = image[:, top : top + self.crop, left : left + self.crop]
+            mask = mask[top : top + self.crop, left : left + self.crop]
+            k = int(torch.randint(4, (1,), generator=gen))  # aerial images have no "up"
+            image, mask = torch.rot90(image, k, (1, 2)), torch.rot90(mask, k, (0, 1))
+            if bool(torch.randint(2, (1,), generator=gen)):
+                image, mask = image.flip(2), mask.flip(1)
+            images.append(image)
+            masks.append(mask)
+        return torch.stack(images).contiguous(), torch.stack(masks).contiguous()
+
+
+class Finetuner:
+    """Builds the SMP model around the encoder SPEC and trains it on the labeled subset; resumable."""
+
+    def __init__(self, cfg: FinetuneConfig, resume: bool = False) -> None:
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self.device = resolve_device(cfg.device)
+        self.dataset = open_dataset(cfg.dataset, cfg.data_root, "train", bands=cfg.bands, patch_size=cfg.patch)
+        if not self.dataset.has_labels:
+            raise ValueError(f"{cfg.dataset} train split has no labels")
+        self.subset = labeled_subset(self.dataset, cfg.label_fraction, cfg.subset_seed)
+        in_chans = int(self.dataset[0]["image"].shape[0])
+        encoder = load_encoder(cfg.encoder, default_arch=cfg.arch, in_chans=in_chans)
+        if encoder.in_chans != in_chans:
+            raise ValueError(
+                f"encoder {cfg.encoder} takes {encoder.in_chans} band(s) but {cfg.dataset} with bands="
+                f"{getattr(self.dataset, 'bands', 'RGB')} gives {in_chans}: choose --bands to match the encoder, or "
+                "an encoder pretrained on these bands")
+        self.mean, self.std = self._norm_stats(encoder.mean, encoder.std, in_chans)
+        torch.manual_seed(cfg.seed)  # the decoder's initialisation
+        self.model = build_segmentation_model(encoder, cfg.decoder, self.dataset.num_classes).to(self.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "16" and self.device.type == "cuda")
+        self.batches = EpochBatches(len(self.subset), cfg.batch_size, cfg.seed)
+        self.step = 0
+        self.info = SegmentationModelInfo(
+            classes=list(self.dataset.classes), mean=list(self.mean), std=list(self.std),
+            palette=[list(c) for c in self.dataset.palette] or None, bands=getattr(self.dataset, "bands", "RGB"),
+            ignore_index=self.dataset.ignore_index,
+            provenance={"dataset": cfg.dataset, "encoder": cfg.encoder, "decoder": cfg.decoder,
+                        "label_fraction": cfg.label_fraction, "labeled_patches": len(self.subset),
+                        "steps": cfg.steps, "run": str(self.out)},
+        )
+        if resume:
+            self._resume()
+
+    def _norm_stats(self, mean: tuple[float, ...], std: tuple[float, ...], in_chans: int):
+        if self.cfg.mean and self.cfg.std:
+            if len(self.cfg.mean) != in_chans or len(self.cfg.std) != in_chans:
+                raise ValueError(f"--mean/--std need {in_chans} values (one per band)")
+            return list(self.cfg.mean), list(self.cfg.std)
+        if len(mean) != in_chans:
+            raise ValueError(f"{in_chans}-band input: give --mean and --std (see `mpinet data stats`)")
+        return list(mean), list(std)
+
+    # --- run folder
+    def write_subset(self) -> Path:
+        path = self.out / "labeled_patches.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ids = [patch_id(self.dataset.scenes[s].id, int(w.row_off), int(w.col_off))
+               for s, w in (self.dataset.windows[i] for i in self.subset)]
+        record = {"dataset": self.cfg.dataset, "split": "train", "bands": self.info.bands, "patch": self.cfg.patch,
+                  "label_fraction": self.cfg.label_fraction, "subset_seed": self.cfg.subset_seed,
+                  "total_patches": len(self.dataset), "patch_ids": ids}
+        if path.is_file() and json.loads(path.read_text())["patch_ids"] != ids:
+            raise ValueError(f"{path} lists other patches than this data set gives now; the data changed since the "
+                             "run started. Use a new --out.")
+        path.write_text(json.dumps(record, indent=1))
+        return path
+
+    def state(self) -> dict[str, Any]:
+        return {"format": FINETUNE_FORMAT, "step": self.step, "config": self.cfg.to_dict(),
+                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(), "rng": {"torch": torch.get_rng_state()}}
+
+    def _resume(self) -> None:
+        path = self.out / "checkpoints" / "last.pt"
+        ckpt = load_checkpoint(path, map_location=self.device)
+        if ckpt.get("format") != FINETUNE_FORMAT:
+            raise ValueError(f"{path} is not a fine-tuning checkpoint")
+        changed = [k for k in _RUN_IDENTITY if ckpt["config"].get(k) != getattr(self.cfg, k)]
+        if changed:
+            raise ValueError(f"{path} was trained with other settings ({', '.join(changed)}); use a new --out or "
+                             "the same settings")
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        torch.set_rng_state(ckpt["rng"]["torch"].cpu())
+        self.step = int(ckpt["step"])
+
+    # --- loop
+    def train(self) -> Path:
+        """Train to `cfg.steps` (from the resumed step) and save RUN/model; returns its path."""
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        self.write_subset()
+        loader = DataLoader(_StepBatches(self.dataset, self.subset, self.batches, cfg.crop, cfg.seed, self.step,
+                                         cfg.steps), batch_size=None, num_workers=cfg.workers,
+                            pin_memory=self.device.type == "cuda")
+        mean = torch.tensor(self.mean, device=self.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=self.device).view(1, -1, 1, 1)
+        autocast_dtype = AUTOCAST_DTYPES.get(cfg.precision)
+        last_ckpt = self.out / "checkpoints" / "last.pt"
+        self.model.train()
+        with (self.out / "log.jsonl").open("a") as log, tqdm(total=cfg.steps, initial=self.step, unit="step",
+                                                            desc=f"finetune {Path(cfg.encoder).name}") as bar:
+            tick = time.perf_counter()
+            for images, masks in loader:
+                images = (images.to(self.device, non_blocking=True) - mean) / std
+                masks = masks.to(self.device, non_blocking=True)
+                torch.manual_seed(cfg.seed * 999_983 + self.step)  # dropout draws, so a resumed run matches
+                with torch.autocast(self.device.type, dtype=autocast_dtype or torch.float32,
+                                    enabled=autocast_dtype is not None):
+                    logits = self.model(images)
+                # Mean over labeled pixels; a batch of ignore-only pixels gives 0, not NaN.
+                loss = F.cross_entropy(logits.float(), masks, ignore_index=IGNORE_INDEX, reduction="sum")
+                loss = loss / (masks != IGNORE_INDEX).sum().clamp_min(1)
+                check_finite({"ce": loss}, self.step, last_ckpt)
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scaler.scale(loss).backward()
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.step += 1
+                now = time.perf_counter()
+                rate = images.shape[0] / (now - tick)
+                tick = now
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    log.write(json.dumps({"step": self.step, "ce": float(loss.detach()), "images_per_s": rate}) + "\n")
+                    log.flush()
+                bar.set_postfix({"ce": f"{float(loss.detach()):.3f}", "img/s": f"{rate:.1f}"})
+                bar.update(1)
+                if self.step % cfg.save_every == 0 or self.step == cfg.steps:
+                    atomic_save(self.state(), last_ckpt)
+                    plot_losses(self.out / "log.jsonl", self.out / "loss.png", keys=("ce",))
+        if self.step == 0 or not last_ckpt.is_file():
+            atomic_save(self.state(), last_ckpt)
+        self.model.eval()
+        return save_segmentation_model(self.model, self.out / "model", self.info)
+

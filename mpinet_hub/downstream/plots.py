@@ -1,0 +1,105 @@
+"""Pictures people would rather look at than read: confusion matrix, prediction previews, label-efficiency curves."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["IGNORE_COLOUR", "colourize", "confusion_png", "label_efficiency_png", "preview_png"]
+
+IGNORE_COLOUR = (255, 0, 255)  # ignored pixels in previews; no data set uses magenta for a class
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    """Write through a temporary file so a half-written PNG never replaces a good one."""
+    plt = _pyplot()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def colourize(labels: np.ndarray, palette: Sequence[Sequence[int]], ignore_index: int = 255) -> np.ndarray:
+    """(H, W) class ids -> (H, W, 3) uint8 colours; ids outside the palette (ignore) in IGNORE_COLOUR."""
+    lut = np.zeros((256, 3), np.uint8)
+    lut[:] = IGNORE_COLOUR
+    lut[: len(palette)] = np.asarray(palette, np.uint8)
+    return lut[labels.astype(np.uint8)]
+
+
+def _thumbnail_step(height: int, width: int, side: int = 512) -> int:
+    return max(1, -(-max(height, width) // side))
+
+
+def preview_png(image: np.ndarray, truth: np.ndarray | None, pred: np.ndarray, palette: Sequence[Sequence[int]],
+                path: Path, title: str = "", ignore_index: int = 255) -> Path:
+    """Image | ground truth | prediction, side by side, subsampled to about 512 px. image: (C, H, W) in [0, 1]."""
+    plt = _pyplot()
+    step = _thumbnail_step(*pred.shape)
+    rgb = np.clip(np.moveaxis(image[:3, ::step, ::step], 0, -1), 0, 1)
+    panels = [("image (first 3 bands)", rgb)]
+    if truth is not None:
+        panels.append(("ground truth", colourize(truth[::step, ::step], palette, ignore_index)))
+    panels.append(("prediction", colourize(pred[::step, ::step], palette, ignore_index)))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4.3))
+    for ax, (name, picture) in zip(np.atleast_1d(axes), panels):
+        ax.imshow(picture, interpolation="nearest")
+        ax.set_title(name)
+        ax.axis("off")
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0, 1, 0.94))
+    return _save(fig, path)
+
+
+def confusion_png(confusion: np.ndarray, class_names: Sequence[str], path: Path, title: str = "") -> Path:
+    """Row-normalised confusion matrix (rows: ground truth), each cell annotated in percent."""
+    plt = _pyplot()
+    cm = np.asarray(confusion, np.float64)
+    rows = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    n = len(class_names)
+    fig, ax = plt.subplots(figsize=(1.1 * n + 3, 1.0 * n + 2))
+    im = ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(n), class_names, rotation=45, ha="right")
+    ax.set_yticks(range(n), class_names)
+    ax.set_xlabel("prediction")
+    ax.set_ylabel("ground truth")
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, f"{100 * rows[i, j]:.0f}", ha="center", va="center",
+                    color="white" if rows[i, j] > 0.5 else "black", fontsize=8)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    ax.set_title(title or "confusion matrix (% of each true class)")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def label_efficiency_png(results: dict[str, dict[float, float]], path: Path, metric: str = "mIoU",
+                         title: str = "") -> Path:
+    """`metric` against label fraction (log x), one line per encoder. results: encoder -> {fraction: value}."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, by_fraction in results.items():
+        xs = sorted(by_fraction)
+        ax.plot([100 * x for x in xs], [by_fraction[x] for x in xs], marker="o", label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel("labeled training patches (%)")
+    ax.set_ylabel(f"{metric} (%)")
+    ax.set_title(title or f"{metric} vs labels")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    fig.tight_layout()
+    return _save(fig, path)

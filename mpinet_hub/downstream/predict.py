@@ -1,0 +1,129 @@
+"""Class maps for your own imagery: GeoTIFF in -> single-band uint8 GeoTIFF out, with the input's CRS and
+transform, written strip by strip so rasters larger than memory stream through with bounded memory.
+
+A non-georeferenced input (plain PNG/JPEG/TIFF) gets a PNG (or, if asked for, an ungeoreferenced TIFF) and a
+warning. Outputs are written to a temporary file and renamed, so a failure leaves nothing behind, and an
+existing output is refused unless `overwrite`.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import torch
+from PIL import Image
+from rasterio.errors import NotGeoreferencedWarning
+from tqdm import tqdm
+
+from ..data import DataError, raster_info, read_window, to_unit_float
+from .inference import SlidingWindow
+from .model import SegmentationModelInfo
+from .plots import IGNORE_COLOUR, colourize
+
+__all__ = ["INPUT_SUFFIXES", "find_inputs", "is_georeferenced", "predict_raster"]
+
+INPUT_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+_PREVIEW_SIDE = 1024
+
+
+def find_inputs(path: Path) -> list[Path]:
+    """`path` itself, or the rasters directly inside a folder (sorted)."""
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in INPUT_SUFFIXES and p.is_file())
+        if not files:
+            raise DataError(f"{path}: no rasters ({', '.join(INPUT_SUFFIXES)}) in this folder")
+        return files
+    raise FileNotFoundError(f"{path}: no such file or folder")
+
+
+def is_georeferenced(path: Path) -> bool:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(path) as src:
+            return src.crs is not None or not src.transform.is_identity or bool(src.gcps[0])
+
+
+def default_output(src: Path, out_dir: Path | None = None) -> Path:
+    suffix = ".tif" if is_georeferenced(src) else ".png"
+    return (out_dir or src.parent) / f"{src.stem}_classes{suffix}"
+
+
+def _palette_lut(palette: list[list[int]] | None, classes: int) -> dict[int, tuple[int, int, int, int]]:
+    colours = palette or [[int(v) for v in np.random.default_rng(i).integers(0, 256, 3)] for i in range(classes)]
+    lut = {i: (*map(int, c), 255) for i, c in enumerate(colours)}
+    lut[255] = (*IGNORE_COLOUR, 255)
+    return lut
+
+
+def predict_raster(sw: SlidingWindow, info: SegmentationModelInfo, src: Path, dst: Path,
+                   bands: list[int] | None = None, preview: bool = False, overwrite: bool = False) -> Path:
+    """Write the class map of `src` to `dst` (.tif/.tiff: GeoTIFF; .png: paletted PNG); returns `dst`."""
+    meta = raster_info(src)
+    if dst.exists() and not overwrite:
+        raise FileExistsError(f"{dst} exists; pass --overwrite to replace it")
+    if bands is None:
+        if meta.count != info.in_chans:
+            example = ",".join(map(str, range(1, info.in_chans + 1)))
+            raise ValueError(f"{src} has {meta.count} band(s) but the model takes {info.in_chans} ({info.bands}); "
+                             f"choose them with --bands, e.g. --bands {example}")
+    else:
+        if len(bands) != info.in_chans or max(bands) > meta.count or min(bands) < 1:
+            raise ValueError(f"--bands {bands}: the model takes {info.in_chans} band(s) and {src} has {meta.count}")
+    georeferenced = is_georeferenced(src)
+    as_png = dst.suffix.lower() == ".png"
+    if not as_png and dst.suffix.lower() not in (".tif", ".tiff"):
+        raise ValueError(f"{dst}: write .tif/.tiff (GeoTIFF) or .png")
+    if not georeferenced:
+        warnings.warn(f"{src} has no georeferencing (CRS/transform); {dst.name} is written without it",
+                      stacklevel=2)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.stem}.partial{dst.suffix}")
+    lut = _palette_lut(info.palette, len(info.classes))
+    step = max(1, -(-max(meta.height, meta.width) // _PREVIEW_SIDE))
+    thumb = []
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(src) as source:
+                profile = {"driver": "GTiff", "height": meta.height, "width": meta.width, "count": 1,
+                           "dtype": "uint8", "tiled": True, "blockxsize": 256, "blockysize": 256,
+                           "compress": "deflate"}
+                if georeferenced:
+                    profile.update(crs=source.crs, transform=source.transform)
+            full = np.empty((meta.height, meta.width), np.uint8) if as_png else None
+            sink = None if as_png else rasterio.open(tmp, "w", **profile)
+            try:
+                with tqdm(total=sw.windows_in(meta.height, meta.width), unit="window", desc=src.name) as bar:
+                    read = lambda w: to_unit_float(read_window(src, w, bands))  # noqa: E731
+                    for top, logits in sw.strips(read, meta.height, meta.width, bar):
+                        strip = logits.argmax(0).to(torch.uint8).cpu().numpy()
+                        if full is not None:
+                            full[top : top + strip.shape[0]] = strip
+                        else:
+                            sink.write(strip[None], window=((top, top + strip.shape[0]), (0, meta.width)))
+                        first = -top % step  # keep every `step`-th raster row for the preview
+                        thumb.append(strip[first::step, ::step])
+                if sink is not None:
+                    sink.write_colormap(1, lut)
+            finally:
+                if sink is not None:
+                    sink.close()
+        if full is not None:
+            image = Image.fromarray(full, mode="P")
+            image.putpalette([v for i in range(256) for v in lut.get(i, (0, 0, 0, 0))[:3]])
+            image.save(tmp, format="PNG")
+        os.replace(tmp, dst)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if preview:
+        colours = colourize(np.concatenate(thumb), info.palette or [lut[i][:3] for i in range(len(info.classes))],
+                            info.ignore_index)
+        Image.fromarray(colours).save(dst.with_name(f"{dst.stem}.preview.png"))
+    return dst

@@ -1,0 +1,269 @@
+"""Fine-tuning, sliding-window inference, evaluation, prediction, comparison and the quickstart, on synthetic
+Potsdam-format data with resnet18 and a handful of steps."""
+
+import json
+import math
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import rasterio
+import segmentation_models_pytorch as smp
+import torch
+from PIL import Image
+from rasterio.transform import from_origin
+
+from mpinet_hub.cli import main
+from mpinet_hub.data import Potsdam
+from mpinet_hub.data.synth import synth_dataset
+from mpinet_hub.downstream.evaluate import evaluate
+from mpinet_hub.downstream.finetune import FinetuneConfig, Finetuner, labeled_subset
+from mpinet_hub.downstream.inference import SlidingWindow
+from mpinet_hub.downstream.model import load_segmentation_model
+from mpinet_hub.metrics import SegmentationMetrics
+
+
+@pytest.fixture(scope="module")
+def potsdam_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("downstream-data")
+    synth_dataset("potsdam", root, tiles=6, size=128, seed=11)  # 4 train tiles, 2 test tiles
+    return root
+
+
+def _cfg(root, out, **kw) -> FinetuneConfig:
+    values = dict(dataset="potsdam", data_root=str(root), encoder="random", out=str(out), patch=64, crop=64,
+                  batch_size=2, steps=3, label_fraction=0.5, device="cpu", save_every=100)
+    values.update(kw)
+    cfg = FinetuneConfig(**values)
+    cfg.validate()
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def finetuned(tmp_path_factory, potsdam_root):
+    run = tmp_path_factory.mktemp("ft") / "run"
+    tuner = Finetuner(_cfg(potsdam_root, run, steps=4))
+    model_dir = tuner.train()
+    return tuner, model_dir
+
+
+def test_labeled_subset_is_seeded_nested_and_shared_across_encoders(tmp_path, potsdam_root, exported_potsdam):
+    ds = Potsdam(potsdam_root, "train", patch_size=32)
+    small, large = labeled_subset(ds, 0.1, seed=3), labeled_subset(ds, 0.5, seed=3)
+    assert small == labeled_subset(ds, 0.1, seed=3)
+    assert len(small) == round(0.1 * len(ds)) and len(large) == round(0.5 * len(ds))
+    assert set(small) <= set(large)  # 10% lies inside 50%
+    assert labeled_subset(ds, 0.5, seed=4) != large
+    files = []
+    for name, encoder in (("random", "random"), ("pretrained", str(exported_potsdam))):
+        tuner = Finetuner(_cfg(potsdam_root, tmp_path / name, encoder=encoder, label_fraction=0.25))
+        files.append(json.loads(tuner.write_subset().read_text()))
+    assert files[0]["patch_ids"] == files[1]["patch_ids"]
+    assert len(files[0]["patch_ids"]) == round(0.25 * files[0]["total_patches"])
+
+
+def test_finetune_reloads_offline_with_smp(finetuned):
+    tuner, model_dir = finetuned
+    config = json.loads((model_dir / "config.json").read_text())
+    assert config["encoder_weights"] is None and config["classes"] == 6
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = tuner.model.eval()(x)
+    reloaded = smp.from_pretrained(str(model_dir)).eval()
+    with torch.no_grad():
+        assert torch.equal(reloaded(x), expected)
+    # A fresh process with no network and without mpinet_hub: SMP alone reads the folder.
+    code = (f"import sys, segmentation_models_pytorch as smp; m = smp.from_pretrained({str(model_dir)!r}); "
+            "assert 'mpinet_hub' not in sys.modules; print(type(m).__name__)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "DeepLabV3Plus"
+    _, info = load_segmentation_model(model_dir.parent)  # the run folder works too
+    assert info.classes == list(Potsdam.classes) and info.bands == "RGB"
+    assert info.provenance["label_fraction"] == 0.5
+
+
+def test_finetune_resume_reproduces_the_uninterrupted_run(tmp_path, potsdam_root):
+    straight = Finetuner(_cfg(potsdam_root, tmp_path / "a", steps=4))
+    straight.train()
+    first = Finetuner(_cfg(potsdam_root, tmp_path / "b", steps=2))
+    first.train()
+    resumed = Finetuner(_cfg(potsdam_root, tmp_path / "b", steps=4), resume=True)
+    assert resumed.step == 2
+    resumed.train()
+    for (k, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6), k
+    with pytest.raises(ValueError, match="other settings"):
+        Finetuner(_cfg(potsdam_root, tmp_path / "b", steps=4, lr=1e-2), resume=True)
+
+
+def test_sliding_window_equals_whole_image_when_the_window_covers_it(finetuned):
+    tuner, _ = finetuned
+    model = tuner.model.eval()
+    image = torch.rand(3, 64, 96)
+    sw = SlidingWindow(model, tuner.mean, tuner.std, window=128, overlap=32, batch_size=2)
+    mean, std = torch.tensor(tuner.mean).view(1, 3, 1, 1), torch.tensor(tuner.std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        whole = model((image[None] - mean) / std)[0]
+    assert torch.allclose(sw.predict_image(image), whole, atol=1e-5)
+    # A pixel-wise model gives the whole-image answer for any window, overlap and batch.
+    pixelwise = torch.nn.Conv2d(3, 4, 1)
+    with torch.no_grad():
+        ref = pixelwise((image[None] - mean) / std)[0]
+    for window, overlap, batch in ((32, 8, 1), (48, 16, 3), (40, 0, 4)):
+        sw = SlidingWindow(pixelwise, tuner.mean, tuner.std, window=window, overlap=overlap, batch_size=batch,
+                           pad_multiple=1)
+        assert torch.allclose(sw.predict_image(image), ref, atol=1e-5)
+
+
+class _WindowIndex(torch.nn.Module):
+    """Logits equal to the running index of the window (one class): shows which windows covered a pixel."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x):
+        out = torch.arange(self.calls, self.calls + x.shape[0], dtype=torch.float32).view(-1, 1, 1, 1)
+        self.calls += x.shape[0]
+        return out.expand(-1, 1, *x.shape[-2:]).clone()
+
+
+def test_sliding_window_blends_logits_at_seams_and_streams_rows_once():
+    image = torch.zeros(3, 64, 96)
+    sw = SlidingWindow(_WindowIndex(), [0, 0, 0], [1, 1, 1], window=64, overlap=32, batch_size=1, pad_multiple=1)
+    out = sw.predict_image(image)[0]  # windows at columns 0 (index 0) and 32 (index 1)
+    assert torch.all(out[:, :32] == 0) and torch.all(out[:, 64:] == 1)
+    assert torch.all(out[:, 32:64] == 0.5)  # averaged, not overwritten
+    sw = SlidingWindow(_WindowIndex(), [0, 0, 0], [1, 1, 1], window=32, overlap=8, batch_size=5, pad_multiple=1)
+    image = torch.zeros(3, 100, 70)
+    strips = list(sw.strips(lambda w: image[:, w.row_off : w.row_off + w.height, w.col_off : w.col_off + w.width],
+                            100, 70))
+    tops = [t for t, _ in strips]
+    assert tops[0] == 0 and all(t + s.shape[1] == n for (t, s), n in zip(strips, tops[1:] + [100]))
+    assert max(s.shape[1] for _, s in strips) <= 32  # bounded: never more than a window of rows at once
+
+
+def test_evaluate_metrics_equal_the_metrics_module(finetuned, potsdam_root, tmp_path):
+    tuner, model_dir = finetuned
+    result = evaluate(model_dir, "potsdam", potsdam_root, split="test", out=tmp_path / "eval", window=64,
+                      overlap=16, batch_size=3, previews=1, device="cpu")
+    saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert saved["protocol"] == "potsdam-mmseg" and saved["split"] == "test"
+    assert saved["checkpoint"] == str(model_dir) and saved["label_fraction"] == 0.5
+    ds = Potsdam(potsdam_root, "test", labels="noBoundary")
+    reference = SegmentationMetrics.from_protocol("potsdam-mmseg", class_names=list(ds.classes))
+    model, info = load_segmentation_model(model_dir)
+    sw = SlidingWindow(model, info.mean, info.std, window=64, overlap=16, batch_size=1)
+    ignored = 0
+    for i in range(len(ds)):
+        item = ds[i]
+        reference.update(sw.predict_image(item["image"]).argmax(0)[None], item["mask"][None])
+        ignored += int((item["mask"] == 255).sum())
+    expected = reference.compute()
+    assert saved["confusion_matrix"] == expected["confusion_matrix"]
+    assert saved["ignored_pixels"] == ignored > 0
+    for key in ("mIoU", "OA", "mF1"):
+        assert math.isclose(saved[key], expected[key]) and result[key] == saved[key]
+    assert (tmp_path / "eval" / "confusion.png").is_file()
+    assert len(list((tmp_path / "eval" / "previews").glob("*.png"))) == 1
+
+
+def test_evaluate_refuses_a_class_count_mismatch(finetuned, tmp_path):
+    _, model_dir = finetuned
+    loveda = tmp_path / "loveda"
+    synth_dataset("loveda", loveda, tiles=4, size=64, seed=1)
+    with pytest.raises(ValueError, match="predicts 6 classes .* loveda has 7"):
+        evaluate(model_dir, "loveda", loveda, split="val", out=tmp_path / "eval")
+    assert not (tmp_path / "eval").exists()
+
+
+def _geotiff(path, array):
+    profile = dict(driver="GTiff", height=array.shape[1], width=array.shape[2], count=array.shape[0],
+                   dtype="uint8", crs="EPSG:32633", transform=from_origin(366000.0, 5808000.0, 0.05, 0.05))
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(array)
+
+
+def test_predict_keeps_crs_transform_and_shape(finetuned, tmp_path):
+    tuner, model_dir = finetuned
+    array = np.random.default_rng(0).integers(0, 256, (3, 90, 130), dtype=np.uint8)
+    src, out = tmp_path / "scene.tif", tmp_path / "out" / "scene_classes.tif"
+    _geotiff(src, array)
+    assert main(["predict", str(model_dir), str(src), str(out), "--window", "64", "--overlap", "16",
+                 "--preview"]) == 0
+    with rasterio.open(src) as a, rasterio.open(out) as b:
+        assert (b.crs, b.transform, b.shape, b.count, b.dtypes[0]) == (a.crs, a.transform, a.shape, 1, "uint8")
+        classes = b.read(1)
+        assert b.colormap(1)[1] == (0, 0, 255, 255)  # building blue, for GIS viewers
+    model, info = load_segmentation_model(model_dir)
+    sw = SlidingWindow(model, info.mean, info.std, window=64, overlap=16)
+    expected = sw.predict_image(torch.from_numpy(array.astype(np.float32) / 255)).argmax(0).numpy()
+    assert np.array_equal(classes, expected)
+    assert (tmp_path / "out" / "scene_classes.preview.png").is_file()
+    before = out.read_bytes()
+    assert main(["predict", str(model_dir), str(src), str(out)]) == 1  # exists: refused, untouched
+    assert out.read_bytes() == before
+
+
+def test_predict_bad_inputs_leave_nothing_behind(finetuned, tmp_path, capsys):
+    _, model_dir = finetuned
+    four = tmp_path / "four.tif"
+    _geotiff(four, np.zeros((4, 40, 40), np.uint8))
+    out = tmp_path / "out"
+    assert main(["predict", str(model_dir), str(four), str(out / "four_classes.tif")]) == 1
+    assert "has 4 band(s) but the model takes 3" in capsys.readouterr().err
+    assert not out.exists() or not any(out.iterdir())
+    assert main(["predict", str(model_dir), str(four), str(out / "four_classes.tif"), "--bands", "1,2,3",
+                 "--window", "64"]) == 0  # the band choice is the fix
+    plain = tmp_path / "plain.png"
+    Image.fromarray(np.full((40, 50, 3), 90, np.uint8)).save(plain)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["predict", str(model_dir), str(plain), "--window", "64"]) == 0
+    assert any("no georeferencing" in str(w.message) for w in caught)
+    with Image.open(tmp_path / "plain_classes.png") as written:
+        assert written.mode == "P" and written.size == (50, 40)
+
+
+def test_compare_writes_the_table_and_reuses_finished_cells(tmp_path, potsdam_root, exported_potsdam):
+    base = _cfg(potsdam_root, tmp_path / "cmp", steps=2)
+    from mpinet_hub.downstream.compare import compare
+
+    results = compare(base, {"random": "random", "pretrained": str(exported_potsdam)}, [0.25, 0.5], tmp_path / "cmp",
+                      eval_kwargs={"window": 64, "overlap": 0})
+    assert set(results) == {"random", "pretrained"} and all(set(r) == {0.25, 0.5} for r in results.values())
+    table = (tmp_path / "cmp" / "results.md").read_text()
+    assert "| encoder | 25% labels | 50% labels |" in table
+    row = next(line for line in table.splitlines() if line.startswith("| pretrained |"))
+    assert f"{results['pretrained'][0.5]['mIoU']:.2f}" in row
+    assert (tmp_path / "cmp" / "label_efficiency.png").stat().st_size > 0
+    cell = tmp_path / "cmp" / "runs" / "random" / "fraction-0.25" / "eval-test" / "metrics.json"
+    stamp = cell.stat().st_mtime_ns
+    compare(base, {"random": "random"}, [0.25], tmp_path / "cmp", eval_kwargs={"window": 64, "overlap": 0})
+    assert cell.stat().st_mtime_ns == stamp  # reused, not re-run
+
+
+def test_export_card_carries_evaluate_metrics(finetuned, potsdam_root, tmp_path, backbone_state):
+    _, model_dir = finetuned
+    result = evaluate(model_dir, "potsdam", potsdam_root, out=tmp_path / "eval", window=64, overlap=0,
+                      previews=0, device="cpu")
+    src = tmp_path / "backbone.pt"
+    torch.save(backbone_state, src)
+    assert main(["export", str(src), str(tmp_path / "hub"), "--arch", "mpinet_resnet18", "--tag", "potsdam",
+                 "--metrics", str(tmp_path / "eval" / "metrics.json")]) == 0
+    card = (tmp_path / "hub" / "README.md").read_text()
+    assert f"| potsdam | potsdam-mmseg | test | 50% | {result['mIoU']:.2f} | {result['OA']:.2f}" in card
+
+
+def test_quickstart_end_to_end(tmp_path, capsys):
+    out = tmp_path / "qs"
+    assert main(["quickstart", "--out", str(out), "--size", "128", "--pretrain-steps", "3",
+                 "--finetune-steps", "3"]) == 0
+    printed = capsys.readouterr().out
+    assert "identical to the checkpoint" in printed and "mIoU" in printed
+    metrics = json.loads((out / "finetune" / "eval-test" / "metrics.json").read_text())
+    assert math.isfinite(metrics["OA"]) and metrics["encoder"] == str(out / "hub")
+    assert (out / "hub" / "model.safetensors").is_file()
+    assert (out / "finetune" / "model" / "config.json").is_file()
