@@ -15,10 +15,10 @@ import datetime
 import platform
 import statistics
 import time
-from pathlib import Path
 
 import timm
 import torch
+from benchdoc import record_row
 from lightly.loss import NTXentLoss
 from lightly.models.modules import DenseCLProjectionHead, MoCoProjectionHead
 from lightly.models.utils import update_momentum
@@ -114,8 +114,7 @@ def main() -> None:
            f"| {t['ours mocov2']:.3f} | {t['lightly mocov2']:.3f} | {t['ours mocov2'] / t['lightly mocov2']:.2f} "
            f"| {t['ours mpinet']:.3f} | {t['lightly densecl']:.3f} | {t['ours mpinet'] / t['lightly densecl']:.2f} |")
     print(row)
-    with (Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md").open("a") as f:
-        f.write(row + "\n")
+    record_row("Pretraining step", row)
 
 
 if __name__ == "__main__":

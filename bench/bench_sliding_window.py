@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import rasterio
 import torch
+from benchdoc import record_row
 from rasterio.transform import from_origin
 
 
@@ -94,13 +95,13 @@ def main() -> None:
     def mem(r):
         return f"{r['peak_rss_mb']:.0f} MB RSS" + (f", {r['peak_cuda_mb']:.0f} MB CUDA" if r["peak_cuda_mb"] else "")
 
+    precision = "fp32" if args.precision == "32" else args.precision
     row = (f"| {datetime.date.today()} | {platform.node()} ({b['device']}) | {args.size}x{args.size}, DeepLabV3+ "
-           f"{args.arch} {args.precision}, window {args.window}/overlap {args.overlap}, {b['windows']} windows "
+           f"{args.arch} {precision}, window {args.window}/overlap {args.overlap}, {b['windows']} windows "
            f"| {b['seconds']:.1f} (batch {args.batch}) | {mem(b)} | {s['seconds']:.1f} | {mem(s)} "
            f"| {s['seconds'] / b['seconds']:.2f}x |")
     print(row)
-    with (Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md").open("a") as f:
-        f.write(row + "\n")
+    record_row("Sliding-window inference", row)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+from benchdoc import record_row
 from rasterio.windows import Window
 
 from mpinet_hub.data.synth import _write_tif, render_urban_scene
@@ -47,9 +48,7 @@ def main() -> None:
             f"| {args.size}x{args.size} tiled deflate GeoTIFF | {windowed:.1f} | {whole:.2f} "
             f"| {windowed / whole:.0f}x |")
     print(line)
-    doc = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
-    with doc.open("a") as f:
-        f.write(line + "\n")
+    record_row("Windowed reads", line)
 
 
 if __name__ == "__main__":

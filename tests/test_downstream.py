@@ -267,3 +267,24 @@ def test_quickstart_end_to_end(tmp_path, capsys):
     assert math.isfinite(metrics["OA"]) and metrics["encoder"] == str(out / "hub")
     assert (out / "hub" / "model.safetensors").is_file()
     assert (out / "finetune" / "model" / "config.json").is_file()
+
+
+def test_cli_finetune_evaluate_and_compare_with_pretraining(tmp_path, potsdam_root, capsys):
+    common = ["--dataset", "potsdam", "--data-root", str(potsdam_root), "--patch", "64", "--crop", "64",
+              "--batch-size", "2", "--steps", "1", "--device", "cpu"]
+    run = tmp_path / "ft"
+    assert main(["finetune", *common, "--label-fraction", "0.1", "--out", str(run)]) == 0
+    assert json.loads((run / "labeled_patches.json").read_text())["label_fraction"] == 0.1
+    assert main(["evaluate", str(run), "--dataset", "potsdam", "--data-root", str(potsdam_root), "--window",
+                 "64"]) == 0
+    assert "mIoU" in capsys.readouterr().out and (run / "eval-test" / "metrics.json").is_file()
+    assert main(["evaluate", str(run), "--dataset", "potsdam", "--data-root", str(potsdam_root),
+                 "--protocol", "loveda"]) == 1
+    assert "not one of potsdam's" in capsys.readouterr().err
+    cmp = tmp_path / "cmp"
+    assert main(["compare", *common, "--out", str(cmp), "--encoders", "random", "--pretrain", "mocov2",
+                 "--pretrain-steps", "2", "--pretrain-batch-size", "4", "--pretrain-crop", "48",
+                 "--fractions", "0.1", "--window", "64"]) == 0
+    assert (cmp / "pretrain" / "mocov2" / "hub" / "model.safetensors").is_file()
+    results = json.loads((cmp / "results.json").read_text())["results"]
+    assert set(results) == {"random", "mocov2"} and results["mocov2"]["0.1"]["encoder"].endswith("hub")

@@ -56,7 +56,7 @@ def _finetune_config(args: argparse.Namespace, **fixed):
 def _inference_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--window", type=int, default=512, help="sliding-window side in px")
     p.add_argument("--overlap", type=int, help="px shared by neighbouring windows, logits averaged (default window/4)")
-    p.add_argument("--batch-size", type=int, default=4, help="windows per forward pass")
+    p.add_argument("--batch-size", type=int, help="windows per forward pass (default 1 on CPU, 8 on GPU)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda")
     p.add_argument("--precision", default="32", choices=["32", "bf16", "16"])
 
@@ -169,7 +169,7 @@ def run_compare(args: argparse.Namespace) -> int:
 
     base = _finetune_config(args, out=args.out)
     pretrain = {"config": args.pretrain_config, "dataset": base.dataset, "data_root": [base.data_root],
-                "arch": base.arch, "bands": base.bands, "steps": args.pretrain_steps,
+                "arch": base.arch, "bands": base.bands, "patch": base.patch, "steps": args.pretrain_steps,
                 "batch_size": args.pretrain_batch_size, "crop": args.pretrain_crop, "device": base.device,
                 "seed": base.seed, "workers": base.workers}
     compare(base, parse_encoders(args.encoders), args.fractions, args.out, split=args.split,

@@ -53,7 +53,7 @@ def evaluate(
     out: str | Path | None = None,
     window: int = 512,
     overlap: int | None = None,
-    batch_size: int = 4,
+    batch_size: int | None = None,
     previews: int = 3,
     device: str = "auto",
     precision: str = "32",

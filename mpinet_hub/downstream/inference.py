@@ -36,13 +36,14 @@ class SlidingWindow:
         mean, std: per-band normalisation applied to [0, 1] inputs.
         window: window side in px (clipped to the raster's sides).
         overlap: px shared by neighbouring windows (0 <= overlap < window); default window // 4.
-        batch_size: windows per forward pass.
+        batch_size: windows per forward pass; default 1 on CPU (measured faster there, docs/benchmarks.md), 8 on
+            an accelerator.
         pad_multiple: each window is padded (edge replication) to a multiple of this for the model's output
             stride, and the logits cropped back.
     """
 
     def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float], window: int = 512,
-                 overlap: int | None = None, batch_size: int = 4, device: str | torch.device = "cpu",
+                 overlap: int | None = None, batch_size: int | None = None, device: str | torch.device = "cpu",
                  precision: str = "32", pad_multiple: int = 32) -> None:
         overlap = window // 4 if overlap is None else overlap
         if not 0 <= overlap < window:
@@ -51,7 +52,8 @@ class SlidingWindow:
         self.model = model.to(self.device).eval()
         self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
-        self.window, self.overlap, self.batch_size = window, overlap, batch_size
+        self.window, self.overlap = window, overlap
+        self.batch_size = batch_size or (1 if self.device.type == "cpu" else 8)
         self.autocast_dtype = AUTOCAST_DTYPES.get(precision)
         self.pad_multiple = pad_multiple
 

@@ -37,7 +37,7 @@ def metrics_markdown(results: list[dict[str, Any]]) -> str:
         labels = f"{100 * fraction:g}%" if isinstance(fraction, (int, float)) else "-"
         lines.append(
             f"| {r.get('dataset', '-')} | {r.get('protocol', '-')} | {r.get('split', '-')} | {labels} "
-            f"| {r['mIoU']:.2f} | {r['OA']:.2f} | {r['mF1']:.2f} | {Path(str(r.get('checkpoint', '-'))).name} |"
+            f"| {r['mIoU']:.2f} | {r['OA']:.2f} | {r['mF1']:.2f} | {_run_name(r.get('checkpoint', '-'))} |"
         )
     names = results[0].get("class_names")
     per_class = results[0].get("per_class")
@@ -50,6 +50,12 @@ def metrics_markdown(results: list[dict[str, Any]]) -> str:
     lines.append("")
     lines.append("F1 of a class present in the ground truth but never predicted counts as 0 (see docs).")
     return "\n".join(lines)
+
+
+def _run_name(checkpoint: Any) -> str:
+    """The fine-tuning run's folder name (`mpinet finetune` saves the model as RUN/model)."""
+    path = Path(str(checkpoint))
+    return path.parent.name if path.name == "model" and path.parent.name else path.name
 
 
 def _fmt(x: Any) -> str:
