@@ -51,7 +51,7 @@ def check_finite(terms: dict[str, torch.Tensor], step: int, last_checkpoint: Pat
     for name, value in terms.items():
         if not torch.isfinite(value):
             raise NonFiniteLossError(
-                f"step {step}: loss term '{name}' is {float(value)}; stopped without saving. The last good "
+                f"step {step}: loss term '{name}' is {float(value.detach())}; stopped without saving. The last good "
                 f"checkpoint is {last_checkpoint} (resume with --resume, perhaps with a lower --lr or --precision 32)")
 
 

@@ -7,6 +7,7 @@ import json
 
 from tqdm import tqdm
 
+from ..cli import HelpFormatter
 from . import DATASETS
 from .check import check_dataset
 from .synth import synth_dataset
@@ -15,7 +16,7 @@ from .synth import synth_dataset
 def add_data_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     s = sub.add_parser("synth", help="write a miniature copy of a data set in its exact release layout",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=HelpFormatter)
     s.add_argument("dataset", choices=list(DATASETS))
     s.add_argument("out", help="folder to write into (the data set's root)")
     s.add_argument("--tiles", type=int, default=6, help="Potsdam tiles / LoveDA images / UAVid sequences")
@@ -23,12 +24,12 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--defects", action="store_true", help="Potsdam: reproduce the release's known defects")
     c = sub.add_parser("check", help="validate a data set folder; exit code 1 on errors",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=HelpFormatter)
     c.add_argument("dataset", choices=list(DATASETS))
     c.add_argument("root")
     c.add_argument("--labels", default="full", choices=["full", "noBoundary"], help="Potsdam label product")
     st = sub.add_parser("stats", help="per-band mean/std of a split (for --mean/--std of pretrain)",
-                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                        formatter_class=HelpFormatter)
     st.add_argument("dataset", choices=list(DATASETS))
     st.add_argument("root")
     st.add_argument("--split", default="train")
