@@ -24,6 +24,8 @@ from mpinet_hub.downstream.inference import SlidingWindow
 from mpinet_hub.downstream.model import load_segmentation_model
 from mpinet_hub.metrics import SegmentationMetrics
 
+from .conftest import REPO_ROOT
+
 
 @pytest.fixture(scope="module")
 def potsdam_root(tmp_path_factory):
@@ -288,3 +290,48 @@ def test_cli_finetune_evaluate_and_compare_with_pretraining(tmp_path, potsdam_ro
     assert (cmp / "pretrain" / "mocov2" / "hub" / "model.safetensors").is_file()
     results = json.loads((cmp / "results.json").read_text())["results"]
     assert set(results) == {"random", "mocov2"} and results["mocov2"]["0.1"]["encoder"].endswith("hub")
+
+
+class _FailsOnSecondWindow(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        if self.calls == 2:
+            raise RuntimeError("out of memory (simulated)")
+        return torch.zeros(x.shape[0], 6, *x.shape[-2:])
+
+
+def test_predict_failure_midway_and_folders(finetuned, tmp_path):
+    from mpinet_hub.downstream.predict import predict_raster
+
+    _, model_dir = finetuned
+    _, info = load_segmentation_model(model_dir)
+    src = tmp_path / "in" / "a.tif"
+    src.parent.mkdir()
+    _geotiff(src, np.zeros((3, 80, 80), np.uint8))
+    _geotiff(tmp_path / "in" / "b.tif", np.full((3, 50, 70), 200, np.uint8))
+    out = tmp_path / "out"
+    out.mkdir()
+    sw = SlidingWindow(_FailsOnSecondWindow(), info.mean, info.std, window=32, overlap=0)
+    with pytest.raises(RuntimeError, match="simulated"):
+        predict_raster(sw, info, src, out / "a_classes.tif")
+    assert list(out.iterdir()) == []  # no output, no temporary file
+    assert main(["predict", str(model_dir), str(tmp_path / "in"), str(out), "--window", "64"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["a_classes.tif", "b_classes.tif"]
+    with rasterio.open(out / "b_classes.tif") as b:
+        assert b.shape == (50, 70)
+
+
+def test_shipped_finetune_configs_parse(tmp_path):
+    paths = sorted((REPO_ROOT / "configs").glob("finetune_*.yaml"))
+    assert {p.stem.rsplit("_", 1)[-1] for p in paths} == {"potsdam", "loveda", "uavid"}
+    for path in paths:
+        cfg = FinetuneConfig.from_sources(path, data_root=str(tmp_path), label_fraction=0.05)
+        assert cfg.decoder == "deeplabv3plus" and cfg.lr == 1e-4 and cfg.label_fraction == 0.05
+    with pytest.raises(ValueError, match="unknown setting"):
+        bad = tmp_path / "bad.yaml"
+        bad.write_text("dataset: potsdam\nlearning_rate: 0.1\n")
+        FinetuneConfig.from_sources(bad, data_root=str(tmp_path))
