@@ -275,8 +275,10 @@ def test_cli_finetune_evaluate_and_compare_with_pretraining(tmp_path, potsdam_ro
     common = ["--dataset", "potsdam", "--data-root", str(potsdam_root), "--patch", "64", "--crop", "64",
               "--batch-size", "2", "--steps", "1", "--device", "cpu"]
     run = tmp_path / "ft"
-    assert main(["finetune", *common, "--label-fraction", "0.1", "--out", str(run)]) == 0
-    assert json.loads((run / "labeled_patches.json").read_text())["label_fraction"] == 0.1
+    assert main(["finetune", *common, "--label-fraction", "0.1", "--epochs", "2", "--out", str(run)]) == 0
+    subset = json.loads((run / "labeled_patches.json").read_text())
+    assert subset["label_fraction"] == 0.1 and len(subset["patch_ids"]) == 2  # 10% of 16 patches
+    assert len((run / "log.jsonl").read_text().splitlines()) == 2  # 2 epochs of one batch of 2
     assert main(["evaluate", str(run), "--dataset", "potsdam", "--data-root", str(potsdam_root), "--window",
                  "64"]) == 0
     assert "mIoU" in capsys.readouterr().out and (run / "eval-test" / "metrics.json").is_file()

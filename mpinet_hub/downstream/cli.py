@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import fields
 from pathlib import Path
 
 from ..data import DATASETS
@@ -32,6 +33,7 @@ def _finetune_options(p: argparse.ArgumentParser, with_encoder: bool = True) -> 
     p.add_argument("--crop", type=int, help="side of the random training crops (default 256)")
     p.add_argument("--batch-size", type=int, help="default 16")
     p.add_argument("--steps", type=int, help="optimiser steps (default 1000)")
+    p.add_argument("--epochs", type=float, help="passes over the labeled subset (overrides --steps)")
     p.add_argument("--lr", type=float, help="Adam learning rate (default 1e-4)")
     p.add_argument("--seed", type=int, help="training seed")
     p.add_argument("--subset-seed", type=int, help="seed of the labeled subset (keep it fixed across encoders)")
@@ -46,9 +48,7 @@ def _finetune_options(p: argparse.ArgumentParser, with_encoder: bool = True) -> 
 def _finetune_config(args: argparse.Namespace, **fixed):
     from .finetune import FinetuneConfig
 
-    names = ("dataset", "data_root", "encoder", "decoder", "label_fraction", "out", "arch", "bands", "patch", "crop",
-             "batch_size", "steps", "lr", "seed", "subset_seed", "workers", "device", "precision", "save_every",
-             "mean", "std")
+    names = [f.name for f in fields(FinetuneConfig)]  # every setting has a flag of the same name
     values = {n: getattr(args, n, None) for n in names} | fixed
     return FinetuneConfig.from_sources(args.config, **values)
 
@@ -151,8 +151,9 @@ def add_compare_arguments(p: argparse.ArgumentParser) -> None:
     _finetune_options(p, with_encoder=False)
     p.add_argument("--out", required=True, help="comparison folder")
     p.add_argument("--encoders", nargs="*", default=["random"], help=f"NAME=SPEC or SPEC; SPEC is {ENCODER_HELP}")
-    p.add_argument("--pretrain", nargs="*", default=[], choices=list(METHODS),
-                   help="also pretrain these methods on the data set first (e.g. mocov2 mpinet) and compare them")
+    p.add_argument("--pretrain", nargs="*", default=["mocov2", "mpinet"], choices=list(METHODS),
+                   help="pretrain these methods on the data set's training images first and compare them too "
+                   "(default: mocov2 mpinet; `--pretrain` with no name skips pretraining)")
     p.add_argument("--pretrain-config", help="YAML for that pretraining (e.g. configs/mpinet_resnet50_potsdam.yaml)")
     p.add_argument("--pretrain-steps", type=int, help="pretraining steps (overrides the YAML's epochs)")
     p.add_argument("--pretrain-batch-size", type=int)

@@ -14,6 +14,7 @@ weights-only loadable, resumable) and model/ (SMP `save_pretrained` + mpinet.jso
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -61,6 +62,7 @@ class FinetuneConfig:
     crop: int = 256  # side of the random crop of a patch that is trained on
     batch_size: int = 16
     steps: int = 1000
+    epochs: float | None = None  # passes over the labeled subset; overrides `steps` when given
     lr: float = 1e-4
     weight_decay: float = 0.0
     seed: int = 0
@@ -164,6 +166,8 @@ class Finetuner:
         if not self.dataset.has_labels:
             raise ValueError(f"{cfg.dataset} train split has no labels")
         self.subset = labeled_subset(self.dataset, cfg.label_fraction, cfg.subset_seed)
+        if cfg.epochs:
+            cfg.steps = max(1, math.ceil(cfg.epochs * math.ceil(len(self.subset) / cfg.batch_size)))
         in_chans = int(self.dataset[0]["image"].shape[0])
         encoder = load_encoder(cfg.encoder, default_arch=cfg.arch, in_chans=in_chans)
         if encoder.in_chans != in_chans:
