@@ -181,9 +181,9 @@ def test_evaluate_refuses_a_class_count_mismatch(finetuned, tmp_path):
     assert not (tmp_path / "eval").exists()
 
 
-def _geotiff(path, array):
+def _geotiff(path, array, **extra):
     profile = dict(driver="GTiff", height=array.shape[1], width=array.shape[2], count=array.shape[0],
-                   dtype="uint8", crs="EPSG:32633", transform=from_origin(366000.0, 5808000.0, 0.05, 0.05))
+                   dtype="uint8", crs="EPSG:32633", transform=from_origin(366000.0, 5808000.0, 0.05, 0.05), **extra)
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(array)
 
@@ -325,6 +325,19 @@ def test_predict_failure_midway_and_folders(finetuned, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["a_classes.tif", "b_classes.tif"]
     with rasterio.open(out / "b_classes.tif") as b:
         assert b.shape == (50, 70)
+
+
+def test_predict_keeps_nodata_borders_empty(finetuned, tmp_path):
+    _, model_dir = finetuned
+    array = np.random.default_rng(1).integers(1, 256, (3, 60, 60), dtype=np.uint8)
+    array[:, :, :20] = 0  # an empty mosaic border
+    array[0, 30, 30] = 0  # one zero band alone is data
+    _geotiff(tmp_path / "m.tif", array, nodata=0)
+    assert main(["predict", str(model_dir), str(tmp_path / "m.tif"), "--window", "32"]) == 0
+    with rasterio.open(tmp_path / "m_classes.tif") as out:
+        classes = out.read(1)
+        assert out.nodata == 255
+    assert np.all(classes[:, :20] == 255) and np.all(classes[:, 20:] < 6)
 
 
 def test_shipped_finetune_configs_parse(tmp_path):

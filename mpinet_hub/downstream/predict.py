@@ -1,6 +1,7 @@
 """Class maps for your own imagery: GeoTIFF in -> single-band uint8 GeoTIFF out, with the input's CRS and
 transform, written strip by strip so rasters larger than memory stream through with bounded memory.
 
+Pixels that are nodata in every input band are written as 255, the output's nodata value.
 A non-georeferenced input (plain PNG/JPEG/TIFF) gets a PNG (or, if asked for, an ungeoreferenced TIFF) and a
 warning. Outputs are written to a temporary file and renamed, so a failure leaves nothing behind, and an
 existing output is refused unless `overwrite`.
@@ -19,14 +20,15 @@ from PIL import Image
 from rasterio.errors import NotGeoreferencedWarning
 from tqdm import tqdm
 
-from ..data import DataError, raster_info, read_window, to_unit_float
+from ..data import DataError, Window, raster_info, read_window, to_unit_float
 from .inference import SlidingWindow
 from .model import SegmentationModelInfo
 from .plots import IGNORE_COLOUR, colourize
 
-__all__ = ["INPUT_SUFFIXES", "find_inputs", "is_georeferenced", "predict_raster"]
+__all__ = ["INPUT_SUFFIXES", "NODATA_CLASS", "find_inputs", "is_georeferenced", "predict_raster"]
 
 INPUT_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+NODATA_CLASS = 255  # written where every input band equals the input's nodata value
 _PREVIEW_SIDE = 1024
 
 
@@ -57,7 +59,7 @@ def default_output(src: Path, out_dir: Path | None = None) -> Path:
 def _palette_lut(palette: list[list[int]] | None, classes: int) -> dict[int, tuple[int, int, int, int]]:
     colours = palette or [[int(v) for v in np.random.default_rng(i).integers(0, 256, 3)] for i in range(classes)]
     lut = {i: (*map(int, c), 255) for i, c in enumerate(colours)}
-    lut[255] = (*IGNORE_COLOUR, 255)
+    lut[NODATA_CLASS] = (*IGNORE_COLOUR, 0)
     return lut
 
 
@@ -96,6 +98,9 @@ def predict_raster(sw: SlidingWindow, info: SegmentationModelInfo, src: Path, ds
                            "compress": "deflate"}
                 if georeferenced:
                     profile.update(crs=source.crs, transform=source.transform)
+                nodata = source.nodata
+                if nodata is not None:  # mosaics' empty borders stay empty instead of getting a class
+                    profile["nodata"] = NODATA_CLASS
             full = np.empty((meta.height, meta.width), np.uint8) if as_png else None
             sink = None if as_png else rasterio.open(tmp, "w", **profile)
             try:
@@ -103,6 +108,9 @@ def predict_raster(sw: SlidingWindow, info: SegmentationModelInfo, src: Path, ds
                     read = lambda w: to_unit_float(read_window(src, w, bands))  # noqa: E731
                     for top, logits in sw.strips(read, meta.height, meta.width, bar):
                         strip = logits.argmax(0).to(torch.uint8).cpu().numpy()
+                        if nodata is not None:
+                            raw = read_window(src, Window(0, top, meta.width, strip.shape[0]), bands)
+                            strip[np.all(raw == nodata, axis=0)] = NODATA_CLASS
                         if full is not None:
                             full[top : top + strip.shape[0]] = strip
                         else:
