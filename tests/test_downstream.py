@@ -350,3 +350,19 @@ def test_shipped_finetune_configs_parse(tmp_path):
         bad = tmp_path / "bad.yaml"
         bad.write_text("dataset: potsdam\nlearning_rate: 0.1\n")
         FinetuneConfig.from_sources(bad, data_root=str(tmp_path))
+
+
+@pytest.mark.parametrize("name,protocol,classes", [("loveda", "loveda", 7), ("uavid", "uavid", 8)])
+def test_finetune_and_evaluate_loveda_and_uavid(tmp_path, name, protocol, classes):
+    from mpinet_hub.data import open_dataset
+
+    root = tmp_path / name
+    synth_dataset(name, root, tiles=4, size=128, seed=2)
+    tuner = Finetuner(_cfg(root, tmp_path / "run", dataset=name, steps=1, label_fraction=1.0))
+    model_dir = tuner.train()
+    with pytest.raises(ValueError, match="no labels to evaluate against; use --split train, val"):
+        evaluate(model_dir, name, root, split="test", out=tmp_path / "eval-test")
+    result = evaluate(model_dir, name, root, split="val", out=tmp_path / "eval", window=64, previews=0)
+    assert result["protocol"] == protocol and len(result["class_names"]) == classes
+    val = open_dataset(name, root, "val")
+    assert result["pixels_evaluated"] + result["ignored_pixels"] == sum(s.height * s.width for s in val.scenes)
