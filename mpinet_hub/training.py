@@ -11,8 +11,9 @@ import os
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
-__all__ = ["EpochBatches", "NonFiniteLossError", "check_finite", "plot_losses", "resolve_device"]
+__all__ = ["EpochBatches", "NonFiniteLossError", "check_finite", "init_distributed", "plot_losses", "resolve_device"]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -33,6 +34,15 @@ class EpochBatches:
         perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 7919 + epoch)).tolist()
         start = (k * self.world + self.rank) * self.batch
         return [perm[(start + j) % self.n] for j in range(self.batch)]
+
+
+def init_distributed(device: str) -> tuple[int, int]:
+    """(rank, world size) from torchrun's environment, joining the process group (nccl on CUDA, else gloo)."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    rank = int(os.environ.get("RANK", 0))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() and device != "cpu" else "gloo")
+    return rank, world
 
 
 def resolve_device(want: str) -> torch.device:

@@ -3,6 +3,7 @@ Potsdam-format data with resnet18 and a handful of steps."""
 
 import json
 import math
+import os
 import subprocess
 import sys
 import warnings
@@ -15,6 +16,7 @@ import torch
 from PIL import Image
 from rasterio.transform import from_origin
 
+from mpinet_hub.checkpoint import load_checkpoint
 from mpinet_hub.cli import main
 from mpinet_hub.data import Potsdam
 from mpinet_hub.data.synth import synth_dataset
@@ -366,3 +368,21 @@ def test_finetune_and_evaluate_loveda_and_uavid(tmp_path, name, protocol, classe
     assert result["protocol"] == protocol and len(result["class_names"]) == classes
     val = open_dataset(name, root, "val")
     assert result["pixels_evaluated"] + result["ignored_pixels"] == sum(s.height * s.width for s in val.scenes)
+
+
+def test_finetune_ddp_two_gloo_processes(tmp_path, potsdam_root):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29531",
+           "-m", "mpinet_hub", "finetune", "--dataset", "potsdam", "--data-root", str(potsdam_root), "--patch", "64",
+           "--crop", "64", "--batch-size", "2", "--steps", "2", "--label-fraction", "0.5", "--device", "cpu",
+           "--out", str(out), "--debug"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=REPO_ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("labeled patches") == 1  # only rank 0 speaks and writes
+    assert len((out / "log.jsonl").read_text().splitlines()) == 2
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["step"] == 2
+    single = Finetuner(_cfg(potsdam_root, tmp_path / "single", label_fraction=0.5))
+    assert json.loads((out / "labeled_patches.json").read_text())["patch_ids"] == \
+        json.loads(single.write_subset().read_text())["patch_ids"]
+    assert smp.from_pretrained(str(out / "model")) is not None

@@ -31,7 +31,7 @@ def _finetune_options(p: argparse.ArgumentParser, with_encoder: bool = True) -> 
     p.add_argument("--bands", help="Potsdam bands: RGB (default), IRRG, RGBIR, optionally +DSM")
     p.add_argument("--patch", type=int, help="side of the labeled patches (the subset's unit; default 256)")
     p.add_argument("--crop", type=int, help="side of the random training crops (default 256)")
-    p.add_argument("--batch-size", type=int, help="default 16")
+    p.add_argument("--batch-size", type=int, help="per process (default 16)")
     p.add_argument("--steps", type=int, help="optimiser steps (default 1000)")
     p.add_argument("--epochs", type=float, help="passes over the labeled subset (overrides --steps)")
     p.add_argument("--lr", type=float, help="Adam learning rate (default 1e-4)")
@@ -75,11 +75,14 @@ def run_finetune(args: argparse.Namespace) -> int:
 
     cfg = _finetune_config(args)
     tuner = Finetuner(cfg, resume=args.resume)
-    print(f"{len(tuner.subset)} of {len(tuner.dataset)} labeled patches ({100 * cfg.label_fraction:g}%), "
-          f"encoder {cfg.encoder}, decoder {cfg.decoder}, device {tuner.device}")
+    if tuner.is_main:
+        print(f"{len(tuner.subset)} of {len(tuner.dataset)} labeled patches ({100 * cfg.label_fraction:g}%), "
+              f"encoder {cfg.encoder}, decoder {cfg.decoder}, device {tuner.device}, {tuner.world} process(es)")
     model_dir = tuner.train()
-    print(f"model: {model_dir} (smp.from_pretrained('{model_dir}')); subset: {Path(cfg.out) / 'labeled_patches.json'}")
-    print(f"next: mpinet evaluate {cfg.out} --dataset {cfg.dataset} --data-root {cfg.data_root}")
+    if tuner.is_main:
+        print(f"model: {model_dir} (smp.from_pretrained('{model_dir}')); "
+              f"subset: {Path(cfg.out) / 'labeled_patches.json'}")
+        print(f"next: mpinet evaluate {cfg.out} --dataset {cfg.dataset} --data-root {cfg.data_root}")
     return 0
 
 

@@ -22,15 +22,17 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 import yaml
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from ..checkpoint import atomic_save, load_checkpoint
 from ..data import IGNORE_INDEX, SegmentationDataset, open_dataset
 from ..models import MPINET_ARCHS
-from ..training import EpochBatches, check_finite, plot_losses, resolve_device
+from ..training import EpochBatches, check_finite, init_distributed, plot_losses, resolve_device
 from .inference import AUTOCAST_DTYPES
 from .model import (
     DECODERS,
@@ -161,13 +163,15 @@ class Finetuner:
     def __init__(self, cfg: FinetuneConfig, resume: bool = False) -> None:
         self.cfg = cfg
         self.out = Path(cfg.out)
+        self.rank, self.world = init_distributed(cfg.device)
+        self.is_main = self.rank == 0
         self.device = resolve_device(cfg.device)
         self.dataset = open_dataset(cfg.dataset, cfg.data_root, "train", bands=cfg.bands, patch_size=cfg.patch)
         if not self.dataset.has_labels:
             raise ValueError(f"{cfg.dataset} train split has no labels")
         self.subset = labeled_subset(self.dataset, cfg.label_fraction, cfg.subset_seed)
-        if cfg.epochs:
-            cfg.steps = max(1, math.ceil(cfg.epochs * math.ceil(len(self.subset) / cfg.batch_size)))
+        if cfg.epochs:  # --batch-size is per process
+            cfg.steps = max(1, math.ceil(cfg.epochs * math.ceil(len(self.subset) / (cfg.batch_size * self.world))))
         in_chans = int(self.dataset[0]["image"].shape[0])
         encoder = load_encoder(cfg.encoder, default_arch=cfg.arch, in_chans=in_chans)
         if encoder.in_chans != in_chans:
@@ -177,10 +181,17 @@ class Finetuner:
                 "an encoder pretrained on these bands")
         self.mean, self.std = self._norm_stats(encoder.mean, encoder.std, in_chans)
         torch.manual_seed(cfg.seed)  # the decoder's initialisation
-        self.model = build_segmentation_model(encoder, cfg.decoder, self.dataset.num_classes).to(self.device)
+        self.model = build_segmentation_model(encoder, cfg.decoder, self.dataset.num_classes)
+        if self.world > 1 and self.device.type == "cuda":
+            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        self.model = self.model.to(self.device)
+        self.runner: torch.nn.Module = self.model
+        if self.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.runner = DistributedDataParallel(self.model, device_ids=ids)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "16" and self.device.type == "cuda")
-        self.batches = EpochBatches(len(self.subset), cfg.batch_size, cfg.seed)
+        self.batches = EpochBatches(len(self.subset), cfg.batch_size, cfg.seed, self.rank, self.world)
         self.step = 0
         self.info = SegmentationModelInfo(
             classes=list(self.dataset.classes), mean=list(self.mean), std=list(self.std),
@@ -239,51 +250,65 @@ class Finetuner:
 
     # --- loop
     def train(self) -> Path:
-        """Train to `cfg.steps` (from the resumed step) and save RUN/model; returns its path."""
+        """Train to `cfg.steps` (from the resumed step) and save RUN/model; returns its path.
+
+        Under torchrun every process trains on its shard of each step's batches; only rank 0 writes.
+        """
         cfg = self.cfg
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        self.write_subset()
-        loader = DataLoader(_StepBatches(self.dataset, self.subset, self.batches, cfg.crop, cfg.seed, self.step,
-                                         cfg.steps), batch_size=None, num_workers=cfg.workers,
-                            pin_memory=self.device.type == "cuda")
+        last_ckpt = self.out / "checkpoints" / "last.pt"
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            self.write_subset()
+        loader = DataLoader(_StepBatches(self.dataset, self.subset, self.batches, cfg.crop,
+                                         cfg.seed * self.world + self.rank, self.step, cfg.steps),
+                            batch_size=None, num_workers=cfg.workers, pin_memory=self.device.type == "cuda")
         mean = torch.tensor(self.mean, device=self.device).view(1, -1, 1, 1)
         std = torch.tensor(self.std, device=self.device).view(1, -1, 1, 1)
         autocast_dtype = AUTOCAST_DTYPES.get(cfg.precision)
-        last_ckpt = self.out / "checkpoints" / "last.pt"
         self.model.train()
-        with (self.out / "log.jsonl").open("a") as log, tqdm(total=cfg.steps, initial=self.step, unit="step",
-                                                            desc=f"finetune {Path(cfg.encoder).name}") as bar:
-            tick = time.perf_counter()
-            for images, masks in loader:
-                images = (images.to(self.device, non_blocking=True) - mean) / std
-                masks = masks.to(self.device, non_blocking=True)
-                torch.manual_seed(cfg.seed * 999_983 + self.step)  # dropout draws, so a resumed run matches
-                with torch.autocast(self.device.type, dtype=autocast_dtype or torch.float32,
-                                    enabled=autocast_dtype is not None):
-                    logits = self.model(images)
-                # Mean over labeled pixels; a batch of ignore-only pixels gives 0, not NaN.
-                loss = F.cross_entropy(logits.float(), masks, ignore_index=IGNORE_INDEX, reduction="sum")
-                loss = loss / (masks != IGNORE_INDEX).sum().clamp_min(1)
-                check_finite({"ce": loss}, self.step, last_ckpt)
-                self.optimizer.zero_grad(set_to_none=True)
-                self.scaler.scale(loss).backward()
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                self.step += 1
-                now = time.perf_counter()
-                rate = images.shape[0] / (now - tick)
-                tick = now
-                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                    log.write(json.dumps({"step": self.step, "ce": float(loss.detach()), "images_per_s": rate}) + "\n")
-                    log.flush()
-                bar.set_postfix({"ce": f"{float(loss.detach()):.3f}", "img/s": f"{rate:.1f}"})
-                bar.update(1)
-                if self.step % cfg.save_every == 0 or self.step == cfg.steps:
-                    atomic_save(self.state(), last_ckpt)
-                    plot_losses(self.out / "log.jsonl", self.out / "loss.png", keys=("ce",))
-        if self.step == 0 or not last_ckpt.is_file():
-            atomic_save(self.state(), last_ckpt)
+        log = (self.out / "log.jsonl").open("a") if self.is_main else None
+        bar = tqdm(total=cfg.steps, initial=self.step, unit="step", desc=f"finetune {Path(cfg.encoder).name}",
+                   disable=not self.is_main)
+        tick = time.perf_counter()
+        for images, masks in loader:
+            images = (images.to(self.device, non_blocking=True) - mean) / std
+            masks = masks.to(self.device, non_blocking=True)
+            # dropout draws, so a resumed run matches the uninterrupted one
+            torch.manual_seed(cfg.seed * 999_983 + self.step * self.world + self.rank)
+            with torch.autocast(self.device.type, dtype=autocast_dtype or torch.float32,
+                                enabled=autocast_dtype is not None):
+                logits = self.runner(images)
+            # Mean over labeled pixels; a batch of ignore-only pixels gives 0, not NaN.
+            loss = F.cross_entropy(logits.float(), masks, ignore_index=IGNORE_INDEX, reduction="sum")
+            loss = loss / (masks != IGNORE_INDEX).sum().clamp_min(1)
+            check_finite({"ce": loss}, self.step, last_ckpt)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.step += 1
+            now = time.perf_counter()
+            rate = images.shape[0] * self.world / (now - tick)
+            tick = now
+            ce = float(loss.detach())
+            if log and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
+                log.write(json.dumps({"step": self.step, "ce": ce, "images_per_s": rate}) + "\n")
+                log.flush()
+            bar.set_postfix({"ce": f"{ce:.3f}", "img/s": f"{rate:.1f}"})
+            bar.update(1)
+            if self.is_main and (self.step % cfg.save_every == 0 or self.step == cfg.steps):
+                atomic_save(self.state(), last_ckpt)
+                plot_losses(self.out / "log.jsonl", self.out / "loss.png", keys=("ce",))
+        bar.close()
+        if log:
+            log.close()
         self.model.eval()
-        return save_segmentation_model(self.model, self.out / "model", self.info)
-
+        model_dir = self.out / "model"
+        if self.is_main:
+            if not last_ckpt.is_file():
+                atomic_save(self.state(), last_ckpt)
+            save_segmentation_model(self.model, model_dir, self.info)
+        if self.world > 1:
+            dist.barrier()  # the model folder exists for every rank once train() returns
+        return model_dir

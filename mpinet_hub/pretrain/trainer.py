@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import yaml
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
@@ -25,7 +23,14 @@ from ..checkpoint import CHECKPOINT_FORMAT, atomic_save, load_checkpoint
 from ..data import UnlabeledImages, pretraining_images
 from ..data.potsdam import POTSDAM_BAND_NAMES
 from ..models import MPINET_TAGS, RGB_MEAN, RGB_STD
-from ..training import EpochBatches, NonFiniteLossError, check_finite, plot_losses, resolve_device
+from ..training import (
+    EpochBatches,
+    NonFiniteLossError,
+    check_finite,
+    init_distributed,
+    plot_losses,
+    resolve_device,
+)
 from .config import PretrainConfig
 from .method import MPINetModel
 from .views import PhotometricAugment, make_two_views
@@ -62,10 +67,7 @@ class Trainer:
     def __init__(self, cfg: PretrainConfig, resume: bool = False) -> None:
         self.cfg = cfg
         self.out = Path(cfg.out)
-        self.world = int(os.environ.get("WORLD_SIZE", 1))
-        self.rank = int(os.environ.get("RANK", 0))
-        if self.world > 1 and not dist.is_initialized():
-            dist.init_process_group("nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo")
+        self.rank, self.world = init_distributed(cfg.device)
         self.device = resolve_device(cfg.device)
         self.is_main = self.rank == 0
         self.images = build_pretraining_dataset(cfg)
