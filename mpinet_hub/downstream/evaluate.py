@@ -20,7 +20,7 @@ from ..metrics import PROTOCOLS, SegmentationMetrics
 from ..training import resolve_device
 from .inference import SlidingWindow
 from .model import load_segmentation_model
-from .plots import confusion_png, preview_png
+from .plots import confusion_png, preview_png, thumbnail_step
 
 __all__ = ["evaluate", "format_metrics_table", "write_json"]
 
@@ -86,21 +86,23 @@ def evaluate(
     total_windows = sum(sw.windows_in(s.height, s.width) for s in ds.scenes)
     with tqdm(total=total_windows, unit="window", desc=f"evaluate {dataset} {split}") as bar:
         for n, scene in enumerate(ds.scenes):
-            keep = n < previews  # whole-scene arrays only for the few previews
-            pred = np.empty((scene.height, scene.width), np.uint8) if keep else None
+            step = thumbnail_step(scene.height, scene.width)
+            thumbs: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # only for the first `previews` scenes
             for top, logits in sw.strips(lambda w, s=scene: ds.read_image(s, w), scene.height, scene.width, bar):
                 rows = logits.shape[1]
                 strip = logits.argmax(0).to(torch.uint8).cpu().numpy()
-                truth = ds.read_mask(scene, Window(0, top, scene.width, rows))
+                band = Window(0, top, scene.width, rows)
+                truth = ds.read_mask(scene, band)
                 ignored += int((truth == ds.ignore_index).sum())
                 metrics.update(torch.from_numpy(strip)[None], torch.from_numpy(truth.astype(np.int64))[None])
-                if keep:
-                    pred[top : top + rows] = strip
-            if keep:
-                whole = Window(0, 0, scene.width, scene.height)
-                preview_png(ds.read_image(scene, whole), ds.read_mask(scene, whole), pred, ds.palette,
-                            out / "previews" / f"{scene.id}.png", title=f"{dataset} {split} {scene.id}",
-                            ignore_index=ds.ignore_index)
+                if n < previews:
+                    first = -top % step  # every `step`-th row and column of the scene
+                    thumbs.append((ds.read_image(scene, band)[:, first::step, ::step], truth[first::step, ::step],
+                                   strip[first::step, ::step]))
+            if thumbs:
+                image, truth, pred = (np.concatenate(parts, axis=-2) for parts in zip(*thumbs))
+                preview_png(image, truth, pred, ds.palette, out / "previews" / f"{scene.id}.png",
+                            title=f"{dataset} {split} {scene.id}", ignore_index=ds.ignore_index)
     result = metrics.compute()
     result.update(
         dataset=dataset, split=split, checkpoint=str(model_dir), scenes=len(ds.scenes), ignored_pixels=ignored,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["IGNORE_COLOUR", "colourize", "confusion_png", "label_efficiency_png", "preview_png"]
+__all__ = ["IGNORE_COLOUR", "colourize", "confusion_png", "label_efficiency_png", "preview_png", "thumbnail_step"]
 
 IGNORE_COLOUR = (255, 0, 255)  # ignored pixels in previews; no data set uses magenta for a class
 
@@ -41,15 +41,18 @@ def colourize(labels: np.ndarray, palette: Sequence[Sequence[int]], ignore_index
     return lut[labels.astype(np.uint8)]
 
 
-def _thumbnail_step(height: int, width: int, side: int = 512) -> int:
+def thumbnail_step(height: int, width: int, side: int = 512) -> int:
+    """Subsampling step that brings the longer side to at most `side` px."""
     return max(1, -(-max(height, width) // side))
 
 
 def preview_png(image: np.ndarray, truth: np.ndarray | None, pred: np.ndarray, palette: Sequence[Sequence[int]],
                 path: Path, title: str = "", ignore_index: int = 255) -> Path:
-    """Image | ground truth | prediction, side by side, subsampled to about 512 px. image: (C, H, W) in [0, 1]."""
+    """Image | ground truth | prediction, side by side, subsampled to about 512 px. image: (C, H, W) in [0, 1].
+
+    Arrays already that small (as evaluate's streamed thumbnails are) are drawn as they are."""
     plt = _pyplot()
-    step = _thumbnail_step(*pred.shape)
+    step = thumbnail_step(*pred.shape)
     rgb = np.clip(np.moveaxis(image[:3, ::step, ::step], 0, -1), 0, 1)
     panels = [("image (first 3 bands)", rgb)]
     if truth is not None:

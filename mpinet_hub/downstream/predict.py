@@ -23,13 +23,12 @@ from tqdm import tqdm
 from ..data import DataError, Window, raster_info, read_window, to_unit_float
 from .inference import SlidingWindow
 from .model import SegmentationModelInfo
-from .plots import IGNORE_COLOUR, colourize
+from .plots import IGNORE_COLOUR, colourize, thumbnail_step
 
 __all__ = ["INPUT_SUFFIXES", "NODATA_CLASS", "find_inputs", "is_georeferenced", "predict_raster"]
 
 INPUT_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 NODATA_CLASS = 255  # written where every input band equals the input's nodata value
-_PREVIEW_SIDE = 1024
 
 
 def find_inputs(path: Path) -> list[Path]:
@@ -87,7 +86,7 @@ def predict_raster(sw: SlidingWindow, info: SegmentationModelInfo, src: Path, ds
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f".{dst.stem}.partial{dst.suffix}")
     lut = _palette_lut(info.palette, len(info.classes))
-    step = max(1, -(-max(meta.height, meta.width) // _PREVIEW_SIDE))
+    step = thumbnail_step(meta.height, meta.width, side=1024)
     thumb = []
     try:
         with warnings.catch_warnings():
