@@ -223,3 +223,12 @@ def test_check_reports_known_defects(synth_root, tmp_path):
     assert "known defect (present)" in text and "5999 px wide" in text and "255 vs 256" in text
     bad = check_dataset("loveda", tmp_path)
     assert not bad.ok and "Train" in bad.errors[0]
+
+
+@pytest.mark.parametrize("name,labels", [("loveda", "masks_png"), ("uavid", "Labels")])
+def test_a_missing_label_names_its_scene(tmp_path, name, labels):
+    synth_dataset(name, tmp_path, tiles=4, size=64, seed=1)
+    label = sorted(tmp_path.rglob(f"*[Tt]rain*/**/{labels}/*.png"))[0]
+    label.unlink()
+    with pytest.raises(DataError, match=f"{label.name}: label of scene .*{label.stem} not found"):
+        {"loveda": LoveDA, "uavid": UAVid}[name](tmp_path, "train")

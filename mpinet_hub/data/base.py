@@ -91,6 +91,12 @@ class SegmentationDataset(Dataset):
     def num_classes(self) -> int:
         return len(self.classes)
 
+    @property
+    def num_bands(self) -> int:
+        """Bands of an image item (all scenes have the same files), from the file headers."""
+        return sum(len(bands) if bands is not None else raster_info(path).count
+                   for path, bands in self.scenes[0].images)
+
     # --- for subclasses
     def _find_scenes(self) -> list[Scene]:
         raise NotImplementedError
@@ -100,6 +106,14 @@ class SegmentationDataset(Dataset):
 
     def decode_label(self, array: np.ndarray) -> tuple[np.ndarray, int]:
         raise NotImplementedError
+
+    def _scene(self, scene_id: str, images: list[tuple[Path, list[int] | None]], label: Path) -> Scene:
+        """A scene with `label` on labeled splits (where it must exist) and without one on the others."""
+        if not self.has_labels:
+            return Scene(scene_id, images, None)
+        if not label.is_file():
+            raise DataError(f"{label}: label of scene {scene_id} not found (image {images[0][0].name} exists)")
+        return Scene(scene_id, images, label)
 
     # --- shared
     def _measure(self, scene: Scene) -> None:

@@ -47,10 +47,8 @@ class LoveDA(SegmentationDataset):
             if not images.is_dir():
                 raise DataError(f"{images}: folder not found; unpack {_SPLIT_FOLDERS[self.split]}.zip into {self.root}")
             for image in sorted(images.glob("*.png"), key=lambda p: (len(p.stem), p.stem)):
-                mask = folder / "masks_png" / image.name if self.split in self.labeled_splits else None
-                if mask is not None and not mask.is_file():
-                    raise DataError(f"{mask}: mask of {image} not found")
-                scenes.append(Scene(f"{domain}/{image.stem}", [(image, [1, 2, 3])], mask))
+                scenes.append(self._scene(f"{domain}/{image.stem}", [(image, [1, 2, 3])],
+                                          folder / "masks_png" / image.name))
         return scenes
 
     def decode_label(self, array: np.ndarray) -> tuple[np.ndarray, int]:

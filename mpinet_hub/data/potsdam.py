@@ -104,10 +104,7 @@ class Potsdam(SegmentationDataset):
                 if not paths["dsm"].is_file():
                     raise DataError(f"{paths['dsm']}: DSM not found but bands={self.bands!r}")
                 images.append((paths["dsm"], [1]))
-            label = paths[self.labels]
-            if not label.is_file():
-                raise DataError(f"{label}: label of tile {tile} not found (image {paths['image'].name} exists)")
-            scenes.append(Scene(tile, images, label))
+            scenes.append(self._scene(tile, images, paths[self.labels]))
         if missing and scenes:
             warnings.warn(f"Potsdam {self.split}: {len(missing)} tile(s) of the split not found in {folder}: "
                           f"{' '.join(missing)}; using the {len(scenes)} present", stacklevel=3)

@@ -37,10 +37,8 @@ class UAVid(SegmentationDataset):
         seqs = sorted((p for p in folder.glob("seq*") if p.is_dir()), key=lambda p: int(p.name[3:] or 0))
         for seq in seqs:
             for image in sorted((seq / "Images").glob("*.png")):
-                label = seq / "Labels" / image.name if self.split in self.labeled_splits else None
-                if label is not None and not label.is_file():
-                    raise DataError(f"{label}: label of {image} not found")
-                scenes.append(Scene(f"{seq.name}/{image.stem}", [(image, [1, 2, 3])], label))
+                scenes.append(self._scene(f"{seq.name}/{image.stem}", [(image, [1, 2, 3])],
+                                          seq / "Labels" / image.name))
         return scenes
 
     def decode_label(self, array: np.ndarray) -> tuple[np.ndarray, int]:
