@@ -8,12 +8,24 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["EpochBatches", "NonFiniteLossError", "check_finite", "init_distributed", "plot_losses", "resolve_device"]
+__all__ = [
+    "AUTOCAST_DTYPES",
+    "EpochBatches",
+    "NonFiniteLossError",
+    "check_finite",
+    "init_distributed",
+    "normalisation",
+    "plot_losses",
+    "resolve_device",
+]
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "16": torch.float16}  # --precision -> autocast dtype (32: none)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -54,6 +66,18 @@ def resolve_device(want: str) -> torch.device:
         torch.cuda.set_device(local)
         return torch.device("cuda", local)
     return torch.device(want)
+
+
+def normalisation(mean: list[float] | None, std: list[float] | None, in_chans: int,
+                  default: tuple[Sequence[float], Sequence[float]] | None = None) -> tuple[list[float], list[float]]:
+    """Per-band (mean, std): the given ones (one value per band), else `default` if it has one per band."""
+    if mean and std:
+        if len(mean) != in_chans or len(std) != in_chans:
+            raise ValueError(f"--mean/--std need {in_chans} values (one per band)")
+        return list(mean), list(std)
+    if default is not None and len(default[0]) == in_chans:
+        return list(default[0]), list(default[1])
+    raise ValueError(f"{in_chans}-band input: give --mean and --std (see `mpinet data stats`)")
 
 
 def check_finite(terms: dict[str, torch.Tensor], step: int, last_checkpoint: Path) -> None:

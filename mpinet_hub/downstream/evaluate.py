@@ -20,7 +20,7 @@ from ..metrics import PROTOCOLS, SegmentationMetrics
 from ..training import resolve_device
 from .inference import SlidingWindow
 from .model import load_segmentation_model
-from .plots import confusion_png, preview_png, thumbnail_step
+from .plots import confusion_png, preview_png, thumbnail_of_strip, thumbnail_step
 
 __all__ = ["evaluate", "format_metrics_table", "write_json"]
 
@@ -73,10 +73,9 @@ def evaluate(
         raise ValueError(f"{model_dir} predicts {len(info.classes)} classes ({', '.join(info.classes)}) but {dataset} "
                          f"has {ds.num_classes} ({', '.join(ds.classes)}); evaluate it on the data set it was "
                          "fine-tuned for")
-    bands_in_data = ds.read_image(ds.scenes[0], Window(0, 0, 1, 1)).shape[0]
-    if bands_in_data != info.in_chans:
+    if ds.num_bands != info.in_chans:
         raise ValueError(f"{model_dir} takes {info.in_chans} band(s) ({info.bands}) but {dataset} with bands="
-                         f"{getattr(ds, 'bands', 'RGB')} gives {bands_in_data}; pass --bands {info.bands}")
+                         f"{getattr(ds, 'bands', 'RGB')} gives {ds.num_bands}; pass --bands {info.bands}")
     out = Path(out) if out else model_dir.parent / f"eval-{split}"
     sw = SlidingWindow(model, info.mean, info.std, window=window, overlap=overlap, batch_size=batch_size,
                        device=resolve_device(device), precision=precision)
@@ -96,9 +95,8 @@ def evaluate(
                 ignored += int((truth == ds.ignore_index).sum())
                 metrics.update(torch.from_numpy(strip)[None], torch.from_numpy(truth.astype(np.int64))[None])
                 if n < previews:
-                    first = -top % step  # every `step`-th row and column of the scene
-                    thumbs.append((ds.read_image(scene, band)[:, first::step, ::step], truth[first::step, ::step],
-                                   strip[first::step, ::step]))
+                    thumbs.append(tuple(thumbnail_of_strip(a, top, step)
+                                        for a in (ds.read_image(scene, band), truth, strip)))
             if thumbs:
                 image, truth, pred = (np.concatenate(parts, axis=-2) for parts in zip(*thumbs))
                 preview_png(image, truth, pred, ds.palette, out / "previews" / f"{scene.id}.png",

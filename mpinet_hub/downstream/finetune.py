@@ -32,8 +32,15 @@ from tqdm import tqdm
 from ..checkpoint import atomic_save, load_checkpoint
 from ..data import IGNORE_INDEX, SegmentationDataset, open_dataset
 from ..models import MPINET_ARCHS
-from ..training import EpochBatches, check_finite, init_distributed, plot_losses, resolve_device
-from .inference import AUTOCAST_DTYPES
+from ..training import (
+    AUTOCAST_DTYPES,
+    EpochBatches,
+    check_finite,
+    init_distributed,
+    normalisation,
+    plot_losses,
+    resolve_device,
+)
 from .model import (
     DECODERS,
     SegmentationModelInfo,
@@ -172,14 +179,14 @@ class Finetuner:
         self.subset = labeled_subset(self.dataset, cfg.label_fraction, cfg.subset_seed)
         if cfg.epochs:  # --batch-size is per process
             cfg.steps = max(1, math.ceil(cfg.epochs * math.ceil(len(self.subset) / (cfg.batch_size * self.world))))
-        in_chans = int(self.dataset[0]["image"].shape[0])
+        in_chans = self.dataset.num_bands
         encoder = load_encoder(cfg.encoder, default_arch=cfg.arch, in_chans=in_chans)
         if encoder.in_chans != in_chans:
             raise ValueError(
                 f"encoder {cfg.encoder} takes {encoder.in_chans} band(s) but {cfg.dataset} with bands="
                 f"{getattr(self.dataset, 'bands', 'RGB')} gives {in_chans}: choose --bands to match the encoder, or "
                 "an encoder pretrained on these bands")
-        self.mean, self.std = self._norm_stats(encoder.mean, encoder.std, in_chans)
+        self.mean, self.std = normalisation(cfg.mean, cfg.std, in_chans, default=(encoder.mean, encoder.std))
         torch.manual_seed(cfg.seed)  # the decoder's initialisation
         self.model = build_segmentation_model(encoder, cfg.decoder, self.dataset.num_classes)
         if self.world > 1 and self.device.type == "cuda":
@@ -203,15 +210,6 @@ class Finetuner:
         )
         if resume:
             self._resume()
-
-    def _norm_stats(self, mean: tuple[float, ...], std: tuple[float, ...], in_chans: int):
-        if self.cfg.mean and self.cfg.std:
-            if len(self.cfg.mean) != in_chans or len(self.cfg.std) != in_chans:
-                raise ValueError(f"--mean/--std need {in_chans} values (one per band)")
-            return list(self.cfg.mean), list(self.cfg.std)
-        if len(mean) != in_chans:
-            raise ValueError(f"{in_chans}-band input: give --mean and --std (see `mpinet data stats`)")
-        return list(mean), list(std)
 
     # --- run folder
     def write_subset(self) -> Path:

@@ -22,10 +22,9 @@ from torch import nn
 from tqdm import tqdm
 
 from ..data import Window, window_starts
+from ..training import AUTOCAST_DTYPES
 
 __all__ = ["SlidingWindow"]
-
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "16": torch.float16}
 
 
 class SlidingWindow:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["IGNORE_COLOUR", "colourize", "confusion_png", "label_efficiency_png", "preview_png", "thumbnail_step"]
+__all__ = ["IGNORE_COLOUR", "colourize", "confusion_png", "label_efficiency_png", "preview_png", "thumbnail_of_strip",
+           "thumbnail_step"]
 
 IGNORE_COLOUR = (255, 0, 255)  # ignored pixels in previews; no data set uses magenta for a class
 
@@ -44,6 +45,12 @@ def colourize(labels: np.ndarray, palette: Sequence[Sequence[int]], ignore_index
 def thumbnail_step(height: int, width: int, side: int = 512) -> int:
     """Subsampling step that brings the longer side to at most `side` px."""
     return max(1, -(-max(height, width) // side))
+
+
+def thumbnail_of_strip(array: np.ndarray, top: int, step: int) -> np.ndarray:
+    """The part of a (..., rows, W) strip starting at raster row `top` that every-`step`-th-pixel subsampling
+    of the whole raster keeps, so thumbnails of consecutive strips concatenate into the raster's thumbnail."""
+    return array[..., -top % step :: step, ::step]
 
 
 def preview_png(image: np.ndarray, truth: np.ndarray | None, pred: np.ndarray, palette: Sequence[Sequence[int]],

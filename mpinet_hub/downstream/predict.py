@@ -23,7 +23,7 @@ from tqdm import tqdm
 from ..data import DataError, Window, raster_info, read_window, to_unit_float
 from .inference import SlidingWindow
 from .model import SegmentationModelInfo
-from .plots import IGNORE_COLOUR, colourize, thumbnail_step
+from .plots import IGNORE_COLOUR, colourize, thumbnail_of_strip, thumbnail_step
 
 __all__ = ["INPUT_SUFFIXES", "NODATA_CLASS", "find_inputs", "is_georeferenced", "predict_raster"]
 
@@ -43,11 +43,17 @@ def find_inputs(path: Path) -> list[Path]:
     raise FileNotFoundError(f"{path}: no such file or folder")
 
 
-def is_georeferenced(path: Path) -> bool:
+def _georeferencing(path: Path) -> tuple[bool, dict, float | None]:
+    """(georeferenced?, its crs/transform for the output profile, nodata value), from the header."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with rasterio.open(path) as src:
-            return src.crs is not None or not src.transform.is_identity or bool(src.gcps[0])
+            georeferenced = src.crs is not None or not src.transform.is_identity or bool(src.gcps[0])
+            return georeferenced, {"crs": src.crs, "transform": src.transform} if georeferenced else {}, src.nodata
+
+
+def is_georeferenced(path: Path) -> bool:
+    return _georeferencing(path)[0]
 
 
 def default_output(src: Path, out_dir: Path | None = None) -> Path:
@@ -76,7 +82,7 @@ def predict_raster(sw: SlidingWindow, info: SegmentationModelInfo, src: Path, ds
     else:
         if len(bands) != info.in_chans or max(bands) > meta.count or min(bands) < 1:
             raise ValueError(f"--bands {bands}: the model takes {info.in_chans} band(s) and {src} has {meta.count}")
-    georeferenced = is_georeferenced(src)
+    georeferenced, geo_profile, nodata = _georeferencing(src)
     as_png = dst.suffix.lower() == ".png"
     if not as_png and dst.suffix.lower() not in (".tif", ".tiff"):
         raise ValueError(f"{dst}: write .tif/.tiff (GeoTIFF) or .png")
@@ -88,18 +94,13 @@ def predict_raster(sw: SlidingWindow, info: SegmentationModelInfo, src: Path, ds
     lut = _palette_lut(info.palette, len(info.classes))
     step = thumbnail_step(meta.height, meta.width, side=1024)
     thumb = []
+    profile = {"driver": "GTiff", "height": meta.height, "width": meta.width, "count": 1, "dtype": "uint8",
+               "tiled": True, "blockxsize": 256, "blockysize": 256, "compress": "deflate", **geo_profile}
+    if nodata is not None:  # mosaics' empty borders stay empty instead of getting a class
+        profile["nodata"] = NODATA_CLASS
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(src) as source:
-                profile = {"driver": "GTiff", "height": meta.height, "width": meta.width, "count": 1,
-                           "dtype": "uint8", "tiled": True, "blockxsize": 256, "blockysize": 256,
-                           "compress": "deflate"}
-                if georeferenced:
-                    profile.update(crs=source.crs, transform=source.transform)
-                nodata = source.nodata
-                if nodata is not None:  # mosaics' empty borders stay empty instead of getting a class
-                    profile["nodata"] = NODATA_CLASS
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)  # an ungeoreferenced TIFF, if asked for
             full = np.empty((meta.height, meta.width), np.uint8) if as_png else None
             sink = None if as_png else rasterio.open(tmp, "w", **profile)
             try:
@@ -114,8 +115,7 @@ def predict_raster(sw: SlidingWindow, info: SegmentationModelInfo, src: Path, ds
                             full[top : top + strip.shape[0]] = strip
                         else:
                             sink.write(strip[None], window=((top, top + strip.shape[0]), (0, meta.width)))
-                        first = -top % step  # keep every `step`-th raster row for the preview
-                        thumb.append(strip[first::step, ::step])
+                        thumb.append(thumbnail_of_strip(strip, top, step))
                 if sink is not None:
                     sink.write_colormap(1, lut)
             finally:

@@ -24,10 +24,12 @@ from ..data import UnlabeledImages, pretraining_images
 from ..data.potsdam import POTSDAM_BAND_NAMES
 from ..models import MPINET_TAGS, RGB_MEAN, RGB_STD
 from ..training import (
+    AUTOCAST_DTYPES,
     EpochBatches,
     NonFiniteLossError,
     check_finite,
     init_distributed,
+    normalisation,
     plot_losses,
     resolve_device,
 )
@@ -72,7 +74,7 @@ class Trainer:
         self.is_main = self.rank == 0
         self.images = build_pretraining_dataset(cfg)
         self.in_chans = self.images.num_bands
-        mean, std = self._norm_stats()
+        mean, std = normalisation(cfg.mean, cfg.std, self.in_chans, default=(RGB_MEAN, RGB_STD))
         self.mean = torch.tensor(mean, device=self.device).view(1, -1, 1, 1)
         self.std = torch.tensor(std, device=self.device).view(1, -1, 1, 1)
         self.batches = EpochBatches(len(self.images), cfg.batch_size, cfg.seed, self.rank, self.world)
@@ -106,15 +108,6 @@ class Trainer:
         if self.in_chans == 3:
             return list(MPINET_TAGS["potsdam"]["band_names"])
         return [f"band{i + 1}" for i in range(self.in_chans)]
-
-    def _norm_stats(self) -> tuple[list[float], list[float]]:
-        if self.cfg.mean and self.cfg.std:
-            if len(self.cfg.mean) != self.in_chans or len(self.cfg.std) != self.in_chans:
-                raise ValueError(f"--mean/--std need {self.in_chans} values (one per band)")
-            return list(self.cfg.mean), list(self.cfg.std)
-        if self.in_chans == 3:
-            return list(RGB_MEAN), list(RGB_STD)
-        raise ValueError(f"{self.in_chans}-band input: give --mean and --std (see `mpinet data stats`)")
 
     def _optimizer(self) -> torch.optim.Optimizer:
         decay, no_decay = [], []
@@ -196,7 +189,7 @@ class Trainer:
         log = (self.out / "log.jsonl").open("a") if self.is_main else None
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.is_main, unit="step",
                    desc=f"pretrain {cfg.method}")
-        autocast_dtype = {"bf16": torch.bfloat16, "16": torch.float16}.get(cfg.precision)
+        autocast_dtype = AUTOCAST_DTYPES.get(cfg.precision)
         last: dict[str, float] = {}
         tick = time.perf_counter()
         for images in loader:
