@@ -247,6 +247,8 @@ def test_compare_writes_the_table_and_reuses_finished_cells(tmp_path, potsdam_ro
     stamp = cell.stat().st_mtime_ns
     compare(base, {"random": "random"}, [0.25], tmp_path / "cmp", eval_kwargs={"window": 64, "overlap": 0})
     assert cell.stat().st_mtime_ns == stamp  # reused, not re-run
+    summary = json.loads((tmp_path / "cmp" / "results.json").read_text())
+    assert summary["results"]["random"]["0.25"]["metrics"] == str(cell)  # a reused cell still names its file
 
 
 def test_export_card_carries_evaluate_metrics(finetuned, potsdam_root, tmp_path, backbone_state):

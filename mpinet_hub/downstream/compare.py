@@ -69,9 +69,10 @@ def compare(
         if pretrain is None:
             raise ValueError("pretraining methods given without pretraining settings")
         encoders.setdefault(method, pretrain_encoder(method, pretrain, out / "pretrain" / method))
-    if not encoders:
-        raise ValueError("nothing to compare: give --encoders and/or --pretrain")
+    if not encoders or not fractions:
+        raise ValueError("nothing to compare: give --encoders and/or --pretrain, and --fractions")
     results: dict[str, dict[float, dict[str, Any]]] = {}
+    metrics_files: dict[str, dict[float, Path]] = {}
     for name, spec in encoders.items():
         for fraction in fractions:
             run = out / "runs" / name / f"fraction-{fraction:g}"
@@ -86,22 +87,23 @@ def compare(
                 metrics = evaluate(model_dir, cfg.dataset, cfg.data_root, split=split, out=run / f"eval-{split}",
                                    bands=cfg.bands, device=cfg.device, **(eval_kwargs or {}))
             results.setdefault(name, {})[fraction] = metrics
-    summary = {name: {f"{f:g}": {k: m[k] for k in ("mIoU", "OA", "mF1")} | {"encoder": encoders[name],
-                                                                          "metrics": str(Path(m.get("out", "")))}
+            metrics_files.setdefault(name, {})[fraction] = metrics_path
+    summary = {name: {f"{f:g}": {k: m[k] for k in ("mIoU", "OA", "mF1")}
+                      | {"encoder": encoders[name], "metrics": str(metrics_files[name][f])}
                       for f, m in by_f.items()} for name, by_f in results.items()}
+    protocol = metrics["protocol"]  # one data set and split: every cell has the same
     write_json({"dataset": base.dataset, "split": split, "decoder": base.decoder, "steps": base.steps,
-                "protocol": next(iter(next(iter(results.values())).values()))["protocol"], "results": summary},
-               out / "results.json")
-    (out / "results.md").write_text(results_markdown(results, base, split))
+                "protocol": protocol, "results": summary}, out / "results.json")
+    (out / "results.md").write_text(results_markdown(results, base, split, protocol))
     label_efficiency_png({n: {f: m["mIoU"] for f, m in by_f.items()} for n, by_f in results.items()},
                          out / "label_efficiency.png", title=f"{base.dataset} {split}, {base.decoder}")
     return results
 
 
-def results_markdown(results: dict[str, dict[float, dict[str, Any]]], base: FinetuneConfig, split: str) -> str:
+def results_markdown(results: dict[str, dict[float, dict[str, Any]]], base: FinetuneConfig, split: str,
+                     protocol: str) -> str:
     """Rows: encoders; columns: label fractions; cells: mIoU / OA / mF1 (%)."""
     fractions = sorted({f for by_f in results.values() for f in by_f})
-    protocol = next(iter(next(iter(results.values())).values()))["protocol"]
     lines = [f"# Label efficiency: {base.dataset} {split} ({protocol}), {base.decoder}, {base.steps} fine-tuning "
              "steps", "", "Cells: mIoU / OA / mF1 (%).", "",
              "| encoder | " + " | ".join(f"{100 * f:g}% labels" for f in fractions) + " |",
