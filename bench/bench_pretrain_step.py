@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime
 import platform
 import statistics
 import time
 
 import timm
 import torch
-from benchdoc import record_row
+from benchdoc import record
 from lightly.loss import NTXentLoss
 from lightly.models.modules import DenseCLProjectionHead, MoCoProjectionHead
 from lightly.models.utils import update_momentum
@@ -109,12 +108,10 @@ def main() -> None:
     t = {name: time_steps(fn(k, args, views, device), args.steps, args.warmup) for name, fn, k in (
         ("ours mocov2", ours, "mocov2"), ("lightly mocov2", lightly_step, "mocov2"),
         ("ours mpinet", ours, "mpinet"), ("lightly densecl", lightly_step, "densecl"))}
-    machine = f"{platform.node()} ({torch.cuda.get_device_name() if device.type == 'cuda' else platform.machine()})"
-    row = (f"| {datetime.date.today()} | {machine} | {args.arch} b{args.batch} {args.crop}px fp32 "
-           f"| {t['ours mocov2']:.3f} | {t['lightly mocov2']:.3f} | {t['ours mocov2'] / t['lightly mocov2']:.2f} "
-           f"| {t['ours mpinet']:.3f} | {t['lightly densecl']:.3f} | {t['ours mpinet'] / t['lightly densecl']:.2f} |")
-    print(row)
-    record_row("Pretraining step", row)
+    record("Pretraining step", torch.cuda.get_device_name() if device.type == "cuda" else platform.machine(),
+           f"{args.arch} b{args.batch} {args.crop}px fp32",
+           f"{t['ours mocov2']:.3f}", f"{t['lightly mocov2']:.3f}", f"{t['ours mocov2'] / t['lightly mocov2']:.2f}",
+           f"{t['ours mpinet']:.3f}", f"{t['lightly densecl']:.3f}", f"{t['ours mpinet'] / t['lightly densecl']:.2f}")
 
 
 if __name__ == "__main__":

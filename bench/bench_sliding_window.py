@@ -11,7 +11,6 @@ Appends a row to docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import platform
 import resource
@@ -24,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import rasterio
 import torch
-from benchdoc import record_row
+from benchdoc import record
 from rasterio.transform import from_origin
 
 
@@ -43,11 +42,12 @@ def write_tile(path: Path, size: int) -> None:
 def run_mode(args) -> dict:
     from mpinet_hub.downstream import SegmentationModelInfo, SlidingWindow, build_segmentation_model, load_encoder
     from mpinet_hub.downstream.predict import predict_raster
+    from mpinet_hub.models import RGB_MEAN, RGB_STD
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
     model = build_segmentation_model(load_encoder(f"random:{args.arch}"), "deeplabv3plus", 6)
-    info = SegmentationModelInfo([str(i) for i in range(6)], [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    info = SegmentationModelInfo([str(i) for i in range(6)], list(RGB_MEAN), list(RGB_STD))
     sw = SlidingWindow(model, info.mean, info.std, window=args.window, overlap=args.overlap,
                        batch_size=args.batch_size, device=device, precision=args.precision)
     if device.type == "cuda":
@@ -96,12 +96,10 @@ def main() -> None:
         return f"{r['peak_rss_mb']:.0f} MB RSS" + (f", {r['peak_cuda_mb']:.0f} MB CUDA" if r["peak_cuda_mb"] else "")
 
     precision = "fp32" if args.precision == "32" else args.precision
-    row = (f"| {datetime.date.today()} | {platform.node()} ({b['device']}) | {args.size}x{args.size}, DeepLabV3+ "
-           f"{args.arch} {precision}, window {args.window}/overlap {args.overlap}, {b['windows']} windows "
-           f"| {b['seconds']:.1f} (batch {args.batch}) | {mem(b)} | {s['seconds']:.1f} | {mem(s)} "
-           f"| {s['seconds'] / b['seconds']:.2f}x |")
-    print(row)
-    record_row("Sliding-window inference", row)
+    record("Sliding-window inference", b["device"], f"{args.size}x{args.size}, DeepLabV3+ {args.arch} {precision}, "
+           f"window {args.window}/overlap {args.overlap}, {b['windows']} windows",
+           f"{b['seconds']:.1f} (batch {args.batch})", mem(b), f"{s['seconds']:.1f}", mem(s),
+           f"{s['seconds'] / b['seconds']:.2f}x")
 
 
 if __name__ == "__main__":

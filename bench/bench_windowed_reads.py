@@ -8,7 +8,6 @@ Appends a row to docs/benchmarks.md (machine, date, both rates and their ratio).
 from __future__ import annotations
 
 import argparse
-import datetime
 import platform
 import tempfile
 import time
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
-from benchdoc import record_row
+from benchdoc import record
 from rasterio.windows import Window
 
 from mpinet_hub.data.synth import _write_tif, render_urban_scene
@@ -44,11 +43,8 @@ def main() -> None:
             with rasterio.open(tile) as src:
                 src.read()[:, r : r + 256, c : c + 256]
         whole = args.whole_reads / (time.perf_counter() - t)
-    line = (f"| {datetime.date.today()} | {platform.node()} ({platform.processor() or platform.machine()}) "
-            f"| {args.size}x{args.size} tiled deflate GeoTIFF | {windowed:.1f} | {whole:.2f} "
-            f"| {windowed / whole:.0f}x |")
-    print(line)
-    record_row("Windowed reads", line)
+    record("Windowed reads", platform.processor() or platform.machine(), f"{args.size}x{args.size} tiled deflate "
+           "GeoTIFF", f"{windowed:.1f}", f"{whole:.2f}", f"{windowed / whole:.0f}x")
 
 
 if __name__ == "__main__":

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import datetime
+import platform
 from pathlib import Path
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
+
+
+def record(section: str, device: str, *cells: str) -> str:
+    """Print and record the row `| today | host (device) | cells... |` in `section`'s table."""
+    row = "| " + " | ".join([str(datetime.date.today()), f"{platform.node()} ({device})", *cells]) + " |"
+    print(row)
+    record_row(section, row)
+    return row
 
 
 def record_row(section: str, row: str) -> None:
