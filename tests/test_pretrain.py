@@ -86,8 +86,10 @@ def test_pixel_info_nce_hand_computed():
     online = torch.eye(4).reshape(4, 2, 2)[None]
     target = online.clone()
     expected = -math.log(math.exp(1 / 0.3) / (math.exp(1 / 0.3) + 3))
-    assert PixelInfoNCELoss(0.3)(online, target).item() == pytest.approx(expected, rel=1e-6)
-    assert PixelInfoNCELoss(0.3, anchors_per_image=2)(online, target).item() == pytest.approx(expected, rel=1e-6)
+    for kw in ({}, {"anchors_per_image": 2}, {"num_negatives": None}):  # PixContrast's negative set: all cells
+        assert PixelInfoNCELoss(0.3, negatives="all-cells", **kw)(online, target).item() == pytest.approx(expected,
+                                                                                                         rel=1e-6)
+    assert PixelInfoNCELoss(0.3)(online, target).item() == 0  # one image: no cell of another image to contrast
 
 
 @pytest.mark.parametrize("alpha,log_matrix,batch_matrix,patch", [(1.0, False, False, 1), (2.0, True, True, 2)])
@@ -158,11 +160,9 @@ def test_each_method_trains_and_exports(tmp_path, potsdam_root, method, terms):
     records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2] and "images_per_s" in records[0]
     assert (run / "loss.png").stat().st_size > 1000 and (run / "config.yaml").is_file()
-    if method == "mpinet":  # auto-calibrated FFL weight: weighted FFL starts at half the instance term
-        first = records[0]
-        assert first["w_ffl"] * first["ffl"] == pytest.approx(0.5 * first["ins"], rel=1e-3)
-    if method == "mocov2":
-        assert trainer.model.momentum_at(1, 2) == 0.999
+    if method == "mpinet":  # auto FFL weight: 0 until the queue holds real keys (tests/test_method.py)
+        assert records[0]["w_ffl"] == 0
+    assert trainer.model.momentum_at(0, 2) == pytest.approx(0.99)  # the same EMA schedule on every rung
     ckpt = load_checkpoint(run / "checkpoints" / "last.pt")  # weights_only=True
     export_weights(run / "checkpoints" / "last.pt", tmp_path / "hub", "mpinet_resnet18", "potsdam")
     model = timm.create_model(f"local-dir:{tmp_path / 'hub'}", pretrained=True)
@@ -246,5 +246,7 @@ def test_roi_grid_projects_before_or_after_roialign_with_the_same_result(size, c
     assert projected == (size * size <= grid * grid)  # the first two cases take the cheaper order
     from torchvision.ops import roi_align
 
-    reference = conv(roi_align(feat, rois, grid, spatial_scale=size / 128, sampling_ratio=2, aligned=True))
+    stride = 128 // size  # cell i of a ResNet map sits at stride * i + 0.5 (method.cell_centre)
+    shifted = [r + (stride - 1) / 2 for r in rois]
+    reference = conv(roi_align(feat, shifted, grid, spatial_scale=size / 128, sampling_ratio=2, aligned=True))
     assert torch.allclose(grid_out if projected else conv(grid_out), reference, atol=1e-5)

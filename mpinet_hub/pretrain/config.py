@@ -9,14 +9,20 @@ from typing import Any
 
 import yaml
 
-__all__ = ["METHODS", "PretrainConfig"]
+__all__ = ["ABLATION_LADDER", "METHODS", "PretrainConfig"]
 
-# METHOD.md's baselines from the same machinery. "auto" FFL weight: calibrated at step 0 (see method.py).
+# METHOD.md's baselines from the same machinery, as a ladder that changes one factor per rung:
+#   mocov2 -(+ dense contrast on C5)-> pixcontrast -(C5 -> C2+C3+C4 fusion)-> mpinet-noffl -(+ FFL)-> mpinet
+# All four share everything else (the cosine EMA schedule included). MoCo v2's own settings (fixed momentum
+# 0.999) stay available as `mocov2-original`. "auto" FFL weight: calibrated on real keys (see method.py).
+ABLATION_LADDER = ("mocov2", "pixcontrast", "mpinet-noffl", "mpinet")
 METHODS: dict[str, dict[str, Any]] = {
-    "mocov2": dict(w_ins=1.0, w_pix=0.0, w_ffl=0.0, momentum_schedule="fixed", momentum=0.999),
+    "mocov2": dict(w_ins=1.0, w_pix=0.0, w_ffl=0.0, fusion_levels=["C5"]),
     "pixcontrast": dict(w_ins=1.0, w_pix=1.0, w_ffl=0.0, fusion_levels=["C5"]),
     "mpinet-noffl": dict(w_ins=1.0, w_pix=1.0, w_ffl=0.0, fusion_levels=["C2", "C3", "C4"]),
     "mpinet": dict(w_ins=1.0, w_pix=1.0, w_ffl="auto", fusion_levels=["C2", "C3", "C4"]),
+    "mocov2-original": dict(w_ins=1.0, w_pix=0.0, w_ffl=0.0, fusion_levels=["C5"], momentum_schedule="fixed",
+                            momentum=0.999),
 }
 
 
@@ -36,13 +42,16 @@ class PretrainConfig:
     w_ins: float = 1.0
     w_pix: float = 1.0
     w_ffl: float | str = "auto"
-    ffl_calibration_ratio: float = 0.5  # "auto": w_ffl * L_ffl(0) = ratio * L_ins(0)
+    ffl_calibration_ratio: float = 0.5  # "auto": w_ffl * mean L_ffl = ratio * mean L_ins ...
+    ffl_calibration_steps: int = 10  # ... over this many steps once the queue holds only real keys
     fusion_levels: list[str] = field(default_factory=lambda: ["C2", "C3", "C4"])
     queue_size: int = 8192
     t_ins: float = 0.2
     t_pix: float = 0.3
     pixel_grid: int = 14
-    pixel_anchors: int | None = None
+    pixel_anchors: int | None = None  # anchor cells per image (None: all)
+    pixel_negatives: str = "other-images"  # other-images | all-cells (see losses/pixel_info_nce.py)
+    pixel_num_negatives: int | None = 4096  # shared negatives per step, memory linear in the batch; None: all
     ffl_grid: int = 7
     ffl_alpha: float = 1.0
     ffl_patch_factor: int = 1
@@ -64,7 +73,9 @@ class PretrainConfig:
     precision: str = "32"  # 32 | bf16 | 16
     compile: bool = False
     channels_last: bool = True
-    sync_bn: bool = True
+    shuffle_bn: bool = True  # MoCo's shuffling BN: split BN statistics, target batch shuffled (all methods)
+    bn_splits: int = 8  # BN splits per process with shuffle_bn
+    sync_bn: bool = True  # SyncBN under DDP on CUDA; only without shuffle_bn (global statistics would leak)
     # run
     out: str = "runs/pretrain"
     save_every: int = 1000

@@ -20,9 +20,10 @@ from torchvision.ops import roi_align
 from ..models import MPINET_ARCHS
 from .config import PretrainConfig
 from .losses import FocalFrequencyLoss, InfoNCELoss, PixelInfoNCELoss
+from .shuffle_bn import convert_split_batchnorm, shuffled
 from .views import TwoViews, undo_geometry
 
-__all__ = ["LEVELS", "MPINetModel", "OnlineNetwork"]
+__all__ = ["LEVELS", "STRIDES", "MPINetModel", "OnlineNetwork", "cell_centre", "roi_grid"]
 
 LEVELS = {"C2": 0, "C3": 1, "C4": 2, "C5": 3}  # index into the backbone's (C2, C3, C4, C5) outputs
 STRIDES = (4, 8, 16, 32)
@@ -50,7 +51,13 @@ class FusionPixelHead(nn.Module):
 
 def roi_grid(feat: torch.Tensor, rois: list[torch.Tensor], size: int, stride: int,
              project: nn.Conv2d) -> tuple[torch.Tensor, bool]:
-    """RoIAlign `feat` on `rois` into size x size cells; returns (grid, whether `project` was applied).
+    """RoIAlign `feat` on `rois` (boxes in view pixels) into size x size cells; returns (grid, whether
+    `project` was applied).
+
+    Where the cells are: in a timm ResNet, cell i of a stride-s map is centred on input pixel s*i, i.e. at
+    continuous coordinate s*i + 0.5 (`cell_centre`), not at (i + 0.5)*s as RoIAlign's `aligned=True` with
+    `spatial_scale=1/s` assumes. The boxes are shifted by the difference, (s - 1)/2, so every level samples the
+    ground the box covers; otherwise flips and rotations push the two views' cells apart by up to half a cell.
 
     A 1x1 conv and RoIAlign are both linear (RoIAlign's bilinear weights sum to one inside the map), so they
     commute. When the conv shrinks the channels and the map is not much larger than the grid (C4/C5 of a
@@ -62,8 +69,14 @@ def roi_grid(feat: torch.Tensor, rois: list[torch.Tensor], size: int, stride: in
     cin, cout, cells = project.in_channels, project.out_channels, size * size
     first = (cout <= cin and h * w <= cells) or (cout < cin and h * w <= 2 * cells)
     x = project(feat.float()) if first else feat.float()
-    grid = roi_align(x, rois, size, spatial_scale=1 / stride, sampling_ratio=2, aligned=True)
+    shift = (stride - 1) / 2
+    grid = roi_align(x, [r + shift for r in rois], size, spatial_scale=1 / stride, sampling_ratio=2, aligned=True)
     return grid, first
+
+
+def cell_centre(index: int, stride: int) -> float:
+    """Continuous input coordinate of the centre of feature cell `index` at `stride` (timm ResNets)."""
+    return stride * index + 0.5
 
 
 class OnlineNetwork(nn.Module):
@@ -104,21 +117,32 @@ class OnlineNetwork(nn.Module):
 
 
 class MPINetModel(nn.Module):
-    """Online + EMA target + queue; `forward(views)` returns the loss terms (unweighted) of one step."""
+    """Online + EMA target + queue; `forward(views)` returns the loss terms (unweighted) of one step.
+
+    With `shuffle_bn` (every method's default) BatchNorm runs per split of the batch and the target sees a
+    shuffled batch (shuffle_bn.py), so keys and their queries are never normalised together.
+    """
+
+    CHECKPOINT_BUFFERS = ("queue", "queue_ptr", "queue_real", "w_ffl_value", "calibration")
 
     def __init__(self, cfg: PretrainConfig, in_chans: int) -> None:
         super().__init__()
         self.cfg = cfg
         self.online = OnlineNetwork(cfg, in_chans)
+        if cfg.shuffle_bn:
+            self.online = convert_split_batchnorm(self.online, cfg.bn_splits)
         self.target = copy.deepcopy(self.online)
         for p in self.target.parameters():
             p.requires_grad_(False)
         self.register_buffer("queue", F.normalize(torch.randn(cfg.queue_size, 128), dim=1))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+        self.register_buffer("queue_real", torch.zeros((), dtype=torch.long))  # keys enqueued so far, capped at K
         self.register_buffer("w_ffl_value", torch.tensor(float(cfg.w_ffl) if cfg.w_ffl != "auto" else -1.0))
+        self.register_buffer("calibration", torch.zeros(3))  # sum of L_ins, sum of L_ffl, steps (auto w_ffl)
         self.info_nce = InfoNCELoss(cfg.t_ins)
-        self.pixel_nce = PixelInfoNCELoss(cfg.t_pix, cfg.pixel_anchors)
+        self.pixel_nce = PixelInfoNCELoss(cfg.t_pix, cfg.pixel_anchors, cfg.pixel_num_negatives, cfg.pixel_negatives)
         self.ffl = FocalFrequencyLoss(cfg.ffl_alpha, cfg.ffl_patch_factor, cfg.ffl_log_matrix, cfg.ffl_batch_matrix)
+        self._queue_was_real = False
 
     def momentum_at(self, step: int, total_steps: int) -> float:
         if self.cfg.momentum_schedule == "fixed":
@@ -144,6 +168,7 @@ class MPINetModel(nn.Module):
         idx = (self.queue_ptr + torch.arange(k, device=keys.device)) % size
         self.queue[idx] = keys.float()
         self.queue_ptr.copy_((self.queue_ptr + k) % size)
+        self.queue_real.copy_((self.queue_real + k).clamp_max(size))
 
     def forward(self, views: TwoViews, online: nn.Module | None = None) -> dict[str, torch.Tensor]:
         """`online`: the module to run the online network through (its DDP wrapper under torchrun)."""
@@ -152,12 +177,16 @@ class MPINetModel(nn.Module):
         boxes = torch.cat([views.overlap1, views.overlap2])
         on = (online or self.online)(x, boxes)
         with torch.no_grad():
-            tg = self.target(x, boxes, predict=False)
+            if self.cfg.shuffle_bn:
+                tg = shuffled(lambda x_, boxes_: self.target(x_, boxes_, predict=False), x, boxes)
+            else:
+                tg = self.target(x, boxes, predict=False)
         geoms = (views.geom1, views.geom2)
         terms: dict[str, torch.Tensor] = {}
         q1, q2 = on["instance"][:b], on["instance"][b:]
         k1, k2 = tg["instance"][:b], tg["instance"][b:]
         queue = self.queue.clone().detach()
+        self._queue_was_real = bool(self.queue_real >= self.queue.shape[0])
         terms["ins"] = (self.info_nce(q1, k2, queue) + self.info_nce(q2, k1, queue)) / 2
         for name, loss_fn in (("pixel", self.pixel_nce), ("ffl", self.ffl)):
             if name not in on:
@@ -168,16 +197,35 @@ class MPINetModel(nn.Module):
         self.enqueue(torch.cat([k1, k2]))
         return terms
 
+    def ffl_weight(self) -> float:
+        """The FFL weight in force: the configured one, or the calibrated one (0 until `auto` has calibrated)."""
+        return max(0.0, float(self.w_ffl_value))
+
+    @torch.no_grad()
+    def _calibrate_ffl(self, terms: dict[str, torch.Tensor]) -> None:
+        """`auto`: once the queue holds only real keys, average L_ins and L_ffl over `ffl_calibration_steps`
+        steps and fix w_ffl so that w_ffl * L_ffl = `ffl_calibration_ratio` * L_ins over that window.
+
+        Against the initial random queue L_ins is far from what it is once real keys compete, and a weight
+        taken there (w_ffl 236-265 on ResNet-18) had little to do with the losses of the run.
+        """
+        if not self._queue_was_real:
+            return
+        self.calibration += torch.stack([terms["ins"].detach().float(), terms["ffl"].detach().float(),
+                                         torch.ones((), device=self.calibration.device)])
+        if self.calibration[2] < self.cfg.ffl_calibration_steps:
+            return
+        sums = self.calibration.clone()
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(sums)
+        self.w_ffl_value.copy_(self.cfg.ffl_calibration_ratio * sums[0] / sums[1].clamp_min(1e-12))
+
     def total_loss(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
         if "ffl" in terms and float(self.w_ffl_value) < 0:
-            # "auto": weight the FFL so it starts at `ffl_calibration_ratio` of the instance term (METHOD.md)
-            ratio = self.cfg.ffl_calibration_ratio * terms["ins"].detach() / terms["ffl"].detach().clamp_min(1e-12)
-            if dist.is_available() and dist.is_initialized():
-                dist.broadcast(ratio, 0)
-            self.w_ffl_value.copy_(ratio)
+            self._calibrate_ffl(terms)
         total = self.cfg.w_ins * terms["ins"]
         if "pix" in terms:
             total = total + self.cfg.w_pix * terms["pix"]
         if "ffl" in terms:
-            total = total + self.w_ffl_value * terms["ffl"]
+            total = total + self.w_ffl_value.clamp_min(0) * terms["ffl"]
         return total

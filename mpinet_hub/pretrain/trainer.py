@@ -82,7 +82,7 @@ class Trainer:
         self.warmup_steps = min(int(cfg.warmup_epochs * self.batches.per_epoch), self.total_steps // 2)
         torch.manual_seed(cfg.seed)
         self.model = MPINetModel(cfg, self.in_chans).to(self.device)
-        if self.world > 1 and cfg.sync_bn and self.device.type == "cuda":
+        if self.world > 1 and cfg.sync_bn and not cfg.shuffle_bn and self.device.type == "cuda":
             self.model.online = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model.online)
         if cfg.channels_last and self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -90,12 +90,12 @@ class Trainer:
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.runner = DistributedDataParallel(self.model.online, device_ids=ids)
-        self.augment = PhotometricAugment(self.in_chans, cfg.crop, cfg.photometric).to(self.device)
+        self.norm = {"mean": list(mean), "std": list(std), "bands": self._band_names()}
+        self.augment = PhotometricAugment(self.norm["bands"], cfg.crop, cfg.photometric).to(self.device)
         self.optimizer = self._optimizer()
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "16" and self.device.type == "cuda")
         self.step = 0
-        self.norm = {"mean": list(mean), "std": list(std), "bands": self._band_names()}
         if resume:
             self._resume()
         if cfg.compile:
@@ -130,12 +130,11 @@ class Trainer:
             "arch": self.cfg.arch,
             "method": self.cfg.method,
             "step": self.step,
-            "config": {**self.cfg.to_dict(), "w_ffl_calibrated": float(self.model.w_ffl_value)},
+            "config": {**self.cfg.to_dict(), "w_ffl_calibrated": self.model.ffl_weight()},
             "norm": self.norm,
             "model": self.model.online.state_dict(),
             "target": self.model.target.state_dict(),
-            "buffers": {"queue": self.model.queue, "queue_ptr": self.model.queue_ptr,
-                        "w_ffl_value": self.model.w_ffl_value},
+            "buffers": {name: getattr(self.model, name) for name in MPINetModel.CHECKPOINT_BUFFERS},
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -214,7 +213,7 @@ class Trainer:
             last = {k: float(v.detach()) for k, v in terms.items()} | {"total": float(loss.detach())}
             if self.is_main:
                 record = {"step": self.step, **last, "lr": self.optimizer.param_groups[0]["lr"], "momentum": momentum,
-                          "w_ffl": float(self.model.w_ffl_value), "images_per_s": rate}
+                          "w_ffl": self.model.ffl_weight(), "images_per_s": rate}
                 if self.step % cfg.log_every == 0 or self.step == self.total_steps:
                     log.write(json.dumps(record) + "\n")
                     log.flush()

@@ -10,6 +10,7 @@ coordinates; `undo_geometry` maps a grid sampled on that box back to the source 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import kornia.augmentation as K
@@ -17,7 +18,8 @@ import torch
 from torch import nn
 from torchvision.ops import roi_align
 
-__all__ = ["PhotometricAugment", "TwoViews", "ViewGeometry", "map_box_to_view", "make_two_views", "undo_geometry"]
+__all__ = ["MultibandJitter", "PhotometricAugment", "TwoViews", "ViewGeometry", "is_rgb", "make_two_views",
+           "map_box_to_view", "undo_geometry"]
 
 
 @dataclass
@@ -143,30 +145,63 @@ def make_two_views(images: torch.Tensor, out: int, scale=(0.2, 1.0), ratio=(3 / 
                     map_box_to_view(overlap, geom1, out), map_box_to_view(overlap, geom2, out))
 
 
+def is_rgb(band_names: Sequence[str]) -> bool:
+    """True for exactly the bands R, G, B in that order: the only set on which hue and saturation mean anything."""
+    return [name.upper() for name in band_names] == ["R", "G", "B"]
+
+
+class MultibandJitter(nn.Module):
+    """Brightness and contrast jitter for any band set, as torchvision's ColorJitter defines them for RGB.
+
+    Brightness multiplies every band by one factor; contrast blends each image with its own mean (over all
+    bands and pixels), so it keeps that mean. Written here because kornia's per-op versions do otherwise:
+    `RandomBrightness` adds (factor - 1) and `RandomContrast` is a gain without the mean, which on a flat
+    0.3 image moved per-image means anywhere in [0, 0.95] and clipped 10% of the pixels.
+
+    Args:
+        brightness, contrast: factors are drawn from [1 - value, 1 + value] per sample (ColorJitter's 0.4).
+        p: probability that a sample is jittered.
+
+    Shapes:
+        x: (B, C, H, W) in [0, 1]; returns the same shape, clamped to [0, 1].
+    """
+
+    def __init__(self, brightness: float = 0.4, contrast: float = 0.4, p: float = 0.8) -> None:
+        super().__init__()
+        self.brightness, self.contrast, self.p = brightness, contrast, p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        shape = (b, 1, 1, 1)
+        apply = (torch.rand(shape, device=x.device) < self.p).to(x.dtype)
+        gain = 1 + (torch.rand(shape, device=x.device) * 2 - 1) * self.brightness * apply
+        blend = 1 + (torch.rand(shape, device=x.device) * 2 - 1) * self.contrast * apply
+        x = x * gain
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        return ((x - mean) * blend + mean).clamp(0, 1)
+
+
 class PhotometricAugment(nn.Module):
     """MoCo v2's colour augmentations, batched with per-sample parameters (kornia), on any device.
 
-    RGB: colour jitter (0.4, 0.4, 0.4, 0.1) p=0.8, grayscale p=0.2, Gaussian blur p=0.5. Other band sets
-    (IRRG, RGBIR, +DSM): brightness/contrast only, since hue and saturation have no meaning there.
+    Chosen by band names, not band count (IRRG has three bands but no hue): RGB gets colour jitter
+    (0.4, 0.4, 0.4, 0.1) p=0.8, grayscale p=0.2, Gaussian blur p=0.5; every other band set (IRRG, RGBIR,
+    +DSM, multispectral) gets `MultibandJitter`'s brightness and contrast of the same strength, p=0.8, and
+    the same blur.
     """
 
-    def __init__(self, bands: int, out: int, enabled: bool = True) -> None:
+    def __init__(self, band_names: Sequence[str], out: int, enabled: bool = True) -> None:
         super().__init__()
+        if isinstance(band_names, int):
+            raise TypeError("PhotometricAugment takes the band names (e.g. ['R', 'G', 'B']), not a band count")
         kernel = max(3, (out // 10) | 1)
+        blur = K.RandomGaussianBlur((kernel, kernel), (0.1, 2.0), p=0.5)
         if not enabled:
             self.aug = nn.Identity()
-        elif bands == 3:
-            self.aug = nn.Sequential(
-                K.ColorJitter(0.4, 0.4, 0.4, 0.1, p=0.8),
-                K.RandomGrayscale(p=0.2),
-                K.RandomGaussianBlur((kernel, kernel), (0.1, 2.0), p=0.5),
-            )
+        elif is_rgb(band_names):
+            self.aug = nn.Sequential(K.ColorJitter(0.4, 0.4, 0.4, 0.1, p=0.8), K.RandomGrayscale(p=0.2), blur)
         else:
-            self.aug = nn.Sequential(
-                K.RandomBrightness((0.6, 1.4), p=0.8),
-                K.RandomContrast((0.6, 1.4), p=0.8),
-                K.RandomGaussianBlur((kernel, kernel), (0.1, 2.0), p=0.5),
-            )
+            self.aug = nn.Sequential(MultibandJitter(0.4, 0.4, p=0.8), blur)
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,19 +1,34 @@
-"""Pixel-level InfoNCE between aligned cell grids of two views (PixContrast form)."""
+"""Pixel-level InfoNCE between aligned cell grids of two views (PixContrast form), in memory linear in the batch."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+NEGATIVE_SETS = ("other-images", "all-cells")
 
 
 class PixelInfoNCELoss(nn.Module):
-    """Anchor = a cell of view 1 (online); positive = the same cell of view 2 (target); negatives = every
-    other target cell of the batch (B*S*S - 1).
+    """Anchor = a cell of view 1 (online); positive = the same cell of view 2 (target); negatives = target
+    cells of the batch: `num_negatives` of them drawn at random and shared by every anchor (memory and compute
+    linear in the batch), or all of them (`num_negatives=None`: exact, computed in chunks of anchors that are
+    recomputed in backward, so memory stays linear while compute is quadratic).
+
+    Which cells count as negatives (`negatives`):
+        "other-images": cells of the other images of the batch only (the default). Cells of the anchor's own
+            image are near-duplicates of the positive (neighbours share most of their receptive field, and a
+            grid finer than its feature map interpolates the positive into them): as negatives they push
+            apart what should agree. DenseCL likewise takes its dense negatives from other images.
+        "all-cells": every target cell except the positive (the PixContrast form).
 
     Args:
         temperature: t (PixContrast: 0.3).
-        anchors_per_image: sample this many anchor cells per image to bound memory (None: all S*S).
+        anchors_per_image: sample this many anchor cells per image (None: all S*S).
+        num_negatives: negatives shared by all anchors, drawn uniformly with replacement; None: all.
+        negatives: "other-images" or "all-cells".
+        chunk_elements: exact form only; anchors per chunk x cells is kept under this.
 
     Shapes:
         online: (B, D, S, S) L2-normalised along D.
@@ -21,19 +36,48 @@ class PixelInfoNCELoss(nn.Module):
         returns: scalar.
     """
 
-    def __init__(self, temperature: float = 0.3, anchors_per_image: int | None = None) -> None:
+    def __init__(self, temperature: float = 0.3, anchors_per_image: int | None = None,
+                 num_negatives: int | None = 4096, negatives: str = "other-images",
+                 chunk_elements: int = 1 << 24) -> None:
         super().__init__()
+        if negatives not in NEGATIVE_SETS:
+            raise ValueError(f"negatives={negatives!r}; choose one of {', '.join(NEGATIVE_SETS)}")
         self.temperature = temperature
         self.anchors_per_image = anchors_per_image
+        self.num_negatives = num_negatives
+        self.other_images_only = negatives == "other-images"
+        self.chunk_elements = chunk_elements
 
     def forward(self, online: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         b, d, s, _ = online.shape
-        anchors = online.permute(0, 2, 3, 1).reshape(b * s * s, d)
-        keys = target.permute(0, 2, 3, 1).reshape(b * s * s, d)
-        labels = torch.arange(b * s * s, device=online.device)
-        if self.anchors_per_image and self.anchors_per_image < s * s:
-            pick = torch.rand(b, s * s, device=online.device).argsort(1)[:, : self.anchors_per_image]
-            labels = (pick + torch.arange(b, device=online.device)[:, None] * s * s).reshape(-1)
-            anchors = anchors[labels]
-        logits = anchors @ keys.t()
-        return F.cross_entropy(logits.float() / self.temperature, labels)
+        cells, dev = s * s, online.device
+        anchors = online.permute(0, 2, 3, 1).reshape(b * cells, d)
+        keys = target.permute(0, 2, 3, 1).reshape(b * cells, d).detach()
+        index = torch.arange(b * cells, device=dev)
+        if self.anchors_per_image and self.anchors_per_image < cells:
+            pick = torch.rand(b, cells, device=dev).argsort(1)[:, : self.anchors_per_image]
+            index = (pick + torch.arange(b, device=dev)[:, None] * cells).reshape(-1)
+            anchors = anchors[index]
+        positive = (anchors * keys[index]).sum(1, keepdim=True)
+        owner = self._owner(index, cells)  # what a negative must not share with its anchor
+        if self.num_negatives and self.num_negatives < b * cells:
+            drawn = torch.randint(0, b * cells, (self.num_negatives,), device=dev)
+            return self._loss(anchors, positive, keys[drawn], owner, self._owner(drawn, cells))
+        keys_owner = self._owner(torch.arange(b * cells, device=dev), cells)
+        step = max(1, self.chunk_elements // (b * cells))
+        total = anchors.new_zeros(())
+        for start in range(0, anchors.shape[0], step):
+            part = slice(start, start + step)
+            total = total + checkpoint(self._loss, anchors[part], positive[part], keys, owner[part], keys_owner,
+                                       True, use_reentrant=False)
+        return total / anchors.shape[0]
+
+    def _owner(self, index: torch.Tensor, cells: int) -> torch.Tensor:
+        return index // cells if self.other_images_only else index
+
+    def _loss(self, anchors: torch.Tensor, positive: torch.Tensor, keys: torch.Tensor, owner: torch.Tensor,
+              keys_owner: torch.Tensor, summed: bool = False) -> torch.Tensor:
+        negative = (anchors @ keys.t()).masked_fill(owner[:, None] == keys_owner[None], float("-inf"))
+        logits = torch.cat([positive, negative], 1).float() / self.temperature
+        labels = torch.zeros(anchors.shape[0], dtype=torch.long, device=anchors.device)
+        return F.cross_entropy(logits, labels, reduction="sum" if summed else "mean")

@@ -1,0 +1,272 @@
+"""The method at the scale users run it: cell alignment at every level, band-name augmentation, shuffling BN,
+FFL calibration on real keys, a pixel loss linear in the batch, and a one-factor ablation ladder."""
+
+import dataclasses
+import math
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mpinet_hub.models import MPINET_ARCHS
+from mpinet_hub.pretrain.config import ABLATION_LADDER, METHODS, PretrainConfig
+from mpinet_hub.pretrain.losses import PixelInfoNCELoss
+from mpinet_hub.pretrain.method import STRIDES, MPINetModel, cell_centre, roi_grid
+from mpinet_hub.pretrain.shuffle_bn import SplitBatchNorm2d, convert_split_batchnorm, shuffled
+from mpinet_hub.pretrain.views import MultibandJitter, PhotometricAugment, make_two_views, undo_geometry
+
+# --- 1. cells line up at every level
+
+
+def _coordinate_images(b: int, size: int) -> torch.Tensor:
+    """Channels 0/1 hold each pixel's continuous x/y centre coordinate (j + 0.5)."""
+    yy, xx = torch.meshgrid(torch.arange(size) + 0.5, torch.arange(size) + 0.5, indexing="ij")
+    return torch.stack([xx, yy])[None].repeat(b, 1, 1, 1).double()
+
+
+def _inside_cell_hull(box: torch.Tensor, grid: int, stride: int, out: int) -> torch.Tensor:
+    """(B, 1, S, S): grid cells whose whole bin lies between the first and last cell centres of the map, where
+    bilinear sampling interpolates; beyond them any RoIAlign can only repeat the edge cell."""
+    edges = torch.linspace(0, 1, grid + 1)
+    lo, hi = 0.5, stride * (out // stride - 1) + 0.5
+
+    def inside(a, b):
+        pos = a[:, None] + (b - a)[:, None] * edges[None]
+        return (pos[:, :-1] >= lo) & (pos[:, 1:] <= hi)
+
+    return (inside(box[:, 1], box[:, 3])[:, :, None] & inside(box[:, 0], box[:, 2])[:, None, :])[:, None]
+
+
+@pytest.mark.parametrize("level", range(4))
+def test_stand_in_backbone_cells_cover_the_same_ground_at_every_level(level):
+    stride, grid = STRIDES[level], 14 if level < 3 else 7
+    views = make_two_views(_coordinate_images(64, 256).float(), out=256, generator=torch.Generator().manual_seed(0))
+    identity = nn.Conv2d(2, 2, 1, bias=False)
+    with torch.no_grad():
+        identity.weight.copy_(torch.eye(2)[:, :, None, None])
+    grids, inside = [], []
+    for view, box, geom in ((views.view1, views.overlap1, views.geom1), (views.view2, views.overlap2, views.geom2)):
+        feat = view[..., ::stride, ::stride]  # cell i reads input pixel stride * i, as a ResNet's cells do
+        g, _ = roi_grid(feat, [b[None] for b in box], grid, stride, identity)
+        grids.append(undo_geometry(g.detach(), geom))
+        inside.append(undo_geometry(_inside_cell_hull(box, grid, stride, 256).float(), geom)[:, 0] > 0)
+    scale = ((views.geom1.boxes[:, 2] - views.geom1.boxes[:, 0]) / 256 +
+             (views.geom2.boxes[:, 2] - views.geom2.boxes[:, 0]) / 256) / 2  # source px per view px
+    mismatch = (grids[0] - grids[1]).norm(dim=1) / (stride * scale[:, None, None])  # in cells of this level
+    interior = inside[0] & inside[1]
+    assert interior.float().mean() > 0.3
+    assert mismatch[interior].mean() < 0.01, f"C{level + 2}: {mismatch[interior].mean():.3f} cells"
+    # Border bins past the last cell centre repeat the edge cell: at most half a cell there, and on C5 of a
+    # 256 px view (8 cells) that border is an eighth of the map, so the mean over all cells stays near 0.1.
+    assert mismatch.mean() < (0.1 if level < 3 else 0.15), f"C{level + 2}: {mismatch.mean():.3f} cells"
+
+
+def _measured_cell_centre(arch: str, level: int) -> tuple[float, float]:
+    """Gradient centroid (x) of an interior cell of `level`, with constant positive weights so that every
+    layer spreads symmetrically around where it reads: the backbone's own cell-centre convention."""
+    stride = STRIDES[level]
+    size = {0: 128, 1: 256, 2: 384, 3: 640}[level]  # the probed cell's receptive field stays inside the image
+    index = size // stride // 2
+    net = timm.create_model(MPINET_ARCHS[arch][0], features_only=True, out_indices=(level + 1,), in_chans=1).double()
+    net.eval()
+    for name, m in list(net.named_modules()):
+        if isinstance(m, nn.MaxPool2d):  # same window; a max routes the gradient to one (tied) input
+            setattr(net, name, nn.AvgPool2d(m.kernel_size, m.stride, m.padding))
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.Conv2d):
+                m.weight.fill_(1.0 / m.weight[0].numel())
+    x = torch.ones(1, 1, size, size, dtype=torch.float64, requires_grad=True)
+    net(x)[0][0, :, index, index].sum().backward()
+    weight = x.grad[0, 0].abs().sum(0)
+    return float((weight * (torch.arange(size) + 0.5)).sum() / weight.sum()), cell_centre(index, stride)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", sorted(MPINET_ARCHS))
+def test_real_backbone_cells_sit_where_roi_grid_samples_them(arch):
+    for level in range(4):
+        measured, assumed = _measured_cell_centre(arch, level)
+        assert measured == pytest.approx(assumed, abs=0.01), (arch, level, measured, assumed)
+
+
+# --- 2. augmentation by band names
+
+
+def test_photometric_augment_decides_by_band_names_not_count():
+    kinds = {names: [type(m).__name__ for m in PhotometricAugment(list(names), 64).aug]
+             for names in (("R", "G", "B"), ("IR", "R", "G"), ("R", "G", "B", "IR"))}
+    assert "ColorJitter" in kinds[("R", "G", "B")] and "RandomGrayscale" in kinds[("R", "G", "B")]
+    for names in (("IR", "R", "G"), ("R", "G", "B", "IR")):  # IRRG: three bands, but no hue or saturation
+        assert "ColorJitter" not in kinds[names] and "RandomGrayscale" not in kinds[names]
+        assert "MultibandJitter" in kinds[names]
+    with pytest.raises(TypeError, match="band names"):
+        PhotometricAugment(3, 64)
+
+
+@pytest.mark.parametrize("names", [("IR", "R", "G"), ("R", "G", "B", "IR"), ("R", "G", "B", "IR", "DSM")])
+def test_non_rgb_jitter_is_multiplicative_and_never_clips_a_flat_image(names):
+    torch.manual_seed(0)
+    flat = torch.full((400, len(names), 16, 16), 0.3)
+    out = PhotometricAugment(list(names), 16)(flat)
+    means = out.mean(dim=(1, 2, 3))
+    assert means.min() >= 0.3 * 0.6 - 1e-6 and means.max() <= 0.3 * 1.4 + 1e-6  # brightness as ColorJitter's
+    assert means.std() > 0.03  # and it does jitter
+    assert ((out <= 0) | (out >= 1)).float().mean() == 0
+
+
+def test_multiband_contrast_keeps_each_image_mean():
+    torch.manual_seed(1)
+    x = torch.rand(64, 4, 8, 8) * 0.5 + 0.25
+    jitter = MultibandJitter(brightness=0.0, contrast=0.4, p=1.0)
+    out = jitter(x)
+    assert torch.allclose(out.mean(dim=(1, 2, 3)), x.mean(dim=(1, 2, 3)), atol=1e-5)
+    assert not torch.allclose(out, x)
+
+
+# --- 3. shuffling BN and calibration on real keys
+
+
+def test_split_batchnorm_normalises_each_split_with_its_own_statistics():
+    torch.manual_seed(0)
+    x = torch.randn(8, 3, 5, 5) + torch.arange(8.0)[:, None, None, None]  # every sample its own mean
+    bn = nn.BatchNorm2d(3)
+    split = convert_split_batchnorm(nn.Sequential(bn), 4)[0]
+    assert isinstance(split, SplitBatchNorm2d) and set(split.state_dict()) == set(nn.BatchNorm2d(3).state_dict())
+    out = split(x)
+    for g in range(4):  # split g holds samples g and g + 4
+        part = x[g::4]
+        ref = F.batch_norm(part, None, None, training=True, eps=split.eps)
+        assert torch.allclose(out[g::4], ref, atol=1e-5)
+    assert not torch.allclose(out, F.batch_norm(x, None, None, training=True), atol=1e-2)
+    split.eval()
+    assert torch.allclose(split(x), F.batch_norm(x, split.running_mean, split.running_var, eps=split.eps))
+
+
+def test_shuffled_forward_moves_samples_across_splits_and_restores_order():
+    seen = []
+
+    def spy(x, boxes):
+        seen.append(x[:, 0, 0, 0].clone())
+        return {"out": x.mean((1, 2, 3)) * 2, "boxes": boxes}
+
+    x = torch.arange(64.0)[:, None, None, None].repeat(1, 1, 2, 2)
+    boxes = torch.arange(64.0)[:, None].repeat(1, 4)
+    torch.manual_seed(0)
+    out = shuffled(spy, x, boxes)
+    assert torch.equal(out["out"], torch.arange(64.0) * 2) and torch.equal(out["boxes"], boxes)
+    order = seen[0].long()
+    assert not torch.equal(order, torch.arange(64))
+    same_split = (order % 8 == torch.arange(64) % 8).float().mean()
+    assert same_split < 0.4  # a key lands in its query's split about 1 time in 8, not always
+
+
+def _cfg(**kw) -> PretrainConfig:
+    base = dict(arch="mpinet_resnet18", crop=64, batch_size=4, queue_size=16, pixel_grid=7, ffl_grid=4)
+    return PretrainConfig.from_sources(None, **{**base, **kw})
+
+
+def test_target_network_sees_a_shuffled_batch_with_split_batchnorm():
+    torch.manual_seed(0)
+    model = MPINetModel(_cfg(method="mocov2"), 3)
+    assert any(isinstance(m, SplitBatchNorm2d) for m in model.online.modules())
+    assert any(isinstance(m, SplitBatchNorm2d) for m in model.target.modules())
+    orders = {}
+    for name in ("online", "target"):
+        getattr(model, name).backbone.register_forward_pre_hook(
+            lambda mod, args, name=name: orders.__setitem__(name, args[0][:, 0].mean((1, 2)).clone()))
+    views = make_two_views(torch.rand(4, 3, 96, 96), 64, generator=torch.Generator().manual_seed(0))
+    model(views)
+    assert not torch.allclose(orders["online"], orders["target"])
+    assert torch.allclose(orders["online"].sort().values, orders["target"].sort().values)
+    baseline = MPINetModel(_cfg(method="mocov2", shuffle_bn=False), 3)
+    assert not any(isinstance(m, SplitBatchNorm2d) for m in baseline.modules())
+
+
+def test_auto_ffl_weight_is_calibrated_once_the_queue_holds_real_keys():
+    torch.manual_seed(0)
+    cfg = _cfg(method="mpinet", ffl_calibration_steps=2)  # 8 keys a step: the queue of 16 is real after 2 steps
+    model = MPINetModel(cfg, 3)
+    seen = []
+    for step in range(5):
+        views = make_two_views(torch.rand(4, 3, 96, 96), 64, generator=torch.Generator().manual_seed(step))
+        terms = model(views)
+        total = model.total_loss(terms)
+        seen.append((float(terms["ins"]), float(terms["ffl"]), model.ffl_weight(), float(total.detach())))
+    for ins, _, weight, total in seen[:3]:  # steps 0-1: random queue; step 2: first real-key step of the window
+        assert weight == 0 and total == pytest.approx(ins + float(model.cfg.w_pix) * 0 + total - ins)
+    window = seen[2:4]
+    expected = 0.5 * sum(s[0] for s in window) / sum(s[1] for s in window)
+    assert seen[3][2] == pytest.approx(expected, rel=1e-5) and seen[4][2] == pytest.approx(expected, rel=1e-5)
+
+
+# --- 4. a pixel loss linear in the batch
+
+
+def _dense_reference(online, target, t, other_images_only):
+    b, d, s, _ = online.shape
+    a = online.permute(0, 2, 3, 1).reshape(-1, d)
+    k = target.permute(0, 2, 3, 1).reshape(-1, d)
+    logits = a @ k.t() / t
+    owner = torch.arange(b * s * s) // (s * s) if other_images_only else torch.arange(b * s * s)
+    same = owner[:, None] == owner[None]
+    pos = logits.diagonal()
+    return (torch.logsumexp(torch.cat([pos[:, None], logits.masked_fill(same, float("-inf"))], 1), 1) - pos).mean()
+
+
+@pytest.mark.parametrize("negatives", ["other-images", "all-cells"])
+def test_exact_chunked_pixel_loss_equals_the_dense_form_in_value_and_gradient(negatives):
+    torch.manual_seed(0)
+    online = F.normalize(torch.randn(3, 8, 4, 4), dim=1).requires_grad_()
+    target = F.normalize(torch.randn(3, 8, 4, 4), dim=1)
+    loss = PixelInfoNCELoss(0.3, num_negatives=None, negatives=negatives, chunk_elements=100)(online, target)
+    (grad,) = torch.autograd.grad(loss, online)
+    ref = _dense_reference(online, target, 0.3, negatives == "other-images")
+    (ref_grad,) = torch.autograd.grad(ref, online)
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
+    assert torch.allclose(grad, ref_grad, atol=1e-6)
+
+
+def test_other_images_negatives_exclude_every_cell_of_the_anchor_image():
+    # two images; within an image all cells are identical (near-duplicates), across images orthogonal
+    online = torch.zeros(2, 2, 2, 2)
+    online[0, 0], online[1, 1] = 1, 1
+    loss = PixelInfoNCELoss(0.3, num_negatives=None)(online, online.clone())
+    assert loss.item() == pytest.approx(math.log(math.exp(1 / 0.3) + 4) - 1 / 0.3, rel=1e-6)
+    pixcontrast = PixelInfoNCELoss(0.3, num_negatives=None, negatives="all-cells")(online, online.clone())
+    assert pixcontrast.item() > loss.item() + 1  # same-image duplicates as negatives: a much harder, wrong task
+
+
+@pytest.mark.parametrize("batch", [4, 16])
+def test_sampled_negatives_bound_the_logits_per_anchor(batch, monkeypatch):
+    shapes = []
+    original = PixelInfoNCELoss._loss
+
+    def spy(self, anchors, positive, keys, *rest):
+        shapes.append((anchors.shape[0], keys.shape[0]))
+        return original(self, anchors, positive, keys, *rest)
+
+    monkeypatch.setattr(PixelInfoNCELoss, "_loss", spy)
+    x = F.normalize(torch.randn(batch, 8, 14, 14), dim=1)
+    PixelInfoNCELoss(0.3, num_negatives=512)(x, x)
+    assert shapes == [(batch * 196, 512)]  # columns fixed: memory linear in the batch
+    shapes.clear()
+    PixelInfoNCELoss(0.3, num_negatives=None, chunk_elements=1 << 14)(x, x)
+    assert all(rows * cols <= max(1 << 14, cols) for rows, cols in shapes)
+
+
+# --- 5. one factor per rung
+
+
+def test_ablation_ladder_changes_one_factor_per_rung():
+    resolved = [dataclasses.asdict(PretrainConfig.from_sources(None, method=m)) for m in ABLATION_LADDER]
+    for lower, upper in zip(resolved, resolved[1:]):
+        changed = sorted(k for k in lower if lower[k] != upper[k] and k != "method")
+        assert len(changed) == 1, (lower["method"], upper["method"], changed)
+    original = PretrainConfig.from_sources(None, method="mocov2-original")
+    assert (original.momentum_schedule, original.momentum) == ("fixed", 0.999)
+    assert {m: PretrainConfig.from_sources(None, method=m).momentum_schedule for m in ABLATION_LADDER} == dict.fromkeys(
+        ABLATION_LADDER, "cosine")
+    assert set(ABLATION_LADDER) < set(METHODS)
