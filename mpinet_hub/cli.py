@@ -14,6 +14,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "export": ("mpinet_hub.hub.cli", "Training checkpoint or state dict -> Hub folder (safetensors, config, card)"),
     "push": ("mpinet_hub.hub.cli", "Upload an export folder to the Hugging Face Hub after checking it"),
     "finetune": ("mpinet_hub.downstream.cli", "Fine-tune an SMP decoder + encoder on a seeded fraction of the labels"),
+    "probe": ("mpinet_hub.downstream.cli", "Frozen-feature linear probe of an encoder on a seeded label fraction"),
     "evaluate": ("mpinet_hub.downstream.cli", "Whole-tile sliding-window evaluation by a named metric protocol"),
     "predict": ("mpinet_hub.downstream.cli", "Class maps for GeoTIFF/PNG inputs (CRS and transform kept)"),
     "compare": ("mpinet_hub.downstream.cli", "Label-efficiency table: encoders x label fractions, markdown + plot"),

@@ -25,6 +25,7 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
                            description="means over the 5 classes without clutter, OA over all, noBoundary labels"),
     "loveda": dict(num_classes=7, exclude_from_mean=(), description="7 classes"),
     "uavid": dict(num_classes=8, exclude_from_mean=(), description="8 classes"),
+    "folder": dict(num_classes=None, exclude_from_mean=(), description="every class of classes.yaml"),
 }
 
 
@@ -57,7 +58,10 @@ class SegmentationMetrics:
         if name not in PROTOCOLS:
             raise ValueError(f"unknown protocol {name!r}; choose one of {', '.join(PROTOCOLS)}")
         p = PROTOCOLS[name]
-        return cls(p["num_classes"], class_names=class_names, exclude_from_mean=p["exclude_from_mean"],
+        num_classes = p["num_classes"] or len(class_names or ())
+        if not num_classes:
+            raise ValueError(f"protocol {name!r} takes its classes from the data: pass class_names")
+        return cls(num_classes, class_names=class_names, exclude_from_mean=p["exclude_from_mean"],
                    protocol=name, **kwargs)
 
     def reset(self) -> None:

@@ -232,3 +232,88 @@ def test_a_missing_label_names_its_scene(tmp_path, name, labels):
     label.unlink()
     with pytest.raises(DataError, match=f"{label.name}: label of scene .*{label.stem} not found"):
         {"loveda": LoveDA, "uavid": UAVid}[name](tmp_path, "train")
+
+
+def _labeled_folder(root, palette=False):
+    """A hand-made labeled folder: 2 train scenes, 1 val scene; pixel values known."""
+    import numpy as np
+    import yaml
+    from PIL import Image
+
+    spec = {"names": ["ground", "tree", "water"]}
+    if palette:
+        spec["palette"] = [[0, 0, 0], [0, 255, 0], [0, 0, 255]]
+    (root).mkdir(parents=True, exist_ok=True)
+    (root / "classes.yaml").write_text(yaml.safe_dump(spec))
+    masks = {}
+    for split, names in (("train", ["a", "b"]), ("val", ["c"])):
+        for i, name in enumerate(names):
+            (root / split / "images").mkdir(parents=True, exist_ok=True)
+            (root / split / "masks").mkdir(parents=True, exist_ok=True)
+            image = np.full((40, 48, 3), 10 * (i + 1), np.uint8)
+            image[:, :, 1] = np.arange(48, dtype=np.uint8)[None]
+            mask = np.zeros((40, 48), np.uint8)
+            mask[:20] = 1
+            mask[30:, 40:] = 2
+            mask[0, 0] = 255  # ignore
+            Image.fromarray(image).save(root / split / "images" / f"{name}.png")
+            if palette:
+                colours = np.zeros((40, 48, 3), np.uint8)
+                colours[mask == 1] = (0, 255, 0)
+                colours[mask == 2] = (0, 0, 255)
+                colours[0, 0] = (9, 9, 9)  # not in the palette: ignored and counted
+                Image.fromarray(colours).save(root / split / "masks" / f"{name}.png")
+            else:
+                Image.fromarray(mask).save(root / split / "masks" / f"{name}.png")
+            masks[(split, name)] = mask
+    return masks
+
+
+@pytest.mark.parametrize("palette", [False, True])
+def test_labeled_folder_reads_known_pixels(tmp_path, palette):
+    import warnings
+
+    import numpy as np
+
+    from mpinet_hub.data import LabeledFolder, open_dataset
+
+    masks = _labeled_folder(tmp_path / "root", palette)
+    ds = open_dataset("folder", tmp_path / "root", "train")
+    assert isinstance(ds, LabeledFolder) and ds.classes == ("ground", "tree", "water") and ds.num_bands == 3
+    assert [s.id for s in ds.scenes] == ["a", "b"] and ds.has_labels
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        item = ds[1]
+    assert item["image"].shape == (3, 40, 48)
+    assert item["image"][1, 0, 47].item() == pytest.approx(47 / 255)
+    expected = masks[("train", "b")].astype(np.int64)
+    assert np.array_equal(item["mask"].numpy(), expected)
+    val = open_dataset("folder", tmp_path / "root", "val", patch_size=16)
+    assert len(val) == 3 * 3 and val.has_labels
+
+
+def test_labeled_folder_errors_name_the_file(tmp_path):
+    from mpinet_hub.data import DataError, open_dataset
+
+    _labeled_folder(tmp_path / "root")
+    (tmp_path / "root" / "classes.yaml").write_text("names: []\n")
+    with pytest.raises(DataError, match="classes.yaml.*names"):
+        open_dataset("folder", tmp_path / "root", "train")
+    (tmp_path / "root" / "classes.yaml").write_text("names: [a, b]\npalette: [[0, 0, 0]]\n")
+    with pytest.raises(DataError, match="palette"):
+        open_dataset("folder", tmp_path / "root", "train")
+    (tmp_path / "root" / "classes.yaml").write_text("names: [a, b, c]\n")
+    (tmp_path / "root" / "train" / "masks" / "a.png").unlink()
+    with pytest.raises(DataError, match="a.png: label of scene a not found"):
+        open_dataset("folder", tmp_path / "root", "train")
+
+
+def test_pretraining_on_a_labeled_folder_reads_train_images_only(tmp_path):
+    from mpinet_hub.pretrain.config import PretrainConfig
+    from mpinet_hub.pretrain.trainer import build_pretraining_dataset
+
+    _labeled_folder(tmp_path / "root")
+    cfg = PretrainConfig.from_sources(None, dataset="folder", data_root=[str(tmp_path / "root")], patch=16)
+    images = build_pretraining_dataset(cfg)
+    assert sorted(i.path.name for i in images.infos) == ["a.png", "b.png"]
+    assert all(i.path.parent.name == "images" and i.path.parent.parent.name == "train" for i in images.infos)

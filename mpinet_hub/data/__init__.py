@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .base import Scene, SegmentationDataset, to_unit_float
+from .folder import LabeledFolder, read_classes
 from .labels import IGNORE_INDEX, decode_colour_label, decode_value_label, encode_colour_label
 from .loveda import LoveDA
 from .potsdam import POTSDAM_SPLITS, Potsdam
@@ -15,9 +16,9 @@ from .raster import DataError, Window, grid_windows, raster_info, read_window, w
 from .uavid import UAVid
 from .unlabeled import UnlabeledImages, pretraining_images
 
-DATASETS = {"potsdam": Potsdam, "loveda": LoveDA, "uavid": UAVid}
+DATASETS = {"potsdam": Potsdam, "loveda": LoveDA, "uavid": UAVid, "folder": LabeledFolder}
 # data set -> the metric protocol its results are reported under by default
-DEFAULT_PROTOCOL = {"potsdam": "potsdam-mmseg", "loveda": "loveda", "uavid": "uavid"}
+DEFAULT_PROTOCOL = {"potsdam": "potsdam-mmseg", "loveda": "loveda", "uavid": "uavid", "folder": "folder"}
 
 
 def open_dataset(
@@ -36,6 +37,7 @@ __all__ = [
     "DATASETS",
     "DEFAULT_PROTOCOL",
     "IGNORE_INDEX",
+    "LabeledFolder",
     "POTSDAM_SPLITS",
     "DataError",
     "LoveDA",
@@ -52,6 +54,7 @@ __all__ = [
     "open_dataset",
     "pretraining_images",
     "raster_info",
+    "read_classes",
     "read_window",
     "to_unit_float",
     "window_starts",

@@ -1,4 +1,4 @@
-"""`mpinet finetune`, `evaluate`, `predict`, `compare` and `quickstart`."""
+"""`mpinet finetune`, `probe`, `evaluate`, `predict`, `compare` and `quickstart`."""
 
 from __future__ import annotations
 
@@ -83,6 +83,50 @@ def run_finetune(args: argparse.Namespace) -> int:
         print(f"model: {model_dir} (smp.from_pretrained('{model_dir}')); "
               f"subset: {Path(cfg.out) / 'labeled_patches.json'}")
         print(f"next: mpinet evaluate {cfg.out} --dataset {cfg.dataset} --data-root {cfg.data_root}")
+    return 0
+
+
+# --- probe
+def add_probe_arguments(p: argparse.ArgumentParser) -> None:
+    from .probe import LEVELS, ProbeConfig
+
+    d = ProbeConfig("", "", "", "")
+    p.description = ("Frozen-feature linear probe: the backbone frozen, LEVELS upsampled to stride 4 and concatenated, "
+                     "a normalised 1x1 classifier trained on the same seeded labeled subset as `finetune`, whole tiles "
+                     "evaluated by sliding window -> RUN/metrics.json (evaluate's schema).")
+    p.add_argument("encoder", help=ENCODER_HELP + "; or random-bn[:ARCH]: random weights, BatchNorm statistics "
+                   "re-estimated on the training images (the control)")
+    p.add_argument("--dataset", required=True, choices=list(DATASETS))
+    p.add_argument("--data-root", required=True)
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--label-fraction", type=float, default=d.label_fraction)
+    p.add_argument("--levels", nargs="+", choices=LEVELS, default=d.levels)
+    p.add_argument("--steps", type=int, default=d.steps, help="optimiser steps of the head")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate of the head")
+    p.add_argument("--patch", type=int, default=d.patch, help="side of the labeled patches (the subset's unit)")
+    p.add_argument("--seed", type=int, default=d.seed, help="head initialisation, batch order, random weights")
+    p.add_argument("--subset-seed", type=int, default=d.subset_seed)
+    p.add_argument("--split", help="evaluation split (default: test if it has labels, else val)")
+    p.add_argument("--arch", choices=list(MPINET_ARCHS), default=d.arch, help="for random, random-bn, imagenet")
+    p.add_argument("--window", type=int, default=d.window, help="sliding-window side in px")
+    p.add_argument("--device", default=d.device, help="auto, cpu, cuda")
+    p.add_argument("--mean", type=float, nargs="+", help="per-band normalisation (default: the encoder's)")
+    p.add_argument("--std", type=float, nargs="+")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+
+
+def run_probe(args: argparse.Namespace) -> int:
+    from .evaluate import format_metrics_table
+    from .probe import ProbeConfig, run_probe
+
+    cfg = ProbeConfig(args.encoder, args.dataset, args.data_root, args.out, label_fraction=args.label_fraction,
+                      levels=list(args.levels), steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                      patch=args.patch, seed=args.seed, subset_seed=args.subset_seed, split=args.split,
+                      arch=args.arch, window=args.window, device=args.device, mean=args.mean, std=args.std)
+    result = run_probe(cfg)
+    print(format_metrics_table(result))
+    print(f"written: {Path(result['out']) / 'metrics.json'}, confusion.png, previews/")
     return 0
 
 

@@ -19,10 +19,10 @@ from ..data import DEFAULT_PROTOCOL, Window, open_dataset
 from ..metrics import PROTOCOLS, SegmentationMetrics
 from ..training import resolve_device
 from .inference import SlidingWindow
-from .model import load_segmentation_model
+from .model import SegmentationModelInfo, load_segmentation_model
 from .plots import confusion_png, preview_png, thumbnail_of_strip, thumbnail_step
 
-__all__ = ["evaluate", "format_metrics_table", "write_json"]
+__all__ = ["evaluate", "evaluate_model", "format_metrics_table", "write_json"]
 
 
 def write_json(obj: Any, path: Path) -> Path:
@@ -63,6 +63,31 @@ def evaluate(
     """Sliding-window predictions over every scene of `split`, scored by `protocol` (default: the data set's)."""
     model, info = load_segmentation_model(model_path)
     model_dir = Path(info.provenance["model_dir"])
+    out = Path(out) if out else model_dir.parent / f"eval-{split}"
+    return evaluate_model(model, info, dataset, data_root, out, split=split, protocol=protocol, window=window,
+                          overlap=overlap, batch_size=batch_size, previews=previews, device=device,
+                          precision=precision, bands=bands, f1_from_precision_recall=f1_from_precision_recall)
+
+
+def evaluate_model(
+    model: torch.nn.Module,
+    info: SegmentationModelInfo,
+    dataset: str,
+    data_root: str | Path,
+    out: str | Path,
+    split: str = "test",
+    protocol: str | None = None,
+    window: int = 512,
+    overlap: int | None = None,
+    batch_size: int | None = None,
+    previews: int = 3,
+    device: str = "auto",
+    precision: str = "32",
+    bands: str | None = None,
+    f1_from_precision_recall: bool = False,
+) -> dict[str, Any]:
+    """`evaluate` for a model in memory (a fine-tuned SMP model, or a probe) described by `info`."""
+    model_dir = Path(info.provenance.get("model_dir", out))
     protocol = _protocol_for(dataset, protocol)
     kwargs = {"labels": PROTOCOLS[protocol]["labels"]} if "labels" in PROTOCOLS[protocol] else {}
     ds = open_dataset(dataset, data_root, split, bands=bands or info.bands, **kwargs)
@@ -76,7 +101,7 @@ def evaluate(
     if ds.num_bands != info.in_chans:
         raise ValueError(f"{model_dir} takes {info.in_chans} band(s) ({info.bands}) but {dataset} with bands="
                          f"{getattr(ds, 'bands', 'RGB')} gives {ds.num_bands}; pass --bands {info.bands}")
-    out = Path(out) if out else model_dir.parent / f"eval-{split}"
+    out = Path(out)
     sw = SlidingWindow(model, info.mean, info.std, window=window, overlap=overlap, batch_size=batch_size,
                        device=resolve_device(device), precision=precision)
     metrics = SegmentationMetrics.from_protocol(protocol, class_names=list(ds.classes),

@@ -43,8 +43,8 @@ __all__ = ["NonFiniteLossError", "Trainer", "build_pretraining_dataset"]
 def build_pretraining_dataset(cfg: PretrainConfig) -> UnlabeledImages:
     if not cfg.data_root:
         raise ValueError("no --data-root given")
-    if cfg.dataset == "folder":
-        paths = cfg.data_root
+    if cfg.dataset == "folder":  # a labeled folder (classes.yaml) gives its train images, never its masks
+        paths = [Path(r) / "train" / "images" if (Path(r) / "classes.yaml").is_file() else r for r in cfg.data_root]
     else:
         paths = pretraining_images(cfg.dataset, cfg.data_root[0], bands=cfg.bands)
     return UnlabeledImages(paths, patch_size=cfg.patch, seed=cfg.seed)

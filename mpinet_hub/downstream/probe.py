@@ -1,0 +1,206 @@
+"""Frozen-feature probe: how much segmentation a backbone's features hold, with nothing but a linear layer trained.
+
+The field measures self-supervised encoders this way before fine-tuning: the backbone is frozen (eval mode, no
+gradient), the chosen levels are upsampled to stride 4 and concatenated, normalised by a BatchNorm without
+affine parameters, and a 1x1 convolution is trained on the same seeded labeled subset that `mpinet finetune`
+uses. Evaluation is `mpinet evaluate`'s: whole tiles by sliding window, metrics.json in its schema.
+
+`random-bn[:ARCH]` is the control a reviewer asks for: random weights whose BatchNorm statistics are
+re-estimated on the data set's training images, so a gain over it is not just BatchNorm statistics.
+
+Run folder: config.yaml, labeled_patches.json, log.jsonl, loss.png, probe.safetensors (head), metrics.json,
+confusion.png, previews/.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+import torch.nn.functional as F
+import yaml
+from safetensors.torch import save_file
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from ..data import IGNORE_INDEX, open_dataset
+from ..training import EpochBatches, check_finite, normalisation, plot_losses, resolve_device
+from .evaluate import evaluate_model
+from .finetune import _StepBatches, labeled_subset, patch_id
+from .model import SegmentationModelInfo, load_encoder
+
+__all__ = ["LEVELS", "LinearProbe", "ProbeConfig", "reestimate_batchnorm", "resample_cells", "run_probe"]
+
+LEVELS = ("C2", "C3", "C4", "C5")
+
+
+@dataclass
+class ProbeConfig:
+    encoder: str
+    dataset: str
+    data_root: str
+    out: str
+    label_fraction: float = 0.01
+    levels: list[str] = field(default_factory=lambda: list(LEVELS))
+    steps: int = 300
+    batch_size: int = 16
+    lr: float = 1e-3
+    patch: int = 256
+    seed: int = 0
+    subset_seed: int = 0
+    split: str | None = None  # default: test if it has labels, else val
+    arch: str = "mpinet_resnet18"  # for random / random-bn / imagenet
+    bn_batches: int = 20  # random-bn: batches of training windows the statistics are estimated on
+    window: int = 512
+    device: str = "auto"
+    mean: list[float] | None = None
+    std: list[float] | None = None
+
+    def validate(self) -> None:
+        unknown = [lv for lv in self.levels if lv not in LEVELS]
+        if unknown or not self.levels:
+            raise ValueError(f"--levels {' '.join(self.levels)}: choose from {' '.join(LEVELS)}")
+        if not 0 < self.label_fraction <= 1:
+            raise ValueError(f"--label-fraction {self.label_fraction}: give a fraction in (0, 1], e.g. 0.01 for 1%")
+        if self.batch_size < 2:
+            raise ValueError("--batch-size must be at least 2 (the feature BatchNorm needs two samples)")
+
+
+class LinearProbe(nn.Module):
+    """Frozen backbone -> levels upsampled to stride 4, concatenated -> BatchNorm (no affine) -> 1x1 conv.
+
+    Shapes: x (B, C, H, W) normalised -> logits (B, K, H, W).
+    """
+
+    def __init__(self, backbone: nn.Module, levels: list[int], num_classes: int) -> None:
+        super().__init__()
+        self.backbone = backbone.eval().requires_grad_(False)
+        self.levels = levels
+        width = sum(backbone.feature_info.channels()[i] for i in levels)
+        self.norm = nn.BatchNorm2d(width, affine=False)
+        self.classifier = nn.Conv2d(width, num_classes, 1)
+
+    def train(self, mode: bool = True) -> LinearProbe:
+        super().train(mode)
+        self.backbone.eval()  # frozen, BatchNorm statistics included
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        with torch.no_grad():
+            feats = self.backbone(x)
+            size = (math.ceil(h / 4), math.ceil(w / 4))
+            stacked = torch.cat([resample_cells(feats[i].float(), 4 * 2**i, 4, size) for i in self.levels], 1)
+        return resample_cells(self.classifier(self.norm(stacked)), 4, 1, (h, w))
+
+
+def resample_cells(x: torch.Tensor, stride: int, new_stride: int, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resampling of a map whose cell i sits on input pixel stride * i (a timm ResNet's convention,
+    `pretrain.method.cell_centre`) onto cells at new_stride * j; `F.interpolate` would assume centred cells and
+    shift C5 by about half a cell. Beyond the last cell the edge value is repeated.
+
+    Shapes: x (B, C, h, w) -> (B, C, *size).
+    """
+    h, w = x.shape[-2:]
+
+    def axis(n_out: int, n_in: int) -> torch.Tensor:
+        index = torch.arange(n_out, device=x.device, dtype=torch.float32) * new_stride / stride
+        return index / max(1, n_in - 1) * 2 - 1
+
+    gy, gx = torch.meshgrid(axis(size[0], h), axis(size[1], w), indexing="ij")
+    grid = torch.stack([gx, gy], -1)[None].expand(x.shape[0], -1, -1, -1)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=True)
+
+
+@torch.no_grad()
+def reestimate_batchnorm(backbone: nn.Module, batches: list[torch.Tensor]) -> None:
+    """Replace every BatchNorm's running statistics by their average over `batches` (normalised images)."""
+    norms = [m for m in backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    backbone.train()
+    for images in batches:
+        backbone(images)
+    backbone.eval()
+
+
+def _backbone(cfg: ProbeConfig, in_chans: int) -> tuple[nn.Module, tuple[float, ...], tuple[float, ...]]:
+    spec = cfg.encoder.replace("random-bn", "random", 1) if cfg.encoder.startswith("random-bn") else cfg.encoder
+    encoder = load_encoder(spec, default_arch=cfg.arch, in_chans=in_chans)
+    if encoder.in_chans != in_chans:
+        raise ValueError(f"encoder {cfg.encoder} takes {encoder.in_chans} band(s) but {cfg.dataset} gives {in_chans}")
+    torch.manual_seed(cfg.seed)  # random weights of `random`/`random-bn`
+    backbone = timm.create_model(encoder.base_arch, pretrained=False, features_only=True, out_indices=(1, 2, 3, 4),
+                                 in_chans=in_chans)
+    if encoder.state_dict is not None:
+        result = backbone.load_state_dict(encoder.state_dict, strict=False)
+        if result.missing_keys:
+            raise ValueError(f"encoder {cfg.encoder} does not fit {encoder.base_arch}: "
+                             f"missing {result.missing_keys[:5]}")
+    return backbone, encoder.mean, encoder.std
+
+
+def run_probe(cfg: ProbeConfig) -> dict[str, Any]:
+    """Train the probe head on the labeled subset and evaluate whole tiles; returns evaluate's metrics dict."""
+    cfg.validate()
+    out = Path(cfg.out)
+    device = resolve_device(cfg.device)
+    dataset = open_dataset(cfg.dataset, cfg.data_root, "train", patch_size=cfg.patch)
+    if not dataset.has_labels:
+        raise ValueError(f"{cfg.dataset} train split has no labels")
+    split = cfg.split or ("test" if "test" in dataset.labeled_splits else "val")
+    subset = labeled_subset(dataset, cfg.label_fraction, cfg.subset_seed)
+    backbone, enc_mean, enc_std = _backbone(cfg, dataset.num_bands)
+    mean, std = normalisation(cfg.mean, cfg.std, dataset.num_bands, default=(enc_mean, enc_std))
+    mean_t = torch.tensor(mean, device=device).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, device=device).view(1, -1, 1, 1)
+    backbone = backbone.to(device)
+    batches = EpochBatches(len(subset), cfg.batch_size, cfg.seed)
+    if cfg.encoder.startswith("random-bn"):  # statistics from training windows, labels unused
+        every = EpochBatches(len(dataset), cfg.batch_size, cfg.seed + 1)
+        stats = _StepBatches(dataset, list(range(len(dataset))), every, cfg.patch, cfg.seed, 0, cfg.bn_batches)
+        reestimate_batchnorm(backbone, [(stats[i][0].to(device) - mean_t) / std_t for i in range(len(stats))])
+    levels = [LEVELS.index(lv) for lv in cfg.levels]
+    torch.manual_seed(cfg.seed)
+    probe = LinearProbe(backbone, levels, dataset.num_classes).to(device)
+    optimizer = torch.optim.Adam([p for p in probe.parameters() if p.requires_grad], lr=cfg.lr)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
+    ids = [patch_id(dataset.scenes[s].id, int(w.row_off), int(w.col_off))
+           for s, w in (dataset.windows[i] for i in subset)]
+    (out / "labeled_patches.json").write_text(json.dumps(
+        {"dataset": cfg.dataset, "patch": cfg.patch, "label_fraction": cfg.label_fraction,
+         "subset_seed": cfg.subset_seed, "total_patches": len(dataset), "patch_ids": ids}, indent=1))
+    loader = DataLoader(_StepBatches(dataset, subset, batches, cfg.patch, cfg.seed, 0, cfg.steps), batch_size=None)
+    probe.train()
+    with (out / "log.jsonl").open("w") as log, tqdm(total=cfg.steps, unit="step", desc=f"probe {cfg.encoder}") as bar:
+        for step, (images, masks) in enumerate(loader, 1):
+            images = (images.to(device) - mean_t) / std_t
+            masks = masks.to(device)
+            loss = F.cross_entropy(probe(images), masks, ignore_index=IGNORE_INDEX, reduction="sum")
+            loss = loss / (masks != IGNORE_INDEX).sum().clamp_min(1)
+            check_finite({"ce": loss}, step, out / "probe.safetensors")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            log.write(json.dumps({"step": step, "ce": float(loss.detach())}) + "\n")
+            bar.set_postfix(ce=f"{float(loss.detach()):.3f}")
+            bar.update(1)
+    plot_losses(out / "log.jsonl", out / "loss.png", keys=("ce",))
+    save_file({k: v.contiguous() for k, v in probe.state_dict().items() if not k.startswith("backbone.")},
+              str(out / "probe.safetensors"))
+    info = SegmentationModelInfo(
+        classes=list(dataset.classes), mean=list(mean), std=list(std),
+        palette=[list(c) for c in dataset.palette] or None, bands=getattr(dataset, "bands", None),
+        provenance={"dataset": cfg.dataset, "encoder": cfg.encoder, "decoder": f"linear probe {'+'.join(cfg.levels)}",
+                    "label_fraction": cfg.label_fraction, "labeled_patches": len(subset), "steps": cfg.steps,
+                    "model_dir": str(out)})
+    return evaluate_model(probe, info, cfg.dataset, cfg.data_root, out, split=split, window=cfg.window,
+                          device=cfg.device, previews=2)
