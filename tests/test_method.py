@@ -235,6 +235,9 @@ def test_other_images_negatives_exclude_every_cell_of_the_anchor_image():
     online[0, 0], online[1, 1] = 1, 1
     loss = PixelInfoNCELoss(0.3, num_negatives=None)(online, online.clone())
     assert loss.item() == pytest.approx(math.log(math.exp(1 / 0.3) + 4) - 1 / 0.3, rel=1e-6)
+    single = online[:1].clone().requires_grad_()  # one image: nothing to contrast, loss 0 with a finite gradient
+    (grad,) = torch.autograd.grad(PixelInfoNCELoss(0.3)(single, single.detach()), single)
+    assert torch.isfinite(grad).all() and grad.abs().max() == 0
     pixcontrast = PixelInfoNCELoss(0.3, num_negatives=None, negatives="all-cells")(online, online.clone())
     assert pixcontrast.item() > loss.item() + 1  # same-image duplicates as negatives: a much harder, wrong task
 

@@ -95,3 +95,23 @@ def test_resample_cells_keeps_cells_on_the_pixels_they_read():
         cells = (torch.arange(8.0) * stride)[None, None, None].repeat(1, 1, 8, 1)
         out = resample_cells(cells, stride, 1, (8, stride * 7 + 1))
         assert torch.allclose(out[0, 0, 0], torch.arange(stride * 7 + 1.0), atol=1e-3)
+
+
+def test_probe_and_finetune_take_a_pretraining_run_folder(blocks_root, tmp_path):
+    from mpinet_hub.checkpoint import load_checkpoint
+    from mpinet_hub.downstream.model import load_encoder
+    from mpinet_hub.pretrain.config import PretrainConfig
+    from mpinet_hub.pretrain.trainer import Trainer
+
+    cfg = PretrainConfig.from_sources(None, dataset="folder", data_root=[str(blocks_root)], method="mocov2",
+                                      arch="mpinet_resnet18", patch=64, crop=64, batch_size=4, steps=2, queue_size=16,
+                                      workers=0, out=str(tmp_path / "pre"), warmup_epochs=0, device="cpu")
+    Trainer(cfg).train()
+    encoder = load_encoder(str(tmp_path / "pre"))
+    ckpt = load_checkpoint(tmp_path / "pre" / "checkpoints" / "last.pt")
+    assert encoder.base_arch == "resnet18" and encoder.mean == tuple(ckpt["norm"]["mean"])
+    assert torch.equal(encoder.state_dict["layer2.0.conv1.weight"], ckpt["model"]["backbone.layer2.0.conv1.weight"])
+    result = run_probe(ProbeConfig(str(tmp_path / "pre"), "folder", str(blocks_root), str(tmp_path / "probe"),
+                                   label_fraction=0.5, levels=["C4", "C5"], steps=2, batch_size=2, patch=64,
+                                   window=128, device="cpu"))
+    assert result["encoder"] == str(tmp_path / "pre") and 0 <= result["mIoU"] <= 100

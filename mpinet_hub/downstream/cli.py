@@ -13,7 +13,8 @@ from ..pretrain.config import METHODS
 from ..training import resolve_device
 from .model import DECODERS
 
-ENCODER_HELP = ("a registered tag (mpinet_resnet50.potsdam), an export folder, hf-hub:ORG/NAME, local-dir:PATH, "
+ENCODER_HELP = ("a registered tag (mpinet_resnet50.potsdam), an export folder, a pretraining run folder or its "
+                "checkpoints/last.pt, hf-hub:ORG/NAME, local-dir:PATH, "
                 "`random` or `imagenet` (optionally random:ARCH / imagenet:ARCH)")
 
 

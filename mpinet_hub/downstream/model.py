@@ -1,6 +1,7 @@
 """SMP segmentation models around our encoders, and their offline save/load.
 
-An encoder SPEC is one of: a registered tag (`mpinet_resnet50.potsdam`), an export folder, an
+An encoder SPEC is one of: a registered tag (`mpinet_resnet50.potsdam`), an export folder, a pretraining
+run folder or its checkpoint file (RUN or RUN/checkpoints/last.pt), an
 `hf-hub:ORG/NAME` or `local-dir:PATH` id, `random:ARCH`/`random` or `imagenet:ARCH`/`imagenet`.
 The SMP model is always built on the plain timm architecture (`tu-resnet50`) and the encoder weights are
 copied in, so the saved model's config names no weights to download: `smp.from_pretrained(path)`
@@ -74,6 +75,8 @@ def load_encoder(spec: str, default_arch: str = "mpinet_resnet18", in_chans: int
         except Exception as err:  # no network and not in the HF cache
             raise RuntimeError(f"encoder {spec}: timm's ImageNet weights for {base} could not be loaded ({err}); "
                                "they must be in the Hugging Face cache on an offline machine") from err
+    elif _training_checkpoint(spec) is not None:
+        return _encoder_from_checkpoint(spec, _training_checkpoint(spec))
     elif Path(spec).is_dir():
         model = timm.create_model(f"local-dir:{Path(spec).resolve()}", pretrained=True)
     else:
@@ -85,6 +88,29 @@ def load_encoder(spec: str, default_arch: str = "mpinet_resnet18", in_chans: int
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("fc.")}
     in_chans = model.conv1.in_channels
     return EncoderSpec(spec, base, state, tuple(cfg["mean"]), tuple(cfg["std"]), in_chans)
+
+
+def _training_checkpoint(spec: str) -> Path | None:
+    """A pretraining checkpoint named by SPEC: the file itself, or RUN/checkpoints/last.pt of a run folder."""
+    path = Path(spec)
+    if path.is_file() and path.suffix == ".pt":
+        return path
+    if path.is_dir() and (path / "checkpoints" / "last.pt").is_file() and not (path / "config.json").is_file():
+        return path / "checkpoints" / "last.pt"
+    return None
+
+
+def _encoder_from_checkpoint(spec: str, path: Path) -> EncoderSpec:
+    """The backbone of a pretraining checkpoint, without exporting it first (normalisation from the run)."""
+    from ..hub import load_source_weights
+
+    state, meta = load_source_weights(path)
+    if meta.get("arch") not in MPINET_ARCHS:
+        raise ValueError(f"{path}: not an mpinet pretraining checkpoint (arch {meta.get('arch')!r}); export the "
+                         "weights or pass an export folder")
+    norm = meta.get("norm") or {}
+    mean, std = tuple(norm.get("mean") or RGB_MEAN), tuple(norm.get("std") or RGB_STD)
+    return EncoderSpec(spec, MPINET_ARCHS[meta["arch"]][0], state, mean, std, len(mean))
 
 
 def build_segmentation_model(

@@ -8,6 +8,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 NEGATIVE_SETS = ("other-images", "all-cells")
+_MASKED = -1e9  # finite: a row with every negative masked (one image) gives loss 0 and a zero gradient, not NaN
 
 
 class PixelInfoNCELoss(nn.Module):
@@ -51,14 +52,15 @@ class PixelInfoNCELoss(nn.Module):
     def forward(self, online: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         b, d, s, _ = online.shape
         cells, dev = s * s, online.device
-        anchors = online.permute(0, 2, 3, 1).reshape(b * cells, d)
-        keys = target.permute(0, 2, 3, 1).reshape(b * cells, d).detach()
+        # 1/t folded into the anchors: no division over the (anchors x negatives) logits
+        anchors = online.permute(0, 2, 3, 1).reshape(b * cells, d).float() / self.temperature
+        keys = target.permute(0, 2, 3, 1).reshape(b * cells, d).detach().float()
         index = torch.arange(b * cells, device=dev)
         if self.anchors_per_image and self.anchors_per_image < cells:
             pick = torch.rand(b, cells, device=dev).argsort(1)[:, : self.anchors_per_image]
             index = (pick + torch.arange(b, device=dev)[:, None] * cells).reshape(-1)
             anchors = anchors[index]
-        positive = (anchors * keys[index]).sum(1, keepdim=True)
+        positive = (anchors * keys[index]).sum(1)
         owner = self._owner(index, cells)  # what a negative must not share with its anchor
         if self.num_negatives and self.num_negatives < b * cells:
             drawn = torch.randint(0, b * cells, (self.num_negatives,), device=dev)
@@ -77,7 +79,7 @@ class PixelInfoNCELoss(nn.Module):
 
     def _loss(self, anchors: torch.Tensor, positive: torch.Tensor, keys: torch.Tensor, owner: torch.Tensor,
               keys_owner: torch.Tensor, summed: bool = False) -> torch.Tensor:
-        negative = (anchors @ keys.t()).masked_fill(owner[:, None] == keys_owner[None], float("-inf"))
-        logits = torch.cat([positive, negative], 1).float() / self.temperature
-        labels = torch.zeros(anchors.shape[0], dtype=torch.long, device=anchors.device)
-        return F.cross_entropy(logits, labels, reduction="sum" if summed else "mean")
+        """-log softmax of the positive among [positive, negatives]; logits already divided by t."""
+        negative = (anchors @ keys.t()).masked_fill_(owner[:, None] == keys_owner[None], _MASKED)
+        loss = torch.logaddexp(positive, torch.logsumexp(negative, 1)) - positive
+        return loss.sum() if summed else loss.mean()
