@@ -20,7 +20,7 @@ import torch
 from benchdoc import record
 from lightly.loss import NTXentLoss
 from lightly.models.modules import DenseCLProjectionHead, MoCoProjectionHead
-from lightly.models.utils import update_momentum
+from lightly.models.utils import batch_shuffle, batch_unshuffle, update_momentum
 
 from mpinet_hub.models import MPINET_ARCHS
 from mpinet_hub.pretrain.config import PretrainConfig
@@ -82,8 +82,11 @@ def lightly_step(kind: str, args, views, device):
         update_momentum(backbone, bb_m, 0.99)
         update_momentum(head, head_m, 0.99)
         q, ql = embed(backbone, head, x)
-        with torch.no_grad():
-            k, kl = embed(bb_m, head_m, x)
+        with torch.no_grad():  # lightly's MoCo recipe: the key batch shuffled (ours: shuffle-BN, split BN)
+            shuffled, order = batch_shuffle(x)
+            k, kl = embed(bb_m, head_m, shuffled)
+            k = batch_unshuffle(k, order)
+            kl = batch_unshuffle(kl, order) if kl is not None else None
         loss = (crit(q[:b], k[b:]) + crit(q[b:], k[:b])) / 2
         if kind == "densecl":
             loss = loss + (crit_local(ql[:b].mean(1), kl[b:].mean(1)) + crit_local(ql[b:].mean(1), kl[:b].mean(1))) / 2
