@@ -317,3 +317,18 @@ def test_pretraining_on_a_labeled_folder_reads_train_images_only(tmp_path):
     images = build_pretraining_dataset(cfg)
     assert sorted(i.path.name for i in images.infos) == ["a.png", "b.png"]
     assert all(i.path.parent.name == "images" and i.path.parent.parent.name == "train" for i in images.infos)
+
+
+def test_data_check_and_stats_on_a_labeled_folder(tmp_path, capsys):
+    import json
+
+    from mpinet_hub.cli import main
+
+    _labeled_folder(tmp_path / "root")
+    assert main(["data", "check", "folder", str(tmp_path / "root")]) == 0
+    out = capsys.readouterr().out
+    assert "train" in out and "val" in out
+    assert main(["data", "stats", "folder", str(tmp_path / "root")]) == 0
+    stats = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    # green band is the column index 0..47 in every image: mean 23.5/255
+    assert stats["mean"][1] == pytest.approx(23.5 / 255, abs=1e-4) and len(stats["std"]) == 3

@@ -388,3 +388,16 @@ def test_finetune_ddp_two_gloo_processes(tmp_path, potsdam_root):
     assert json.loads((out / "labeled_patches.json").read_text())["patch_ids"] == \
         json.loads(single.write_subset().read_text())["patch_ids"]
     assert smp.from_pretrained(str(out / "model")) is not None
+
+
+def test_compare_probe_protocol_writes_its_own_table(tmp_path, potsdam_root, capsys):
+    common = ["--dataset", "potsdam", "--data-root", str(potsdam_root), "--patch", "64", "--crop", "64",
+              "--batch-size", "2", "--steps", "2", "--device", "cpu", "--window", "64", "--overlap", "0"]
+    assert main(["compare", *common, "--out", str(tmp_path / "cmp"), "--encoders", "random", "random-bn",
+                 "--pretrain", "--fractions", "0.5", "--protocol", "probe", "--probe-steps", "2"]) == 0
+    summary = json.loads((tmp_path / "cmp" / "results_probe.json").read_text())
+    assert summary["evaluation"] == "probe" and set(summary["results"]) == {"random", "random-bn"}
+    cell = tmp_path / "cmp" / "runs" / "random-bn" / "probe-fraction-0.5" / "metrics.json"
+    assert json.loads(cell.read_text())["encoder"] == "random-bn"
+    assert "linear probe" in (tmp_path / "cmp" / "results_probe.md").read_text()
+    assert not (tmp_path / "cmp" / "results.md").exists()  # no fine-tuning table was asked for

@@ -17,7 +17,7 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     s = sub.add_parser("synth", help="write a miniature copy of a data set in its exact release layout",
                        formatter_class=HelpFormatter)
-    s.add_argument("dataset", choices=list(DATASETS))
+    s.add_argument("dataset", choices=[d for d in DATASETS if d != "folder"])
     s.add_argument("out", help="folder to write into (the data set's root)")
     s.add_argument("--tiles", type=int, default=6, help="Potsdam tiles / LoveDA images / UAVid sequences")
     s.add_argument("--size", type=int, default=512, help="tile/image side in pixels")

@@ -208,6 +208,9 @@ def add_compare_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pretrain-crop", type=int)
     p.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.05, 0.1, 1.0])
     p.add_argument("--split", default="test")
+    p.add_argument("--protocol", choices=["finetune", "probe", "both"], default="finetune",
+                   help="fine-tune each cell, linear-probe it with the backbone frozen (results_probe.*), or both")
+    p.add_argument("--probe-steps", type=int, default=300, help="optimiser steps of each probe head")
     p.add_argument("--window", type=int, default=512)
     p.add_argument("--overlap", type=int, help="default window/4")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
@@ -221,11 +224,14 @@ def run_compare(args: argparse.Namespace) -> int:
                 "arch": base.arch, "bands": base.bands, "patch": base.patch, "steps": args.pretrain_steps,
                 "batch_size": args.pretrain_batch_size, "crop": args.pretrain_crop, "device": base.device,
                 "seed": base.seed, "workers": base.workers}
-    compare(base, parse_encoders(args.encoders), args.fractions, args.out, split=args.split,
-            pretrain_methods=tuple(args.pretrain), pretrain=pretrain,
-            eval_kwargs={"window": args.window, "overlap": args.overlap})
-    print((Path(args.out) / "results.md").read_text())
-    print(f"written: {Path(args.out) / 'results.md'}, results.json, label_efficiency.png")
+    for evaluation in ("finetune", "probe") if args.protocol == "both" else (args.protocol,):
+        compare(base, parse_encoders(args.encoders), args.fractions, args.out, split=args.split,
+                pretrain_methods=tuple(args.pretrain), pretrain=pretrain,
+                eval_kwargs={"window": args.window, "overlap": args.overlap}, evaluation=evaluation,
+                probe_steps=args.probe_steps)
+        suffix = "_probe" if evaluation == "probe" else ""
+        print((Path(args.out) / f"results{suffix}.md").read_text())
+        print(f"written: {Path(args.out) / f'results{suffix}.md'}, results{suffix}.json, label_efficiency{suffix}.png")
     return 0
 
 

@@ -21,8 +21,11 @@ from ..pretrain.trainer import Trainer
 from .evaluate import evaluate, write_json
 from .finetune import FinetuneConfig, Finetuner
 from .plots import label_efficiency_png
+from .probe import ProbeConfig, run_probe
 
-__all__ = ["compare", "parse_encoders", "results_markdown"]
+__all__ = ["EVALUATIONS", "compare", "parse_encoders", "results_markdown"]
+
+EVALUATIONS = ("finetune", "probe")
 
 
 def parse_encoders(specs: list[str]) -> dict[str, str]:
@@ -61,8 +64,13 @@ def compare(
     pretrain_methods: tuple[str, ...] = (),
     pretrain: dict[str, Any] | None = None,
     eval_kwargs: dict[str, Any] | None = None,
+    evaluation: str = "finetune",
+    probe_steps: int = 300,
 ) -> dict[str, dict[float, dict[str, Any]]]:
-    """Fine-tune + evaluate every encoder at every fraction; writes OUT/results.{json,md} and the plot."""
+    """Fine-tune + evaluate (or, with evaluation="probe", linear-probe) every encoder at every fraction; writes
+    OUT/results.{json,md} and label_efficiency.png (probe: results_probe.*, label_efficiency_probe.png)."""
+    if evaluation not in EVALUATIONS:
+        raise ValueError(f"evaluation {evaluation!r}; choose one of {', '.join(EVALUATIONS)}")
     out = Path(out)
     encoders = dict(encoders)
     for method in pretrain_methods:
@@ -75,10 +83,16 @@ def compare(
     metrics_files: dict[str, dict[float, Path]] = {}
     for name, spec in encoders.items():
         for fraction in fractions:
-            run = out / "runs" / name / f"fraction-{fraction:g}"
-            metrics_path = run / f"eval-{split}" / "metrics.json"
+            run = out / "runs" / name / f"{'probe-' if evaluation == 'probe' else ''}fraction-{fraction:g}"
+            metrics_path = run / (f"eval-{split}" if evaluation == "finetune" else "") / "metrics.json"
             if metrics_path.is_file():
                 metrics = json.loads(metrics_path.read_text())
+            elif evaluation == "probe":
+                metrics = run_probe(ProbeConfig(
+                    spec, base.dataset, base.data_root, str(run), label_fraction=fraction, steps=probe_steps,
+                    batch_size=base.batch_size, patch=base.patch, seed=base.seed, subset_seed=base.subset_seed,
+                    split=split, arch=base.arch, device=base.device, mean=base.mean, std=base.std,
+                    **{k: v for k, v in (eval_kwargs or {}).items() if k == "window"}))
             else:
                 cfg = replace(base, encoder=spec, label_fraction=fraction, out=str(run))
                 cfg.validate()
@@ -92,20 +106,23 @@ def compare(
                       | {"encoder": encoders[name], "metrics": str(metrics_files[name][f])}
                       for f, m in by_f.items()} for name, by_f in results.items()}
     protocol = metrics["protocol"]  # one data set and split: every cell has the same
-    write_json({"dataset": base.dataset, "split": split, "decoder": base.decoder, "steps": base.steps,
-                "protocol": protocol, "results": summary}, out / "results.json")
-    (out / "results.md").write_text(results_markdown(results, base, split, protocol))
+    suffix = "_probe" if evaluation == "probe" else ""
+    head = f"linear probe, {probe_steps} steps" if evaluation == "probe" else f"{base.decoder}, {base.steps} steps"
+    write_json({"dataset": base.dataset, "split": split, "evaluation": evaluation, "decoder": base.decoder,
+                "steps": probe_steps if evaluation == "probe" else base.steps, "protocol": protocol,
+                "results": summary}, out / f"results{suffix}.json")
+    (out / f"results{suffix}.md").write_text(results_markdown(results, base, split, protocol, head))
     label_efficiency_png({n: {f: m["mIoU"] for f, m in by_f.items()} for n, by_f in results.items()},
-                         out / "label_efficiency.png", title=f"{base.dataset} {split}, {base.decoder}")
+                         out / f"label_efficiency{suffix}.png", title=f"{base.dataset} {split}, {head}")
     return results
 
 
 def results_markdown(results: dict[str, dict[float, dict[str, Any]]], base: FinetuneConfig, split: str,
-                     protocol: str) -> str:
+                     protocol: str, head: str | None = None) -> str:
     """Rows: encoders; columns: label fractions; cells: mIoU / OA / mF1 (%)."""
     fractions = sorted({f for by_f in results.values() for f in by_f})
-    lines = [f"# Label efficiency: {base.dataset} {split} ({protocol}), {base.decoder}, {base.steps} fine-tuning "
-             "steps", "", "Cells: mIoU / OA / mF1 (%).", "",
+    head = head or f"{base.decoder}, {base.steps} fine-tuning steps"
+    lines = [f"# Label efficiency: {base.dataset} {split} ({protocol}), {head}", "", "Cells: mIoU / OA / mF1 (%).", "",
              "| encoder | " + " | ".join(f"{100 * f:g}% labels" for f in fractions) + " |",
              "|---|" + "---|" * len(fractions)]
     for name, by_f in results.items():
