@@ -269,6 +269,9 @@ def test_quickstart_end_to_end(tmp_path, capsys):
                  "--finetune-steps", "3"]) == 0
     printed = capsys.readouterr().out
     assert "identical to the checkpoint" in printed and "mIoU" in printed
+    random_metrics = json.loads((out / "finetune-random" / "eval-test" / "metrics.json").read_text())
+    line = next(x for x in printed.splitlines() if x.startswith("  random init"))
+    assert random_metrics["encoder"] == "random" and f"mIoU {random_metrics['mIoU']:6.2f}" in line
     metrics = json.loads((out / "finetune" / "eval-test" / "metrics.json").read_text())
     assert math.isfinite(metrics["OA"]) and metrics["encoder"] == str(out / "hub")
     assert (out / "hub" / "model.safetensors").is_file()

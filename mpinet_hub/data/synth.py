@@ -81,11 +81,13 @@ def render_urban_scene(size: tuple[int, int], rng: np.random.Generator) -> tuple
         patch[patch == LOW_VEG] = ROAD
     for _ in range(int(rng.integers(12, 30)) * max(1, (h * w) // (512 * 512))):
         _disk(lab, rng.uniform(0, h), rng.uniform(0, w), rng.uniform(s / 70, s / 28), TREE, where=free)
+    clutter = []
     for _ in range(int(rng.integers(2, 6))):
-        _disk(lab, rng.uniform(0, h), rng.uniform(0, w), rng.uniform(s / 90, s / 45), CLUTTER, where=lab == LOW_VEG)
+        clutter.append((rng.uniform(0, h), rng.uniform(0, w), rng.uniform(s / 90, s / 45)))
+        _disk(lab, *clutter[-1], CLUTTER, where=lab == LOW_VEG)
     # cars on roads, aligned with the road direction; some moving (mid-road), some parked (edges)
     ys, xs = np.nonzero(road)
-    wanted, placed = int(rng.integers(6, 14)), 0
+    wanted, placed, cars = int(rng.integers(6, 14)), 0, []
     for _ in range(200 if len(ys) else 0):
         if placed == wanted:
             break
@@ -96,23 +98,28 @@ def render_urban_scene(size: tuple[int, int], rng: np.random.Generator) -> tuple
         spot = lab[cy : cy + lh, cx : cx + lw]
         if spot.shape == (lh, lw) and (spot == ROAD).all():
             spot[:] = CAR if rng.random() < 0.5 else MOVING_CAR
+            cars.append((cy, cx, lh, lw))
             placed += 1
     for _ in range(int(rng.integers(2, 8))):
         y, x = int(rng.integers(0, h - 3)), int(rng.integers(0, w - 3))
         if lab[y, x] == ROAD:
             lab[y : y + 2, x : x + 2] = HUMAN
 
+    # Classes that need context, as in real imagery: roofs share the road's greys (a building is a rectangle
+    # with a ridge and a shadow, not a colour), trees and low vegetation share one green (a tree is rough texture
+    # and casts a shadow; a lawn is smooth), and clutter comes in the cars' random colours (a car is a small
+    # rectangle on a road). Shadows (below) darken roads to the greys of dark roofs.
     n = _noise(rng, h, w, max(2, s // 24))
     fine = _noise(rng, h, w, 2)
     img = np.zeros((h, w, 3), np.float32)
-    base = {ROAD: (128, 126, 122), LOW_VEG: (112, 150, 72), TREE: (44, 88, 42), CLUTTER: (150, 116, 92),
-            HUMAN: (210, 60, 50)}
+    green = (88, 128, 58)
+    base = {ROAD: (128, 126, 122), LOW_VEG: green, TREE: green, HUMAN: (210, 60, 50)}
     for cls, colour in base.items():
         img[lab == cls] = colour
-    img[lab == LOW_VEG] += (n[lab == LOW_VEG] * 25)[:, None]
-    img[lab == TREE] += (fine[lab == TREE] * 30)[:, None]
+    img[lab == LOW_VEG] += (n[lab == LOW_VEG] * 22)[:, None]
+    img[lab == TREE] += (fine[lab == TREE] * 40)[:, None]
     img[lab == ROAD] += (fine[lab == ROAD] * 8)[:, None]
-    roofs = [(172, 84, 62), (112, 112, 118), (74, 72, 78), (196, 188, 176)]
+    roofs = [(136, 133, 128), (118, 117, 120), (74, 72, 78), (150, 146, 140)]
     for (y, x, bh, bw) in buildings:
         roof = np.array(roofs[int(rng.integers(0, len(roofs)))], np.float32)
         img[y : y + bh, x : x + bw] = roof
@@ -120,9 +127,13 @@ def render_urban_scene(size: tuple[int, int], rng: np.random.Generator) -> tuple
             img[y : y + bh, x + bw // 2 : x + bw] *= 0.8
         else:
             img[y + bh // 2 : y + bh, x : x + bw] *= 0.8
-    for cls in (CAR, MOVING_CAR):
-        ys_, xs_ = np.nonzero(lab == cls)
-        img[ys_, xs_] = rng.integers(30, 255, size=3)
+    for cy, cx, lh, lw in cars:  # every car its own colour
+        img[cy : cy + lh, cx : cx + lw] = rng.integers(30, 255, size=3)
+    paint = np.zeros((h, w), np.uint8)
+    for i, (cy, cx, r) in enumerate(clutter, 1):
+        _disk(paint, cy, cx, r, i, where=lab == CLUTTER)
+    for i in range(1, len(clutter) + 1):
+        img[paint == i] = rng.integers(30, 255, size=3)
     # cast shadows to the south-east of buildings and trees (label unchanged, image darker)
     shadow = np.zeros((h, w), bool)
     off = max(2, s // 60)

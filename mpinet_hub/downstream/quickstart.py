@@ -1,7 +1,8 @@
 """`mpinet quickstart`: the whole pipeline on the embedded default, in a few minutes on a 2-core CPU.
 
 synthetic Potsdam-format data -> MPINet pretraining (short) -> export (Hub folder) -> load back through timm
--> fine-tune DeepLabV3+ on a few labeled patches (short) -> whole-tile evaluation on the test split.
+-> fine-tune DeepLabV3+ on a few labeled patches (short), from it and from random init -> whole-tile
+evaluation of both on the test split.
 The numbers it prints show that every stage runs; with so few steps they say nothing about the method.
 """
 
@@ -54,6 +55,7 @@ def quickstart(s: QuickstartSettings) -> dict:
 def _run(s: QuickstartSettings) -> dict:
     out = Path(s.out)
     data, pre_run, hub, ft_run = out / "potsdam", out / "pretrain", out / "hub", out / "finetune"
+    random_run = out / "finetune-random"
     times: dict[str, float] = {}
 
     t = _stage(1, f"synthetic Potsdam-format data set ({s.tiles} tiles of {s.size} px) -> {data}")
@@ -84,25 +86,31 @@ def _run(s: QuickstartSettings) -> dict:
     times["load"] = time.perf_counter() - t
 
     t = _stage(5, f"fine-tune DeepLabV3+ on {100 * s.label_fraction:g}% of the labeled patches, "
-                  f"{s.finetune_steps} steps -> {ft_run}")
-    ft = FinetuneConfig(dataset="potsdam", data_root=str(data), encoder=str(hub), decoder="deeplabv3plus",
-                        label_fraction=s.label_fraction, out=str(ft_run), patch=128, crop=128, batch_size=8,
-                        steps=s.finetune_steps, lr=1e-3, seed=s.seed, device=s.device,
-                        save_every=s.finetune_steps)
-    ft.validate()
-    model_dir = Finetuner(ft, resume=(ft_run / "checkpoints" / "last.pt").is_file()).train()
+                  f"{s.finetune_steps} steps, from the MPINet encoder -> {ft_run} and from random init -> {random_run}")
+    runs = {}
+    for name, encoder_spec, run in (("random init", "random", random_run), ("MPINet", str(hub), ft_run)):
+        ft = FinetuneConfig(dataset="potsdam", data_root=str(data), encoder=encoder_spec, decoder="deeplabv3plus",
+                            label_fraction=s.label_fraction, out=str(run), patch=128, crop=128, batch_size=8,
+                            steps=s.finetune_steps, lr=1e-3, seed=s.seed, device=s.device,
+                            save_every=s.finetune_steps)
+        ft.validate()
+        runs[name] = Finetuner(ft, resume=(run / "checkpoints" / "last.pt").is_file()).train()
+    model_dir = runs["MPINet"]
     times["finetune"] = time.perf_counter() - t
-
     t = _stage(6, "evaluate whole test tiles (sliding window) under protocol potsdam-mmseg")
-    metrics = evaluate(model_dir, "potsdam", data, split="test", window=128, overlap=32, batch_size=8,
-                       device=s.device)
+    results = {name: evaluate(path, "potsdam", data, split="test", window=128, overlap=32, batch_size=8,
+                              device=s.device) for name, path in runs.items()}
+    metrics = results["MPINet"]
     times["evaluate"] = time.perf_counter() - t
-
     print("\n" + format_metrics_table(metrics))
+    print("\nSame fine-tuning, two encoders (a smoke test of the comparison, not a measurement of the method):")
+    for name, m in results.items():
+        print(f"  {name:<12} mIoU {m['mIoU']:6.2f}   OA {m['OA']:6.2f}   mF1 {m['mF1']:6.2f}")
     print("\nArtifacts:")
     for label, path in (("data set", data), ("pretraining run (log, loss.png, checkpoints)", pre_run),
                         ("Hub folder (model.safetensors, config.json, README.md)", hub),
                         ("fine-tuning run (labeled_patches.json, loss.png)", ft_run),
+                        ("the same from random init", random_run),
                         ("SMP model (smp.from_pretrained)", model_dir),
                         ("metrics.json, confusion.png, previews/", Path(metrics["out"]))):
         print(f"  {label:<56} {path}")
