@@ -51,7 +51,7 @@ def pretrain(method: str, seed: int, a: argparse.Namespace, data: Path) -> Path:
         None, dataset="folder", data_root=[str(data)], method=method, arch="mpinet_resnet18", patch=a.patch,
         crop=a.crop, batch_size=a.batch, steps=a.pretrain_steps, lr=a.lr, queue_size=a.queue, warmup_epochs=1,
         workers=0, seed=seed, out=str(run), save_every=50, device="cpu")
-    Trainer(cfg, resume=last.is_file()).train()
+    Trainer(cfg, resume=last.is_file(), overwrite=not last.is_file()).train()
     return run
 
 
@@ -73,7 +73,7 @@ def finetune_cell(name: str, spec: str, fraction: float, seed: int, a: argparse.
                          patch=a.label_patch, crop=a.label_patch, batch_size=8, steps=a.finetune_steps, seed=seed,
                          subset_seed=seed, device="cpu", save_every=a.finetune_steps)
     last = out / "checkpoints" / "last.pt"
-    Finetuner(cfg, resume=last.is_file()).train()
+    Finetuner(cfg, resume=last.is_file(), overwrite=not last.is_file()).train()
     return evaluate(out, "folder", str(data), split="test", device="cpu", previews=1)
 
 

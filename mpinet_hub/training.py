@@ -18,7 +18,13 @@ __all__ = [
     "AUTOCAST_DTYPES",
     "EpochBatches",
     "NonFiniteLossError",
+    "RunFolderError",
+    "RunLock",
     "check_finite",
+    "check_finite_state",
+    "claim_run_folder",
+    "last_good_checkpoint_hint",
+    "trim_log",
     "init_distributed",
     "normalisation",
     "plot_losses",
@@ -30,6 +36,96 @@ AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "16": torch.float16}  # --precision -
 
 class NonFiniteLossError(RuntimeError):
     """A loss term became NaN or inf; the last good checkpoint is kept."""
+
+
+class RunFolderError(RuntimeError):
+    """A run folder that belongs to another run or another process."""
+
+
+# What marks a folder as a training run, and all that --overwrite deletes (fine-tuning adds model/ and its subset).
+RUN_FILES = ("checkpoints", "log.jsonl", "loss.png", "config.yaml", "labeled_patches.json", "model")
+
+
+def claim_run_folder(out: Path, resume: bool, overwrite: bool = False) -> None:
+    """Refuse to start a new run over an existing one: `resume` continues it, `overwrite` deletes its run files
+    (`RUN_FILES`, nothing else) first. A folder without them is free."""
+    import shutil
+
+    present = [name for name in RUN_FILES if (out / name).exists()]
+    if resume:
+        if not (out / "checkpoints" / "last.pt").is_file():
+            raise RunFolderError(f"{out}: nothing to resume (no checkpoints/last.pt); drop --resume to start a run")
+        return
+    if not present:
+        return
+    if not overwrite:
+        raise RunFolderError(f"{out} already holds a run ({', '.join(present)}); pass --resume to continue it, "
+                             "--overwrite to start over (deletes those files), or choose another --out")
+    for name in present:
+        path = out / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def trim_log(path: Path, step: int) -> None:
+    """Drop log rows past `step` (written after the checkpoint a run resumes from), so a resumed run's log has
+    each step once."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines()
+    kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+    if len(kept) != len(lines):
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, path)
+
+
+class RunLock:
+    """An exclusive lock on a run folder (OUT/.lock with the holder's pid and host), so a second process writing
+    the same run is refused with the holder named. A lock whose process is gone (killed) is taken over.
+    Released on `release()` or when the object's context ends."""
+
+    def __init__(self, out: Path) -> None:
+        import socket
+
+        self.path = out / ".lock"
+        out.mkdir(parents=True, exist_ok=True)
+        me = f"{os.getpid()} {socket.gethostname()}"
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                pid, _, host = self.path.read_text().partition(" ")
+                if host.strip() == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
+                    self.path.unlink(missing_ok=True)  # stale: its process is gone
+                    continue
+                raise RunFolderError(f"{out} is in use by process {pid} on {host.strip() or '?'} ({self.path}); "
+                                     "wait for it, or delete the lock if that process is gone") from None
+            with os.fdopen(fd, "w") as f:
+                f.write(me)
+            self.held = True
+            return
+        raise RunFolderError(f"{self.path}: could not take the lock")
+
+    def release(self) -> None:
+        if getattr(self, "held", False):
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class EpochBatches:
@@ -81,12 +177,29 @@ def normalisation(mean: list[float] | None, std: list[float] | None, in_chans: i
 
 
 def check_finite(terms: dict[str, torch.Tensor], step: int, last_checkpoint: Path) -> None:
-    """Raise NonFiniteLossError naming the step and the first non-finite term."""
+    """Raise NonFiniteLossError naming the step and the first non-finite term, and what there is to go back to."""
     for name, value in terms.items():
         if not torch.isfinite(value):
             raise NonFiniteLossError(
-                f"step {step}: loss term '{name}' is {float(value.detach())}; stopped without saving. The last good "
-                f"checkpoint is {last_checkpoint} (resume with --resume, perhaps with a lower --lr or --precision 32)")
+                f"step {step}: loss term '{name}' is {float(value.detach())}; stopped without saving. "
+                + last_good_checkpoint_hint(last_checkpoint))
+
+
+def check_finite_state(state: dict[str, torch.Tensor], step: int, last_checkpoint: Path) -> None:
+    """Refuse to checkpoint non-finite parameters or buffers (e.g. inf BatchNorm variances after a huge lr)."""
+    bad = [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise NonFiniteLossError(f"step {step}: {len(bad)} parameter/buffer tensor(s) are not finite "
+                                 f"({', '.join(bad[:3])}); nothing was saved. "
+                                 + last_good_checkpoint_hint(last_checkpoint))
+
+
+def last_good_checkpoint_hint(last_checkpoint: Path) -> str:
+    """What a stopped run can go back to, or that there is nothing."""
+    if last_checkpoint.is_file():
+        return (f"The last good checkpoint is {last_checkpoint} (resume with --resume, perhaps with a lower --lr "
+                "or --precision 32)")
+    return "No checkpoint was written before this step, so there is none to go back to; start again with a lower --lr."
 
 
 def plot_losses(log_path: Path, png_path: Path, keys: tuple[str, ...] = ("total", "ins", "pix", "ffl")) -> None:

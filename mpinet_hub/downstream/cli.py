@@ -27,6 +27,8 @@ def _finetune_options(p: argparse.ArgumentParser, with_encoder: bool = True) -> 
         p.add_argument("--label-fraction", type=float, help="fraction of labeled training patches, e.g. 0.01")
         p.add_argument("--out", help="run folder")
         p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
+        p.add_argument("--overwrite", action="store_true", help="start over in an OUT that holds a run (deletes the run's "
+                       "own files: checkpoints/, log.jsonl, loss.png, config.yaml, labeled_patches.json, model/)")
     p.add_argument("--decoder", choices=list(DECODERS), help="SMP decoder (default deeplabv3plus)")
     p.add_argument("--arch", choices=list(MPINET_ARCHS), help="architecture of random/imagenet encoders")
     p.add_argument("--bands", help="Potsdam bands: RGB (default), IRRG, RGBIR, optionally +DSM")
@@ -75,7 +77,7 @@ def run_finetune(args: argparse.Namespace) -> int:
     from .finetune import Finetuner
 
     cfg = _finetune_config(args)
-    tuner = Finetuner(cfg, resume=args.resume)
+    tuner = Finetuner(cfg, resume=args.resume, overwrite=args.overwrite)
     if tuner.is_main:
         print(f"{len(tuner.subset)} of {len(tuner.dataset)} labeled patches ({100 * cfg.label_fraction:g}%), "
               f"encoder {cfg.encoder}, decoder {cfg.decoder}, device {tuner.device}, {tuner.world} process(es)")

@@ -50,7 +50,7 @@ def pretrain_encoder(method: str, settings: dict[str, Any], out: Path) -> str:
     cfg = PretrainConfig.from_sources(settings.get("config"), **{**settings, "config": None, "method": method,
                                                                  "out": str(out)})
     last = out / "checkpoints" / "last.pt"
-    Trainer(cfg, resume=last.is_file()).train()
+    Trainer(cfg, resume=last.is_file(), overwrite=not last.is_file()).train()  # the cell is compare's own
     export_weights(last, hub, cfg.arch, cfg.dataset if cfg.dataset in MPINET_TAGS else "potsdam", overwrite=True)
     return str(hub)
 
@@ -97,7 +97,7 @@ def compare(
                 cfg = replace(base, encoder=spec, label_fraction=fraction, out=str(run))
                 cfg.validate()
                 resume = (run / "checkpoints" / "last.pt").is_file()
-                model_dir = Finetuner(cfg, resume=resume).train()
+                model_dir = Finetuner(cfg, resume=resume, overwrite=not resume).train()
                 metrics = evaluate(model_dir, cfg.dataset, cfg.data_root, split=split, out=run / f"eval-{split}",
                                    bands=cfg.bands, device=cfg.device, **(eval_kwargs or {}))
             results.setdefault(name, {})[fraction] = metrics

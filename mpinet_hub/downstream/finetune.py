@@ -35,11 +35,15 @@ from ..models import MPINET_ARCHS
 from ..training import (
     AUTOCAST_DTYPES,
     EpochBatches,
+    RunLock,
     check_finite,
+    check_finite_state,
+    claim_run_folder,
     init_distributed,
     normalisation,
     plot_losses,
     resolve_device,
+    trim_log,
 )
 from .model import (
     DECODERS,
@@ -167,11 +171,13 @@ class _StepBatches(Dataset):
 class Finetuner:
     """Builds the SMP model around the encoder SPEC and trains it on the labeled subset; resumable."""
 
-    def __init__(self, cfg: FinetuneConfig, resume: bool = False) -> None:
+    def __init__(self, cfg: FinetuneConfig, resume: bool = False, overwrite: bool = False) -> None:
         self.cfg = cfg
         self.out = Path(cfg.out)
         self.rank, self.world = init_distributed(cfg.device)
         self.is_main = self.rank == 0
+        if self.is_main:
+            claim_run_folder(self.out, resume, overwrite)
         self.device = resolve_device(cfg.device)
         self.dataset = open_dataset(cfg.dataset, cfg.data_root, "train", bands=cfg.bands, patch_size=cfg.patch)
         if not self.dataset.has_labels:
@@ -252,12 +258,21 @@ class Finetuner:
 
         Under torchrun every process trains on its shard of each step's batches; only rank 0 writes.
         """
+        lock = RunLock(self.out) if self.is_main else None
+        try:
+            return self._train()
+        finally:
+            if lock:
+                lock.release()
+
+    def _train(self) -> Path:
         cfg = self.cfg
         last_ckpt = self.out / "checkpoints" / "last.pt"
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
             self.write_subset()
+            trim_log(self.out / "log.jsonl", self.step)
         loader = DataLoader(_StepBatches(self.dataset, self.subset, self.batches, cfg.crop,
                                          cfg.seed * self.world + self.rank, self.step, cfg.steps),
                             batch_size=None, num_workers=cfg.workers, pin_memory=self.device.type == "cuda")
@@ -296,6 +311,7 @@ class Finetuner:
             bar.set_postfix({"ce": f"{ce:.3f}", "img/s": f"{rate:.1f}"})
             bar.update(1)
             if self.is_main and (self.step % cfg.save_every == 0 or self.step == cfg.steps):
+                check_finite_state(self.model.state_dict(), self.step, last_ckpt)
                 atomic_save(self.state(), last_ckpt)
                 plot_losses(self.out / "log.jsonl", self.out / "loss.png", keys=("ce",))
         bar.close()

@@ -68,7 +68,7 @@ def _run(s: QuickstartSettings) -> dict:
                                       steps=s.pretrain_steps, queue_size=256, workers=0, out=str(pre_run),
                                       save_every=s.pretrain_steps, seed=s.seed, device=s.device, warmup_epochs=0)
     last = pre_run / "checkpoints" / "last.pt"
-    Trainer(cfg, resume=last.is_file()).train()
+    Trainer(cfg, resume=last.is_file(), overwrite=not last.is_file()).train()
     times["pretrain"] = time.perf_counter() - t
 
     t = _stage(3, f"export the backbone as a Hub folder -> {hub}")
@@ -94,7 +94,8 @@ def _run(s: QuickstartSettings) -> dict:
                             steps=s.finetune_steps, lr=1e-3, seed=s.seed, device=s.device,
                             save_every=s.finetune_steps)
         ft.validate()
-        runs[name] = Finetuner(ft, resume=(run / "checkpoints" / "last.pt").is_file()).train()
+        resume = (run / "checkpoints" / "last.pt").is_file()
+        runs[name] = Finetuner(ft, resume=resume, overwrite=not resume).train()
     model_dir = runs["MPINet"]
     times["finetune"] = time.perf_counter() - t
     t = _stage(6, "evaluate whole test tiles (sliding window) under protocol potsdam-mmseg")

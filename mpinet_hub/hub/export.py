@@ -8,6 +8,7 @@ tag's card with the weights' sha256.
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -46,6 +47,26 @@ def file_sha256(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+EXPORT_FILES = frozenset({WEIGHTS_NAME, "config.json", "README.md"})
+
+
+def refuse_to_replace(out_dir: Path, src: Path) -> None:
+    """`--overwrite` replaces an earlier export only: a folder of exactly an export's files whose config.json
+    carries our `mpinet` record, and never one that holds the source. Anything else may be the user's files."""
+    if src.resolve().is_relative_to(out_dir.resolve()):
+        raise ExportError(f"{out_dir} holds the source {src}; --overwrite would delete it. Export to another folder.")
+    names = {p.name for p in out_dir.iterdir()}
+    foreign = sorted(names - EXPORT_FILES)
+    try:
+        ours = "mpinet" in json.loads((out_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        ours = False
+    if foreign or not ours:
+        listed = ", ".join(foreign[:5]) or "no mpinet config.json"
+        raise ExportError(f"{out_dir} is not an earlier export ({listed}); --overwrite only replaces a folder that "
+                          "`mpinet export` wrote. Choose a new folder, or empty this one yourself.")
 
 
 def load_source_weights(src: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -100,8 +121,10 @@ def export_weights(
     if tag not in MPINET_TAGS:
         raise ExportError(f"Unknown --tag {tag!r}; choose one of {', '.join(MPINET_TAGS)}")
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise ExportError(f"{out_dir} exists and is not empty; pass --overwrite to replace it")
+    if out_dir.exists() and any(out_dir.iterdir()):
+        if not overwrite:
+            raise ExportError(f"{out_dir} exists and is not empty; pass --overwrite to replace it")
+        refuse_to_replace(out_dir, Path(src))
 
     state, meta = load_source_weights(src)
     if meta.get("arch") and meta["arch"] != arch:

@@ -28,6 +28,9 @@ def add_pretrain_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="run folder (config.yaml, log.jsonl, loss.png, checkpoints/)")
     p.add_argument("--save-every", type=int, help="steps between checkpoints")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over in an OUT that holds a run (deletes the run's own files: checkpoints/, log.jsonl, "
+                   "loss.png, config.yaml; nothing else)")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="auto, cpu, cuda")
     p.add_argument("--precision", choices=["32", "bf16", "16"])
@@ -45,7 +48,7 @@ def run_pretrain(args: argparse.Namespace) -> int:
         save_every=args.save_every, seed=args.seed, device=args.device, precision=args.precision,
         compile=args.compile, mean=args.mean, std=args.std,
     )
-    trainer = Trainer(cfg, resume=args.resume)
+    trainer = Trainer(cfg, resume=args.resume, overwrite=args.overwrite)
     last = trainer.train()
     if trainer.is_main:
         print(f"done: {trainer.step} steps, last losses {', '.join(f'{k}={v:.4f}' for k, v in last.items())}")

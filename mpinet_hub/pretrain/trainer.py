@@ -27,11 +27,16 @@ from ..training import (
     AUTOCAST_DTYPES,
     EpochBatches,
     NonFiniteLossError,
+    RunLock,
     check_finite,
+    check_finite_state,
+    claim_run_folder,
     init_distributed,
+    last_good_checkpoint_hint,
     normalisation,
     plot_losses,
     resolve_device,
+    trim_log,
 )
 from .config import PretrainConfig
 from .method import MPINetModel
@@ -59,19 +64,30 @@ class _StepDataset(Dataset):
     def __len__(self) -> int:
         return self.last - self.first
 
-    def __getitem__(self, i: int) -> torch.Tensor:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, list[tuple[str, tuple[int, int, int, int]]]]:
+        """(images, [(file, (row, col, height, width)), ...]): where each image came from, for error messages."""
         step = self.first + i
         self.images.set_epoch(step // self.batches.per_epoch)
-        return torch.stack([self.images[j]["image"] for j in self.batches.indices(step)])
+        items = [self.images[j] for j in self.batches.indices(step)]
+        return torch.stack([it["image"] for it in items]), [(it["meta"]["file"], it["meta"]["window"]) for it in items]
+
+
+# Settings a run may change on --resume: where it runs and how often it writes (and how long it goes on).
+_RESUMABLE = {"out", "workers", "device", "save_every", "log_every", "steps", "epochs", "compile", "data_root"}
 
 
 class Trainer:
-    def __init__(self, cfg: PretrainConfig, resume: bool = False) -> None:
+    """`resume` continues OUT's run (refused if a setting other than `_RESUMABLE` changed); `overwrite` starts
+    over in a folder that holds a run. Without either, an existing run in OUT is refused."""
+
+    def __init__(self, cfg: PretrainConfig, resume: bool = False, overwrite: bool = False) -> None:
         self.cfg = cfg
         self.out = Path(cfg.out)
         self.rank, self.world = init_distributed(cfg.device)
         self.device = resolve_device(cfg.device)
         self.is_main = self.rank == 0
+        if self.is_main:
+            claim_run_folder(self.out, resume, overwrite)
         self.images = build_pretraining_dataset(cfg)
         self.in_chans = self.images.num_bands
         mean, std = normalisation(cfg.mean, cfg.std, self.in_chans, default=(RGB_MEAN, RGB_STD))
@@ -146,7 +162,9 @@ class Trainer:
     def save(self, name: str = "last.pt") -> Path | None:
         if not self.is_main:
             return None
-        return atomic_save(self.state(), self.out / "checkpoints" / name)
+        state = self.state()
+        check_finite_state({**state["model"], **state["target"]}, self.step, self.out / "checkpoints" / "last.pt")
+        return atomic_save(state, self.out / "checkpoints" / name)
 
     def _resume(self) -> None:
         path = self.out / "checkpoints" / "last.pt"
@@ -154,6 +172,12 @@ class Trainer:
         if ckpt.get("arch") != self.cfg.arch or ckpt.get("method") != self.cfg.method:
             raise ValueError(f"{path} is a {ckpt.get('method')}/{ckpt.get('arch')} run, not "
                              f"{self.cfg.method}/{self.cfg.arch}")
+        saved, now = ckpt.get("config", {}), self.cfg.to_dict()
+        changed = sorted(k for k in now if k not in _RESUMABLE and k in saved and saved[k] != now[k])
+        if changed:
+            listing = ", ".join(f"{k} {saved[k]!r} -> {now[k]!r}" for k in changed)
+            raise ValueError(f"{path} was trained with other settings ({listing}); resume with the run's own settings "
+                             "(its config.yaml) or start a new --out")
         self.model.online.load_state_dict(ckpt["model"])
         self.model.target.load_state_dict(ckpt["target"])
         for k, v in ckpt["buffers"].items():
@@ -178,20 +202,39 @@ class Trainer:
         return views
 
     def train(self) -> dict[str, float]:
+        """Train to the configured step count; holds OUT's lock while it writes there."""
         cfg = self.cfg
-        if self.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        loader = DataLoader(_StepDataset(self.images, self.batches, self.step, self.total_steps), batch_size=None,
-                            shuffle=False, num_workers=cfg.workers, persistent_workers=False,
-                            pin_memory=self.device.type == "cuda")
-        log = (self.out / "log.jsonl").open("a") if self.is_main else None
-        bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.is_main, unit="step",
-                   desc=f"pretrain {cfg.method}")
+        lock = RunLock(self.out) if self.is_main else None
+        log = None
+        try:
+            if self.is_main:
+                (self.out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+                trim_log(self.out / "log.jsonl", self.step)
+                log = (self.out / "log.jsonl").open("a")
+            loader = DataLoader(_StepDataset(self.images, self.batches, self.step, self.total_steps),
+                                batch_size=None, shuffle=False, num_workers=cfg.workers, persistent_workers=False,
+                                pin_memory=self.device.type == "cuda")
+            with tqdm(total=self.total_steps, initial=self.step, disable=not self.is_main, unit="step",
+                      desc=f"pretrain {cfg.method}") as bar:
+                return self._loop(loader, log, bar)
+        finally:
+            if log:
+                log.close()
+            if lock:
+                lock.release()
+
+    def _loop(self, loader: DataLoader, log, bar) -> dict[str, float]:
+        cfg = self.cfg
         autocast_dtype = AUTOCAST_DTYPES.get(cfg.precision)
         last: dict[str, float] = {}
         tick = time.perf_counter()
-        for images in loader:
+        for images, sources in loader:
+            if not torch.isfinite(images).all():
+                bad = [f"{f} window (row, col, h, w) {w}" for (f, w), x in zip(sources, images)
+                       if not torch.isfinite(x).all()]
+                raise NonFiniteLossError(f"step {self.step}: the input batch holds NaN/inf pixels, from "
+                                         f"{'; '.join(bad[:5])}. Fix or mask those files (nodata as a number), then "
+                                         "resume. " + last_good_checkpoint_hint(self.out / "checkpoints" / "last.pt"))
             images = images.to(self.device, non_blocking=True)
             views = self._views(images)
             with torch.autocast(self.device.type, dtype=autocast_dtype or torch.float32,
@@ -225,9 +268,6 @@ class Trainer:
                     self.save(f"step_{self.step:07d}.pt")
                 if self.is_main:
                     plot_losses(self.out / "log.jsonl", self.out / "loss.png")
-        bar.close()
-        if log:
-            log.close()
         return last
 
 

@@ -1,0 +1,156 @@
+"""Faults a careful user meets, through the CLI: every case asserts the exit code, the message, and that the
+files that were there before are byte-identical afterwards (docs/reliability.md lists them all)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mpinet_hub.cli import main
+from mpinet_hub.data.synth import synth_dataset
+from mpinet_hub.hub import export_weights
+
+
+def _snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("faults-data")
+    synth_dataset("potsdam", root, tiles=3, size=128, seed=2)
+    return root
+
+
+def _pretrain(data, out, *extra):
+    return main(["pretrain", "--dataset", "potsdam", "--data-root", str(data), "--arch", "mpinet_resnet18",
+                 "--method", "mocov2", "--patch", "96", "--crop", "64", "--batch-size", "4", "--queue-size", "16",
+                 "--workers", "0", "--device", "cpu", "--out", str(out), *extra])
+
+
+@pytest.fixture(scope="module")
+def run(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("faults-run") / "run"
+    assert _pretrain(data, out, "--steps", "3", "--save-every", "2") == 0
+    return out
+
+
+def test_pretrain_refuses_an_existing_run_without_resume(data, run, tmp_path, capsys):
+    work = tmp_path / "run"
+    os.system(f"cp -r {run} {work}")
+    before = _snapshot(work)
+    assert _pretrain(data, work, "--steps", "1") == 1
+    err = capsys.readouterr().err
+    assert "already holds a run" in err and "--resume" in err and "Traceback" not in err
+    assert _snapshot(work) == before
+    assert _pretrain(data, work, "--steps", "1", "--overwrite") == 0  # explicit: starts over
+    assert json.loads((work / "log.jsonl").read_text().splitlines()[0])["step"] == 1
+    assert len((work / "log.jsonl").read_text().splitlines()) == 1
+
+
+def test_resume_refuses_changed_settings_naming_them(data, run, tmp_path, capsys):
+    work = tmp_path / "run"
+    os.system(f"cp -r {run} {work}")
+    before = _snapshot(work)
+    for flag, value, field in (("--lr", "0.5", "lr"), ("--queue-size", "32", "queue_size"),
+                               ("--batch-size", "2", "batch_size"), ("--seed", "7", "seed")):
+        assert _pretrain(data, work, "--steps", "4", "--resume", flag, value) == 1
+        err = capsys.readouterr().err
+        assert f"{field} " in err and "other settings" in err and "Traceback" not in err, err
+    assert _snapshot(work) == before
+
+
+def test_resume_log_has_each_step_once(data, run, tmp_path):
+    work = tmp_path / "run"
+    os.system(f"cp -r {run} {work}")
+    # a crash after step 3's log row but with the checkpoint at step 2: the resumed run rewrites step 3
+    ckpt = torch.load(work / "checkpoints" / "step_0000002.pt", weights_only=True)
+    torch.save(ckpt, work / "checkpoints" / "last.pt")
+    assert _pretrain(data, work, "--steps", "4", "--save-every", "2", "--resume") == 0
+    steps = [json.loads(line)["step"] for line in (work / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+
+
+def test_second_writer_is_refused_and_a_stale_lock_is_taken_over(data, run, tmp_path, capsys):
+    import socket
+
+    work = tmp_path / "run"
+    os.system(f"cp -r {run} {work}")
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (work / ".lock").write_text(f"{holder.pid} {socket.gethostname()}")
+        before = _snapshot(work)
+        assert _pretrain(data, work, "--steps", "4", "--resume") == 1
+        err = capsys.readouterr().err
+        assert f"in use by process {holder.pid}" in err
+        assert _snapshot(work) == before
+    finally:
+        holder.kill()
+        holder.wait()
+    assert _pretrain(data, work, "--steps", "4", "--resume") == 0  # the holder is gone: its lock is stale
+    assert not (work / ".lock").exists()
+
+
+def test_nan_imagery_names_the_file_and_says_there_is_no_checkpoint(tmp_path, capsys):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    import rasterio
+    from rasterio.transform import from_origin
+
+    bad = np.random.default_rng(0).random((3, 96, 96)).astype(np.float32)
+    bad[:, 10:20, 10:20] = np.nan
+    with rasterio.open(folder / "nan.tif", "w", driver="GTiff", width=96, height=96, count=3, dtype="float32",
+                       crs="EPSG:32633", transform=from_origin(0, 0, 1, 1)) as dst:
+        dst.write(bad)
+    out = tmp_path / "run"
+    code = main(["pretrain", "--dataset", "folder", "--data-root", str(folder), "--arch", "mpinet_resnet18",
+                 "--method", "mocov2", "--patch", "96", "--crop", "64", "--batch-size", "2", "--queue-size", "8",
+                 "--steps", "2", "--workers", "0", "--device", "cpu", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 1 and "NaN/inf pixels" in err and "nan.tif" in err and "none to go back to" in err
+    assert not (out / "checkpoints").exists()
+
+
+def test_non_finite_weights_are_never_checkpointed(data, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = _pretrain(data, out, "--steps", "3", "--save-every", "1", "--lr", "1e12")
+    err = capsys.readouterr().err
+    assert code == 1 and ("not finite" in err or "loss term" in err), err
+    if (out / "checkpoints" / "last.pt").is_file():
+        ckpt = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+        assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+def test_export_overwrite_never_deletes_what_it_did_not_write(run, tmp_path, capsys):
+    src = run / "checkpoints" / "last.pt"
+    mine = tmp_path / "my-files"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    before = _snapshot(mine)
+    assert main(["export", str(src), str(mine), "--arch", "mpinet_resnet18", "--tag", "potsdam",
+                 "--overwrite"]) == 1
+    assert "not an earlier export" in capsys.readouterr().err and _snapshot(mine) == before
+    run_before = _snapshot(run)
+    assert main(["export", str(src), str(run), "--arch", "mpinet_resnet18", "--tag", "potsdam",
+                 "--overwrite"]) == 1
+    assert "holds the source" in capsys.readouterr().err and _snapshot(run) == run_before
+    hub = tmp_path / "hub"
+    export_weights(src, hub, "mpinet_resnet18", "potsdam")
+    assert main(["export", str(src), str(hub), "--arch", "mpinet_resnet18", "--tag", "potsdam",
+                 "--overwrite"]) == 0  # an earlier export is replaced
+    assert (hub / "model.safetensors").is_file()
+
+
+def test_finetune_refuses_an_existing_run_and_a_second_writer(data, tmp_path, capsys):
+    common = ["finetune", "--dataset", "potsdam", "--data-root", str(data), "--patch", "64", "--crop", "64",
+              "--batch-size", "2", "--steps", "1", "--device", "cpu", "--out", str(tmp_path / "ft")]
+    assert main(common) == 0
+    before = _snapshot(tmp_path / "ft")
+    assert main(common) == 1
+    assert "already holds a run" in capsys.readouterr().err and _snapshot(tmp_path / "ft") == before
+    assert main([*common, "--overwrite", "--label-fraction", "0.5"]) == 0
