@@ -92,6 +92,36 @@ def instance_diagnostics(run: Path) -> dict:
             "key_effective_rank": float(torch.exp(-(p * p.clamp_min(1e-12).log()).sum()))}
 
 
+@torch.no_grad()
+def instance_retrieval(run: Path | None, data: Path, windows: int = 256, seed: int = 123) -> float:
+    """Top-1 accuracy of finding each window's second view among `windows` keys from its first view, with the
+    run's final online network (query) and target (keys): chance is 1/windows. `run=None`: random weights.
+    The same windows and views for every run."""
+    from mpinet_hub.data import UnlabeledImages
+    from mpinet_hub.models import RGB_MEAN, RGB_STD
+    from mpinet_hub.pretrain.method import MPINetModel
+    from mpinet_hub.pretrain.views import make_two_views
+
+    if run is None:
+        cfg = PretrainConfig.from_sources(None, method="mocov2", arch="mpinet_resnet18", crop=64, queue_size=256)
+        torch.manual_seed(seed)
+        model = MPINetModel(cfg, 3)
+    else:
+        ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
+        cfg = PretrainConfig.from_sources(None, **{k: v for k, v in ckpt["config"].items() if k != "w_ffl_calibrated"})
+        model = MPINetModel(cfg, 3)
+        model.online.load_state_dict(ckpt["model"])
+        model.target.load_state_dict(ckpt["target"])
+    model.eval()
+    images = UnlabeledImages(data / "train" / "images", patch_size=96, seed=seed)
+    batch = torch.stack([images[i]["image"] for i in range(windows)])
+    views = make_two_views(batch, cfg.crop, generator=torch.Generator().manual_seed(seed))
+    mean, std = torch.tensor(RGB_MEAN).view(1, 3, 1, 1), torch.tensor(RGB_STD).view(1, 3, 1, 1)
+    q = model.online((views.view1 - mean) / std, views.overlap1)["instance"]
+    k = model.target((views.view2 - mean) / std, views.overlap2, predict=False)["instance"]
+    return float(((q @ k.t()).argmax(1) == torch.arange(windows)).float().mean())
+
+
 def _mean_std(values: list[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.3f}"
@@ -121,14 +151,16 @@ def report(results: dict, a: argparse.Namespace, seconds: float) -> None:
     for name, cells in results["finetune"].items():
         lines.append(f"| {name} | {_mean_std([c['per_class'][TREE]['IoU'] / 100 for c in cells])} | "
                      f"{_mean_std([c['mIoU'] / 100 for c in cells])} |")
-    lines += ["", "## Did the instance branch learn? (`ins` against ln(K+1), keys of the last queue)", "",
-              "| run | ln(K+1) | ins, last 10% of steps | ins, lowest | key mean cosine | key effective rank |",
-              "|---|---|---|---|---|---|"]
+    lines += ["", "## Did the instance branch learn? (`ins` against ln(K+1), keys of the last queue, retrieval)", "",
+              "| run | ln(K+1) | ins, last 10% of steps | ins, lowest | key mean cosine | key effective rank | "
+              "view retrieval top-1 (random weights: " + f"{results['retrieval_random']:.3f}; chance 1/256) |",
+              "|---|---|---|---|---|---|---|"]
     for run, d in results["instance"].items():
         lines.append(f"| {run} | {d['chance']:.2f} | {d['ins_last10pct']:.2f} | {d['ins_min']:.2f} | "
-                     f"{d['key_mean_cosine']:.2f} | {d['key_effective_rank']:.1f} |")
+                     f"{d['key_mean_cosine']:.2f} | {d['key_effective_rank']:.1f} | {d['retrieval']:.3f} |")
     lines += ["", "![tree IoU vs label fraction](evidence.png)", ""]
-    (REPO / "docs" / "evidence.md").write_text("\n".join(lines) + "\n" + (a.notes.read_text() if a.notes else ""))
+    notes = a.notes or Path(__file__).with_name("evidence_notes.md")
+    (REPO / "docs" / "evidence.md").write_text("\n".join(lines) + "\n" + (notes.read_text() if notes.is_file() else ""))
     _plot(results, fractions)
 
 
@@ -174,7 +206,8 @@ def main() -> None:
     p.add_argument("--label-patch", type=int, default=96, help="labeled patch px (default: %(default)s)")
     p.add_argument("--no-finetune", action="store_true", help="probe only")
     p.add_argument("--report-only", action="store_true", help="only rebuild the report from finished cells")
-    p.add_argument("--notes", type=Path, help="markdown appended to docs/evidence.md (the reading of the table)")
+    p.add_argument("--notes", type=Path, help="markdown appended to docs/evidence.md (default: bench/evidence_notes.md, "
+                   "the reading of the tables)")
     p.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "mpinet-hub" / "realdata",
                    help="where the deepforest wheel is kept (default: %(default)s)")
     a = p.parse_args()
@@ -183,7 +216,8 @@ def main() -> None:
     data = a.work / "data"
     if not (data / "classes.yaml").is_file():
         print("labeled folder:", write_labeled_folder(fetch_wheel(a.cache), data))
-    results: dict = {"probe": {}, "finetune": {}, "instance": {}}
+    results: dict = {"probe": {}, "finetune": {}, "instance": {},
+                     "retrieval_random": instance_retrieval(None, data)}
     encoders: dict[str, list[str]] = {"random": ["random"] * len(a.seeds), "random-bn": ["random-bn"] * len(a.seeds)}
     for method in a.methods:
         encoders[method] = []
@@ -192,7 +226,8 @@ def main() -> None:
             if not a.report_only:
                 pretrain(method, seed, a, data)
             encoders[method].append(str(run))
-            results["instance"][f"{method}-s{seed}"] = instance_diagnostics(run)
+            results["instance"][f"{method}-s{seed}"] = instance_diagnostics(run) | {
+                "retrieval": instance_retrieval(run, data)}
     for name, specs in encoders.items():
         results["probe"][name] = {}
         for fraction in a.fractions:
