@@ -206,8 +206,8 @@ def main() -> None:
     p.add_argument("--label-patch", type=int, default=96, help="labeled patch px (default: %(default)s)")
     p.add_argument("--no-finetune", action="store_true", help="probe only")
     p.add_argument("--report-only", action="store_true", help="only rebuild the report from finished cells")
-    p.add_argument("--notes", type=Path, help="markdown appended to docs/evidence.md (default: bench/evidence_notes.md, "
-                   "the reading of the tables)")
+    p.add_argument("--notes", type=Path,
+                   help="markdown appended to docs/evidence.md (default: bench/evidence_notes.md, the reading)")
     p.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "mpinet-hub" / "realdata",
                    help="where the deepforest wheel is kept (default: %(default)s)")
     a = p.parse_args()

@@ -27,8 +27,9 @@ def _finetune_options(p: argparse.ArgumentParser, with_encoder: bool = True) -> 
         p.add_argument("--label-fraction", type=float, help="fraction of labeled training patches, e.g. 0.01")
         p.add_argument("--out", help="run folder")
         p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
-        p.add_argument("--overwrite", action="store_true", help="start over in an OUT that holds a run (deletes the run's "
-                       "own files: checkpoints/, log.jsonl, loss.png, config.yaml, labeled_patches.json, model/)")
+        p.add_argument("--overwrite", action="store_true",
+                       help="start over in an OUT that holds a run (deletes the run's own files: checkpoints/, "
+                       "log.jsonl, loss.png, config.yaml, labeled_patches.json, model/)")
     p.add_argument("--decoder", choices=list(DECODERS), help="SMP decoder (default deeplabv3plus)")
     p.add_argument("--arch", choices=list(MPINET_ARCHS), help="architecture of random/imagenet encoders")
     p.add_argument("--bands", help="Potsdam bands: RGB (default), IRRG, RGBIR, optionally +DSM")
