@@ -44,29 +44,15 @@ def _protocol_for(dataset: str, protocol: str | None) -> str:
     return protocol
 
 
-def evaluate(
-    model_path: str | Path,
-    dataset: str,
-    data_root: str | Path,
-    split: str = "test",
-    protocol: str | None = None,
-    out: str | Path | None = None,
-    window: int = 512,
-    overlap: int | None = None,
-    batch_size: int | None = None,
-    previews: int = 3,
-    device: str = "auto",
-    precision: str = "32",
-    bands: str | None = None,
-    f1_from_precision_recall: bool = False,
-) -> dict[str, Any]:
-    """Sliding-window predictions over every scene of `split`, scored by `protocol` (default: the data set's)."""
+def evaluate(model_path: str | Path, dataset: str, data_root: str | Path, split: str = "test",
+             out: str | Path | None = None, **options: Any) -> dict[str, Any]:
+    """Sliding-window predictions of a fine-tuned model folder over every scene of `split`, scored by the data
+    set's protocol; `options` are `evaluate_model`'s (protocol, window, overlap, batch_size, previews, device,
+    precision, bands, f1_from_precision_recall). Results go to `out` (default RUN/eval-SPLIT)."""
     model, info = load_segmentation_model(model_path)
     model_dir = Path(info.provenance["model_dir"])
     out = Path(out) if out else model_dir.parent / f"eval-{split}"
-    return evaluate_model(model, info, dataset, data_root, out, split=split, protocol=protocol, window=window,
-                          overlap=overlap, batch_size=batch_size, previews=previews, device=device,
-                          precision=precision, bands=bands, f1_from_precision_recall=f1_from_precision_recall)
+    return evaluate_model(model, info, dataset, data_root, out, split=split, **options)
 
 
 def evaluate_model(
