@@ -369,7 +369,8 @@ def test_finetune_and_evaluate_loveda_and_uavid(tmp_path, name, protocol, classe
     model_dir = tuner.train()
     with pytest.raises(ValueError, match="no labels to evaluate against; use --split train, val"):
         evaluate(model_dir, name, root, split="test", out=tmp_path / "eval-test")
-    result = evaluate(model_dir, name, root, split="val", out=tmp_path / "eval", window=64, previews=0)
+    result = evaluate(model_dir, name, root, out=tmp_path / "eval", window=64, previews=0)  # default: val
+    assert result["split"] == "val"
     assert result["protocol"] == protocol and len(result["class_names"]) == classes
     val = open_dataset(name, root, "val")
     assert result["pixels_evaluated"] + result["ignored_pixels"] == sum(s.height * s.width for s in val.scenes)

@@ -21,6 +21,14 @@ DATASETS = {"potsdam": Potsdam, "loveda": LoveDA, "uavid": UAVid, "folder": Labe
 DEFAULT_PROTOCOL = {"potsdam": "potsdam-mmseg", "loveda": "loveda", "uavid": "uavid", "folder": "folder"}
 
 
+def evaluation_split(name: str, root: str | Path) -> str:
+    """The split a data set is evaluated on by default: test where it has labels, else val (LoveDA and UAVid
+    publish no test labels; a labeled folder may or may not have test masks)."""
+    if name == "folder":
+        return "test" if (Path(root) / "test" / "masks").is_dir() else "val"
+    return "test" if "test" in DATASETS[name].labeled_splits else "val"
+
+
 def open_dataset(
     name: str, root: str | Path, split: str, bands: str | None = None, **kwargs: Any
 ) -> SegmentationDataset:
@@ -50,6 +58,7 @@ __all__ = [
     "decode_colour_label",
     "decode_value_label",
     "encode_colour_label",
+    "evaluation_split",
     "grid_windows",
     "open_dataset",
     "pretraining_images",

@@ -139,7 +139,8 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="a fine-tuning run folder (or its model/ folder, or any SMP save_pretrained folder)")
     p.add_argument("--dataset", required=True, choices=list(DATASETS))
     p.add_argument("--data-root", required=True)
-    p.add_argument("--split", default="test", help="potsdam: test; loveda, uavid: val (their test has no labels)")
+    p.add_argument("--split", help="default: test where it has labels (potsdam, folders with test/masks), else val "
+                   "(loveda, uavid: their test has no labels)")
     p.add_argument("--protocol", choices=list(PROTOCOLS), help="default: the data set's (potsdam-mmseg, loveda, uavid)")
     p.add_argument("--bands", help="Potsdam bands (default: those the model was trained on)")
     p.add_argument("--out", help="results folder (default RUN/eval-SPLIT)")
@@ -210,7 +211,7 @@ def add_compare_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pretrain-batch-size", type=int)
     p.add_argument("--pretrain-crop", type=int)
     p.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.05, 0.1, 1.0])
-    p.add_argument("--split", default="test")
+    p.add_argument("--split", help="evaluation split (default: test where it has labels, else val)")
     p.add_argument("--protocol", choices=["finetune", "probe", "both"], default="finetune",
                    help="fine-tune each cell, linear-probe it with the backbone frozen (results_probe.*), or both")
     p.add_argument("--probe-steps", type=int, default=300, help="optimiser steps of each probe head")

@@ -14,6 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from ..data import evaluation_split
 from ..hub.export import export_weights
 from ..models import MPINET_TAGS
 from ..pretrain.config import PretrainConfig
@@ -60,7 +61,7 @@ def compare(
     encoders: dict[str, str],
     fractions: list[float],
     out: str | Path,
-    split: str = "test",
+    split: str | None = None,
     pretrain_methods: tuple[str, ...] = (),
     pretrain: dict[str, Any] | None = None,
     eval_kwargs: dict[str, Any] | None = None,
@@ -72,6 +73,7 @@ def compare(
     if evaluation not in EVALUATIONS:
         raise ValueError(f"evaluation {evaluation!r}; choose one of {', '.join(EVALUATIONS)}")
     out = Path(out)
+    split = split or evaluation_split(base.dataset, base.data_root)
     encoders = dict(encoders)
     for method in pretrain_methods:
         if pretrain is None:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..data import DEFAULT_PROTOCOL, Window, open_dataset
+from ..data import DEFAULT_PROTOCOL, Window, evaluation_split, open_dataset
 from ..metrics import PROTOCOLS, SegmentationMetrics
 from ..training import resolve_device
 from .inference import SlidingWindow
@@ -44,11 +44,13 @@ def _protocol_for(dataset: str, protocol: str | None) -> str:
     return protocol
 
 
-def evaluate(model_path: str | Path, dataset: str, data_root: str | Path, split: str = "test",
+def evaluate(model_path: str | Path, dataset: str, data_root: str | Path, split: str | None = None,
              out: str | Path | None = None, **options: Any) -> dict[str, Any]:
     """Sliding-window predictions of a fine-tuned model folder over every scene of `split`, scored by the data
     set's protocol; `options` are `evaluate_model`'s (protocol, window, overlap, batch_size, previews, device,
-    precision, bands, f1_from_precision_recall). Results go to `out` (default RUN/eval-SPLIT)."""
+    precision, bands, f1_from_precision_recall). `split` defaults to the data set's labeled evaluation split
+    (`evaluation_split`). Results go to `out` (default RUN/eval-SPLIT)."""
+    split = split or evaluation_split(dataset, data_root)
     model, info = load_segmentation_model(model_path)
     model_dir = Path(info.provenance["model_dir"])
     out = Path(out) if out else model_dir.parent / f"eval-{split}"
@@ -61,7 +63,7 @@ def evaluate_model(
     dataset: str,
     data_root: str | Path,
     out: str | Path,
-    split: str = "test",
+    split: str | None = None,
     protocol: str | None = None,
     window: int = 512,
     overlap: int | None = None,
@@ -73,6 +75,7 @@ def evaluate_model(
     f1_from_precision_recall: bool = False,
 ) -> dict[str, Any]:
     """`evaluate` for a model in memory (a fine-tuned SMP model, or a probe) described by `info`."""
+    split = split or evaluation_split(dataset, data_root)
     model_dir = Path(info.provenance.get("model_dir", out))
     protocol = _protocol_for(dataset, protocol)
     kwargs = {"labels": PROTOCOLS[protocol]["labels"]} if "labels" in PROTOCOLS[protocol] else {}

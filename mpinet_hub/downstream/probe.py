@@ -29,7 +29,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..data import IGNORE_INDEX, open_dataset
+from ..data import IGNORE_INDEX, evaluation_split, open_dataset
 from ..training import EpochBatches, check_finite, normalisation, plot_losses, resolve_device
 from .evaluate import evaluate_model
 from .finetune import _StepBatches, labeled_subset, patch_id
@@ -155,7 +155,7 @@ def run_probe(cfg: ProbeConfig) -> dict[str, Any]:
     dataset = open_dataset(cfg.dataset, cfg.data_root, "train", patch_size=cfg.patch)
     if not dataset.has_labels:
         raise ValueError(f"{cfg.dataset} train split has no labels")
-    split = cfg.split or ("test" if "test" in dataset.labeled_splits else "val")
+    split = cfg.split or evaluation_split(cfg.dataset, cfg.data_root)
     subset = labeled_subset(dataset, cfg.label_fraction, cfg.subset_seed)
     backbone, enc_mean, enc_std = _backbone(cfg, dataset.num_bands)
     mean, std = normalisation(cfg.mean, cfg.std, dataset.num_bands, default=(enc_mean, enc_std))
