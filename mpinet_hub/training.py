@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import socket
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -49,8 +51,6 @@ RUN_FILES = ("checkpoints", "log.jsonl", "loss.png", "config.yaml", "labeled_pat
 def claim_run_folder(out: Path, resume: bool, overwrite: bool = False) -> None:
     """Refuse to start a new run over an existing one: `resume` continues it, `overwrite` deletes its run files
     (`RUN_FILES`, nothing else) first. A folder without them is free."""
-    import shutil
-
     present = [name for name in RUN_FILES if (out / name).exists()]
     if resume:
         if not (out / "checkpoints" / "last.pt").is_file():
@@ -85,8 +85,6 @@ class RunLock:
     Released on `release()` or when the object's context ends."""
 
     def __init__(self, out: Path) -> None:
-        import socket
-
         self.path = out / ".lock"
         out.mkdir(parents=True, exist_ok=True)
         me = f"{os.getpid()} {socket.gethostname()}"

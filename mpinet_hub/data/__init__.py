@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .base import Scene, SegmentationDataset, to_unit_float
-from .folder import LabeledFolder, read_classes
+from .folder import LabeledFolder, folder_labeled_splits, read_classes
 from .labels import IGNORE_INDEX, decode_colour_label, decode_value_label, encode_colour_label
 from .loveda import LoveDA
 from .potsdam import POTSDAM_SPLITS, Potsdam
@@ -24,9 +24,8 @@ DEFAULT_PROTOCOL = {"potsdam": "potsdam-mmseg", "loveda": "loveda", "uavid": "ua
 def evaluation_split(name: str, root: str | Path) -> str:
     """The split a data set is evaluated on by default: test where it has labels, else val (LoveDA and UAVid
     publish no test labels; a labeled folder may or may not have test masks)."""
-    if name == "folder":
-        return "test" if (Path(root) / "test" / "masks").is_dir() else "val"
-    return "test" if "test" in DATASETS[name].labeled_splits else "val"
+    labeled = folder_labeled_splits(root) if name == "folder" else DATASETS[name].labeled_splits
+    return "test" if "test" in labeled else "val"
 
 
 def open_dataset(

@@ -17,7 +17,7 @@ from .base import Scene, SegmentationDataset
 from .labels import IGNORE_INDEX, decode_colour_label
 from .raster import DataError
 
-__all__ = ["LabeledFolder", "read_classes"]
+__all__ = ["LabeledFolder", "folder_labeled_splits", "read_classes"]
 
 _IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 # Colours for previews and predictions when classes.yaml has no palette (matplotlib's tab10, then grey levels).
@@ -49,6 +49,11 @@ def read_classes(root: str | Path) -> dict:
             "ignore_index": ignore}
 
 
+def folder_labeled_splits(root: str | Path) -> tuple[str, ...]:
+    """The splits of a labeled folder that have masks/."""
+    return tuple(s for s in LabeledFolder.split_names if (Path(root) / s / "masks").is_dir())
+
+
 def _default_palette(n: int) -> list[tuple[int, int, int]]:
     grey = [(v, v, v) for v in np.linspace(30, 230, max(0, n - len(_DEFAULT_PALETTE))).astype(int).tolist()]
     return (list(_DEFAULT_PALETTE) + grey)[:n]
@@ -65,7 +70,7 @@ class LabeledFolder(SegmentationDataset):
         self.palette = tuple(spec["palette"] or _default_palette(len(self.classes)))
         self.masks_are_colours = spec["palette"] is not None
         self.mask_ignore_index = spec["ignore_index"]
-        self.labeled_splits = tuple(s for s in self.split_names if (Path(root) / s / "masks").is_dir())
+        self.labeled_splits = folder_labeled_splits(root)
         super().__init__(root, split, patch_size, stride, transforms)
 
     def _layout_hint(self) -> str:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,7 @@ from .model import (
     save_segmentation_model,
 )
 
-__all__ = ["FINETUNE_FORMAT", "FinetuneConfig", "Finetuner", "labeled_subset"]
+__all__ = ["FINETUNE_FORMAT", "FinetuneConfig", "Finetuner", "labeled_subset", "patch_ids"]
 
 FINETUNE_FORMAT = "mpinet-hub/finetune/1"
 # Settings that must match for --resume to continue a run rather than start a different one.
@@ -123,13 +124,19 @@ def patch_id(scene: str, row: int, col: int) -> str:
     return f"{scene}@{row},{col}"
 
 
+def patch_ids(dataset: SegmentationDataset, indices: list[int] | None = None) -> list[str]:
+    """`scene@row,col` of the dataset's windows (all, or those at `indices`)."""
+    windows = dataset.windows if indices is None else [dataset.windows[i] for i in indices]
+    return [patch_id(dataset.scenes[s].id, int(w.row_off), int(w.col_off)) for s, w in windows]
+
+
 def labeled_subset(dataset: SegmentationDataset, fraction: float, seed: int = 0) -> list[int]:
     """Indices into `dataset` of a fixed, seeded `fraction` of its patches (at least one).
 
     Patches are ordered by their ids (scene@row,col) before the seeded permutation, so the subset does not
     depend on file-system order, and nested fractions share their prefix.
     """
-    ids = [patch_id(dataset.scenes[s].id, int(w.row_off), int(w.col_off)) for s, w in dataset.windows]
+    ids = patch_ids(dataset)
     order = sorted(range(len(ids)), key=ids.__getitem__)
     perm = np.random.default_rng(seed).permutation(len(order))
     count = max(1, round(fraction * len(order)))
@@ -221,8 +228,7 @@ class Finetuner:
     def write_subset(self) -> Path:
         path = self.out / "labeled_patches.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        ids = [patch_id(self.dataset.scenes[s].id, int(w.row_off), int(w.col_off))
-               for s, w in (self.dataset.windows[i] for i in self.subset)]
+        ids = patch_ids(self.dataset, self.subset)
         record = {"dataset": self.cfg.dataset, "split": "train", "bands": self.info.bands, "patch": self.cfg.patch,
                   "label_fraction": self.cfg.label_fraction, "subset_seed": self.cfg.subset_seed,
                   "total_patches": len(self.dataset), "patch_ids": ids}
@@ -258,18 +264,13 @@ class Finetuner:
 
         Under torchrun every process trains on its shard of each step's batches; only rank 0 writes.
         """
-        lock = RunLock(self.out) if self.is_main else None
-        try:
+        with RunLock(self.out) if self.is_main else nullcontext():
             return self._train()
-        finally:
-            if lock:
-                lock.release()
 
     def _train(self) -> Path:
         cfg = self.cfg
         last_ckpt = self.out / "checkpoints" / "last.pt"
         if self.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
             self.write_subset()
             trim_log(self.out / "log.jsonl", self.step)

@@ -75,8 +75,8 @@ def load_encoder(spec: str, default_arch: str = "mpinet_resnet18", in_chans: int
         except Exception as err:  # no network and not in the HF cache
             raise RuntimeError(f"encoder {spec}: timm's ImageNet weights for {base} could not be loaded ({err}); "
                                "they must be in the Hugging Face cache on an offline machine") from err
-    elif _training_checkpoint(spec) is not None:
-        return _encoder_from_checkpoint(spec, _training_checkpoint(spec))
+    elif (checkpoint := _training_checkpoint(spec)) is not None:
+        return _encoder_from_checkpoint(spec, checkpoint)
     elif Path(spec).is_dir():
         model = timm.create_model(f"local-dir:{Path(spec).resolve()}", pretrained=True)
     else:

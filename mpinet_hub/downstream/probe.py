@@ -32,7 +32,7 @@ from tqdm import tqdm
 from ..data import IGNORE_INDEX, evaluation_split, open_dataset
 from ..training import EpochBatches, check_finite, normalisation, plot_losses, resolve_device
 from .evaluate import evaluate_model
-from .finetune import _StepBatches, labeled_subset, patch_id
+from .finetune import _StepBatches, labeled_subset, patch_ids
 from .model import SegmentationModelInfo, load_encoder
 
 __all__ = ["LEVELS", "LinearProbe", "ProbeConfig", "reestimate_batchnorm", "resample_cells", "run_probe"]
@@ -173,11 +173,10 @@ def run_probe(cfg: ProbeConfig) -> dict[str, Any]:
     optimizer = torch.optim.Adam([p for p in probe.parameters() if p.requires_grad], lr=cfg.lr)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
-    ids = [patch_id(dataset.scenes[s].id, int(w.row_off), int(w.col_off))
-           for s, w in (dataset.windows[i] for i in subset)]
     (out / "labeled_patches.json").write_text(json.dumps(
         {"dataset": cfg.dataset, "patch": cfg.patch, "label_fraction": cfg.label_fraction,
-         "subset_seed": cfg.subset_seed, "total_patches": len(dataset), "patch_ids": ids}, indent=1))
+         "subset_seed": cfg.subset_seed, "total_patches": len(dataset), "patch_ids": patch_ids(dataset, subset)},
+        indent=1))
     loader = DataLoader(_StepBatches(dataset, subset, batches, cfg.patch, cfg.seed, 0, cfg.steps), batch_size=None)
     probe.train()
     with (out / "log.jsonl").open("w") as log, tqdm(total=cfg.steps, unit="step", desc=f"probe {cfg.encoder}") as bar:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -169,9 +170,6 @@ class Trainer:
     def _resume(self) -> None:
         path = self.out / "checkpoints" / "last.pt"
         ckpt = load_checkpoint(path, map_location=self.device)
-        if ckpt.get("arch") != self.cfg.arch or ckpt.get("method") != self.cfg.method:
-            raise ValueError(f"{path} is a {ckpt.get('method')}/{ckpt.get('arch')} run, not "
-                             f"{self.cfg.method}/{self.cfg.arch}")
         saved, now = ckpt.get("config", {}), self.cfg.to_dict()
         changed = sorted(k for k in now if k not in _RESUMABLE and k in saved and saved[k] != now[k])
         if changed:
@@ -204,24 +202,19 @@ class Trainer:
     def train(self) -> dict[str, float]:
         """Train to the configured step count; holds OUT's lock while it writes there."""
         cfg = self.cfg
-        lock = RunLock(self.out) if self.is_main else None
-        log = None
-        try:
+        with RunLock(self.out) if self.is_main else nullcontext():
             if self.is_main:
                 (self.out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
                 trim_log(self.out / "log.jsonl", self.step)
-                log = (self.out / "log.jsonl").open("a")
             loader = DataLoader(_StepDataset(self.images, self.batches, self.step, self.total_steps),
                                 batch_size=None, shuffle=False, num_workers=cfg.workers, persistent_workers=False,
                                 pin_memory=self.device.type == "cuda")
-            with tqdm(total=self.total_steps, initial=self.step, disable=not self.is_main, unit="step",
-                      desc=f"pretrain {cfg.method}") as bar:
+            with (
+                (self.out / "log.jsonl").open("a") if self.is_main else nullcontext() as log,
+                tqdm(total=self.total_steps, initial=self.step, disable=not self.is_main, unit="step",
+                     desc=f"pretrain {cfg.method}") as bar,
+            ):
                 return self._loop(loader, log, bar)
-        finally:
-            if log:
-                log.close()
-            if lock:
-                lock.release()
 
     def _loop(self, loader: DataLoader, log, bar) -> dict[str, float]:
         cfg = self.cfg
