@@ -145,6 +145,40 @@ def test_split_batchnorm_normalises_each_split_with_its_own_statistics():
     assert torch.allclose(split(x), F.batch_norm(x, split.running_mean, split.running_var, eps=split.eps))
 
 
+def test_split_batchnorm_on_channels_last_normalises_blocks_without_leaving_the_layout():
+    torch.manual_seed(0)
+    x = (torch.randn(8, 3, 5, 5) + torch.arange(8.0)[:, None, None, None]).contiguous(memory_format=torch.channels_last)
+    split = SplitBatchNorm2d(3, 4)
+    out = split(x)
+    assert out.is_contiguous(memory_format=torch.channels_last)  # no copy to NCHW and back at every layer
+    means, variances = [], []
+    for g in range(4):  # split g holds samples 2g and 2g + 1
+        mean, var = torch.zeros(3), torch.ones(3)
+        ref = F.batch_norm(x[2 * g: 2 * g + 2], mean, var, training=True, momentum=split.momentum, eps=split.eps)
+        assert torch.allclose(out[2 * g: 2 * g + 2], ref, atol=1e-5)
+        means.append(mean)
+        variances.append(var)
+    assert torch.allclose(split.running_mean, torch.stack(means).mean(0), atol=1e-6)
+    assert torch.allclose(split.running_var, torch.stack(variances).mean(0), atol=1e-6)
+
+
+@pytest.mark.parametrize("size", [3, 4])
+def test_orientation_gather_matches_flips_and_rotations_and_undoes_them(size):
+    from mpinet_hub.pretrain.views import ViewGeometry, _apply_orientation
+
+    codes = torch.arange(16)
+    geom = ViewGeometry(torch.zeros(16, 4), codes // 8 == 1, codes // 4 % 2 == 1, codes % 4)
+    x = torch.randn(16, 2, size, size)
+    out = _apply_orientation(x, geom)
+    for i in range(16):
+        ref = x[i]
+        ref = ref.flip(-1) if geom.hflip[i] else ref
+        ref = ref.flip(-2) if geom.vflip[i] else ref
+        assert torch.equal(out[i], torch.rot90(ref, int(geom.rot[i]), dims=(-2, -1)))
+    assert torch.equal(_apply_orientation(out, geom, inverse=True), x)
+    assert torch.equal(undo_geometry(out.contiguous(memory_format=torch.channels_last), geom), x)
+
+
 def test_shuffled_forward_moves_samples_across_splits_and_restores_order():
     seen = []
 

@@ -143,6 +143,7 @@ class MPINetModel(nn.Module):
         self.pixel_nce = PixelInfoNCELoss(cfg.t_pix, cfg.pixel_anchors, cfg.pixel_num_negatives, cfg.pixel_negatives)
         self.ffl = FocalFrequencyLoss(cfg.ffl_alpha, cfg.ffl_patch_factor, cfg.ffl_log_matrix, cfg.ffl_batch_matrix)
         self._queue_was_real = False
+        self._ffl_pending: bool | None = None  # host copy of "auto w_ffl not calibrated yet"; read once, lazily
 
     def momentum_at(self, step: int, total_steps: int) -> float:
         if self.cfg.momentum_schedule == "fixed":
@@ -186,7 +187,8 @@ class MPINetModel(nn.Module):
         q1, q2 = on["instance"][:b], on["instance"][b:]
         k1, k2 = tg["instance"][:b], tg["instance"][b:]
         queue = self.queue.clone().detach()
-        self._queue_was_real = bool(self.queue_real >= self.queue.shape[0])
+        # Read on the host only while `auto` calibrates: a host read stalls the GPU's queue of work.
+        self._queue_was_real = self._ffl_calibrating() and bool(self.queue_real >= self.queue.shape[0])
         terms["ins"] = (self.info_nce(q1, k2, queue) + self.info_nce(q2, k1, queue)) / 2
         for name, loss_fn in (("pixel", self.pixel_nce), ("ffl", self.ffl)):
             if name not in on:
@@ -196,6 +198,13 @@ class MPINetModel(nn.Module):
             terms["pix" if name == "pixel" else "ffl"] = (loss_fn(o1, t2) + loss_fn(o2, t1)) / 2
         self.enqueue(torch.cat([k1, k2]))
         return terms
+
+    def _ffl_calibrating(self) -> bool:
+        """Whether `auto` w_ffl is still to be calibrated: read from the buffer at the first step (so a resumed run
+        sees its checkpoint's value), then tracked on the host."""
+        if self._ffl_pending is None:
+            self._ffl_pending = self.online.use_ffl and float(self.w_ffl_value) < 0
+        return self._ffl_pending
 
     def ffl_weight(self) -> float:
         """The FFL weight in force: the configured one, or the calibrated one (0 until `auto` has calibrated)."""
@@ -219,9 +228,10 @@ class MPINetModel(nn.Module):
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(sums)
         self.w_ffl_value.copy_(self.cfg.ffl_calibration_ratio * sums[0] / sums[1].clamp_min(1e-12))
+        self._ffl_pending = False
 
     def total_loss(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
-        if "ffl" in terms and float(self.w_ffl_value) < 0:
+        if "ffl" in terms and self._ffl_calibrating():
             self._calibrate_ffl(terms)
         total = self.cfg.w_ins * terms["ins"]
         if "pix" in terms:

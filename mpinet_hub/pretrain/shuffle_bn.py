@@ -35,9 +35,15 @@ def split_count(n: int, splits: int) -> int:
 
 
 class SplitBatchNorm2d(nn.BatchNorm2d):
-    """BatchNorm2d whose training statistics are computed per split: sample i falls in split i % splits.
+    """BatchNorm2d whose training statistics are computed per split of the batch.
 
-    Running statistics are updated with the mean over splits. In eval mode it is plain BatchNorm2d.
+    Which samples share a split follows the memory layout, so that no copy is made: in a contiguous (NCHW)
+    batch sample i falls in split i % splits (the splits folded into the channels, one BatchNorm call); in a
+    channels_last batch the splits are consecutive blocks (one call per block, each still channels_last).
+    Folding a channels_last batch would copy it to NCHW and back at every layer: 1.9x the step of a
+    ResNet-50 on an H200 (docs/benchmarks.md). The grouping itself does not matter, since the target's batch
+    is shuffled before it is split. Running statistics are updated with the mean over splits. In eval mode it
+    is plain BatchNorm2d.
     """
 
     def __init__(self, num_features: int, num_splits: int, **kw) -> None:
@@ -49,15 +55,31 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
         splits = split_count(n, self.num_splits)
         if not self.training or splits == 1:
             return super().forward(x)
+        if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+            return self._blocks(x, splits)
         running_mean = self.running_mean.repeat(splits)
         running_var = self.running_var.repeat(splits)
         out = F.batch_norm(x.reshape(n // splits, c * splits, h, w), running_mean, running_var,
                            self.weight.repeat(splits), self.bias.repeat(splits), True, self.momentum, self.eps)
-        with torch.no_grad():
-            self.running_mean.copy_(running_mean.view(splits, c).mean(0))
-            self.running_var.copy_(running_var.view(splits, c).mean(0))
-            self.num_batches_tracked.add_(1)
+        self._update_running(running_mean.view(splits, c), running_var.view(splits, c))
         return out.reshape(n, c, h, w)
+
+    def _blocks(self, x: torch.Tensor, splits: int) -> torch.Tensor:
+        means, variances, outs = [], [], []
+        for block in x.chunk(splits):
+            mean, var = self.running_mean.clone(), self.running_var.clone()
+            outs.append(F.batch_norm(block, mean, var, self.weight, self.bias, True, self.momentum, self.eps))
+            means.append(mean)
+            variances.append(var)
+        self._update_running(torch.stack(means), torch.stack(variances))
+        return torch.cat(outs)
+
+    @torch.no_grad()
+    def _update_running(self, means: torch.Tensor, variances: torch.Tensor) -> None:
+        """means, variances: (splits, C), each split's running statistics after its update."""
+        self.running_mean.copy_(means.mean(0))
+        self.running_var.copy_(variances.mean(0))
+        self.num_batches_tracked.add_(1)
 
 
 def convert_split_batchnorm(module: nn.Module, num_splits: int) -> nn.Module:

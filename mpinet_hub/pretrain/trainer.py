@@ -53,11 +53,12 @@ def build_pretraining_dataset(cfg: PretrainConfig) -> UnlabeledImages:
         paths = [Path(r) / "train" / "images" if (Path(r) / "classes.yaml").is_file() else r for r in cfg.data_root]
     else:
         paths = pretraining_images(cfg.dataset, cfg.data_root[0], bands=cfg.bands)
-    return UnlabeledImages(paths, patch_size=cfg.patch, seed=cfg.seed)
+    return UnlabeledImages(paths, patch_size=cfg.patch, seed=cfg.seed, keep_uint8=True)
 
 
 class _StepDataset(Dataset):
-    """One item per step: the stacked images of that step's batch (so workers load whole batches)."""
+    """One item per step: the stacked images of that step's batch (so workers load whole batches), uint8 where
+    the files are 8-bit."""
 
     def __init__(self, images: UnlabeledImages, batches: EpochBatches, first: int, last: int) -> None:
         self.images, self.batches, self.first, self.last = images, batches, first, last
@@ -70,7 +71,10 @@ class _StepDataset(Dataset):
         step = self.first + i
         self.images.set_epoch(step // self.batches.per_epoch)
         items = [self.images[j] for j in self.batches.indices(step)]
-        return torch.stack([it["image"] for it in items]), [(it["meta"]["file"], it["meta"]["window"]) for it in items]
+        images = [it["image"] for it in items]
+        if len({x.dtype for x in images}) > 1:  # 8-bit and other files mixed: all as float in [0, 1]
+            images = [x.float() / 255 if x.dtype == torch.uint8 else x for x in images]
+        return torch.stack(images), [(it["meta"]["file"], it["meta"]["window"]) for it in items]
 
 
 # Settings a run may change on --resume: where it runs and how often it writes (and how long it goes on).
@@ -229,6 +233,8 @@ class Trainer:
                                          f"{'; '.join(bad[:5])}. Fix or mask those files (nodata as a number), then "
                                          "resume. " + last_good_checkpoint_hint(self.out / "checkpoints" / "last.pt"))
             images = images.to(self.device, non_blocking=True)
+            if images.dtype == torch.uint8:  # 8-bit windows cross the loader boundary as bytes
+                images = images.float().div_(255)
             views = self._views(images)
             with torch.autocast(self.device.type, dtype=autocast_dtype or torch.float32,
                                 enabled=autocast_dtype is not None):
