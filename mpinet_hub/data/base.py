@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 from .labels import IGNORE_INDEX
 from .raster import DataError, Window, grid_windows, raster_info, read_window
 
-__all__ = ["Scene", "SegmentationDataset", "to_unit_float"]
+__all__ = ["Scene", "SegmentationDataset", "release_file", "release_files", "to_unit_float"]
 
 
 def to_unit_float(array: np.ndarray) -> np.ndarray:
@@ -23,6 +23,20 @@ def to_unit_float(array: np.ndarray) -> np.ndarray:
     if np.issubdtype(array.dtype, np.integer):
         return array.astype(np.float32) / float(np.iinfo(array.dtype).max)
     return array.astype(np.float32)
+
+
+def release_files(folder: Path, suffix: str = ".png") -> list[Path]:
+    """The files of `folder` that the release names with `suffix`, each as itself or as the tiled `.tif` twin
+    that `mpinet data prepare` writes in its place (the twin wins where both exist)."""
+    found = {p.stem: p for p in folder.glob(f"*{suffix}")}
+    found.update({p.stem: p for p in folder.glob("*.tif")})
+    return list(found.values())
+
+
+def release_file(path: Path) -> Path:
+    """`path`, or its tiled `.tif` twin from `mpinet data prepare` when only that exists."""
+    twin = path.with_suffix(".tif")
+    return twin if not path.is_file() and twin.is_file() else path
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""`mpinet data synth|check|stats`."""
+"""`mpinet data synth|check|stats|prepare`."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from tqdm import tqdm
 from ..cli import HelpFormatter
 from . import DATASETS
 from .check import check_dataset
+from .prepare import prepare_dataset, verify_prepared
 from .synth import synth_dataset
 
 
@@ -34,6 +35,18 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
     st.add_argument("root")
     st.add_argument("--split", default="train")
     st.add_argument("--bands", default="RGB", help="Potsdam bands")
+    pr = sub.add_parser(
+        "prepare", formatter_class=HelpFormatter,
+        help="one-time copy with PNG/JPEG images as tiled GeoTIFFs, so training reads windows, not whole images",
+        description="Copy a data set to OUT with every PNG/JPEG image and label written as a tiled, compressed "
+        "GeoTIFF (lossless, each file verified against its source) and every other file copied. OUT keeps the "
+        "release layout and is a --data-root for the same data set. A PNG must be decoded whole for every "
+        "window; a tiled GeoTIFF decodes only the blocks a window touches (docs/benchmarks.md, loader table). "
+        "Resumable: run the same command again after a stop.")
+    pr.add_argument("dataset", choices=[d for d in DATASETS if d != "potsdam"],
+                    help="(Potsdam ships GeoTIFFs, which are read by window already)")
+    pr.add_argument("root", help="the data set as released (read only)")
+    pr.add_argument("out", help="new folder for the prepared copy (or the one a stopped prepare left)")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
 
 
@@ -42,6 +55,11 @@ def run_data(args: argparse.Namespace) -> int:
         written = synth_dataset(args.dataset, args.out, tiles=args.tiles, size=args.size, seed=args.seed,
                                 defects=args.defects)
         print(f"wrote {len(written)} {args.dataset} scene(s) to {args.out}")
+        return 0
+    if args.data_command == "prepare":
+        report = prepare_dataset(args.root, args.out)
+        print(report.render())
+        print(verify_prepared(args.dataset, args.root, args.out))
         return 0
     if args.data_command == "check":
         kwargs = {"labels": args.labels} if args.dataset == "potsdam" else {}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Scene, SegmentationDataset
+from .base import Scene, SegmentationDataset, release_file, release_files
 from .labels import decode_value_label
 from .raster import DataError
 
@@ -37,7 +37,7 @@ class LoveDA(SegmentationDataset):
         super().__init__(root, split, patch_size, stride, transforms)
 
     def _layout_hint(self) -> str:
-        return f"expected {_SPLIT_FOLDERS[self.split]}/{{Urban,Rural}}/images_png/*.png"
+        return f"expected {_SPLIT_FOLDERS[self.split]}/{{Urban,Rural}}/images_png/*.png (or .tif after `data prepare`)"
 
     def _find_scenes(self) -> list[Scene]:
         scenes = []
@@ -46,9 +46,9 @@ class LoveDA(SegmentationDataset):
             images = folder / "images_png"
             if not images.is_dir():
                 raise DataError(f"{images}: folder not found; unpack {_SPLIT_FOLDERS[self.split]}.zip into {self.root}")
-            for image in sorted(images.glob("*.png"), key=lambda p: (len(p.stem), p.stem)):
+            for image in sorted(release_files(images), key=lambda p: (len(p.stem), p.stem)):
                 scenes.append(self._scene(f"{domain}/{image.stem}", [(image, [1, 2, 3])],
-                                          folder / "masks_png" / image.name))
+                                          release_file(folder / "masks_png" / f"{image.stem}.png")))
         return scenes
 
     def decode_label(self, array: np.ndarray) -> tuple[np.ndarray, int]:

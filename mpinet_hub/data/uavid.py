@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Scene, SegmentationDataset
+from .base import Scene, SegmentationDataset, release_file, release_files
 from .labels import decode_colour_label
 from .raster import DataError
 
@@ -27,7 +27,7 @@ class UAVid(SegmentationDataset):
     band_names = ("R", "G", "B")
 
     def _layout_hint(self) -> str:
-        return f"expected uavid_{self.split}/seq*/Images/*.png"
+        return f"expected uavid_{self.split}/seq*/Images/*.png (or .tif after `data prepare`)"
 
     def _find_scenes(self) -> list[Scene]:
         folder = self.root / f"uavid_{self.split}"
@@ -36,9 +36,9 @@ class UAVid(SegmentationDataset):
         scenes = []
         seqs = sorted((p for p in folder.glob("seq*") if p.is_dir()), key=lambda p: int(p.name[3:] or 0))
         for seq in seqs:
-            for image in sorted((seq / "Images").glob("*.png")):
+            for image in sorted(release_files(seq / "Images"), key=lambda p: p.stem):
                 scenes.append(self._scene(f"{seq.name}/{image.stem}", [(image, [1, 2, 3])],
-                                          seq / "Labels" / image.name))
+                                          release_file(seq / "Labels" / f"{image.stem}.png")))
         return scenes
 
     def decode_label(self, array: np.ndarray) -> tuple[np.ndarray, int]:
