@@ -15,9 +15,11 @@ from mpinet_hub.data import (
     Potsdam,
     UAVid,
     UnlabeledImages,
+    Window,
     decode_colour_label,
     grid_windows,
     pretraining_images,
+    read_window,
 )
 from mpinet_hub.data.check import check_dataset
 from mpinet_hub.data.synth import synth_dataset
@@ -332,3 +334,24 @@ def test_data_check_and_stats_on_a_labeled_folder(tmp_path, capsys):
     stats = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     # green band is the column index 0..47 in every image: mean 23.5/255
     assert stats["mean"][1] == pytest.approx(23.5 / 255, abs=1e-4) and len(stats["std"]) == 3
+
+
+def test_geotiff_windows_reuse_an_open_file_and_a_rewritten_file_is_reopened(tmp_path, monkeypatch):
+    import os
+
+    from mpinet_hub.data import raster
+
+    path = tmp_path / "tile.tif"
+    profile = {"driver": "GTiff", "height": 64, "width": 64, "count": 1, "dtype": "uint8"}
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(np.full((1, 64, 64), 7, np.uint8))
+    opened = []
+    real_open = rasterio.open
+    monkeypatch.setattr(raster.rasterio, "open", lambda *a, **k: opened.append(a[0]) or real_open(*a, **k))
+    for col in range(0, 64, 16):
+        assert (read_window(path, Window(col, 0, 16, 16)) == 7).all()
+    assert len(opened) == 1  # one open for four windows
+    with real_open(path, "w", **profile) as dst:
+        dst.write(np.full((1, 64, 64), 9, np.uint8))
+    os.utime(path, ns=(1, 1))  # a different modification time, as any rewrite gives
+    assert (read_window(path, Window(0, 0, 16, 16)) == 9).all() and len(opened) == 2

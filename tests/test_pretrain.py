@@ -250,3 +250,14 @@ def test_roi_grid_projects_before_or_after_roialign_with_the_same_result(size, c
     shifted = [r + (stride - 1) / 2 for r in rois]
     reference = conv(roi_align(feat, shifted, grid, spatial_scale=size / 128, sampling_ratio=2, aligned=True))
     assert torch.allclose(grid_out if projected else conv(grid_out), reference, atol=1e-5)
+
+
+def test_pretraining_batches_cross_the_loader_boundary_as_uint8_and_match_the_float_windows(tmp_path, potsdam_root):
+    from mpinet_hub.pretrain.trainer import _StepDataset
+
+    trainer = Trainer(_tiny_cfg(tmp_path, potsdam_root))
+    images, sources = _StepDataset(trainer.images, trainer.batches, 0, 1)[0]
+    assert images.dtype == torch.uint8 and images.shape == (4, 3, 96, 96)  # a quarter of float32's bytes
+    trainer.images.keep_uint8 = False
+    as_float, _ = _StepDataset(trainer.images, trainer.batches, 0, 1)[0]
+    assert torch.equal(images.float() / 255, as_float)

@@ -1,13 +1,17 @@
 """Reading rasters by window, with errors that name the file.
 
 GeoTIFFs are read window by window through rasterio, so serving a 256x256 patch of a 6000x6000 tile
-decodes only the blocks it touches. PNG/JPEG cannot be read partially; the last decoded file is kept per
-process so the patches of one image in a row cost one decode.
+decodes only the blocks it touches; the most recently used GeoTIFFs stay open per process (reopened in a
+forked loader worker), since opening a georeferenced tile cost 2.3-2.6 ms of a 3.8 ms window read. PNG/JPEG
+cannot be read partially; the last decoded file is kept per process so the patches of one image in a row cost
+one decode (`mpinet data prepare` turns them into tiled GeoTIFFs).
 """
 
 from __future__ import annotations
 
+import os
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +53,29 @@ def raster_info(path: str | Path) -> RasterInfo:
 
 
 _last_decoded: dict[str, object] = {"key": None, "array": None}
+_OPEN_FILES = 32
+_open: OrderedDict[tuple[str, int], rasterio.io.DatasetReader] = OrderedDict()
+_open_pid = [os.getpid()]
+
+
+def _open_tiff(path: Path) -> rasterio.io.DatasetReader:
+    """An open reader of `path` from this process's small LRU of open GeoTIFFs (keyed by path and mtime, so a
+    rewritten file is reopened). A forked worker starts with an empty cache: handles are not shared."""
+    if _open_pid[0] != os.getpid():
+        _open.clear()
+        _open_pid[0] = os.getpid()
+    key = (str(path), path.stat().st_mtime_ns)
+    src = _open.get(key)
+    if src is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            src = rasterio.open(path)
+        _open[key] = src
+        while len(_open) > _OPEN_FILES:
+            _open.popitem(last=False)[1].close()
+    else:
+        _open.move_to_end(key)
+    return src
 
 
 def _decode_whole(path: Path) -> np.ndarray:
@@ -67,10 +94,7 @@ def read_window(path: str | Path, window: Window | None = None, bands: list[int]
     path = Path(path)
     try:
         if path.suffix.lower() in _TILED_SUFFIXES:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                with rasterio.open(path) as src:
-                    return src.read(bands, window=window)
+            return _open_tiff(path).read(bands, window=window)
         array = _decode_whole(path)
         if bands is not None:
             array = array[[b - 1 for b in bands]]

@@ -30,10 +30,13 @@ class UnlabeledImages(Dataset):
         patch_size: side of the square windows.
         bands: 1-based bands to read (default: all; every file must then have the same count).
         length: items per epoch (default: total area / patch area, i.e. one pass over the pixels).
+        keep_uint8: 8-bit sources stay uint8 (4x fewer bytes from a loader worker to the trainer, which
+            scales them on the device); other types are float32 in [0, 1] either way.
     """
 
     def __init__(self, paths_or_globs: str | Path | list[str | Path], patch_size: int = 256,
-                 bands: list[int] | None = None, length: int | None = None, seed: int = 0) -> None:
+                 bands: list[int] | None = None, length: int | None = None, seed: int = 0,
+                 keep_uint8: bool = False) -> None:
         if isinstance(paths_or_globs, (str, Path)):
             paths_or_globs = [paths_or_globs]
         files: list[Path] = []
@@ -51,6 +54,7 @@ class UnlabeledImages(Dataset):
         if not files:
             raise DataError(f"no GeoTIFF/PNG/JPEG images found in {', '.join(map(str, paths_or_globs))}")
         self.patch_size = patch_size
+        self.keep_uint8 = keep_uint8
         self.bands = bands
         self.seed = seed
         self.epoch = 0
@@ -90,7 +94,9 @@ class UnlabeledImages(Dataset):
         row = int(rng.integers(0, info.height - self.patch_size + 1))
         col = int(rng.integers(0, info.width - self.patch_size + 1))
         window = Window(col, row, self.patch_size, self.patch_size)
-        image = to_unit_float(read_window(info.path, window, self.bands))
+        image = read_window(info.path, window, self.bands)
+        if not (self.keep_uint8 and image.dtype == np.uint8):
+            image = to_unit_float(image)
         return {"image": torch.from_numpy(image), "meta": {"file": str(info.path), "window": window_tuple(window)}}
 
 
