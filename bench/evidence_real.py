@@ -212,7 +212,8 @@ def main() -> None:
     p.add_argument("--patch", type=int, default=96, help="pretraining window px (default: %(default)s)")
     p.add_argument("--crop", type=int, default=64, help="pretraining view px (default: %(default)s)")
     p.add_argument("--queue", type=int, default=256, help="instance queue K (default: %(default)s)")
-    p.add_argument("--lr", type=float, default=0.3, help="pretraining lr per 256 images (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=0.03,
+                   help="pretraining lr per 256 images, MoCo v2's; 0.3 collapsed the keys (default: %(default)s)")
     p.add_argument("--label-patch", type=int, default=96, help="labeled patch px (default: %(default)s)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto, for every cell (default: %(default)s)")
     p.add_argument("--workers", type=int, default=0, help="pretraining loader processes (default: %(default)s)")

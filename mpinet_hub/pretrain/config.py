@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-__all__ = ["ABLATION_LADDER", "METHODS", "PretrainConfig"]
+__all__ = ["ABLATION_LADDER", "METHODS", "PretrainConfig", "packaged_configs", "resolve_config"]
 
 # METHOD.md's baselines from the same machinery, as a ladder that changes one factor per rung:
 #   mocov2 -(+ dense contrast on C5)-> pixcontrast -(C5 -> C2+C3+C4 fusion)-> mpinet-noffl -(+ FFL)-> mpinet
@@ -24,6 +25,25 @@ METHODS: dict[str, dict[str, Any]] = {
     "mocov2-original": dict(w_ins=1.0, w_pix=0.0, w_ffl=0.0, fusion_levels=["C5"], momentum_schedule="fixed",
                             momentum=0.999),
 }
+
+
+def packaged_configs() -> list[str]:
+    """Names of the recipes installed with the package (`--config NAME`)."""
+    return sorted(p.name[: -len(".yaml")] for p in resources.files("mpinet_hub.configs").iterdir()
+                  if p.name.endswith(".yaml"))
+
+
+def resolve_config(name_or_path: str | Path) -> Path:
+    """A YAML path, or the name of a packaged recipe (with or without .yaml), e.g. mpinet_resnet50_potsdam."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    stem = path.name[: -len(".yaml")] if path.name.endswith(".yaml") else path.name
+    if stem in packaged_configs():
+        with resources.as_file(resources.files("mpinet_hub.configs") / f"{stem}.yaml") as packaged:
+            return Path(packaged)
+    raise FileNotFoundError(f"--config {name_or_path}: no such file and no packaged recipe of that name; "
+                            f"packaged: {', '.join(packaged_configs())}")
 
 
 @dataclass
@@ -74,7 +94,8 @@ class PretrainConfig:
     compile: bool = False
     channels_last: bool = True
     shuffle_bn: bool = True  # MoCo's shuffling BN: split BN statistics, target batch shuffled (all methods)
-    bn_splits: int = 8  # BN splits per process with shuffle_bn
+    bn_splits: int = 8  # BN splits per process with shuffle_bn, at most ...
+    bn_split_samples: int = 32  # ... and fewer where that keeps this many samples per split (MoCo: 32 per GPU)
     sync_bn: bool = True  # SyncBN under DDP on CUDA; only without shuffle_bn (global statistics would leak)
     # run
     out: str = "runs/pretrain"
@@ -89,7 +110,7 @@ class PretrainConfig:
         """Defaults < method preset < YAML file < explicit overrides (None means 'not given')."""
         values: dict[str, Any] = {}
         if yaml_path:
-            values.update(yaml.safe_load(Path(yaml_path).read_text()) or {})
+            values.update(yaml.safe_load(resolve_config(yaml_path).read_text()) or {})
         overrides = {k: v for k, v in overrides.items() if v is not None}
         method = overrides.get("method", values.get("method", cls.method))
         if method not in METHODS:

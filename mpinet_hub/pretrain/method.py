@@ -130,7 +130,7 @@ class MPINetModel(nn.Module):
         self.cfg = cfg
         self.online = OnlineNetwork(cfg, in_chans)
         if cfg.shuffle_bn:
-            self.online = convert_split_batchnorm(self.online, cfg.bn_splits)
+            self.online = convert_split_batchnorm(self.online, cfg.bn_splits, cfg.bn_split_samples)
         self.target = copy.deepcopy(self.online)
         for p in self.target.parameters():
             p.requires_grad_(False)

@@ -35,7 +35,8 @@ def split_count(n: int, splits: int) -> int:
 
 
 class SplitBatchNorm2d(nn.BatchNorm2d):
-    """BatchNorm2d whose training statistics are computed per split of the batch.
+    """BatchNorm2d whose training statistics are computed per split of the batch: at most `num_splits`, and
+    fewer where that keeps `min_samples` per split (never fewer than two: one split would be the whole batch).
 
     Which samples share a split follows the memory layout, so that no copy is made: in a contiguous (NCHW)
     batch sample i falls in split i % splits (the splits folded into the channels, one BatchNorm call); in a
@@ -46,13 +47,14 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
     is plain BatchNorm2d.
     """
 
-    def __init__(self, num_features: int, num_splits: int, **kw) -> None:
+    def __init__(self, num_features: int, num_splits: int, min_samples: int = 1, **kw) -> None:
         super().__init__(num_features, **kw)
         self.num_splits = num_splits
+        self.min_samples = min_samples
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
-        splits = split_count(n, self.num_splits)
+        splits = split_count(n, min(self.num_splits, max(2, n // self.min_samples)))
         if not self.training or splits == 1:
             return super().forward(x)
         if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
@@ -82,14 +84,15 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
         self.num_batches_tracked.add_(1)
 
 
-def convert_split_batchnorm(module: nn.Module, num_splits: int) -> nn.Module:
+def convert_split_batchnorm(module: nn.Module, num_splits: int, min_samples: int = 1) -> nn.Module:
     """Replace every BatchNorm2d of `module` (in place where nested) by a SplitBatchNorm2d with its state."""
     if type(module) is nn.BatchNorm2d:
-        split = SplitBatchNorm2d(module.num_features, num_splits, eps=module.eps, momentum=module.momentum)
+        split = SplitBatchNorm2d(module.num_features, num_splits, min_samples, eps=module.eps,
+                                 momentum=module.momentum)
         split.load_state_dict(module.state_dict())
         return split.to(module.weight.device)
     for name, child in module.named_children():
-        setattr(module, name, convert_split_batchnorm(child, num_splits))
+        setattr(module, name, convert_split_batchnorm(child, num_splits, min_samples))
     return module
 
 
