@@ -261,3 +261,36 @@ def test_pretraining_batches_cross_the_loader_boundary_as_uint8_and_match_the_fl
     trainer.images.keep_uint8 = False
     as_float, _ = _StepDataset(trainer.images, trainer.batches, 0, 1)[0]
     assert torch.equal(images.float() / 255, as_float)
+
+
+def test_plan_counts_the_activations_a_real_step_saves_and_grows_linearly():
+    from mpinet_hub.pretrain.plan import largest_batch, plan_memory
+
+    cfg = PretrainConfig.from_sources(None, method="mpinet", arch="mpinet_resnet18", crop=64, patch=96,
+                                      queue_size=64, pixel_grid=7, ffl_grid=4)
+    plans = [plan_memory(cfg, 3, b) for b in (8, 16, 32)]
+    model = MPINetModel(cfg, 3)
+    model._ffl_pending = False
+    saved = {}
+    with torch.autograd.graph.saved_tensors_hooks(
+            lambda t: saved.setdefault(id(t), t.numel() * t.element_size()) and t, lambda t: t):
+        model(make_two_views(torch.rand(16, 3, 96, 96), 64, generator=torch.Generator().manual_seed(0)))
+    assert plans[1].activations == pytest.approx(sum(saved.values()), rel=0.02)
+    growth = [b.activations - a.activations for a, b in zip(plans, plans[1:])]
+    assert growth[1] == pytest.approx(2 * growth[0], rel=0.05)  # linear in the batch
+    params = sum(p.numel() * 4 for p in model.online.parameters())
+    assert plans[0].gradients == plans[0].optimizer == params
+    fits = largest_batch(cfg, plans[2].total + 1)
+    assert 32 <= fits < 48 and plan_memory(cfg, 3, fits).total <= plans[2].total + 1
+
+
+def test_cli_plan_prints_the_release_recipe_without_data_or_a_run_folder(tmp_path, capsys, monkeypatch):
+    from mpinet_hub.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["pretrain", "--config", "mpinet_resnet50_potsdam", "--plan", "--batch-size", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "batch 16 per process, bf16" in out and "activations (bf16)" in out and "largest batch that fits" in out
+    assert not any(tmp_path.iterdir())  # nothing trained, nothing written
+    with pytest.raises(FileNotFoundError, match="packaged: .*mpinet_resnet50_loveda"):
+        PretrainConfig.from_sources("mpinet_resnet50_nowhere")

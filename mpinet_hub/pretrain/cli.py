@@ -3,40 +3,52 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 from ..models import MPINET_ARCHS
-from .config import METHODS, PretrainConfig
-from .trainer import Trainer
+from .config import METHODS, PretrainConfig, packaged_configs
+
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(PretrainConfig) if f.default is not dataclasses.MISSING}
+
+
+def _default(key: str, text: str = "") -> str:
+    """Help text with the built-in default (flags are None so that a --config file can set them)."""
+    return f"{text} (default: {_DEFAULTS[key]} unless --config sets it)".strip()
 
 
 def add_pretrain_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML with any of the settings below (flags override it); see configs/")
+    p.add_argument("--config", help="YAML with any of the settings below (flags override it), or a packaged recipe "
+                   f"by name: {', '.join(packaged_configs())}")
     p.add_argument("--dataset", choices=["potsdam", "loveda", "uavid", "folder"],
                    help="a data set's training images (labels unused), or `folder` for your own rasters")
     p.add_argument("--data-root", nargs="+", help="data set root, or files/folders/globs for --dataset folder")
     p.add_argument("--method", choices=list(METHODS), help="mpinet (default) or a baseline from the same machinery")
-    p.add_argument("--arch", choices=list(MPINET_ARCHS))
+    p.add_argument("--arch", choices=list(MPINET_ARCHS), help=_default("arch"))
     p.add_argument("--bands", help="Potsdam bands: RGB, IRRG or RGBIR")
-    p.add_argument("--patch", type=int, help="side of the windows read from the images")
-    p.add_argument("--crop", type=int, help="side of each view")
-    p.add_argument("--batch-size", type=int, help="per process")
-    p.add_argument("--epochs", type=float)
+    p.add_argument("--patch", type=int, help=_default("patch", "side of the windows read from the images"))
+    p.add_argument("--crop", type=int, help=_default("crop", "side of each view"))
+    p.add_argument("--batch-size", type=int, help=_default("batch_size", "per process"))
+    p.add_argument("--epochs", type=float, help=_default("epochs"))
     p.add_argument("--steps", type=int, help="overrides --epochs")
-    p.add_argument("--lr", type=float, help="learning rate per 256 images (scaled by the global batch)")
-    p.add_argument("--queue-size", type=int)
-    p.add_argument("--workers", type=int, help="data-loading processes")
-    p.add_argument("--out", help="run folder (config.yaml, log.jsonl, loss.png, checkpoints/)")
-    p.add_argument("--save-every", type=int, help="steps between checkpoints")
+    p.add_argument("--lr", type=float, help=_default("lr", "learning rate per 256 images (scaled by the global batch)"))
+    p.add_argument("--queue-size", type=int, help=_default("queue_size", "instance negatives K"))
+    p.add_argument("--workers", type=int, help=_default("workers", "data-loading processes"))
+    p.add_argument("--out", help=_default("out", "run folder (config.yaml, log.jsonl, loss.png, checkpoints/)"))
+    p.add_argument("--save-every", type=int, help=_default("save_every", "steps between checkpoints"))
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
     p.add_argument("--overwrite", action="store_true",
                    help="start over in an OUT that holds a run (deletes the run's own files: checkpoints/, log.jsonl, "
                    "loss.png, config.yaml; nothing else)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device", help="auto, cpu, cuda")
-    p.add_argument("--precision", choices=["32", "bf16", "16"])
+    p.add_argument("--seed", type=int, help=_default("seed"))
+    p.add_argument("--device", help=_default("device", "auto, cpu, cuda"))
+    p.add_argument("--precision", choices=["32", "bf16", "16"], help=_default("precision"))
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the backbone")
     p.add_argument("--mean", type=float, nargs="+", help="per-band normalisation (default: ImageNet for RGB)")
     p.add_argument("--std", type=float, nargs="+")
+    p.add_argument("--plan", action="store_true",
+                   help="print the step's estimated memory (parameters, optimizer, activations) and the largest batch "
+                   "that fits --plan-memory, then stop; needs no data and no GPU")
+    p.add_argument("--plan-memory", type=float, default=80.0, help="device memory in GiB for --plan (an H100: 80)")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
 
 
@@ -48,9 +60,28 @@ def run_pretrain(args: argparse.Namespace) -> int:
         save_every=args.save_every, seed=args.seed, device=args.device, precision=args.precision,
         compile=args.compile, mean=args.mean, std=args.std,
     )
+    if args.plan:
+        return _print_plan(cfg, args.plan_memory)
+    from .trainer import Trainer  # the training stack only when training
+
     trainer = Trainer(cfg, resume=args.resume, overwrite=args.overwrite)
     last = trainer.train()
     if trainer.is_main:
         print(f"done: {trainer.step} steps, last losses {', '.join(f'{k}={v:.4f}' for k, v in last.items())}")
         print(f"checkpoint: {trainer.out / 'checkpoints' / 'last.pt'}; curves: {trainer.out / 'loss.png'}")
+    return 0
+
+
+def _print_plan(cfg: PretrainConfig, memory_gib: float) -> int:
+    from .plan import largest_batch, plan_memory
+
+    bands = {"RGB": 3, "IRRG": 3, "RGBIR": 4}.get(cfg.bands, 3) if cfg.dataset == "potsdam" else 3
+    plan = plan_memory(cfg, bands)
+    print(f"{cfg.method} {cfg.arch}, {cfg.crop} px views, batch {plan.batch} per process, {plan.precision}, "
+          f"{bands} bands:")
+    print(plan.render())
+    fits = largest_batch(cfg, memory_gib * 2**30, bands)
+    verdict = "fits" if plan.total <= memory_gib * 2**30 else "does NOT fit"
+    print(f"the configured batch {verdict} in {memory_gib:g} GiB; the largest batch that fits: {fits}")
+    print("(estimate: docs/benchmarks.md compares it with measured peaks)")
     return 0
