@@ -7,6 +7,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from . import __version__
+
 # name -> (module holding `add_arguments(parser)` and `run(args) -> int`, one-line description)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "data": ("mpinet_hub.data.cli", "Data sets: `synth` a miniature copy, `check` a folder, `stats` per band"),
@@ -19,6 +21,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("mpinet_hub.downstream.cli", "Class maps for GeoTIFF/PNG inputs (CRS and transform kept)"),
     "compare": ("mpinet_hub.downstream.cli", "Label-efficiency table: encoders x label fractions, markdown + plot"),
     "quickstart": ("mpinet_hub.downstream.cli", "The whole pipeline on a synthetic Potsdam set in a few minutes"),
+    "configs": ("mpinet_hub.pretrain.cli", "List the recipes installed with the package (`--config NAME`)"),
 }
 
 
@@ -37,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="MPINet self-supervised pretraining for remote-sensing segmentation, and its timm/SMP/Hub "
         "weights. Run `mpinet COMMAND --help` for each command.",
     )
+    parser.add_argument("--version", action="version", version=f"mpinet-hub {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     for name, (module_name, help_text) in SUBCOMMANDS.items():
         module = importlib.import_module(module_name)

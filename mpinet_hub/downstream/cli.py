@@ -10,7 +10,7 @@ from ..data import DATASETS
 from ..metrics import PROTOCOLS
 from ..models import MPINET_ARCHS
 from ..pretrain.config import METHODS
-from ..training import resolve_device
+from ..training import PRECISIONS, resolve_device
 from .model import DECODERS
 
 ENCODER_HELP = ("a registered tag (mpinet_resnet50.potsdam), an export folder, a pretraining run folder or its "
@@ -43,7 +43,7 @@ def _finetune_options(p: argparse.ArgumentParser, with_encoder: bool = True) -> 
     p.add_argument("--subset-seed", type=int, help="seed of the labeled subset (keep it fixed across encoders)")
     p.add_argument("--workers", type=int, help="data-loading processes")
     p.add_argument("--device", help="auto, cpu, cuda")
-    p.add_argument("--precision", choices=["32", "bf16", "16"])
+    p.add_argument("--precision", choices=PRECISIONS, help="auto: bf16 on a GPU that supports it, else fp32")
     p.add_argument("--save-every", type=int, help="steps between checkpoints")
     p.add_argument("--mean", type=float, nargs="+", help="per-band normalisation (default: the encoder's)")
     p.add_argument("--std", type=float, nargs="+")
@@ -62,7 +62,8 @@ def _inference_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overlap", type=int, help="px shared by neighbouring windows, logits averaged (default window/4)")
     p.add_argument("--batch-size", type=int, help="windows per forward pass (default 1 on CPU, 8 on GPU)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda")
-    p.add_argument("--precision", default="32", choices=["32", "bf16", "16"])
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="auto: bf16 on a GPU that supports it, else fp32")
 
 
 # --- finetune

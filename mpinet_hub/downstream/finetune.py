@@ -17,7 +17,7 @@ import json
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,8 @@ from tqdm import tqdm
 from ..checkpoint import atomic_save, load_checkpoint
 from ..data import IGNORE_INDEX, SegmentationDataset, open_dataset
 from ..models import MPINET_ARCHS
+from ..pretrain.config import resolve_config
+from ..settings import coerce_settings
 from ..training import (
     AUTOCAST_DTYPES,
     EpochBatches,
@@ -44,6 +46,7 @@ from ..training import (
     normalisation,
     plot_losses,
     resolve_device,
+    resolve_precision,
     trim_log,
 )
 from .model import (
@@ -83,7 +86,7 @@ class FinetuneConfig:
     subset_seed: int = 0
     workers: int = 0
     device: str = "auto"
-    precision: str = "32"
+    precision: str = "32"  # auto | 32 | bf16 | 16
     save_every: int = 500
     log_every: int = 1
     mean: list[float] | None = None
@@ -92,11 +95,9 @@ class FinetuneConfig:
     @classmethod
     def from_sources(cls, path: str | Path | None = None, **overrides: Any) -> FinetuneConfig:
         """YAML file values, then non-None overrides (the command line)."""
-        values: dict[str, Any] = yaml.safe_load(Path(path).read_text()) if path else {}
-        unknown = set(values) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"{path}: unknown setting(s) {sorted(unknown)}")
-        values.update({k: v for k, v in overrides.items() if v is not None})
+        values = coerce_settings(cls, (yaml.safe_load(resolve_config(path).read_text()) or {}) if path else {},
+                                 str(path))
+        values.update(coerce_settings(cls, {k: v for k, v in overrides.items() if v is not None}, "options"))
         for required in ("dataset", "data_root"):
             if not values.get(required):
                 raise ValueError(f"--{required.replace('_', '-')} is required")
@@ -210,7 +211,10 @@ class Finetuner:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.runner = DistributedDataParallel(self.model, device_ids=ids)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "16" and self.device.type == "cuda")
+        self.precision = resolve_precision(cfg.precision, self.device)
+        if cfg.precision == "auto" and self.is_main:
+            print(f"precision auto: {self.precision} on {self.device.type}")
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "16" and self.device.type == "cuda")
         self.batches = EpochBatches(len(self.subset), cfg.batch_size, cfg.seed, self.rank, self.world)
         self.step = 0
         self.info = SegmentationModelInfo(
@@ -279,7 +283,7 @@ class Finetuner:
                             batch_size=None, num_workers=cfg.workers, pin_memory=self.device.type == "cuda")
         mean = torch.tensor(self.mean, device=self.device).view(1, -1, 1, 1)
         std = torch.tensor(self.std, device=self.device).view(1, -1, 1, 1)
-        autocast_dtype = AUTOCAST_DTYPES.get(cfg.precision)
+        autocast_dtype = AUTOCAST_DTYPES.get(self.precision)
         self.model.train()
         log = (self.out / "log.jsonl").open("a") if self.is_main else None
         bar = tqdm(total=cfg.steps, initial=self.step, unit="step", desc=f"finetune {Path(cfg.encoder).name}",

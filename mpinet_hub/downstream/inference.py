@@ -22,7 +22,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..data import Window, window_starts
-from ..training import AUTOCAST_DTYPES
+from ..training import AUTOCAST_DTYPES, resolve_precision
 
 __all__ = ["SlidingWindow"]
 
@@ -53,7 +53,7 @@ class SlidingWindow:
         self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
         self.window, self.overlap = window, overlap
         self.batch_size = batch_size or (1 if self.device.type == "cpu" else 8)
-        self.autocast_dtype = AUTOCAST_DTYPES.get(precision)
+        self.autocast_dtype = AUTOCAST_DTYPES.get(resolve_precision(precision, self.device))
         self.pad_multiple = pad_multiple
 
     @property

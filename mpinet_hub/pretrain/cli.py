@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 
 from ..models import MPINET_ARCHS
+from ..training import PRECISIONS
 from .config import METHODS, PretrainConfig, packaged_configs
 
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(PretrainConfig) if f.default is not dataclasses.MISSING}
@@ -41,7 +42,8 @@ def add_pretrain_arguments(p: argparse.ArgumentParser) -> None:
                    "loss.png, config.yaml; nothing else)")
     p.add_argument("--seed", type=int, help=_default("seed"))
     p.add_argument("--device", help=_default("device", "auto, cpu, cuda"))
-    p.add_argument("--precision", choices=["32", "bf16", "16"], help=_default("precision"))
+    p.add_argument("--precision", choices=PRECISIONS,
+                   help=_default("precision", "auto: bf16 on a GPU that supports it, else fp32"))
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the backbone")
     p.add_argument("--mean", type=float, nargs="+", help="per-band normalisation (default: ImageNet for RGB)")
     p.add_argument("--std", type=float, nargs="+")
@@ -84,4 +86,19 @@ def _print_plan(cfg: PretrainConfig, memory_gib: float) -> int:
     verdict = "fits" if plan.total <= memory_gib * 2**30 else "does NOT fit"
     print(f"the configured batch {verdict} in {memory_gib:g} GiB; the largest batch that fits: {fits}")
     print("(estimate: docs/benchmarks.md compares it with measured peaks)")
+    return 0
+
+
+def add_configs_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = ("The recipes installed with the package. Use one by name: `mpinet pretrain --config NAME` "
+                     "(pretraining) or `mpinet finetune --config NAME` (fine-tuning); flags override its values.")
+
+
+def run_configs(args: argparse.Namespace) -> int:
+    from importlib import resources
+
+    for name in packaged_configs():
+        text = (resources.files("mpinet_hub.configs") / f"{name}.yaml").read_text()
+        first = next((line.lstrip("# ").strip() for line in text.splitlines() if line.startswith("#")), "")
+        print(f"{name:<34} {first}")
     return 0

@@ -10,6 +10,8 @@ from typing import Any
 
 import yaml
 
+from ..settings import coerce_settings
+
 __all__ = ["ABLATION_LADDER", "METHODS", "PretrainConfig", "packaged_configs", "resolve_config"]
 
 # METHOD.md's baselines from the same machinery, as a ladder that changes one factor per rung:
@@ -90,7 +92,7 @@ class PretrainConfig:
     warmup_epochs: float = 10.0
     epochs: float | None = 200.0
     steps: int | None = None  # overrides epochs
-    precision: str = "32"  # 32 | bf16 | 16
+    precision: str = "32"  # auto | 32 | bf16 | 16 (auto: bf16 on a GPU that supports it, else 32)
     compile: bool = False
     channels_last: bool = True
     shuffle_bn: bool = True  # MoCo's shuffling BN: split BN statistics, target batch shuffled (all methods)
@@ -110,19 +112,13 @@ class PretrainConfig:
         """Defaults < method preset < YAML file < explicit overrides (None means 'not given')."""
         values: dict[str, Any] = {}
         if yaml_path:
-            values.update(yaml.safe_load(resolve_config(yaml_path).read_text()) or {})
-        overrides = {k: v for k, v in overrides.items() if v is not None}
+            path = resolve_config(yaml_path)
+            values.update(coerce_settings(cls, yaml.safe_load(path.read_text()) or {}, str(yaml_path)))
+        overrides = coerce_settings(cls, {k: v for k, v in overrides.items() if v is not None}, "options")
         method = overrides.get("method", values.get("method", cls.method))
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-        merged = {**METHODS[method], **values, **overrides}
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(merged) - names)
-        if unknown:
-            raise ValueError(f"unknown config key(s) {unknown}; known: {sorted(names)}")
-        if isinstance(merged.get("data_root"), str):
-            merged["data_root"] = [merged["data_root"]]
-        return cls(**merged)
+        return cls(**{**METHODS[method], **values, **overrides})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

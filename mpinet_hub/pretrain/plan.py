@@ -88,10 +88,11 @@ def plan_memory(cfg: PretrainConfig, in_chans: int = 3, batch: int | None = None
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         model.total_loss(model(_meta_views(cfg, batch, in_chans)))
-    ratio = BF16_ACTIVATION_RATIO if cfg.precision in ("bf16", "16") else 1.0
+    half = cfg.precision in ("bf16", "16", "auto")  # auto: bf16 on the GPU being planned for
+    ratio = BF16_ACTIVATION_RATIO if half else 1.0
     online = sum(p.numel() * p.element_size() for p in model.online.parameters())
     buffers = sum(b.numel() * b.element_size() for b in model.online.buffers())
-    return MemoryPlan(batch=batch, precision=cfg.precision if cfg.precision != "32" else "fp32",
+    return MemoryPlan(batch=batch, precision="bf16" if half else "fp32",
                       parameters=2 * (online + buffers), gradients=online, optimizer=online,
                       queue=model.queue.numel() * 4, activations=int(sum(saved.values()) * ratio),
                       transient=int(2 * max(saved.values()) * ratio))

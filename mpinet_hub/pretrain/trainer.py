@@ -37,6 +37,7 @@ from ..training import (
     normalisation,
     plot_losses,
     resolve_device,
+    resolve_precision,
     trim_log,
 )
 from .config import PretrainConfig
@@ -115,7 +116,10 @@ class Trainer:
         self.augment = PhotometricAugment(self.norm["bands"], cfg.crop, cfg.photometric).to(self.device)
         self.optimizer = self._optimizer()
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "16" and self.device.type == "cuda")
+        self.precision = resolve_precision(cfg.precision, self.device)
+        if cfg.precision == "auto" and self.is_main:
+            print(f"precision auto: {self.precision} on {self.device.type}")
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "16" and self.device.type == "cuda")
         self.step = 0
         if resume:
             self._resume()
@@ -222,7 +226,7 @@ class Trainer:
 
     def _loop(self, loader: DataLoader, log, bar) -> dict[str, float]:
         cfg = self.cfg
-        autocast_dtype = AUTOCAST_DTYPES.get(cfg.precision)
+        autocast_dtype = AUTOCAST_DTYPES.get(self.precision)
         last: dict[str, float] = {}
         tick = time.perf_counter()
         for images, sources in loader:

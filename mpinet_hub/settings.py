@@ -1,0 +1,92 @@
+"""Typed settings for the config dataclasses: YAML and flags checked against each field's declared type.
+
+PyYAML reads `lr: 3e-2` as a string and `batch_size: '16'` stays one; left alone, both fail deep inside a
+run. `coerce_settings` converts what has one clear reading (a numeric string to a number, "true"/"false" to a
+bool, one value to a one-item list) and refuses the rest, naming the key, the value and the type wanted;
+an unknown key is refused with the closest valid name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from typing import Any
+
+__all__ = ["SettingsError", "coerce_settings"]
+
+
+class SettingsError(ValueError):
+    """A setting that does not fit its field; the message names the key and what it expects."""
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any) -> Any:
+    """`value` as type `tp`; ValueError when there is no clear reading."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        exact = [a for a in args if a is not type(None) and typing.get_origin(a) is None and type(value) is a]
+        if exact:  # float | str: "auto" stays a string, 0.5 stays a float
+            return value
+        for candidate in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, candidate)
+            except (TypeError, ValueError):
+                continue
+        raise ValueError
+    if origin is list:
+        items = value if isinstance(value, (list, tuple)) else [value]
+        return [_coerce(v, args[0]) for v in items] if args else list(items)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no"):
+            return value.lower() in ("true", "yes")
+        raise ValueError
+    if tp is int:
+        if isinstance(value, bool):
+            raise ValueError
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            return int(value.strip())
+        raise ValueError
+    if tp is float:
+        if isinstance(value, bool):
+            raise ValueError
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            return float(value.strip())
+        raise ValueError
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ValueError
+    return value
+
+
+def coerce_settings(cls: type, values: dict[str, Any], source: str = "settings") -> dict[str, Any]:
+    """`values` checked against the dataclass `cls`: unknown keys refused (closest name suggested), every value
+    converted to its field's declared type or refused. `source` names where they came from (a YAML path)."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for key, value in values.items():
+        if key not in fields:
+            close = difflib.get_close_matches(key, fields, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(sorted(fields))}"
+            raise SettingsError(f"{source}: unknown setting {key!r}{hint}")
+        try:
+            out[key] = _coerce(value, hints[key])
+        except (TypeError, ValueError):
+            raise SettingsError(f"{source}: {key}: {value!r} is not a {_type_name(hints[key])}") from None
+    return out

@@ -1,0 +1,61 @@
+"""Typed settings, packaged recipes by name, precision `auto`, `mpinet configs` and `--version`."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mpinet_hub import __version__
+from mpinet_hub.cli import main
+from mpinet_hub.downstream.finetune import FinetuneConfig
+from mpinet_hub.pretrain.config import PretrainConfig, packaged_configs
+from mpinet_hub.settings import SettingsError
+from mpinet_hub.training import resolve_precision
+
+
+def _yaml(tmp_path, text: str):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_yaml_numbers_written_as_strings_are_read_as_their_declared_types(tmp_path):
+    cfg = PretrainConfig.from_sources(_yaml(tmp_path, "lr: 3e-2\nbatch_size: '16'\nphotometric: 'false'\n"
+                                                      "data_root: /data/one\nw_ffl: auto\n"))
+    assert (cfg.lr, cfg.batch_size, cfg.photometric, cfg.data_root, cfg.w_ffl) == (0.03, 16, False, ["/data/one"],
+                                                                                    "auto")
+    assert isinstance(cfg.lr, float) and isinstance(cfg.batch_size, int)
+    assert PretrainConfig.from_sources(_yaml(tmp_path, "w_ffl: 0.5\n")).w_ffl == 0.5
+
+
+@pytest.mark.parametrize("text, message", [
+    ("batchsize: 16\n", "unknown setting 'batchsize'; did you mean 'batch_size'"),
+    ("lr: fast\n", "lr: 'fast' is not a float"),
+    ("batch_size: 16.5\n", "batch_size: 16.5 is not a int"),
+    ("photometric: maybe\n", "photometric: 'maybe' is not a bool"),
+])
+def test_a_setting_that_does_not_fit_is_refused_with_its_key_and_the_type_wanted(tmp_path, text, message):
+    with pytest.raises(SettingsError, match=message):
+        PretrainConfig.from_sources(_yaml(tmp_path, text))
+    if "photometric" not in text:  # a pretraining setting only
+        with pytest.raises(SettingsError, match=message):
+            FinetuneConfig.from_sources(_yaml(tmp_path, text), dataset="potsdam", data_root="/x")
+
+
+def test_packaged_recipes_load_by_name_and_choose_the_precision_by_device():
+    names = packaged_configs()
+    assert {"mpinet_resnet50_potsdam", "finetune_deeplabv3plus_loveda"} <= set(names)
+    pre = PretrainConfig.from_sources("mpinet_resnet50_potsdam")
+    fine = FinetuneConfig.from_sources("finetune_deeplabv3plus_loveda", data_root="/x")
+    assert pre.batch_size == 256 and pre.precision == fine.precision == "auto" and fine.dataset == "loveda"
+    assert resolve_precision("auto", torch.device("cpu")) == "32"  # bf16 autocast is slow on CPUs
+    assert resolve_precision("bf16", torch.device("cpu")) == "bf16"
+
+
+def test_cli_lists_the_recipes_and_prints_its_version(capsys):
+    assert main(["configs"]) == 0
+    listed = capsys.readouterr().out
+    assert all(name in listed for name in packaged_configs())
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0 and capsys.readouterr().out.strip() == f"mpinet-hub {__version__}"
