@@ -136,7 +136,7 @@ def test_bad_input_errors_name_the_file(tmp_path):
 def synth_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("synth")
     synth_dataset("potsdam", root / "potsdam", tiles=4, size=256, seed=3, defects=True)
-    synth_dataset("loveda", root / "loveda", tiles=4, size=256, seed=3)
+    synth_dataset("loveda", root / "loveda", tiles=6, size=256, seed=3)
     synth_dataset("uavid", root / "uavid", tiles=4, size=256, seed=3)
     return root
 
@@ -151,9 +151,9 @@ def _digest(folder: Path) -> str:
 
 
 def test_synth_is_deterministic_for_a_seed(tmp_path, synth_root):
-    synth_dataset("loveda", tmp_path / "a", tiles=4, size=256, seed=3)
+    synth_dataset("loveda", tmp_path / "a", tiles=6, size=256, seed=3)
     assert _digest(tmp_path / "a") == _digest(synth_root / "loveda")
-    synth_dataset("loveda", tmp_path / "b", tiles=4, size=256, seed=4)
+    synth_dataset("loveda", tmp_path / "b", tiles=6, size=256, seed=4)
     assert _digest(tmp_path / "b") != _digest(tmp_path / "a")
 
 
@@ -229,7 +229,7 @@ def test_check_reports_known_defects(synth_root, tmp_path):
 
 @pytest.mark.parametrize("name,labels", [("loveda", "masks_png"), ("uavid", "Labels")])
 def test_a_missing_label_names_its_scene(tmp_path, name, labels):
-    synth_dataset(name, tmp_path, tiles=4, size=64, seed=1)
+    synth_dataset(name, tmp_path, tiles=6, size=64, seed=1)
     label = sorted(tmp_path.rglob(f"*[Tt]rain*/**/{labels}/*.png"))[0]
     label.unlink()
     with pytest.raises(DataError, match=f"{label.name}: label of scene .*{label.stem} not found"):
@@ -355,3 +355,11 @@ def test_geotiff_windows_reuse_an_open_file_and_a_rewritten_file_is_reopened(tmp
         dst.write(np.full((1, 64, 64), 9, np.uint8))
     os.utime(path, ns=(1, 1))  # a different modification time, as any rewrite gives
     assert (read_window(path, Window(0, 0, 16, 16)) == 9).all() and len(opened) == 2
+
+
+def test_synth_writes_exactly_the_scenes_asked_for_or_says_why_not(tmp_path):
+    assert len(synth_dataset("loveda", tmp_path / "l", tiles=7, size=64, seed=0)) == 7
+    assert len({w.split("/")[0] for w in synth_dataset("uavid", tmp_path / "u", tiles=3, size=64, seed=0)}) == 3
+    with pytest.raises(ValueError, match="at least 6 images"):
+        synth_dataset("loveda", tmp_path / "few", tiles=4, size=64, seed=0)
+    assert not (tmp_path / "few").exists() or not any((tmp_path / "few").rglob("*.png"))

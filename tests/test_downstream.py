@@ -177,7 +177,7 @@ def test_evaluate_metrics_equal_the_metrics_module(finetuned, potsdam_root, tmp_
 def test_evaluate_refuses_a_class_count_mismatch(finetuned, tmp_path):
     _, model_dir = finetuned
     loveda = tmp_path / "loveda"
-    synth_dataset("loveda", loveda, tiles=4, size=64, seed=1)
+    synth_dataset("loveda", loveda, tiles=6, size=64, seed=1)
     with pytest.raises(ValueError, match="predicts 6 classes .* loveda has 7"):
         evaluate(model_dir, "loveda", loveda, split="val", out=tmp_path / "eval")
     assert not (tmp_path / "eval").exists()
@@ -364,7 +364,7 @@ def test_finetune_and_evaluate_loveda_and_uavid(tmp_path, name, protocol, classe
     from mpinet_hub.data import open_dataset
 
     root = tmp_path / name
-    synth_dataset(name, root, tiles=4, size=128, seed=2)
+    synth_dataset(name, root, tiles=6 if name == "loveda" else 4, size=128, seed=2)
     tuner = Finetuner(_cfg(root, tmp_path / "run", dataset=name, steps=1, label_fraction=1.0))
     model_dir = tuner.train()
     with pytest.raises(ValueError, match="no labels to evaluate against; use --split train, val"):

@@ -20,7 +20,7 @@ def _items(ds) -> list[dict]:
 @pytest.mark.parametrize("name", ["loveda", "uavid"])
 def test_prepared_copy_reads_the_same_scenes_pixels_and_labels_by_window(tmp_path, name):
     root, out = tmp_path / "release", tmp_path / "prepared"
-    synth_dataset(name, root, tiles=3, size=512, seed=1)
+    synth_dataset(name, root, tiles=6, size=512, seed=1)
     (root / "README.txt").write_text("notes that travel with the data")
     report = prepare_dataset(root, out, progress=False)
     assert report.converted == len(list(root.rglob("*.png"))) and report.copied == 1
@@ -39,7 +39,7 @@ def test_prepared_copy_reads_the_same_scenes_pixels_and_labels_by_window(tmp_pat
 
 def test_prepare_resumes_after_a_stop_and_leaves_no_partial_file(tmp_path):
     root, out = tmp_path / "release", tmp_path / "prepared"
-    synth_dataset("loveda", root, tiles=3, size=256, seed=2)
+    synth_dataset("loveda", root, tiles=6, size=256, seed=2)
     first = prepare_dataset(root, out, progress=False)
     victim = sorted(out.rglob("*.tif"))[0]
     victim.unlink()  # as if stopped while writing it: a partial under a temporary name
@@ -53,7 +53,7 @@ def test_prepare_resumes_after_a_stop_and_leaves_no_partial_file(tmp_path):
 
 def test_prepare_refuses_an_unrelated_folder_or_one_inside_the_source_and_writes_nothing(tmp_path):
     root = tmp_path / "release"
-    synth_dataset("loveda", root, tiles=2, size=256, seed=0)
+    synth_dataset("loveda", root, tiles=6, size=256, seed=0)
     taken = tmp_path / "taken"
     taken.mkdir()
     (taken / "mine.txt").write_text("a user's file")
@@ -83,7 +83,7 @@ def test_prepare_keeps_a_folder_data_sets_jpeg_pixels_and_classes(tmp_path):
 
 def test_cli_prepare_prints_what_it_did_and_potsdam_is_not_offered(tmp_path, capsys):
     root = tmp_path / "release"
-    synth_dataset("uavid", root, tiles=2, size=256, seed=0)
+    synth_dataset("uavid", root, tiles=3, size=256, seed=0)
     assert main(["data", "prepare", "uavid", str(root), str(tmp_path / "out")]) == 0
     printed = capsys.readouterr().out
     assert "converted to tiled GeoTIFF" in printed and "opens as uavid" in printed

@@ -279,11 +279,19 @@ def _synth_potsdam(out: Path, tiles: int, size: int, rng: np.random.Generator, d
     return chosen
 
 
+def _split_counts(total: int, minimum: int, unit: str, why: str) -> dict[str, int]:
+    """`total` split about 2:1:1 into train, val and test, each with at least `minimum` (exactly `total` in all)."""
+    if total < 3 * minimum:
+        raise ValueError(f"--tiles {total}: at least {3 * minimum} {unit}, since train, val and test each need {why}")
+    held_out = max(minimum, round(total / 4))
+    return {"train": total - 2 * held_out, "val": held_out, "test": held_out}
+
+
 def _synth_loveda(out: Path, tiles: int, size: int, rng: np.random.Generator) -> list[str]:
     written = []
     first_id = {"Train": 0, "Val": 2522, "Test": 4191}
-    for split, share in (("Train", 0.5), ("Val", 0.25), ("Test", 0.25)):
-        count = max(2, round(tiles * share))  # every split has urban and rural scenes
+    for split_name, count in _split_counts(tiles, minimum=2, unit="images", why="an urban and a rural scene").items():
+        split = split_name.capitalize()
         for k in range(count):
             domain = "Urban" if k % 2 == 0 else "Rural"
             image, ids = render_loveda_scene(size, rng, urban=domain == "Urban")
@@ -302,8 +310,8 @@ def _synth_uavid(out: Path, tiles: int, size: int, rng: np.random.Generator) -> 
     written = []
     h, w = size * 9 // 16, size  # the frames' 16:9 aspect
     seq = 1
-    for split, share in (("train", 0.5), ("val", 0.25), ("test", 0.25)):
-        for _ in range(max(1, round(tiles * share))):
+    for split, count in _split_counts(tiles, minimum=1, unit="sequences", why="a sequence").items():
+        for _ in range(count):
             for frame in range(2):
                 image, _, lab = render_urban_scene((h, w), rng)
                 name = f"{frame * 100:06d}.png"
