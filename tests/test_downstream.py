@@ -201,14 +201,30 @@ def test_predict_keeps_crs_transform_and_shape(finetuned, tmp_path):
         assert (b.crs, b.transform, b.shape, b.count, b.dtypes[0]) == (a.crs, a.transform, a.shape, 1, "uint8")
         classes = b.read(1)
         assert b.colormap(1)[1] == (0, 0, 255, 255)  # building blue, for GIS viewers
+        assert b.descriptions[0].startswith("classes: 0=impervious_surface, 1=building")  # what QGIS shows
+        names = json.loads(b.tags()["CLASS_NAMES"])
     model, info = load_segmentation_model(model_dir)
     sw = SlidingWindow(model, info.mean, info.std, window=64, overlap=16)
     expected = sw.predict_image(torch.from_numpy(array.astype(np.float32) / 255)).argmax(0).numpy()
-    assert np.array_equal(classes, expected)
+    assert np.array_equal(classes, expected) and names == list(info.classes)
     assert (tmp_path / "out" / "scene_classes.preview.png").is_file()
     before = out.read_bytes()
     assert main(["predict", str(model_dir), str(src), str(out)]) == 1  # exists: refused, untouched
     assert out.read_bytes() == before
+
+
+def test_predict_refuses_a_bad_output_before_loading_the_model(finetuned, tmp_path, monkeypatch):
+    from mpinet_hub.downstream import model as model_module
+
+    tuner, model_dir = finetuned
+    src = tmp_path / "scene.tif"
+    _geotiff(src, np.random.default_rng(1).integers(0, 256, (3, 40, 40), dtype=np.uint8))
+    (tmp_path / "taken.tif").write_bytes(b"a user's file")
+    loads = []
+    monkeypatch.setattr(model_module, "load_segmentation_model", lambda *a, **k: loads.append(a) or 1 / 0)
+    assert main(["predict", str(model_dir), str(src), str(tmp_path / "taken.tif")]) == 1
+    assert main(["predict", str(model_dir), str(src), str(tmp_path / "scene.jpg")]) == 1
+    assert loads == [] and (tmp_path / "taken.tif").read_bytes() == b"a user's file"
 
 
 def test_predict_bad_inputs_leave_nothing_behind(finetuned, tmp_path, capsys):

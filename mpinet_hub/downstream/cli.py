@@ -180,20 +180,26 @@ def add_predict_arguments(p: argparse.ArgumentParser) -> None:
 def run_predict(args: argparse.Namespace) -> int:
     from .inference import SlidingWindow
     from .model import load_segmentation_model
-    from .predict import default_output, find_inputs, predict_raster
+    from .predict import check_output, default_output, find_inputs, predict_raster
 
     src = Path(args.input)
     inputs = find_inputs(src)
     bands = [int(b) for b in args.bands.split(",")] if args.bands else None
-    model, info = load_segmentation_model(args.model)
-    sw = SlidingWindow(model, info.mean, info.std, window=args.window, overlap=args.overlap,
-                       batch_size=args.batch_size, device=resolve_device(args.device), precision=args.precision)
-    for path in inputs:
+    outputs = []
+    for path in inputs:  # every output checked before the model is loaded (that takes seconds)
         if src.is_dir():
             dst = default_output(path, Path(args.output) if args.output else src.with_name(f"{src.name}_classes"))
         else:
             dst = Path(args.output) if args.output else default_output(path)
-        print(f"{path} -> {predict_raster(sw, info, path, dst, bands, args.preview, args.overwrite)}")
+        check_output(dst, args.overwrite)
+        outputs.append(dst)
+    model, info = load_segmentation_model(args.model)
+    sw = SlidingWindow(model, info.mean, info.std, window=args.window, overlap=args.overlap,
+                       batch_size=args.batch_size, device=resolve_device(args.device), precision=args.precision)
+    for path, dst in zip(inputs, outputs):
+        written = predict_raster(sw, info, path, dst, bands, args.preview, args.overwrite)
+        preview = written.with_name(f"{written.stem}.preview.png")
+        print(f"{path} -> {written}" + (f" (preview: {preview})" if args.preview else ""))
     return 0
 
 

@@ -9,6 +9,7 @@ existing output is refused unless `overwrite`.
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from pathlib import Path
@@ -25,7 +26,7 @@ from .inference import SlidingWindow
 from .model import SegmentationModelInfo
 from .plots import IGNORE_COLOUR, colourize, thumbnail_of_strip, thumbnail_step
 
-__all__ = ["INPUT_SUFFIXES", "NODATA_CLASS", "find_inputs", "is_georeferenced", "predict_raster"]
+__all__ = ["INPUT_SUFFIXES", "NODATA_CLASS", "check_output", "find_inputs", "is_georeferenced", "predict_raster"]
 
 INPUT_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 NODATA_CLASS = 255  # written where every input band equals the input's nodata value
@@ -68,12 +69,25 @@ def _palette_lut(palette: list[list[int]] | None, classes: int) -> dict[int, tup
     return lut
 
 
-def predict_raster(sw: SlidingWindow, info: SegmentationModelInfo, src: Path, dst: Path,
-                   bands: list[int] | None = None, preview: bool = False, overwrite: bool = False) -> Path:
-    """Write the class map of `src` to `dst` (.tif/.tiff: GeoTIFF; .png: paletted PNG); returns `dst`."""
-    meta = raster_info(src)
+def check_output(dst: Path, overwrite: bool = False) -> None:
+    """Refuse an output that exists (without `overwrite`), has another format, or cannot be written."""
     if dst.exists() and not overwrite:
         raise FileExistsError(f"{dst} exists; pass --overwrite to replace it")
+    if dst.suffix.lower() not in (".png", ".tif", ".tiff"):
+        raise ValueError(f"{dst}: write .tif/.tiff (GeoTIFF) or .png")
+    folder = next((p for p in (dst.parent, *dst.parent.parents) if p.exists()), None)
+    if folder is None or not os.access(folder, os.W_OK):
+        raise PermissionError(f"{dst}: {folder} is not writable; choose another --output")
+
+
+def predict_raster(sw: SlidingWindow, info: SegmentationModelInfo, src: Path, dst: Path,
+                   bands: list[int] | None = None, preview: bool = False, overwrite: bool = False) -> Path:
+    """Write the class map of `src` to `dst` (.tif/.tiff: GeoTIFF; .png: paletted PNG); returns `dst`.
+
+    A GeoTIFF carries the class names: band description `classes: 0=name, 1=name, ...` (what QGIS shows) and a
+    `CLASS_NAMES` tag (JSON list)."""
+    meta = raster_info(src)
+    check_output(dst, overwrite)
     if bands is None:
         if meta.count != info.in_chans:
             example = ",".join(map(str, range(1, info.in_chans + 1)))
@@ -84,8 +98,6 @@ def predict_raster(sw: SlidingWindow, info: SegmentationModelInfo, src: Path, ds
             raise ValueError(f"--bands {bands}: the model takes {info.in_chans} band(s) and {src} has {meta.count}")
     georeferenced, geo_profile, nodata = _georeferencing(src)
     as_png = dst.suffix.lower() == ".png"
-    if not as_png and dst.suffix.lower() not in (".tif", ".tiff"):
-        raise ValueError(f"{dst}: write .tif/.tiff (GeoTIFF) or .png")
     if not georeferenced:
         warnings.warn(f"{src} has no georeferencing (CRS/transform); {dst.name} is written without it",
                       stacklevel=2)
@@ -118,6 +130,9 @@ def predict_raster(sw: SlidingWindow, info: SegmentationModelInfo, src: Path, ds
                         thumb.append(thumbnail_of_strip(strip, top, step))
                 if sink is not None:
                     sink.write_colormap(1, lut)
+                    names = ", ".join(f"{i}={name}" for i, name in enumerate(info.classes))
+                    sink.set_band_description(1, f"classes: {names}")
+                    sink.update_tags(CLASS_NAMES=json.dumps(list(info.classes)), NODATA_CLASS=str(NODATA_CLASS))
             finally:
                 if sink is not None:
                     sink.close()
