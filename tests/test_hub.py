@@ -72,8 +72,16 @@ def test_timm_tag_loads_from_offline_cache(exported_potsdam, backbone_state):
     model = timm.create_model("mpinet_resnet18.potsdam", pretrained=True)
     assert_same_weights(model.state_dict(), backbone_state)
     assert model.num_classes == 0
-    default = timm.create_model("mpinet_resnet18", pretrained=True)  # potsdam is the default tag
+    with pytest.warns(UserWarning, match="without a tag loads the potsdam weights"):
+        default = timm.create_model("mpinet_resnet18", pretrained=True)  # potsdam is the default tag
     assert_same_weights(default.state_dict(), backbone_state)
+
+
+def test_smp_encoder_weights_naming_another_tag_is_not_silent(exported_potsdam):
+    import segmentation_models_pytorch as smp
+
+    with pytest.warns(UserWarning, match=r"tu-mpinet_resnet18\.loveda"):
+        smp.Unet("tu-mpinet_resnet18", encoder_weights="loveda", classes=2)
 
 
 def test_timm_features_only(exported_potsdam, backbone_state):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,10 +134,22 @@ def _cfg(arch: str, tag: str) -> MpinetPretrainedCfg:
 default_cfgs = generate_default_cfgs({f"{arch}.{tag}": _cfg(arch, tag) for arch in MPINET_ARCHS for tag in MPINET_TAGS})
 
 
-def _resolve_tag(arch: str, pretrained_cfg: Any) -> str | None:
-    """The tag a create_model call asked for; None when a full cfg (e.g. from a config.json) was passed."""
+def _resolve_tag(arch: str, pretrained_cfg: Any, pretrained: bool = False) -> str | None:
+    """The tag a create_model call asked for; None when a full cfg (e.g. from a config.json) was passed.
+
+    No tag gives the first (potsdam), as timm's default tag does, with a warning when weights are loaded: the
+    tags are different data sets, and SMP's `encoder_weights="loveda"` reaches here as a bare `pretrained=True`
+    (SMP 0.6 turns any value into True for `tu-` encoders), so without the warning it would load potsdam
+    silently."""
     if pretrained_cfg is None:
-        return next(iter(MPINET_TAGS))
+        default = next(iter(MPINET_TAGS))
+        if pretrained:
+            warnings.warn(
+                f"{arch} without a tag loads the {default} weights. Name the data set's tag: "
+                + ", ".join(f"{arch}.{t}" for t in MPINET_TAGS)
+                + f"; in SMP, put it in the encoder name (tu-{arch}.loveda): encoder_weights does not choose it.",
+                UserWarning, stacklevel=4)
+        return default
     if isinstance(pretrained_cfg, str):
         if pretrained_cfg not in MPINET_TAGS:
             raise UnknownTagError(
@@ -152,7 +165,7 @@ def _create_mpinet_resnet(arch: str, pretrained: bool = False, **kwargs: Any) ->
     pretrained_cfg = kwargs.pop("pretrained_cfg", None)
     overlay = dict(kwargs.pop("pretrained_cfg_overlay", None) or {})
     allow_band_drop = kwargs.pop("allow_band_drop", False)
-    tag = _resolve_tag(arch, pretrained_cfg)
+    tag = _resolve_tag(arch, pretrained_cfg, pretrained)
     if tag is not None:
         pretrained_cfg = tag
         # The org is read per call, so MPINET_HUB_ORG set after `import mpinet_hub` still applies.
