@@ -266,3 +266,24 @@ def test_push_uploads_to_local_endpoint_and_refuses_bad_folders(exported_potsdam
         from mpinet_hub.hub import push_folder
 
         push_folder(tampered, "lab/x", allow_unevaluated=True, endpoint="http://127.0.0.1:9")
+
+
+def test_missing_weights_fail_at_once_offline_or_unreachable_with_the_ways_out(tmp_path, monkeypatch):
+    import socket
+
+    from huggingface_hub import constants
+
+    from mpinet_hub import PretrainedWeightsNotFoundError
+
+    downloads = []
+    monkeypatch.setattr("timm.models._hub.hf_hub_download", lambda *a, **k: downloads.append(a) or 1 / 0)
+    with pytest.raises(PretrainedWeightsNotFoundError, match="HF_HUB_OFFLINE is set(.|\n)*install_to_hf_cache"):
+        timm.create_model("mpinet_resnet18.uavid", pretrained=True)  # the test session runs offline
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: (_ for _ in ()).throw(OSError("no route")))
+    with pytest.raises(PretrainedWeightsNotFoundError, match="cannot be reached \\(no route\\)"):
+        timm.create_model("mpinet_resnet18.uavid", pretrained=True)
+    assert downloads == []  # no download attempt, so none of huggingface_hub's retries
+    with pytest.raises(FileNotFoundError, match="nowhere.safetensors: no such weights file"):
+        timm.create_model("mpinet_resnet18.uavid", pretrained=True,
+                          pretrained_cfg_overlay=dict(file=str(tmp_path / "nowhere.safetensors")))

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
 import warnings
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlparse
 
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._pretrained import PretrainedCfg
@@ -182,7 +184,12 @@ def _create_mpinet_resnet(arch: str, pretrained: bool = False, **kwargs: Any) ->
             f"drop {cfg_bands - in_chans} band(s) of the first conv. Feed all {cfg_bands} bands, or pass "
             "allow_band_drop=True to accept timm's channel adaptation."
         )
+    if pretrained and overlay.get("file") and not os.path.isfile(overlay["file"]):
+        raise FileNotFoundError(f"{overlay['file']}: no such weights file (pretrained_cfg_overlay file=); give the "
+                                "path of a model.safetensors that `mpinet export` wrote")
     try:
+        if pretrained and tag is not None and not overlay.get("file"):
+            _fail_fast_when_unreachable(overlay["hf_hub_id"])
         return build_model_with_cfg(
             ResNet,
             arch,
@@ -200,13 +207,32 @@ def _create_mpinet_resnet(arch: str, pretrained: bool = False, **kwargs: Any) ->
         raise PretrainedWeightsNotFoundError(
             f"Pretrained weights for {arch}.{tag} were not found: looked for model.safetensors in the Hugging "
             f"Face repo {repo!r} (local cache first, then the Hub) and got: {type(err).__name__}: {err}\n"
-            "Two ways out:\n"
+            "No release weights are published yet. Ways out:\n"
             f"  1. point at a local file: timm.create_model('{arch}.{tag}', pretrained=True, "
             "pretrained_cfg_overlay=dict(file='/path/to/model.safetensors'))\n"
-            "  2. make the weights: `mpinet pretrain ...`, then `mpinet export RUN/checkpoints/last.pt OUT "
+            "  2. put an export folder into the Hugging Face cache once: "
+            f"mpinet_hub.hub.install_to_hf_cache('/path/to/export', '{repo}')\n"
+            "  3. make the weights: `mpinet pretrain ...`, then `mpinet export RUN/checkpoints/last.pt OUT "
             f"--arch {arch} --tag {tag}` and `mpinet push OUT --repo-id {repo}` (or set MPINET_HUB_ORG to "
             "the organisation that holds them)."
         ) from err
+
+
+def _fail_fast_when_unreachable(repo_id: str) -> None:
+    """Raise at once (OSError, turned into the helpful message above) when the weights are not in the Hugging
+    Face cache and the Hub cannot be reached: offline, huggingface_hub retries for 25-29 s before failing."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(repo_id, "model.safetensors"), str):
+        return
+    if constants.HF_HUB_OFFLINE:
+        raise OSError(f"HF_HUB_OFFLINE is set and {repo_id}/model.safetensors is not in the local cache")
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=3).close()
+    except OSError as err:
+        raise OSError(f"{host} cannot be reached ({err}) and {repo_id}/model.safetensors is not in the local "
+                      "cache") from err
 
 
 @register_model
