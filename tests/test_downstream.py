@@ -277,6 +277,15 @@ def test_export_card_carries_evaluate_metrics(finetuned, potsdam_root, tmp_path,
                  "--metrics", str(tmp_path / "eval" / "metrics.json")]) == 0
     card = (tmp_path / "hub" / "README.md").read_text()
     assert f"| potsdam | potsdam-mmseg | test | 50% | {result['mIoU']:.2f} | {result['OA']:.2f}" in card
+    from huggingface_hub import ModelCard
+
+    data = ModelCard.load(tmp_path / "hub" / "README.md").data  # what the Hub reads
+    assert data.license == "other" and data.license_name == "isprs-benchmark-research-use"
+    assert data.library_name == "timm" and data.model_name == "mpinet_resnet18.potsdam"
+    miou = next(e for e in data.eval_results if e.metric_type == "miou")
+    assert (miou.metric_value, miou.dataset_split, miou.task_type) == (round(result["mIoU"], 2), "test",
+                                                                       "semantic-segmentation")
+    assert data.to_dict()["mpinet_evaluated"] is True
 
 
 def test_quickstart_end_to_end(tmp_path, capsys):

@@ -65,7 +65,8 @@ def test_export_folder_contents(exported_potsdam, backbone_state):
     card = (exported_potsdam / "README.md").read_text()
     meta = card_front_matter(card)
     assert meta["mpinet_sha256"] == sha and meta["mpinet_evaluated"] is False and meta["library_name"] == "timm"
-    assert "${" not in card and "ISPRS" in card and "10.1016/j.asr.2024.10.026" in card
+    assert "{{" not in card and "ISPRS" in card and "10.1016/j.asr.2024.10.026" in card
+    assert "exported from a plain state dict" in card and "24 training tiles" in card.split("This export")[0]
 
 
 def test_timm_tag_loads_from_offline_cache(exported_potsdam, backbone_state):

@@ -1,24 +1,63 @@
-"""Model cards: render a tag's template from `weights_cards/`, and read back what a card claims."""
+"""Model cards: huggingface_hub's `ModelCard` from one template (`weights_cards/model_card.md`) and per-tag facts.
+
+The metadata (licence, tags, `model-index` of `EvalResult`s from `mpinet evaluate`'s metrics.json) is built as
+`ModelCardData`, so the Hub renders the licence and the results; `card_front_matter` reads it back the same way.
+"""
 
 from __future__ import annotations
 
 import json
 from importlib import resources
 from pathlib import Path
-from string import Template
 from typing import Any
 
-import yaml
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-__all__ = ["card_front_matter", "metrics_markdown", "render_card"]
+__all__ = ["TAG_FACTS", "card_front_matter", "eval_results", "metrics_markdown", "render_card"]
+
+TEMPLATE = "model_card.md"
+TAGS = ["timm", "remote-sensing", "self-supervised-learning", "semantic-segmentation", "mpinet"]
+# What each tag's data set is, and the terms its weights inherit from it.
+TAG_FACTS: dict[str, dict[str, Any]] = {
+    "potsdam": dict(
+        data_name="ISPRS Potsdam", num_classes=6,
+        description="ISPRS 2D Semantic Labeling Contest, Potsdam: 24 training tiles of 6000x6000 px at 5 cm GSD "
+                    "(the release recipe cuts them into 256x256 patches; labels unused).",
+        licence="the ISPRS benchmark data are for research use; cite the ISPRS benchmark.",
+        card=dict(license="other", license_name="isprs-benchmark-research-use",
+                  license_link="https://www.isprs.org/education/benchmarks/UrbanSemLab/default.aspx"),
+        citation="Data: ISPRS 2D Semantic Labeling Contest, Potsdam (Rottensteiner et al., ISPRS Annals 2012)."),
+    "loveda": dict(
+        data_name="LoveDA", num_classes=7,
+        description="LoveDA (Wang et al., NeurIPS 2021 Datasets and Benchmarks): the Train split, urban and rural "
+                    "scenes of 1024x1024 px at 0.3 m GSD (masks unused).",
+        licence="CC BY-NC-SA 4.0 (non-commercial, share-alike).",
+        card=dict(license="cc-by-nc-sa-4.0"),
+        citation="Data: LoveDA, Wang et al., NeurIPS 2021 Datasets and Benchmarks, doi:10.5281/zenodo.5706578."),
+    "uavid": dict(
+        data_name="UAVid", num_classes=8,
+        description="UAVid v1.5 (Lyu et al., ISPRS J. 2020): the 200 frames of `uavid_train` (oblique UAV video, "
+                    "3840x2160 or 4096x2160 px; labels unused).",
+        licence="CC BY-NC-SA 4.0 (non-commercial, share-alike).",
+        card=dict(license="cc-by-nc-sa-4.0"),
+        citation="Data: UAVid, Lyu et al., ISPRS Journal of Photogrammetry and Remote Sensing 165, 2020."),
+}
 
 
-def _template(tag: str) -> str:
-    name = f"{tag}.md"
-    files = resources.files("mpinet_hub.weights_cards")
-    if not files.joinpath(name).is_file():
-        raise FileNotFoundError(f"No card template for tag {tag!r} in weights_cards/ (expected {name})")
-    return files.joinpath(name).read_text(encoding="utf-8")
+def eval_results(tag: str, results: list[dict[str, Any]]) -> list[EvalResult]:
+    """The Hub's `model-index` entries for `mpinet evaluate` results: mIoU, OA and mF1 of each."""
+    out = []
+    for r in results:
+        fraction = r.get("label_fraction")
+        labels = f", {100 * fraction:g}% labels" if isinstance(fraction, (int, float)) else ""
+        for metric in ("mIoU", "OA", "mF1"):
+            out.append(EvalResult(
+                task_type="semantic-segmentation", task_name="Semantic segmentation (fine-tuned)",
+                dataset_type=r.get("dataset", tag), dataset_name=TAG_FACTS.get(r.get("dataset", tag), {}).get(
+                    "data_name", str(r.get("dataset", tag))), dataset_split=r.get("split"),
+                metric_type=metric.lower(), metric_name=f"{metric} ({r.get('protocol', '-')} protocol{labels})",
+                metric_value=round(float(r[metric]), 2)))
+    return out
 
 
 def metrics_markdown(results: list[dict[str, Any]]) -> str:
@@ -63,21 +102,27 @@ def _fmt(x: Any) -> str:
 
 
 def render_card(tag: str, **fields: Any) -> str:
-    """Fill `weights_cards/{tag}.md`; missing fields raise KeyError (a card is never half-filled)."""
-    values = dict(fields)
-    values["metrics"] = metrics_markdown(fields.get("metrics") or [])
-    values["evaluated"] = "true" if fields.get("metrics") else "false"
-    for key in ("mean", "std"):
-        values[key] = json.dumps([round(float(v), 4) for v in values[key]])
-    values["bands"] = ", ".join(values["bands"])
-    return Template(_template(tag)).substitute(values)
+    """The card of an export of `tag`. `fields`: arch, base_arch, repo_id, sha256, bands, in_chans, mean, std, crop,
+    recipe, run_description, metrics (a list of metrics.json dicts); a missing one raises KeyError."""
+    facts = TAG_FACTS[tag]
+    results = fields.get("metrics") or []
+    data = ModelCardData(
+        library_name="timm", pipeline_tag="image-feature-extraction", tags=TAGS, model_name=f"{fields['arch']}.{tag}",
+        eval_results=eval_results(tag, results) or None, mpinet_sha256=fields["sha256"],
+        mpinet_evaluated=bool(results), **facts["card"])
+    with resources.as_file(resources.files("mpinet_hub.weights_cards") / TEMPLATE) as template:
+        card = ModelCard.from_template(
+            data, template_path=str(template), model_name=f"{fields['arch']}.{tag}", arch=fields["arch"], tag=tag,
+            base_arch=fields["base_arch"], repo_id=fields["repo_id"], sha256=fields["sha256"],
+            bands=", ".join(fields["bands"]), in_chans=fields["in_chans"],
+            mean=json.dumps([round(float(v), 4) for v in fields["mean"]]),
+            std=json.dumps([round(float(v), 4) for v in fields["std"]]), crop=fields["crop"],
+            recipe=fields["recipe"], run_description=fields["run_description"], metrics=metrics_markdown(results),
+            data_name=facts["data_name"], data_description=facts["description"], data_licence=facts["licence"],
+            data_citation=facts["citation"], num_classes=facts["num_classes"])
+    return str(card)
 
 
 def card_front_matter(text: str) -> dict[str, Any]:
-    """The YAML metadata block of a card (empty if it has none)."""
-    if not text.startswith("---"):
-        return {}
-    end = text.find("\n---", 3)
-    if end < 0:
-        return {}
-    return yaml.safe_load(text[3:end]) or {}
+    """The metadata of a card, parsed by huggingface_hub (empty if it has none)."""
+    return ModelCard(text, ignore_metadata_errors=True).data.to_dict()

@@ -106,6 +106,16 @@ def _recipe(meta: dict[str, Any]) -> str:
     return "| setting | value |\n|---|---|\n" + "\n".join(rows)
 
 
+def _run_description(meta: dict[str, Any]) -> str:
+    """What these weights were actually trained on, from the checkpoint's own config (not the release's)."""
+    cfg = meta.get("config") or {}
+    if not cfg:
+        return "exported from a plain state dict; the data and steps were not recorded with the weights."
+    roots = ", ".join(Path(str(r)).name or str(r) for r in cfg.get("data_root") or []) or "an unrecorded folder"
+    return (f"{meta.get('step')} steps of {cfg.get('batch_size')} windows of {cfg.get('patch')} px "
+            f"({cfg.get('crop')} px views) from the {cfg.get('dataset')} data in `{roots}`.")
+
+
 def export_weights(
     src: str | Path,
     out_dir: str | Path,
@@ -192,6 +202,7 @@ def export_weights(
             std=cfg["std"],
             crop=crop,
             recipe=_recipe(meta),
+            run_description=_run_description(meta),
             metrics=metrics or [],
         )
         (staging / "README.md").write_text(card, encoding="utf-8")
