@@ -51,6 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _library_errors() -> tuple[type[BaseException], ...]:
+    """Error types of the libraries under the commands that mean bad input rather than a bug."""
+    import yaml
+    from safetensors import SafetensorError
+
+    return yaml.YAMLError, SafetensorError
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -62,7 +70,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as err:
+    except (ValueError, OSError, RuntimeError, *_library_errors()) as err:
+        # Expected failures (bad input, full disk, no permission, a torn weights file, a refused upload) end in
+        # one line and exit 1; argparse's usage errors exit 2. --debug shows the traceback.
         if getattr(args, "debug", False):
             raise
         print(f"mpinet {args.command}: error: {err}", file=sys.stderr)

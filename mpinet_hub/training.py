@@ -30,6 +30,8 @@ __all__ = [
     "trim_log",
     "init_distributed",
     "normalisation",
+    "prune_checkpoints",
+    "remove_partial_checkpoints",
     "plot_losses",
     "resolve_device",
     "resolve_precision",
@@ -112,6 +114,7 @@ class RunLock:
             with os.fdopen(fd, "w") as f:
                 f.write(me)
             self.held = True
+            remove_partial_checkpoints(out / "checkpoints")  # a killed writer's; the folder is ours now
             return
         raise RunFolderError(f"{self.path}: could not take the lock")
 
@@ -125,6 +128,25 @@ class RunLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def remove_partial_checkpoints(folder: Path) -> list[Path]:
+    """Delete the temporary files `atomic_save` leaves when killed mid-write (`.NAME.*.tmp`); call it only while
+    holding the run's lock, so no live writer's file is taken."""
+    removed = sorted(folder.glob(".*.tmp")) if folder.is_dir() else []
+    for tmp in removed:
+        tmp.unlink(missing_ok=True)
+    return removed
+
+
+def prune_checkpoints(folder: Path, keep: int | None) -> list[Path]:
+    """Keep the newest `keep` periodic checkpoints (`step_*.pt`, named by step) and delete the older ones;
+    `last.pt` is never touched. `keep=None` keeps all."""
+    periodic = sorted(folder.glob("step_*.pt"))
+    old = periodic[: max(0, len(periodic) - keep)] if keep else []
+    for path in old:
+        path.unlink(missing_ok=True)
+    return old
 
 
 def _alive(pid: int) -> bool:

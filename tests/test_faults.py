@@ -154,3 +154,55 @@ def test_finetune_refuses_an_existing_run_and_a_second_writer(data, tmp_path, ca
     assert main(common) == 1
     assert "already holds a run" in capsys.readouterr().err and _snapshot(tmp_path / "ft") == before
     assert main([*common, "--overwrite", "--label-fraction", "0.5"]) == 0
+
+
+def test_bad_numbers_in_settings_are_refused_in_one_line_before_any_output(data, tmp_path, capsys):
+    for flags, message in ((["--save-every", "0"], "save-every 0: must be at least 1"),
+                           (["--crop", "128"], "crop 128 is larger than patch 96"),
+                           (["--keep-last", "0"], "keep-last 0: must be at least 1")):
+        assert _pretrain(data, tmp_path / "never", "--steps", "1", *flags) == 1
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
+        assert not (tmp_path / "never").exists()
+
+
+def test_a_killed_writers_partial_checkpoint_is_removed_and_periodic_ones_are_bounded(data, tmp_path):
+    out = tmp_path / "run"
+    assert _pretrain(data, out, "--steps", "2") == 0
+    orphan = out / "checkpoints" / ".last.pt.abc123.tmp"  # what atomic_save leaves when killed mid-write
+    orphan.write_bytes(b"torn")
+    mask = os.umask(0o022)
+    try:
+        assert _pretrain(data, out, "--steps", "7", "--save-every", "2", "--keep-last", "2", "--resume") == 0
+    finally:
+        os.umask(mask)
+    assert not orphan.exists()
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["last.pt", "step_0000004.pt",
+                                                                       "step_0000006.pt"]
+    assert (out / "checkpoints" / "last.pt").stat().st_mode & 0o777 == 0o644  # the user's umask, not 0600
+
+
+def test_torn_weights_end_in_one_line(tmp_path, capsys):
+    torn = tmp_path / "model.safetensors"
+    torn.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\": ")  # a header cut short
+    assert main(["export", str(torn), str(tmp_path / "hub"), "--arch", "mpinet_resnet18", "--tag", "potsdam"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("mpinet export: error:") and "Traceback" not in err
+    assert not (tmp_path / "hub").exists()
+
+
+def test_predict_into_a_read_only_folder_ends_in_one_line_before_loading(run, tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        if os.access(locked, os.W_OK):
+            pytest.skip("running as a user who can write anywhere (root)")
+        src = tmp_path / "in.png"
+        from PIL import Image
+
+        Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(src)
+        assert main(["predict", str(run), str(src), str(locked / "out.png")]) == 1
+        assert "not writable" in capsys.readouterr().err
+    finally:
+        locked.chmod(0o755)

@@ -36,6 +36,8 @@ def add_pretrain_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, help=_default("workers", "data-loading processes"))
     p.add_argument("--out", help=_default("out", "run folder (config.yaml, log.jsonl, loss.png, checkpoints/)"))
     p.add_argument("--save-every", type=int, help=_default("save_every", "steps between checkpoints"))
+    p.add_argument("--keep-last", type=int, help="keep only the newest N periodic checkpoints (step_*.pt); last.pt "
+                   "is always kept (default: all)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
     p.add_argument("--overwrite", action="store_true",
                    help="start over in an OUT that holds a run (deletes the run's own files: checkpoints/, log.jsonl, "
@@ -59,8 +61,8 @@ def run_pretrain(args: argparse.Namespace) -> int:
         args.config, dataset=args.dataset, data_root=args.data_root, method=args.method, arch=args.arch,
         bands=args.bands, patch=args.patch, crop=args.crop, batch_size=args.batch_size, epochs=args.epochs,
         steps=args.steps, lr=args.lr, queue_size=args.queue_size, workers=args.workers, out=args.out,
-        save_every=args.save_every, seed=args.seed, device=args.device, precision=args.precision,
-        compile=args.compile, mean=args.mean, std=args.std,
+        save_every=args.save_every, keep_last=args.keep_last, seed=args.seed, device=args.device,
+        precision=args.precision, compile=args.compile, mean=args.mean, std=args.std,
     )
     if args.plan:
         return _print_plan(cfg, args.plan_memory)

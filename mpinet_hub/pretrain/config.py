@@ -102,6 +102,7 @@ class PretrainConfig:
     # run
     out: str = "runs/pretrain"
     save_every: int = 1000
+    keep_last: int | None = None  # periodic checkpoints (step_*.pt) kept; None: all
     log_every: int = 1
     workers: int = 4
     seed: int = 0
@@ -118,7 +119,22 @@ class PretrainConfig:
         method = overrides.get("method", values.get("method", cls.method))
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-        return cls(**{**METHODS[method], **values, **overrides})
+        cfg = cls(**{**METHODS[method], **values, **overrides})
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        """Refuse settings that would fail later (or silently never save), naming the setting."""
+        at_least = {"batch_size": 2, "save_every": 1, "log_every": 1, "queue_size": 1, "patch": 32, "crop": 32,
+                    "bn_splits": 1, "bn_split_samples": 1, "pixel_grid": 1, "ffl_grid": 1}
+        for key, low in at_least.items():
+            if getattr(self, key) < low:
+                raise ValueError(f"{key.replace('_', '-')} {getattr(self, key)}: must be at least {low}")
+        for key in ("steps", "keep_last"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise ValueError(f"{key.replace('_', '-')} {getattr(self, key)}: must be at least 1")
+        if self.crop > self.patch:
+            raise ValueError(f"crop {self.crop} is larger than patch {self.patch} (views are cut from the windows)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

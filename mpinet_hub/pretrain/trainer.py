@@ -36,6 +36,7 @@ from ..training import (
     last_good_checkpoint_hint,
     normalisation,
     plot_losses,
+    prune_checkpoints,
     resolve_device,
     resolve_precision,
     trim_log,
@@ -79,7 +80,8 @@ class _StepDataset(Dataset):
 
 
 # Settings a run may change on --resume: where it runs and how often it writes (and how long it goes on).
-_RESUMABLE = {"out", "workers", "device", "save_every", "log_every", "steps", "epochs", "compile", "data_root"}
+_RESUMABLE = {"out", "workers", "device", "save_every", "log_every", "steps", "epochs", "compile", "data_root",
+              "keep_last"}
 
 
 class Trainer:
@@ -269,6 +271,8 @@ class Trainer:
                 self.save()
                 if self.step % cfg.save_every == 0 and self.step != self.total_steps:
                     self.save(f"step_{self.step:07d}.pt")
+                    if self.is_main:
+                        prune_checkpoints(self.out / "checkpoints", cfg.keep_last)
                 if self.is_main:
                     plot_losses(self.out / "log.jsonl", self.out / "loss.png")
         return last
