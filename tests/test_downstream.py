@@ -430,3 +430,23 @@ def test_compare_probe_protocol_writes_its_own_table(tmp_path, potsdam_root, cap
     assert json.loads(cell.read_text())["encoder"] == "random-bn"
     assert "linear probe" in (tmp_path / "cmp" / "results_probe.md").read_text()
     assert not (tmp_path / "cmp" / "results.md").exists()  # no fine-tuning table was asked for
+
+
+def test_predict_on_a_full_disk_exits_in_one_line_and_leaves_nothing(finetuned, tmp_path, monkeypatch, capsys):
+    import errno
+
+    from mpinet_hub.downstream import predict as predict_module
+
+    _, model_dir = finetuned
+    src = tmp_path / "scene.tif"
+    _geotiff(src, np.random.default_rng(2).integers(0, 256, (3, 40, 40), dtype=np.uint8))
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(predict_module.os, "replace", full)
+    out = tmp_path / "out"
+    assert main(["predict", str(model_dir), str(src), str(out / "scene_classes.tif"), "--window", "32"]) == 1
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and "Traceback" not in err
+    assert not out.exists() or not any(out.iterdir())  # no output, no partial file
