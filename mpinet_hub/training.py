@@ -233,25 +233,39 @@ def last_good_checkpoint_hint(last_checkpoint: Path) -> str:
     return "No checkpoint was written before this step, so there is none to go back to; start again with a lower --lr."
 
 
-def plot_losses(log_path: Path, png_path: Path, keys: tuple[str, ...] = ("total", "ins", "pix", "ffl")) -> None:
-    """PNG of the logged loss terms in `keys` (those present) against step, from a JSON-lines log."""
+def plot_losses(log_path: Path, png_path: Path, keys: tuple[str, ...] = ("total", "ins", "pix", "ffl"),
+                weights: dict[str, float | str] | None = None, title: str | None = None,
+                lines: dict[str, float] | None = None) -> None:
+    """PNG of the logged loss terms in `keys` (those present) against step, from a JSON-lines log.
+
+    `weights` scales a term as it enters the total (a number, or the name of a logged field such as `w_ffl`), so
+    the plotted terms add up to `total`; `lines` draws labelled horizontal references (e.g. chance for InfoNCE).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     records = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
     if not records:
         return
     keys = tuple(k for k in keys if k in records[-1])
-    fig, ax = plt.subplots(figsize=(7, 4))
+    weights = weights or {}
+    fig, ax = plt.subplots(figsize=(8, 4))
     steps = [r["step"] for r in records]
     for k in keys:
-        ax.plot(steps, [r.get(k) for r in records], label=k)
+        w = weights.get(k, 1.0)
+        scale = [float(r.get(w, 0.0)) if isinstance(w, str) else float(w) for r in records]
+        label = k if k == "total" or w == 1.0 else f"{w} x {k}" if isinstance(w, str) else f"{w:g} x {k}"
+        ax.plot(steps, [r.get(k) * c for r, c in zip(records, scale)], label=label, lw=2 if k == "total" else 1.2)
+    for label, value in (lines or {}).items():
+        ax.axhline(value, color="grey", ls="--", lw=1, label=label)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.set_title(f"losses ({png_path.parent.name})")
-    ax.legend()
+    ax.set_ylabel("loss (as weighted in the total)")
+    ax.set_title(title or f"losses ({png_path.parent.name})", fontsize=10)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     tmp = png_path.with_suffix(".tmp.png")

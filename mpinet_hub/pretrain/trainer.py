@@ -274,7 +274,11 @@ class Trainer:
                     if self.is_main:
                         prune_checkpoints(self.out / "checkpoints", cfg.keep_last)
                 if self.is_main:
-                    plot_losses(self.out / "log.jsonl", self.out / "loss.png")
+                    plot_losses(self.out / "log.jsonl", self.out / "loss.png",
+                                weights={"ins": cfg.w_ins, "pix": cfg.w_pix, "ffl": "w_ffl"},
+                                title=f"{cfg.method} {cfg.arch}, batch {cfg.batch_size} ({self.out.name})",
+                                lines={f"ins at chance, ln(K+1) = {math.log(cfg.queue_size + 1):.2f}":
+                                       cfg.w_ins * math.log(cfg.queue_size + 1)})
         return last
 
 
