@@ -450,3 +450,22 @@ def test_predict_on_a_full_disk_exits_in_one_line_and_leaves_nothing(finetuned, 
     err = capsys.readouterr().err
     assert "No space left on device" in err and "Traceback" not in err
     assert not out.exists() or not any(out.iterdir())  # no output, no partial file
+
+
+def test_a_finetuned_model_carries_its_data_licence_and_results_and_reloads_with_plain_timm_names(
+        tmp_path, potsdam_root, exported_potsdam):
+    from huggingface_hub import ModelCard
+
+    tuner = Finetuner(_cfg(potsdam_root, tmp_path / "run", encoder="mpinet_resnet18.potsdam", steps=1))
+    model_dir = tuner.train()
+    config = json.loads((model_dir / "config.json").read_text())
+    assert config["encoder_name"] == "tu-resnet18" and config["encoder_weights"] is None  # no mpinet_hub needed
+    card = ModelCard.load(model_dir / "README.md")
+    assert (card.data.license, card.data.license_name) == ("other", "isprs-benchmark-research-use")  # not SMP's MIT
+    assert "More Information Needed" not in card.text and "mpinet_resnet18.potsdam" in card.text
+    assert card.data.eval_results is None
+    result = evaluate(model_dir, "potsdam", potsdam_root, out=tmp_path / "eval", window=64, overlap=0, previews=0)
+    miou = next(e for e in ModelCard.load(model_dir / "README.md").data.eval_results if e.metric_type == "miou")
+    assert miou.metric_value == round(result["mIoU"], 2)
+    model, _ = load_segmentation_model(model_dir)
+    assert not any("mpinet" in str(v) for v in model.config.values())

@@ -19,7 +19,7 @@ from ..data import DEFAULT_PROTOCOL, Window, evaluation_split, open_dataset
 from ..metrics import PROTOCOLS, SegmentationMetrics
 from ..training import resolve_device
 from .inference import SlidingWindow
-from .model import SegmentationModelInfo, load_segmentation_model
+from .model import MODEL_INFO_FILE, SegmentationModelInfo, load_segmentation_model, write_segmentation_card
 from .plots import confusion_png, preview_png, thumbnail_of_strip, thumbnail_step
 
 __all__ = ["evaluate", "evaluate_model", "format_metrics_table", "write_json"]
@@ -124,6 +124,8 @@ def evaluate_model(
         label_fraction=info.provenance.get("label_fraction"),
     )
     write_json(result, out / "metrics.json")
+    if (model_dir / MODEL_INFO_FILE).is_file() and os.access(model_dir, os.W_OK):
+        write_segmentation_card(model_dir, info, [result])  # the model's card shows its latest evaluation
     confusion_png(np.asarray(result["confusion_matrix"]), result["class_names"], out / "confusion.png",
                   title=f"{dataset} {split} ({protocol})")
     result["out"] = str(out)

@@ -21,11 +21,13 @@ import segmentation_models_pytorch as smp
 import timm
 import torch
 
+from ..hub.card import segmentation_card
 from ..models import MPINET_ARCHS, RGB_MEAN, RGB_STD
 
 __all__ = [
     "DECODERS",
     "MODEL_INFO_FILE",
+    "write_segmentation_card",
     "EncoderSpec",
     "SegmentationModelInfo",
     "build_segmentation_model",
@@ -156,19 +158,31 @@ def save_segmentation_model(
     """`save_pretrained` (+ `mpinet.json`), with `encoder_weights` stored as null so reloading never downloads
     (SMP #957). Written to a staging folder and renamed into place, so `path` is never half-written."""
     path = Path(path)
-    config = model._hub_mixin_config  # SMP keeps the constructor arguments here
+    config = model.config  # SMP's constructor arguments, what from_pretrained rebuilds the model from
     config["encoder_weights"] = None
+    encoder = str(config.get("encoder_name", ""))
+    if encoder.startswith("tu-mpinet_"):  # same layers as timm's ResNet: reloadable without this package
+        config["encoder_name"] = "tu-" + MPINET_ARCHS[encoder[3:].split(".")[0]][0]
     staging = path.with_name(f".{path.name}.staging")
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(str(staging), **card)
     if info is not None:
         (staging / MODEL_INFO_FILE).write_text(json.dumps(asdict(info), indent=2))
+        write_segmentation_card(staging, info)
     old = path.with_name(f".{path.name}.old")
     if path.exists():
         os.replace(path, old)
     os.replace(staging, path)
     shutil.rmtree(old, ignore_errors=True)
     return path
+
+
+def write_segmentation_card(model_dir: Path, info: SegmentationModelInfo,
+                            metrics: list[dict[str, Any]] | None = None) -> None:
+    """README.md of a fine-tuned model folder (replacing SMP's MIT / "More Information Needed" card)."""
+    name = Path(str(info.provenance.get("run") or model_dir)).name
+    (model_dir / "README.md").write_text(segmentation_card(name, info.provenance, info.classes, metrics or []),
+                                         encoding="utf-8")
 
 
 def load_segmentation_model(path: str | Path) -> tuple[torch.nn.Module, SegmentationModelInfo]:

@@ -13,7 +13,8 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-__all__ = ["TAG_FACTS", "card_front_matter", "eval_results", "metrics_markdown", "render_card"]
+__all__ = ["TAG_FACTS", "card_front_matter", "eval_results", "metrics_markdown", "render_card",
+           "segmentation_card"]
 
 TEMPLATE = "model_card.md"
 TAGS = ["timm", "remote-sensing", "self-supervised-learning", "semantic-segmentation", "mpinet"]
@@ -126,3 +127,48 @@ def render_card(tag: str, **fields: Any) -> str:
 def card_front_matter(text: str) -> dict[str, Any]:
     """The metadata of a card, parsed by huggingface_hub (empty if it has none)."""
     return ModelCard(text, ignore_metadata_errors=True).data.to_dict()
+
+
+def _licence(dataset: str, encoder: str) -> tuple[dict[str, str], str]:
+    """Card licence fields and a sentence for a model trained on `dataset` labels from `encoder`'s weights: the
+    data's terms, and the encoder's pretraining data's terms where its tag names another data set."""
+    terms = [TAG_FACTS[d] for d in dict.fromkeys([dataset] + [t for t in TAG_FACTS if f".{t}" in encoder])
+             if d in TAG_FACTS]
+    if not terms:
+        return {"license": "other", "license_name": "see-training-data"}, (
+            "the terms of the labeled data it was trained on (your own data: yours to state), and of the "
+            "encoder's pretraining data.")
+    fields = terms[0]["card"] if len({json.dumps(t["card"]) for t in terms}) == 1 else {
+        "license": "other", "license_name": "+".join(t["card"].get("license_name", t["card"]["license"])
+                                                     for t in terms)}
+    return fields, " and ".join(f"{t['data_name']}: {t['licence']}" for t in terms)
+
+
+def segmentation_card(name: str, provenance: dict[str, Any], classes: list[str], metrics: list[dict[str, Any]]) -> str:
+    """The card of a fine-tuned SMP model folder: the data set, label fraction and encoder it came from, the
+    licence those carry (not SMP's default MIT), and evaluate's results as a model-index."""
+    dataset, encoder = str(provenance.get("dataset")), str(provenance.get("encoder"))
+    licence, sentence = _licence(dataset, encoder)
+    data = ModelCardData(
+        library_name="segmentation-models-pytorch", pipeline_tag="image-segmentation", model_name=name,
+        tags=["segmentation-models-pytorch", "remote-sensing", "semantic-segmentation", "mpinet"],
+        eval_results=eval_results(dataset, metrics) or None, **licence)
+    fraction = provenance.get("label_fraction")
+    lines = [
+        f"# {name}", "",
+        f"A {provenance.get('decoder')} segmentation model fine-tuned by `mpinet finetune` on "
+        f"{TAG_FACTS.get(dataset, {}).get('data_name', dataset)} with "
+        + (f"{100 * fraction:g}% of the labeled patches ({provenance.get('labeled_patches')} patches)"
+           if isinstance(fraction, (int, float)) else "its labeled patches")
+        + f", {provenance.get('steps')} steps, from the encoder `{encoder}`.", "",
+        f"Classes: {', '.join(f'{i}={c}' for i, c in enumerate(classes))}.", "",
+        f"Licence: {sentence} The code of mpinet-hub is Apache-2.0.", "",
+        "## Results", metrics_markdown(metrics), "",
+        "## Load it", "```python",
+        "import segmentation_models_pytorch as smp", "",
+        'model = smp.from_pretrained("<this folder or repo>")  # no mpinet_hub needed',
+        "```",
+        "Class names, band order and normalisation are in `mpinet.json` "
+        "(`mpinet_hub.downstream.load_segmentation_model` reads them).",
+    ]
+    return f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n"
