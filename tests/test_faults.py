@@ -158,7 +158,7 @@ def test_finetune_refuses_an_existing_run_and_a_second_writer(data, tmp_path, ca
 
 def test_bad_numbers_in_settings_are_refused_in_one_line_before_any_output(data, tmp_path, capsys):
     for flags, message in ((["--save-every", "0"], "save-every 0: must be at least 1"),
-                           (["--crop", "128"], "crop 128 is larger than patch 96"),
+                           (["--batch-size", "1"], "batch-size 1: must be at least 2"),
                            (["--keep-last", "0"], "keep-last 0: must be at least 1")):
         assert _pretrain(data, tmp_path / "never", "--steps", "1", *flags) == 1
         err = capsys.readouterr().err

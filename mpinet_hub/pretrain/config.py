@@ -125,7 +125,7 @@ class PretrainConfig:
 
     def validate(self) -> None:
         """Refuse settings that would fail later (or silently never save), naming the setting."""
-        at_least = {"batch_size": 2, "save_every": 1, "log_every": 1, "queue_size": 1, "patch": 32, "crop": 32,
+        at_least = {"batch_size": 2, "save_every": 1, "log_every": 1, "queue_size": 1, "patch": 8, "crop": 8,
                     "bn_splits": 1, "bn_split_samples": 1, "pixel_grid": 1, "ffl_grid": 1}
         for key, low in at_least.items():
             if getattr(self, key) < low:
@@ -133,8 +133,6 @@ class PretrainConfig:
         for key in ("steps", "keep_last"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise ValueError(f"{key.replace('_', '-')} {getattr(self, key)}: must be at least 1")
-        if self.crop > self.patch:
-            raise ValueError(f"crop {self.crop} is larger than patch {self.patch} (views are cut from the windows)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
