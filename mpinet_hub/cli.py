@@ -15,6 +15,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "pretrain": ("mpinet_hub.pretrain.cli", "Self-supervised pretraining (mpinet, mpinet-noffl, pixcontrast, mocov2)"),
     "export": ("mpinet_hub.hub.cli", "Training checkpoint or state dict -> Hub folder (safetensors, config, card)"),
     "push": ("mpinet_hub.hub.cli", "Upload an export folder to the Hugging Face Hub after checking it"),
+    "verify": ("mpinet_hub.hub.cli", "Check an export folder or Hub repo (ORG/NAME@REV): sha256 of the weights"),
     "finetune": ("mpinet_hub.downstream.cli", "Fine-tune an SMP decoder + encoder on a seeded fraction of the labels"),
     "probe": ("mpinet_hub.downstream.cli", "Frozen-feature linear probe of an encoder on a seeded label fraction"),
     "evaluate": ("mpinet_hub.downstream.cli", "Whole-tile sliding-window evaluation by a named metric protocol"),

@@ -288,3 +288,21 @@ def test_missing_weights_fail_at_once_offline_or_unreachable_with_the_ways_out(t
     with pytest.raises(FileNotFoundError, match="nowhere.safetensors: no such weights file"):
         timm.create_model("mpinet_resnet18.uavid", pretrained=True,
                           pretrained_cfg_overlay=dict(file=str(tmp_path / "nowhere.safetensors")))
+
+
+def test_verify_checks_a_folder_and_a_cached_repo_pinned_or_not(exported_potsdam, tmp_path, capsys):
+    import shutil
+
+    from mpinet_hub.cli import main
+
+    assert main(["verify", str(exported_potsdam)]) == 0
+    assert main(["verify", "mpinet-hub/mpinet_resnet18.potsdam"]) == 0  # from the offline cache
+    assert main(["verify", "mpinet-hub/mpinet_resnet18.potsdam@main"]) == 0  # pinned to a revision
+    assert "matches the sha256" in capsys.readouterr().out
+    tampered = tmp_path / "tampered"
+    shutil.copytree(exported_potsdam, tampered)
+    data = bytearray((tampered / "model.safetensors").read_bytes())
+    data[-1] ^= 1  # one flipped bit in the last tensor
+    (tampered / "model.safetensors").write_bytes(bytes(data))
+    assert main(["verify", str(tampered)]) == 1
+    assert "does not match" in capsys.readouterr().out

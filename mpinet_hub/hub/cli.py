@@ -51,3 +51,32 @@ def run_push(args: argparse.Namespace) -> int:
                       allow_unevaluated=args.allow_unevaluated)
     print(f"pushed {args.out_dir} to {args.repo_id} at revision {oid}")
     return 0
+
+
+def add_verify_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = ("Check that weights are what their files claim: the sha256 of model.safetensors against "
+                     "config.json and the card. TARGET is an export folder, or a Hub repo id, optionally pinned "
+                     "to a revision (ORG/NAME@REV), read through the Hugging Face cache (offline if it is there).")
+    p.add_argument("target", help="export folder, ORG/NAME or ORG/NAME@REVISION")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .push import check_export_folder
+
+    folder = Path(args.target)
+    if not folder.is_dir():
+        from huggingface_hub import snapshot_download
+
+        repo_id, _, revision = args.target.partition("@")
+        folder = Path(snapshot_download(repo_id, revision=revision or None,
+                                        allow_patterns=["model.safetensors", "config.json", "README.md"]))
+    problems = check_export_folder(folder, allow_unevaluated=True)
+    for problem in problems:
+        print(f"mpinet verify: {problem}")
+    if problems:
+        return 1
+    print(f"{args.target}: model.safetensors matches the sha256 in config.json and README.md")
+    return 0
