@@ -363,3 +363,22 @@ def test_synth_writes_exactly_the_scenes_asked_for_or_says_why_not(tmp_path):
     with pytest.raises(ValueError, match="at least 6 images"):
         synth_dataset("loveda", tmp_path / "few", tiles=4, size=64, seed=0)
     assert not (tmp_path / "few").exists() or not any((tmp_path / "few").rglob("*.png"))
+
+
+def test_data_stats_leaves_nan_pixels_out_and_names_the_file(tmp_path, capsys):
+    import json
+
+    from mpinet_hub.cli import main
+
+    root = tmp_path / "root"
+    (root / "train" / "images").mkdir(parents=True)
+    (root / "classes.yaml").write_text("names: [a, b]\n")
+    array = np.full((1, 20, 20), 0.25, np.float32)
+    array[0, :5] = np.nan
+    with rasterio.open(root / "train" / "images" / "f.tif", "w", driver="GTiff", height=20, width=20, count=1,
+                       dtype="float32") as dst:
+        dst.write(array)
+    assert main(["data", "stats", "folder", str(root)]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out.strip().splitlines()[-1]) == {"mean": [0.25], "std": [0.0]}
+    assert "f.tif: 100 pixel(s) with NaN/inf left out" in captured.err

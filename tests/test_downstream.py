@@ -185,7 +185,8 @@ def test_evaluate_refuses_a_class_count_mismatch(finetuned, tmp_path):
 
 def _geotiff(path, array, **extra):
     profile = dict(driver="GTiff", height=array.shape[1], width=array.shape[2], count=array.shape[0],
-                   dtype="uint8", crs="EPSG:32633", transform=from_origin(366000.0, 5808000.0, 0.05, 0.05), **extra)
+                   dtype="uint8", crs="EPSG:32633", transform=from_origin(366000.0, 5808000.0, 0.05, 0.05))
+    profile.update(extra)
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(array)
 
@@ -469,3 +470,19 @@ def test_a_finetuned_model_carries_its_data_licence_and_results_and_reloads_with
     assert miou.metric_value == round(result["mIoU"], 2)
     model, _ = load_segmentation_model(model_dir)
     assert not any("mpinet" in str(v) for v in model.config.values())
+
+
+def test_predict_writes_nan_pixels_as_nodata_and_counts_them(finetuned, tmp_path):
+    _, model_dir = finetuned
+    array = np.random.default_rng(3).random((3, 48, 48)).astype(np.float32)
+    array[:, 10:14, 20:30] = np.nan
+    array[1, 30, 5] = np.inf  # one bad band is enough
+    src, out = tmp_path / "float.tif", tmp_path / "float_classes.tif"
+    _geotiff(src, array, dtype="float32")
+    with pytest.warns(UserWarning, match="41 pixel\\(s\\) with NaN/inf"):
+        assert main(["predict", str(model_dir), str(src), str(out), "--window", "32"]) == 0
+    with rasterio.open(out) as result:
+        classes = result.read(1)
+        assert result.nodata == 255
+    bad = ~np.all(np.isfinite(array), axis=0)
+    assert (classes[bad] == 255).all() and (classes[~bad] != 255).all()

@@ -1,7 +1,9 @@
 """Class maps for your own imagery: GeoTIFF in -> single-band uint8 GeoTIFF out, with the input's CRS and
 transform, written strip by strip so rasters larger than memory stream through with bounded memory.
 
-Pixels that are nodata in every input band are written as 255, the output's nodata value.
+Pixels that are nodata in every input band, or NaN/inf in any band, are written as 255, the output's nodata
+value (NaN/inf enter the model as 0, so they do not spread to their neighbours' predictions; their count is
+reported in a warning).
 A non-georeferenced input (plain PNG/JPEG/TIFF) gets a PNG (or, if asked for, an ungeoreferenced TIFF) and a
 warning. Outputs are written to a temporary file and renamed, so a failure leaves nothing behind, and an
 existing output is refused unless `overwrite`.
@@ -108,8 +110,10 @@ def predict_raster(sw: SlidingWindow, info: SegmentationModelInfo, src: Path, ds
     thumb = []
     profile = {"driver": "GTiff", "height": meta.height, "width": meta.width, "count": 1, "dtype": "uint8",
                "tiled": True, "blockxsize": 256, "blockysize": 256, "compress": "deflate", **geo_profile}
-    if nodata is not None:  # mosaics' empty borders stay empty instead of getting a class
+    floating = np.issubdtype(np.dtype(meta.dtype), np.floating)
+    if nodata is not None or floating:  # mosaics' empty borders (and NaN pixels) stay empty instead of getting a class
         profile["nodata"] = NODATA_CLASS
+    non_finite = 0
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)  # an ungeoreferenced TIFF, if asked for
@@ -117,12 +121,20 @@ def predict_raster(sw: SlidingWindow, info: SegmentationModelInfo, src: Path, ds
             sink = None if as_png else rasterio.open(tmp, "w", **profile)
             try:
                 with tqdm(total=sw.windows_in(meta.height, meta.width), unit="window", desc=src.name) as bar:
-                    read = lambda w: to_unit_float(read_window(src, w, bands))  # noqa: E731
+                    def read(w: Window) -> np.ndarray:  # NaN/inf would spread through the convolutions: zeroed
+                        return np.nan_to_num(to_unit_float(read_window(src, w, bands)), nan=0.0, posinf=0.0,
+                                             neginf=0.0)
+
                     for top, logits in sw.strips(read, meta.height, meta.width, bar):
                         strip = logits.argmax(0).to(torch.uint8).cpu().numpy()
-                        if nodata is not None:
+                        if nodata is not None or floating:
                             raw = read_window(src, Window(0, top, meta.width, strip.shape[0]), bands)
-                            strip[np.all(raw == nodata, axis=0)] = NODATA_CLASS
+                            if nodata is not None:
+                                strip[np.all(raw == nodata, axis=0)] = NODATA_CLASS
+                            if floating:
+                                bad = ~np.all(np.isfinite(raw), axis=0)
+                                strip[bad] = NODATA_CLASS
+                                non_finite += int(bad.sum())
                         if full is not None:
                             full[top : top + strip.shape[0]] = strip
                         else:
@@ -141,6 +153,9 @@ def predict_raster(sw: SlidingWindow, info: SegmentationModelInfo, src: Path, ds
             image.putpalette([v for i in range(256) for v in lut.get(i, (0, 0, 0, 0))[:3]])
             image.save(tmp, format="PNG")
         os.replace(tmp, dst)
+        if non_finite:
+            warnings.warn(f"{src}: {non_finite} pixel(s) with NaN/inf in a band were written as nodata "
+                          f"({NODATA_CLASS}) in {dst.name}", stacklevel=2)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
