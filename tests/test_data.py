@@ -382,3 +382,14 @@ def test_data_stats_leaves_nan_pixels_out_and_names_the_file(tmp_path, capsys):
     captured = capsys.readouterr()
     assert json.loads(captured.out.strip().splitlines()[-1]) == {"mean": [0.25], "std": [0.0]}
     assert "f.tif: 100 pixel(s) with NaN/inf left out" in captured.err
+
+
+def test_data_check_decodes_every_image_and_reports_a_truncated_one(tmp_path, capsys):
+    from mpinet_hub.cli import main
+
+    synth_dataset("loveda", tmp_path, tiles=6, size=128, seed=0)
+    victim = sorted(tmp_path.rglob("Train/*/images_png/*.png"))[0]
+    victim.write_bytes(victim.read_bytes()[: len(victim.read_bytes()) // 2])  # the header survives, pixels do not
+    assert main(["data", "check", "loveda", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert f"{victim}: could not be read" in out and "truncated or corrupt" in out

@@ -37,6 +37,17 @@ class CheckReport:
         return "\n".join(lines)
 
 
+def _read_images(ds: SegmentationDataset, report: CheckReport) -> None:
+    """Decode every image once, window by window: a truncated file passes the header reads and fails here."""
+    for scene in ds.scenes:
+        for path, bands in scene.images:
+            try:
+                for window in grid_windows(scene.height, scene.width, min(1024, scene.height, scene.width)):
+                    read_window(path, window, bands)
+            except DataError as err:
+                report.errors.append(str(err))
+
+
 def _count_unknown(ds: SegmentationDataset, report: CheckReport) -> None:
     for scene in ds.scenes:
         if scene.label is None:
@@ -71,6 +82,7 @@ def check_dataset(name: str, root: str | Path, **kwargs) -> CheckReport:
                 report.errors.append(f"{split}: {err}")
                 report.rows.append(dict(split=split, scenes=0, labeled=0, missing="-", size="-"))
                 continue
+            _read_images(ds, report)
             _count_unknown(ds, report)
         report.warnings += [str(w.message) for w in caught]
         sizes = sorted({(s.height, s.width) for s in ds.scenes})

@@ -78,9 +78,29 @@ def _open_tiff(path: Path) -> rasterio.io.DatasetReader:
     return src
 
 
+def _check_complete(path: Path) -> None:
+    """GDAL decodes a truncated PNG/JPEG without an error, filling the missing rows with zeros: check the file
+    ends where its format says it must (PNG: Pillow's chunk check, a few ms; JPEG: the end-of-image marker)."""
+    suffix = path.suffix.lower()
+    if suffix == ".png":
+        from PIL import Image
+
+        try:
+            with Image.open(path) as image:
+                image.verify()
+        except Exception as err:  # Pillow raises several types for a broken PNG
+            raise RasterioIOError(f"{type(err).__name__}: {err}") from err
+    elif suffix in (".jpg", ".jpeg"):
+        with open(path, "rb") as f:
+            f.seek(max(0, path.stat().st_size - 2))
+            if f.read(2) != b"\xff\xd9":
+                raise RasterioIOError("no JPEG end-of-image marker")
+
+
 def _decode_whole(path: Path) -> np.ndarray:
     key = (str(path), path.stat().st_mtime_ns)
     if _last_decoded["key"] != key:
+        _check_complete(path)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             with rasterio.open(path) as src:
