@@ -39,6 +39,8 @@ class FakeHub:
                 body = self.rfile.read(length)
                 hub.requests.append(("POST", self.path))
                 hub.auth_headers.append(self.headers.get("Authorization"))
+                if self.headers.get("Authorization") == "Bearer hf_revoked":  # as the Hub answers a bad token
+                    return self._reply(401, {"error": "Invalid credentials in Authorization header"})
                 path = self.path.split("?")[0]
                 if path == "/api/repos/create":
                     data = json.loads(body)

@@ -62,14 +62,20 @@ def push_folder(
     if problems:
         raise PushRefused(f"Refusing to push {folder}:\n- " + "\n- ".join(problems))
     api = HfApi(endpoint=endpoint, token=token)
-    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-    if revision and revision != "main":
-        api.create_branch(repo_id, branch=revision, exist_ok=True)
-    info = api.upload_folder(
-        folder_path=str(folder),
-        repo_id=repo_id,
-        revision=revision,
-        commit_message=f"Upload {Path(folder).name} with mpinet-hub",
-        allow_patterns=[WEIGHTS_NAME, "config.json", "README.md"],
-    )
+    try:
+        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+        if revision and revision != "main":
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        info = api.upload_folder(
+            folder_path=str(folder),
+            repo_id=repo_id,
+            revision=revision,
+            commit_message=f"Upload {Path(folder).name} with mpinet-hub",
+            allow_patterns=[WEIGHTS_NAME, "config.json", "README.md"],
+        )
+    except (OSError, ValueError):  # huggingface_hub's HTTP errors (401, 404, ...) are OSErrors: their own message
+        raise
+    except Exception as err:  # the HTTP client's transport errors (its library depends on huggingface_hub's version)
+        raise ConnectionError(f"{api.endpoint} could not be reached ({type(err).__name__}: {err}); nothing was "
+                              "pushed. Check HF_ENDPOINT and the network, then push again.") from err
     return info.oid
