@@ -393,3 +393,16 @@ def test_data_check_decodes_every_image_and_reports_a_truncated_one(tmp_path, ca
     assert main(["data", "check", "loveda", str(tmp_path)]) == 1
     out = capsys.readouterr().out
     assert f"{victim}: could not be read" in out and "truncated or corrupt" in out
+
+
+def test_twelve_bit_and_all_nodata_rasters_are_named_before_training(tmp_path):
+    profile = dict(driver="GTiff", height=64, width=64, count=3, dtype="uint16")
+    with rasterio.open(tmp_path / "twelve.tif", "w", **profile) as dst:
+        dst.write(np.random.default_rng(0).integers(0, 4096, (3, 64, 64), dtype=np.uint16))
+    with rasterio.open(tmp_path / "empty.tif", "w", nodata=0, **profile) as dst:
+        dst.write(np.zeros((3, 64, 64), np.uint16))
+    with pytest.warns(UserWarning) as caught:
+        UnlabeledImages(tmp_path, patch_size=32)
+    messages = " | ".join(str(w.message) for w in caught)
+    assert "twelve.tif: 16-bit values that never exceed 409" in messages and "--mean/--std" in messages
+    assert "empty.tif: every sampled pixel is nodata" in messages

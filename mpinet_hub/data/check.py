@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .base import SegmentationDataset
 from .potsdam import POTSDAM_SPLITS, Potsdam, potsdam_paths
-from .raster import DataError, grid_windows, raster_info, read_window
+from .raster import DataError, grid_windows, raster_info, read_window, value_warnings
 
 __all__ = ["CheckReport", "check_dataset"]
 
@@ -46,6 +46,8 @@ def _read_images(ds: SegmentationDataset, report: CheckReport) -> None:
                     read_window(path, window, bands)
             except DataError as err:
                 report.errors.append(str(err))
+                continue
+            report.warnings += value_warnings(path)
 
 
 def _count_unknown(ds: SegmentationDataset, report: CheckReport) -> None:

@@ -20,7 +20,8 @@ import rasterio
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.windows import Window
 
-__all__ = ["DataError", "RasterInfo", "Window", "grid_windows", "raster_info", "read_window", "window_starts"]
+__all__ = ["DataError", "RasterInfo", "Window", "grid_windows", "raster_info", "read_window", "value_warnings",
+           "window_starts"]
 
 _TILED_SUFFIXES = (".tif", ".tiff")
 
@@ -151,3 +152,22 @@ def grid_windows(height: int, width: int, patch: int | None, stride: int | None 
         raise DataError(f"raster of {height}x{width} px is smaller than patch_size={patch}")
     return [Window(c, r, patch, patch) for r in window_starts(height, patch, stride)
             for c in window_starts(width, patch, stride)]
+
+
+def value_warnings(path: str | Path, side: int = 256) -> list[str]:
+    """What is odd about a raster's values, from a decimated read (`side` px on the longer side): every pixel
+    nodata, or 16-bit integers that never exceed 12 bits (scaled by 65535, they use 1/16 of [0, 1])."""
+    path = Path(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(path) as src:
+            step = max(1, max(src.height, src.width) // side)
+            shape = (src.count, max(1, src.height // step), max(1, src.width // step))
+            array, nodata, dtype = src.read(out_shape=shape), src.nodata, src.dtypes[0]
+    found = []
+    if nodata is not None and np.all(array == nodata):
+        found.append(f"{path}: every sampled pixel is nodata ({nodata:g}); the file adds nothing but empty windows")
+    if dtype in ("uint16", "int16") and 0 < int(array.max()) < 4096:
+        found.append(f"{path}: 16-bit values that never exceed {int(array.max())} (12-bit data?); they are scaled by "
+                     "65535 into [0, 0.06], so give --mean/--std from `mpinet data stats` (ImageNet's would be wrong)")
+    return found

@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .base import to_unit_float, window_tuple
-from .raster import DataError, Window, raster_info, read_window
+from .raster import DataError, Window, raster_info, read_window, value_warnings
 
 __all__ = ["UnlabeledImages", "pretraining_images"]
 
@@ -71,6 +71,8 @@ class UnlabeledImages(Dataset):
         if small:
             warnings.warn(f"skipped {len(small)} image(s) smaller than {patch_size}px: {', '.join(small[:10])}",
                           stacklevel=2)
+        for message in (m for info in self.infos for m in value_warnings(info.path)):
+            warnings.warn(message, stacklevel=2)
         if not self.infos:
             raise DataError(f"every image is smaller than patch_size={patch_size}")
         counts = {len(bands) if bands else i.count for i in self.infos}
