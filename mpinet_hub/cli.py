@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
+from .settings import SettingsError
 
 # name -> (module holding `add_arguments(parser)` and `run(args) -> int`, one-line description)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -72,12 +73,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except (ValueError, OSError, RuntimeError, *_library_errors()) as err:
-        # Expected failures (bad input, full disk, no permission, a torn weights file, a refused upload) end in
-        # one line and exit 1; argparse's usage errors exit 2. --debug shows the traceback.
+        # Expected failures end in one line; --debug shows the traceback. Exit 2, as argparse's usage errors: the
+        # settings, a file or the machine cannot be used (bad setting, torn weights or YAML, no permission, full
+        # disk, no route, a refused token). Exit 1: the command refused on its own checks (a run folder that
+        # belongs to another run, data that fails its checks, ...).
         if getattr(args, "debug", False):
             raise
         print(f"mpinet {args.command}: error: {err}", file=sys.stderr)
-        return 1
+        unusable = isinstance(err, (SettingsError, *_library_errors())) or (
+            isinstance(err, OSError) and not isinstance(err, (FileNotFoundError, FileExistsError)))
+        return 2 if unusable else 1
 
 
 if __name__ == "__main__":

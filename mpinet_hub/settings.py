@@ -12,9 +12,12 @@ import dataclasses
 import difflib
 import types
 import typing
+from pathlib import Path
 from typing import Any
 
-__all__ = ["SettingsError", "coerce_settings"]
+import yaml
+
+__all__ = ["SettingsError", "coerce_settings", "read_yaml"]
 
 
 class SettingsError(ValueError):
@@ -90,3 +93,17 @@ def coerce_settings(cls: type, values: dict[str, Any], source: str = "settings")
         except (TypeError, ValueError):
             raise SettingsError(f"{source}: {key}: {value!r} is not a {_type_name(hints[key])}") from None
     return out
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A settings file as a dict, or one line saying why it is not one (safe_load: no Python tags)."""
+    try:
+        values = yaml.safe_load(Path(path).read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise SettingsError(f"{path}: not a plain YAML settings file{where}: {problem}") from None
+    if not isinstance(values, dict):
+        raise SettingsError(f"{path}: a YAML mapping of settings (key: value lines) is expected")
+    return values

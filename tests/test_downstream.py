@@ -447,7 +447,7 @@ def test_predict_on_a_full_disk_exits_in_one_line_and_leaves_nothing(finetuned, 
 
     monkeypatch.setattr(predict_module.os, "replace", full)
     out = tmp_path / "out"
-    assert main(["predict", str(model_dir), str(src), str(out / "scene_classes.tif"), "--window", "32"]) == 1
+    assert main(["predict", str(model_dir), str(src), str(out / "scene_classes.tif"), "--window", "32"]) == 2
     err = capsys.readouterr().err
     assert "No space left on device" in err and "Traceback" not in err
     assert not out.exists() or not any(out.iterdir())  # no output, no partial file

@@ -160,7 +160,7 @@ def test_bad_numbers_in_settings_are_refused_in_one_line_before_any_output(data,
     for flags, message in ((["--save-every", "0"], "save-every 0: must be at least 1"),
                            (["--batch-size", "1"], "batch-size 1: must be at least 2"),
                            (["--keep-last", "0"], "keep-last 0: must be at least 1")):
-        assert _pretrain(data, tmp_path / "never", "--steps", "1", *flags) == 1
+        assert _pretrain(data, tmp_path / "never", "--steps", "1", *flags) == 2
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err
         assert not (tmp_path / "never").exists()
@@ -185,7 +185,7 @@ def test_a_killed_writers_partial_checkpoint_is_removed_and_periodic_ones_are_bo
 def test_torn_weights_end_in_one_line(tmp_path, capsys):
     torn = tmp_path / "model.safetensors"
     torn.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\": ")  # a header cut short
-    assert main(["export", str(torn), str(tmp_path / "hub"), "--arch", "mpinet_resnet18", "--tag", "potsdam"]) == 1
+    assert main(["export", str(torn), str(tmp_path / "hub"), "--arch", "mpinet_resnet18", "--tag", "potsdam"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("mpinet export: error:") and "Traceback" not in err
     assert not (tmp_path / "hub").exists()
@@ -202,7 +202,19 @@ def test_predict_into_a_read_only_folder_ends_in_one_line_before_loading(run, tm
         from PIL import Image
 
         Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(src)
-        assert main(["predict", str(run), str(src), str(locked / "out.png")]) == 1
+        assert main(["predict", str(run), str(src), str(locked / "out.png")]) == 2
         assert "not writable" in capsys.readouterr().err
     finally:
         locked.chmod(0o755)
+
+
+def test_unusable_yaml_ends_in_one_line_with_exit_2(data, tmp_path, capsys):
+    evil = tmp_path / "evil.yaml"
+    evil.write_text("lr: !!python/object/apply:os.system ['echo pwned']\n")
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("batchsize: 8\n")
+    for config, message in ((evil, "not a plain YAML settings file at line 1"), (typo, "did you mean")):
+        assert _pretrain(data, tmp_path / "never", "--config", str(config)) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "never").exists()

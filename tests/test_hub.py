@@ -314,10 +314,10 @@ def test_push_with_a_bad_token_or_no_route_ends_in_one_line(exported_potsdam):
     with FakeHub() as hub:
         env["HF_ENDPOINT"] = hub.url
         denied = _cli("push", str(exported_potsdam), "--repo-id", "lab/x", "--allow-unevaluated", env=env)
-    assert denied.returncode == 1 and "401" in denied.stderr and "Traceback" not in denied.stderr
+    assert denied.returncode == 2 and "401" in denied.stderr and "Traceback" not in denied.stderr
     assert hub.commits == []
     env["HF_ENDPOINT"] = "http://127.0.0.1:9"  # nothing listens there
     unreachable = _cli("push", str(exported_potsdam), "--repo-id", "lab/x", "--allow-unevaluated", env=env)
-    assert unreachable.returncode == 1 and "Traceback" not in unreachable.stderr
+    assert unreachable.returncode == 2 and "Traceback" not in unreachable.stderr
     assert "could not be reached" in unreachable.stderr and "nothing was pushed" in unreachable.stderr
 

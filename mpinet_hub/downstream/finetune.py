@@ -34,7 +34,7 @@ from ..checkpoint import atomic_save, load_checkpoint
 from ..data import IGNORE_INDEX, SegmentationDataset, open_dataset
 from ..models import MPINET_ARCHS
 from ..pretrain.config import resolve_config
-from ..settings import coerce_settings
+from ..settings import coerce_settings, read_yaml
 from ..training import (
     AUTOCAST_DTYPES,
     EpochBatches,
@@ -95,8 +95,7 @@ class FinetuneConfig:
     @classmethod
     def from_sources(cls, path: str | Path | None = None, **overrides: Any) -> FinetuneConfig:
         """YAML file values, then non-None overrides (the command line)."""
-        values = coerce_settings(cls, (yaml.safe_load(resolve_config(path).read_text()) or {}) if path else {},
-                                 str(path))
+        values = coerce_settings(cls, read_yaml(resolve_config(path)) if path else {}, str(path))
         values.update(coerce_settings(cls, {k: v for k, v in overrides.items() if v is not None}, "options"))
         for required in ("dataset", "data_root"):
             if not values.get(required):

@@ -8,9 +8,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from ..settings import coerce_settings
+from ..settings import SettingsError, coerce_settings, read_yaml
 
 __all__ = ["ABLATION_LADDER", "METHODS", "PretrainConfig", "packaged_configs", "resolve_config"]
 
@@ -114,7 +112,7 @@ class PretrainConfig:
         values: dict[str, Any] = {}
         if yaml_path:
             path = resolve_config(yaml_path)
-            values.update(coerce_settings(cls, yaml.safe_load(path.read_text()) or {}, str(yaml_path)))
+            values.update(coerce_settings(cls, read_yaml(path), str(yaml_path)))
         overrides = coerce_settings(cls, {k: v for k, v in overrides.items() if v is not None}, "options")
         method = overrides.get("method", values.get("method", cls.method))
         if method not in METHODS:
@@ -129,10 +127,10 @@ class PretrainConfig:
                     "bn_splits": 1, "bn_split_samples": 1, "pixel_grid": 1, "ffl_grid": 1}
         for key, low in at_least.items():
             if getattr(self, key) < low:
-                raise ValueError(f"{key.replace('_', '-')} {getattr(self, key)}: must be at least {low}")
+                raise SettingsError(f"{key.replace('_', '-')} {getattr(self, key)}: must be at least {low}")
         for key in ("steps", "keep_last"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
-                raise ValueError(f"{key.replace('_', '-')} {getattr(self, key)}: must be at least 1")
+                raise SettingsError(f"{key.replace('_', '-')} {getattr(self, key)}: must be at least 1")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
