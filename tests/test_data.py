@@ -406,3 +406,13 @@ def test_twelve_bit_and_all_nodata_rasters_are_named_before_training(tmp_path):
     messages = " | ".join(str(w.message) for w in caught)
     assert "twelve.tif: 16-bit values that never exceed 409" in messages and "--mean/--std" in messages
     assert "empty.tif: every sampled pixel is nodata" in messages
+
+
+def test_data_check_finds_a_truncated_geotiff_from_its_last_window(tmp_path, capsys):
+    from mpinet_hub.cli import main
+
+    synth_dataset("potsdam", tmp_path, tiles=3, size=256, seed=0)
+    victim = sorted((tmp_path / "2_Ortho_RGB").glob("*.tif"))[0]
+    victim.write_bytes(victim.read_bytes()[: int(victim.stat().st_size * 0.6)])
+    assert main(["data", "check", "potsdam", str(tmp_path)]) == 1
+    assert f"{victim}: could not be read" in capsys.readouterr().out

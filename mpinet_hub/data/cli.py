@@ -32,6 +32,9 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
     c.add_argument("dataset", choices=list(DATASETS))
     c.add_argument("root")
     c.add_argument("--labels", default="full", choices=["full", "noBoundary"], help="Potsdam label product")
+    c.add_argument("--full", action="store_true",
+                   help="decode every window of every image (default: the last window of each, which finds a "
+                   "truncated GeoTIFF; PNG/JPEG are checked whole either way)")
     st = sub.add_parser("stats", help="per-band mean/std of a split (for --mean/--std of pretrain)",
                         formatter_class=HelpFormatter)
     st.add_argument("dataset", choices=list(DATASETS))
@@ -66,7 +69,7 @@ def run_data(args: argparse.Namespace) -> int:
         return 0
     if args.data_command == "check":
         kwargs = {"labels": args.labels} if args.dataset == "potsdam" else {}
-        report = check_dataset(args.dataset, args.root, **kwargs)
+        report = check_dataset(args.dataset, args.root, full=args.full, **kwargs)
         print(report.render())
         return 0 if report.ok else 1
     kwargs = {"bands": args.bands} if args.dataset == "potsdam" else {}
