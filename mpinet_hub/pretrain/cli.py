@@ -36,8 +36,8 @@ def add_pretrain_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, help=_default("workers", "data-loading processes"))
     p.add_argument("--out", help=_default("out", "run folder (config.yaml, log.jsonl, loss.png, checkpoints/)"))
     p.add_argument("--save-every", type=int, help=_default("save_every", "steps between checkpoints"))
-    p.add_argument("--keep-last", type=int, help="keep only the newest N periodic checkpoints (step_*.pt); last.pt "
-                   "is always kept (default: all)")
+    p.add_argument("--keep-last", type=int, help=_default("keep_last", "keep only the newest N periodic checkpoints "
+                                                          "(step_*.pt); last.pt is always kept"))
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
     p.add_argument("--overwrite", action="store_true",
                    help="start over in an OUT that holds a run (deletes the run's own files: checkpoints/, log.jsonl, "

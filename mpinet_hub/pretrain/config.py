@@ -100,7 +100,7 @@ class PretrainConfig:
     # run
     out: str = "runs/pretrain"
     save_every: int = 1000
-    keep_last: int | None = None  # periodic checkpoints (step_*.pt) kept; None: all
+    keep_last: int | None = 5  # periodic checkpoints (step_*.pt) kept, the newest; None: all
     log_every: int = 1
     workers: int = 4
     seed: int = 0
