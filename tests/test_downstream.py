@@ -486,3 +486,19 @@ def test_predict_writes_nan_pixels_as_nodata_and_counts_them(finetuned, tmp_path
         assert result.nodata == 255
     bad = ~np.all(np.isfinite(array), axis=0)
     assert (classes[bad] == 255).all() and (classes[~bad] != 255).all()
+
+
+def test_a_torn_model_folder_is_named_in_one_line(finetuned, tmp_path, capsys):
+    import shutil
+
+    _, model_dir = finetuned
+    torn = tmp_path / "model"
+    shutil.copytree(model_dir, torn)
+    weights = torn / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    src = tmp_path / "scene.tif"
+    _geotiff(src, np.zeros((3, 32, 32), np.uint8))
+    assert main(["predict", str(torn), str(src), str(tmp_path / "out.tif")]) == 2
+    err = capsys.readouterr().err
+    assert f"{weights}: not a readable safetensors file" in err and "Traceback" not in err
+    assert not (tmp_path / "out.tif").exists()

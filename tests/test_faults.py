@@ -187,7 +187,7 @@ def test_torn_weights_end_in_one_line(tmp_path, capsys):
     torn.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\": ")  # a header cut short
     assert main(["export", str(torn), str(tmp_path / "hub"), "--arch", "mpinet_resnet18", "--tag", "potsdam"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("mpinet export: error:") and "Traceback" not in err
+    assert err.startswith(f"mpinet export: error: {torn}: not a readable safetensors file") and "Traceback" not in err
     assert not (tmp_path / "hub").exists()
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import segmentation_models_pytorch as smp
 import timm
 import torch
+from safetensors import SafetensorError
 
 from ..hub.card import segmentation_card
 from ..models import MPINET_ARCHS, RGB_MEAN, RGB_STD
@@ -193,7 +194,11 @@ def load_segmentation_model(path: str | Path) -> tuple[torch.nn.Module, Segmenta
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path}: no SMP model here (config.json missing); pass the folder written by "
                                 "`mpinet finetune` (RUN or RUN/model) or by SMP's save_pretrained")
-    model = smp.from_pretrained(str(path)).eval()
+    try:
+        model = smp.from_pretrained(str(path)).eval()
+    except SafetensorError as err:
+        raise OSError(f"{path / 'model.safetensors'}: not a readable safetensors file ({err}); copy the model folder "
+                      "again or re-run `mpinet finetune`") from err
     info_path = path / MODEL_INFO_FILE
     if info_path.is_file():
         info = SegmentationModelInfo(**json.loads(info_path.read_text()))

@@ -75,7 +75,10 @@ def load_source_weights(src: str | Path) -> tuple[dict[str, torch.Tensor], dict[
     if not src.is_file():
         raise ExportError(f"{src}: no such file")
     if src.suffix == ".safetensors":
-        return safetensors.torch.load_file(str(src), device="cpu"), {}
+        try:
+            return safetensors.torch.load_file(str(src), device="cpu"), {}
+        except safetensors.SafetensorError as err:
+            raise OSError(f"{src}: not a readable safetensors file ({err}); copy or export it again") from err
     try:
         obj = torch.load(src, map_location="cpu", weights_only=True)
     except Exception as err:
