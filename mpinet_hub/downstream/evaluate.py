@@ -114,7 +114,8 @@ def evaluate_model(
             if thumbs:
                 image, truth, pred = (np.concatenate(parts, axis=-2) for parts in zip(*thumbs))
                 preview_png(image, truth, pred, ds.palette, out / "previews" / f"{scene.id}.png",
-                            title=f"{dataset} {split} {scene.id}", ignore_index=ds.ignore_index)
+                            title=f"{dataset} {split} {scene.id}", ignore_index=ds.ignore_index,
+                            class_names=ds.classes)
     result = metrics.compute()
     result.update(
         dataset=dataset, split=split, checkpoint=str(model_dir), scenes=len(ds.scenes), ignored_pixels=ignored,

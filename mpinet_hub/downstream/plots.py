@@ -54,8 +54,10 @@ def thumbnail_of_strip(array: np.ndarray, top: int, step: int) -> np.ndarray:
 
 
 def preview_png(image: np.ndarray, truth: np.ndarray | None, pred: np.ndarray, palette: Sequence[Sequence[int]],
-                path: Path, title: str = "", ignore_index: int = 255) -> Path:
-    """Image | ground truth | prediction, side by side, subsampled to about 512 px. image: (C, H, W) in [0, 1].
+                path: Path, title: str = "", ignore_index: int = 255,
+                class_names: Sequence[str] | None = None) -> Path:
+    """Image | ground truth | prediction, side by side, subsampled to about 512 px, with a legend of the class
+    colours (and the colour of ignored pixels) under them. image: (C, H, W) in [0, 1].
 
     Arrays already that small (as evaluate's streamed thumbnails are) are drawn as they are."""
     plt = _pyplot()
@@ -71,7 +73,13 @@ def preview_png(image: np.ndarray, truth: np.ndarray | None, pred: np.ndarray, p
         ax.set_title(name)
         ax.axis("off")
     fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0, 1, 0.94))
+    names = list(class_names or [str(i) for i in range(len(palette))])
+    colours = [*palette[: len(names)], IGNORE_COLOUR]  # outlined: Potsdam's impervious surface is white
+    handles = [plt.Rectangle((0, 0), 1, 1, facecolor=np.asarray(c) / 255, edgecolor="0.4", lw=0.5) for c in colours]
+    fig.legend(handles, [*names, f"ignored ({ignore_index}) / no label"], loc="lower center",
+               ncol=min(len(handles), 5), fontsize=8, frameon=False)
+    rows = -(-len(handles) // 5)
+    fig.tight_layout(rect=(0, 0.06 * rows, 1, 0.94))
     return _save(fig, path)
 
 
@@ -82,7 +90,7 @@ def confusion_png(confusion: np.ndarray, class_names: Sequence[str], path: Path,
     rows = cm / np.maximum(cm.sum(1, keepdims=True), 1)
     n = len(class_names)
     fig, ax = plt.subplots(figsize=(1.1 * n + 3, 1.0 * n + 2))
-    im = ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
+    im = ax.imshow(100 * rows, cmap="Blues", vmin=0, vmax=100)
     ax.set_xticks(range(n), class_names, rotation=45, ha="right")
     ax.set_yticks(range(n), class_names)
     ax.set_xlabel("prediction")
@@ -91,7 +99,7 @@ def confusion_png(confusion: np.ndarray, class_names: Sequence[str], path: Path,
         for j in range(n):
             ax.text(j, i, f"{100 * rows[i, j]:.0f}", ha="center", va="center",
                     color="white" if rows[i, j] > 0.5 else "black", fontsize=8)
-    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.colorbar(im, ax=ax, fraction=0.046, label="% of the true class")
     ax.set_title(title or "confusion matrix (% of each true class)")
     fig.tight_layout()
     return _save(fig, path)
