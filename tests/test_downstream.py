@@ -502,3 +502,13 @@ def test_a_torn_model_folder_is_named_in_one_line(finetuned, tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"{weights}: not a readable safetensors file" in err and "Traceback" not in err
     assert not (tmp_path / "out.tif").exists()
+
+
+def test_every_smp_architecture_is_a_decoder():
+    import segmentation_models_pytorch as smp
+
+    from mpinet_hub.downstream.model import DECODERS, build_segmentation_model, load_encoder
+
+    assert {"unet", "unetplusplus", "manet", "linknet", "deeplabv3plus", "segformer", "upernet"} <= set(DECODERS)
+    model = build_segmentation_model(load_encoder("random", "mpinet_resnet18"), "unetplusplus", 3)
+    assert isinstance(model, smp.UnetPlusPlus) and model(torch.rand(1, 3, 64, 64)).shape == (1, 3, 64, 64)

@@ -21,6 +21,7 @@ import segmentation_models_pytorch as smp
 import timm
 import torch
 from safetensors import SafetensorError
+from segmentation_models_pytorch.base import SegmentationModel
 
 from ..hub.card import segmentation_card
 from ..models import MPINET_ARCHS, RGB_MEAN, RGB_STD
@@ -39,13 +40,9 @@ __all__ = [
 
 MODEL_INFO_FILE = "mpinet.json"  # beside SMP's config.json: what the model expects and what it was trained on
 
-DECODERS = {
-    "deeplabv3plus": smp.DeepLabV3Plus,
-    "unet": smp.Unet,
-    "fpn": smp.FPN,
-    "upernet": smp.UPerNet,
-    "pspnet": smp.PSPNet,
-}
+# Every SMP architecture, by the name `smp.create_model` takes (so a new SMP release brings its new decoders).
+DECODERS = tuple(sorted(name.lower() for name, obj in vars(smp).items() if isinstance(obj, type)
+                        and issubclass(obj, SegmentationModel) and obj is not SegmentationModel))
 
 
 @dataclass
@@ -122,10 +119,8 @@ def build_segmentation_model(
     """An SMP model with `encoder`'s weights copied into its timm-universal encoder."""
     if decoder not in DECODERS:
         raise ValueError(f"Unknown decoder {decoder!r}; choose one of {', '.join(DECODERS)}")
-    model = DECODERS[decoder](
-        encoder_name=f"tu-{encoder.base_arch}", encoder_weights=None, in_channels=encoder.in_chans,
-        classes=classes, **decoder_kwargs,
-    )
+    model = smp.create_model(decoder, encoder_name=f"tu-{encoder.base_arch}", encoder_weights=None,
+                             in_channels=encoder.in_chans, classes=classes, **decoder_kwargs)
     if encoder.state_dict is not None:
         result = model.encoder.model.load_state_dict(encoder.state_dict, strict=False)
         if result.missing_keys or result.unexpected_keys:
