@@ -22,7 +22,7 @@ def test_prepared_copy_reads_the_same_scenes_pixels_and_labels_by_window(tmp_pat
     root, out = tmp_path / "release", tmp_path / "prepared"
     synth_dataset(name, root, tiles=6, size=512, seed=1)
     (root / "README.txt").write_text("notes that travel with the data")
-    report = prepare_dataset(root, out, progress=False)
+    report = prepare_dataset(root, out, show_progress=False)
     assert report.converted == len(list(root.rglob("*.png"))) and report.copied == 1
     assert not list(out.rglob("*.png")) and (out / "README.txt").read_text() == "notes that travel with the data"
     for tif in out.rglob("*.tif"):
@@ -40,11 +40,11 @@ def test_prepared_copy_reads_the_same_scenes_pixels_and_labels_by_window(tmp_pat
 def test_prepare_resumes_after_a_stop_and_leaves_no_partial_file(tmp_path):
     root, out = tmp_path / "release", tmp_path / "prepared"
     synth_dataset("loveda", root, tiles=6, size=256, seed=2)
-    first = prepare_dataset(root, out, progress=False)
+    first = prepare_dataset(root, out, show_progress=False)
     victim = sorted(out.rglob("*.tif"))[0]
     victim.unlink()  # as if stopped while writing it: a partial under a temporary name
     (victim.parent / f".{victim.name}.partial").write_bytes(b"half a file")
-    again = prepare_dataset(root, out, progress=False)
+    again = prepare_dataset(root, out, show_progress=False)
     assert (again.converted, again.skipped) == (1, first.converted + first.copied - 1)
     assert victim.is_file() and not list(out.rglob("*.partial"))
     image = UnlabeledImages(pretraining_images("loveda", out), patch_size=64, seed=0)[0]["image"]
@@ -58,10 +58,10 @@ def test_prepare_refuses_an_unrelated_folder_or_one_inside_the_source_and_writes
     taken.mkdir()
     (taken / "mine.txt").write_text("a user's file")
     with pytest.raises(DataError, match="not empty and not a prepared copy"):
-        prepare_dataset(root, taken, progress=False)
+        prepare_dataset(root, taken, show_progress=False)
     assert sorted(p.name for p in taken.iterdir()) == ["mine.txt"]
     with pytest.raises(DataError, match="outside the source"):
-        prepare_dataset(root, root / "prepared", progress=False)
+        prepare_dataset(root, root / "prepared", show_progress=False)
     assert not (root / "prepared").exists()
 
 
@@ -75,7 +75,7 @@ def test_prepare_keeps_a_folder_data_sets_jpeg_pixels_and_classes(tmp_path):
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, (96, 80, 3), dtype=np.uint8)).save(root / "train" / "images" / "a.jpg")
     Image.fromarray(rng.integers(0, 2, (96, 80), dtype=np.uint8)).save(root / "train" / "masks" / "a.png")
-    prepare_dataset(root, out, progress=False)
+    prepare_dataset(root, out, show_progress=False)
     before, after = (DATASETS["folder"](r, split="train") for r in (root, out))
     assert torch.equal(before[0]["image"], after[0]["image"]) and torch.equal(before[0]["mask"], after[0]["mask"])
     assert (out / "classes.yaml").is_file() and after.scenes[0].images[0][0].suffix == ".tif"

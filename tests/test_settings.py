@@ -59,3 +59,27 @@ def test_cli_lists_the_recipes_and_prints_its_version(capsys):
     with pytest.raises(SystemExit) as stop:
         main(["--version"])
     assert stop.value.code == 0 and capsys.readouterr().out.strip() == f"mpinet-hub {__version__}"
+
+
+def test_progress_prints_lines_to_a_log_file_and_a_bar_to_a_terminal():
+    import io
+
+    from mpinet_hub.progress import progress
+
+    log = io.StringIO()  # not a terminal: a file, a pipe, CI
+    with progress(total=3, desc="steps", file=log) as bar:  # refreshes 30 s apart: the first and the final line
+        for step in range(3):
+            bar.set_postfix(loss=1.0 / (step + 1))  # a trainer's per-step postfix must not print a line each
+            bar.update(1)
+    lines = log.getvalue().split("\n")
+    assert "\r" not in log.getvalue() and lines[-1] == "" and len(lines) == 3
+    assert "0/3" in lines[0] and "3/3" in lines[1]
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    tty = Terminal()
+    for _ in progress(range(3), desc="steps", file=tty, mininterval=0):
+        pass
+    assert "\r" in tty.getvalue()  # the usual redrawn bar

@@ -7,9 +7,9 @@ import json
 import sys
 
 import torch
-from tqdm import tqdm
 
 from ..cli import HelpFormatter
+from ..progress import progress
 from . import DATASETS
 from .check import check_dataset
 from .prepare import prepare_dataset, verify_prepared
@@ -75,7 +75,7 @@ def run_data(args: argparse.Namespace) -> int:
     kwargs = {"bands": args.bands} if args.dataset == "potsdam" else {}
     ds = DATASETS[args.dataset](args.root, split=args.split, **kwargs)
     count, s, ss, skipped = 0, 0.0, 0.0, {}
-    for i in tqdm(range(len(ds)), desc="stats", unit="scene"):
+    for i in progress(range(len(ds)), desc="stats", unit="scene"):
         item = ds[i]
         x = item["image"].double().flatten(1)
         finite = torch.isfinite(x).all(0)  # a pixel with NaN/inf in any band is left out of every band's sums

@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import rasterio
 from rasterio.errors import NotGeoreferencedWarning
-from tqdm import tqdm
 
+from ..progress import progress
 from .raster import DataError, read_window
 
 __all__ = ["DECODE_WHOLE_SUFFIXES", "PrepareReport", "prepare_dataset", "verify_prepared", "windowable_twin"]
@@ -77,7 +77,7 @@ def _write_tiled(src: Path, dst: Path) -> None:
         raise DataError(f"{dst}: read back differs from {src}; the disk may be full or failing")
 
 
-def prepare_dataset(root: str | Path, out: str | Path, progress: bool = True) -> PrepareReport:
+def prepare_dataset(root: str | Path, out: str | Path, show_progress: bool = True) -> PrepareReport:
     """Copy the data set at `root` to `out`, PNG/JPEG images as tiled GeoTIFFs (see the module docstring).
 
     `out` must be new, empty, or an earlier (possibly stopped) prepare of the same `root`.
@@ -101,7 +101,7 @@ def prepare_dataset(root: str | Path, out: str | Path, progress: bool = True) ->
     out.mkdir(parents=True, exist_ok=True)
     marker.write_text(json.dumps({"source": str(root), "format": "tiled GeoTIFF, deflate", "block": BLOCK}))
     report = PrepareReport()
-    for path in tqdm(sources, desc="prepare", unit="file", disable=not progress):
+    for path in progress(sources, desc="prepare", unit="file", disable=not show_progress):
         relative = path.relative_to(root)
         convert = path.suffix.lower() in DECODE_WHOLE_SUFFIXES
         target = out / (windowable_twin(relative) if convert else relative)

@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from ..data import DEFAULT_PROTOCOL, Window, evaluation_split, open_dataset
 from ..metrics import PROTOCOLS, SegmentationMetrics
+from ..progress import progress
 from ..training import resolve_device
 from .inference import SlidingWindow
 from .model import MODEL_INFO_FILE, SegmentationModelInfo, load_segmentation_model, write_segmentation_card
@@ -97,7 +97,7 @@ def evaluate_model(
                                                 f1_from_precision_recall=f1_from_precision_recall)
     ignored = 0
     total_windows = sum(sw.windows_in(s.height, s.width) for s in ds.scenes)
-    with tqdm(total=total_windows, unit="window", desc=f"evaluate {dataset} {split}") as bar:
+    with progress(total=total_windows, unit="window", desc=f"evaluate {dataset} {split}") as bar:
         for n, scene in enumerate(ds.scenes):
             step = thumbnail_step(scene.height, scene.width)
             thumbs: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # only for the first `previews` scenes

@@ -28,12 +28,12 @@ import torch.nn.functional as F
 import yaml
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from ..checkpoint import atomic_save, load_checkpoint
 from ..data import IGNORE_INDEX, SegmentationDataset, open_dataset
 from ..models import MPINET_ARCHS
 from ..pretrain.config import resolve_config
+from ..progress import progress
 from ..settings import coerce_settings, read_yaml
 from ..training import (
     AUTOCAST_DTYPES,
@@ -285,7 +285,7 @@ class Finetuner:
         autocast_dtype = AUTOCAST_DTYPES.get(self.precision)
         self.model.train()
         log = (self.out / "log.jsonl").open("a") if self.is_main else None
-        bar = tqdm(total=cfg.steps, initial=self.step, unit="step", desc=f"finetune {Path(cfg.encoder).name}",
+        bar = progress(total=cfg.steps, initial=self.step, unit="step", desc=f"finetune {Path(cfg.encoder).name}",
                    disable=not self.is_main)
         tick = time.perf_counter()
         for images, masks in loader:

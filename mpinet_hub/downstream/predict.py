@@ -21,9 +21,9 @@ import rasterio
 import torch
 from PIL import Image
 from rasterio.errors import NotGeoreferencedWarning
-from tqdm import tqdm
 
 from ..data import DataError, Window, raster_info, read_window, to_unit_float
+from ..progress import progress
 from .inference import SlidingWindow
 from .model import SegmentationModelInfo
 from .plots import IGNORE_COLOUR, colourize, thumbnail_of_strip, thumbnail_step
@@ -120,7 +120,7 @@ def predict_raster(sw: SlidingWindow, info: SegmentationModelInfo, src: Path, ds
             full = np.empty((meta.height, meta.width), np.uint8) if as_png else None
             sink = None if as_png else rasterio.open(tmp, "w", **profile)
             try:
-                with tqdm(total=sw.windows_in(meta.height, meta.width), unit="window", desc=src.name) as bar:
+                with progress(total=sw.windows_in(meta.height, meta.width), unit="window", desc=src.name) as bar:
                     def read(w: Window) -> np.ndarray:  # NaN/inf would spread through the convolutions: zeroed
                         return np.nan_to_num(to_unit_float(read_window(src, w, bands)), nan=0.0, posinf=0.0,
                                              neginf=0.0)

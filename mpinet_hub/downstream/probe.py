@@ -27,9 +27,9 @@ import yaml
 from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from ..data import IGNORE_INDEX, evaluation_split, open_dataset
+from ..progress import progress
 from ..training import EpochBatches, check_finite, normalisation, plot_losses, resolve_device
 from .evaluate import evaluate_model
 from .finetune import _StepBatches, labeled_subset, patch_ids
@@ -179,7 +179,10 @@ def run_probe(cfg: ProbeConfig) -> dict[str, Any]:
         indent=1))
     loader = DataLoader(_StepBatches(dataset, subset, batches, cfg.patch, cfg.seed, 0, cfg.steps), batch_size=None)
     probe.train()
-    with (out / "log.jsonl").open("w") as log, tqdm(total=cfg.steps, unit="step", desc=f"probe {cfg.encoder}") as bar:
+    with (
+        (out / "log.jsonl").open("w") as log,
+        progress(total=cfg.steps, unit="step", desc=f"probe {cfg.encoder}") as bar,
+    ):
         for step, (images, masks) in enumerate(loader, 1):
             images = (images.to(device) - mean_t) / std_t
             masks = masks.to(device)

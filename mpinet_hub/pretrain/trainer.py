@@ -18,12 +18,12 @@ import torch
 import yaml
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from ..checkpoint import CHECKPOINT_FORMAT, atomic_save, load_checkpoint
 from ..data import UnlabeledImages, pretraining_images
 from ..data.potsdam import POTSDAM_BAND_NAMES
 from ..models import MPINET_TAGS, RGB_MEAN, RGB_STD
+from ..progress import progress
 from ..training import (
     AUTOCAST_DTYPES,
     EpochBatches,
@@ -221,7 +221,7 @@ class Trainer:
                                 pin_memory=self.device.type == "cuda")
             with (
                 (self.out / "log.jsonl").open("a") if self.is_main else nullcontext() as log,
-                tqdm(total=self.total_steps, initial=self.step, disable=not self.is_main, unit="step",
+                progress(total=self.total_steps, initial=self.step, disable=not self.is_main, unit="step",
                      desc=f"pretrain {cfg.method}") as bar,
             ):
                 return self._loop(loader, log, bar)
