@@ -67,12 +67,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
+    library_errors = _library_errors()
     try:
         return int(args._run(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, OSError, RuntimeError, *_library_errors()) as err:
+    except (ValueError, OSError, RuntimeError, *library_errors) as err:
         # Expected failures end in one line; --debug shows the traceback. Exit 2, as argparse's usage errors: the
         # settings, a file or the machine cannot be used (bad setting, torn weights or YAML, no permission, full
         # disk, no route, a refused token). Exit 1: the command refused on its own checks (a run folder that
@@ -80,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, "debug", False):
             raise
         print(f"mpinet {args.command}: error: {err}", file=sys.stderr)
-        unusable = isinstance(err, (SettingsError, *_library_errors())) or (
+        unusable = isinstance(err, (SettingsError, *library_errors)) or (
             isinstance(err, OSError) and not isinstance(err, (FileNotFoundError, FileExistsError)))
         return 2 if unusable else 1
 

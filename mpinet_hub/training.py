@@ -41,12 +41,15 @@ AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "16": torch.float16}  # --precision -
 PRECISIONS = ("auto", "32", "bf16", "16")
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
+def resolve_precision(precision: str, device: torch.device, announce: bool = False) -> str:
     """`auto`: bf16 on a CUDA device that supports it, fp32 elsewhere (bf16 autocast ran about 3x slower than
-    fp32 on a 2-core CPU); any other value as given."""
+    fp32 on a 2-core CPU); any other value as given. `announce` prints what `auto` chose."""
     if precision != "auto":
         return precision
-    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "32"
+    chosen = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "32"
+    if announce:
+        print(f"precision auto: {chosen} on {device.type}")
+    return chosen
 
 
 class NonFiniteLossError(RuntimeError):

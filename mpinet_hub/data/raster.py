@@ -161,9 +161,12 @@ def value_warnings(path: str | Path, side: int = 256) -> list[str]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with rasterio.open(path) as src:
+            nodata, dtype = src.nodata, src.dtypes[0]
+            if nodata is None and dtype not in ("uint16", "int16"):
+                return []  # neither can apply: no pixels read (a PNG's decimated read decodes it whole)
             step = max(1, max(src.height, src.width) // side)
             shape = (src.count, max(1, src.height // step), max(1, src.width // step))
-            array, nodata, dtype = src.read(out_shape=shape), src.nodata, src.dtypes[0]
+            array = src.read(out_shape=shape)
     found = []
     if nodata is not None and np.all(array == nodata):
         found.append(f"{path}: every sampled pixel is nodata ({nodata:g}); the file adds nothing but empty windows")

@@ -210,9 +210,7 @@ class Finetuner:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.runner = DistributedDataParallel(self.model, device_ids=ids)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.precision = resolve_precision(cfg.precision, self.device)
-        if cfg.precision == "auto" and self.is_main:
-            print(f"precision auto: {self.precision} on {self.device.type}")
+        self.precision = resolve_precision(cfg.precision, self.device, announce=self.is_main)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "16" and self.device.type == "cuda")
         self.batches = EpochBatches(len(self.subset), cfg.batch_size, cfg.seed, self.rank, self.world)
         self.step = 0

@@ -77,9 +77,10 @@ def run_pretrain(args: argparse.Namespace) -> int:
 
 
 def _print_plan(cfg: PretrainConfig, memory_gib: float) -> int:
+    from ..data.potsdam import POTSDAM_BAND_NAMES
     from .plan import largest_batch, plan_memory
 
-    bands = {"RGB": 3, "IRRG": 3, "RGBIR": 4}.get(cfg.bands, 3) if cfg.dataset == "potsdam" else 3
+    bands = len(POTSDAM_BAND_NAMES.get(cfg.bands, "RGB")) if cfg.dataset == "potsdam" else 3
     plan = plan_memory(cfg, bands)
     print(f"{cfg.method} {cfg.arch}, {cfg.crop} px views, batch {plan.batch} per process, {plan.precision}, "
           f"{bands} bands:")

@@ -118,9 +118,7 @@ class Trainer:
         self.augment = PhotometricAugment(self.norm["bands"], cfg.crop, cfg.photometric).to(self.device)
         self.optimizer = self._optimizer()
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
-        self.precision = resolve_precision(cfg.precision, self.device)
-        if cfg.precision == "auto" and self.is_main:
-            print(f"precision auto: {self.precision} on {self.device.type}")
+        self.precision = resolve_precision(cfg.precision, self.device, announce=self.is_main)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "16" and self.device.type == "cuda")
         self.step = 0
         if resume:
