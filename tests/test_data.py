@@ -416,3 +416,63 @@ def test_data_check_finds_a_truncated_geotiff_from_its_last_window(tmp_path, cap
     victim.write_bytes(victim.read_bytes()[: int(victim.stat().st_size * 0.6)])
     assert main(["data", "check", "potsdam", str(tmp_path)]) == 1
     assert f"{victim}: could not be read" in capsys.readouterr().out
+
+
+def _twelve_bit_folder(root):
+    """A labeled folder of 12-bit imagery in uint16 GeoTIFFs (the full-scale value 4095 appears in every image)."""
+    import yaml
+
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "classes.yaml").write_text(yaml.safe_dump({"names": ["ground", "field"]}))
+    rng = np.random.default_rng(5)
+    for split, names in (("train", ["a", "b"]), ("val", ["c"])):
+        for name in names:
+            (root / split / "images").mkdir(parents=True, exist_ok=True)
+            (root / split / "masks").mkdir(parents=True, exist_ok=True)
+            image = rng.integers(0, 2048, (3, 64, 64), dtype=np.uint16)
+            image[:, 32:] += 2047  # the "field" half is bright
+            mask = np.zeros((1, 64, 64), np.uint8)
+            mask[:, :, 32:] = 1
+            with rasterio.open(root / split / "images" / f"{name}.tif", "w", driver="GTiff", height=64, width=64,
+                               count=3, dtype="uint16") as dst:
+                dst.write(image)
+            with rasterio.open(root / split / "masks" / f"{name}.tif", "w", driver="GTiff", height=64, width=64,
+                               count=1, dtype="uint8") as dst:
+                dst.write(mask)
+    return root
+
+
+def test_value_max_scales_twelve_bit_data_in_every_reader(tmp_path, capsys):
+    import json
+    import warnings
+
+    import torch
+
+    from mpinet_hub.cli import main
+    from mpinet_hub.data import open_dataset
+    from mpinet_hub.settings import SettingsError
+
+    root = _twelve_bit_folder(tmp_path / "root")
+    default = open_dataset("folder", root, "train")[0]["image"]
+    assert float(default.max()) == pytest.approx(4094 / 65535)  # what 12-bit data gives without the setting
+    scaled = open_dataset("folder", root, "train", value_max=4095)[0]["image"]
+    assert float(scaled.max()) == pytest.approx(4094 / 4095) and torch.allclose(scaled, default * 65535 / 4095)
+
+    with pytest.warns(UserWarning, match="--value-max 4095"):
+        UnlabeledImages(root / "train" / "images", patch_size=32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the setting answers the 12-bit warning: none given
+        images = UnlabeledImages(root / "train" / "images", patch_size=32, value_max=4095, keep_uint8=True)
+    item = images[0]["image"]
+    assert item.dtype == torch.float32 and 0.4 < float(item.max()) <= 1.0
+
+    assert main(["data", "stats", "folder", str(root)]) == 0
+    plain = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert main(["data", "stats", "folder", str(root), "--value-max", "4095"]) == 0
+    twelve = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert twelve["mean"][0] == pytest.approx(plain["mean"][0] * 65535 / 4095, rel=1e-3) and twelve["mean"][0] > 0.4
+
+    with pytest.raises(SettingsError, match="--value-max"):
+        open_dataset("folder", root, "train", value_max=0)
+    assert main(["data", "stats", "folder", str(root), "--value-max", "-1"]) == 2
+    assert "--value-max" in capsys.readouterr().err

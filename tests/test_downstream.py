@@ -512,3 +512,37 @@ def test_every_smp_architecture_is_a_decoder():
     assert {"unet", "unetplusplus", "manet", "linknet", "deeplabv3plus", "segformer", "upernet"} <= set(DECODERS)
     model = build_segmentation_model(load_encoder("random", "mpinet_resnet18"), "unetplusplus", 3)
     assert isinstance(model, smp.UnetPlusPlus) and model(torch.rand(1, 3, 64, 64)).shape == (1, 3, 64, 64)
+
+
+def test_value_max_travels_from_finetune_to_evaluate_and_predict(tmp_path, monkeypatch):
+    from .test_data import _twelve_bit_folder
+
+    root = _twelve_bit_folder(tmp_path / "root")
+    run = tmp_path / "run"
+    assert main(["finetune", "--dataset", "folder", "--data-root", str(root), "--encoder", "random", "--out",
+                 str(run), "--patch", "32", "--crop", "32", "--batch-size", "2", "--steps", "2", "--label-fraction",
+                 "1", "--device", "cpu", "--value-max", "4095"]) == 0
+    model, info = load_segmentation_model(run / "model")
+    assert info.value_max == 4095
+    # evaluate reads the data as training did: through a reader that scales by the model's value_max
+    import mpinet_hub.downstream.evaluate as evaluate_module
+
+    seen, real = [], evaluate_module.open_dataset
+    monkeypatch.setattr(evaluate_module, "open_dataset",
+                        lambda *a, **kw: seen.append(kw.get("value_max")) or real(*a, **kw))
+    assert main(["evaluate", str(run), "--dataset", "folder", "--data-root", str(root), "--out",
+                 str(tmp_path / "eval"), "--window", "32", "--device", "cpu"]) == 0
+    assert seen == [4095]
+    # predict on the 12-bit file = the model on values / 4095
+    src = root / "val" / "images" / "c.tif"
+    assert main(["predict", str(run), str(src), str(tmp_path / "c_classes.tif"), "--window", "32", "--overlap",
+                 "8", "--device", "cpu"]) == 0
+    with rasterio.open(src) as f:
+        values = f.read().astype(np.float32) / 4095
+    with rasterio.open(tmp_path / "c_classes.tif") as f:
+        classes = f.read(1)
+    sw = SlidingWindow(model, info.mean, info.std, window=32, overlap=8)
+    expected = sw.predict_image(torch.from_numpy(values)).argmax(0).numpy()
+    assert np.array_equal(classes, expected)
+    unscaled = sw.predict_image(torch.from_numpy(values * 4095 / 65535)).argmax(0).numpy()
+    assert not np.array_equal(unscaled, expected)  # the scale matters to this model, so the check above has teeth

@@ -7,7 +7,7 @@ Every reader takes the folder the official archives unpack into, unchanged, and 
 from pathlib import Path
 from typing import Any
 
-from .base import Scene, SegmentationDataset, to_unit_float
+from .base import VALUE_MAX_HELP, Scene, SegmentationDataset, to_unit_float
 from .folder import LabeledFolder, folder_labeled_splits, read_classes
 from .labels import IGNORE_INDEX, decode_colour_label, decode_value_label, encode_colour_label
 from .loveda import LoveDA
@@ -53,6 +53,7 @@ __all__ = [
     "SegmentationDataset",
     "UAVid",
     "UnlabeledImages",
+    "VALUE_MAX_HELP",
     "Window",
     "decode_colour_label",
     "decode_value_label",

@@ -12,17 +12,33 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..settings import SettingsError
 from .labels import IGNORE_INDEX
 from .raster import DataError, Window, grid_windows, raster_info, read_window
 
-__all__ = ["Scene", "SegmentationDataset", "release_file", "release_files", "to_unit_float"]
+__all__ = ["VALUE_MAX_HELP", "Scene", "SegmentationDataset", "check_value_max", "release_file", "release_files",
+           "to_unit_float"]
+
+VALUE_MAX_HELP = ("the pixel value read as 1.0, e.g. 4095 for 12-bit data in a uint16 file (default: the file type's "
+                  "maximum, 255 or 65535; float files as they are)")
 
 
-def to_unit_float(array: np.ndarray) -> np.ndarray:
-    """Integer rasters scaled by their dtype's maximum to [0, 1]; float rasters returned as float32."""
+def to_unit_float(array: np.ndarray, value_max: float | None = None) -> np.ndarray:
+    """Values divided by `value_max`, the value that means full scale (e.g. 4095 for 12-bit data in uint16), as
+    float32. Without it, integer rasters are scaled by their dtype's maximum and float rasters kept as they are."""
+    if value_max is not None:
+        return array.astype(np.float32) / np.float32(value_max)
     if np.issubdtype(array.dtype, np.integer):
         return array.astype(np.float32) / float(np.iinfo(array.dtype).max)
     return array.astype(np.float32)
+
+
+def check_value_max(value_max: float | None) -> float | None:
+    """`value_max` if it is a usable full-scale value (positive and finite), else a SettingsError saying so."""
+    if value_max is not None and not (np.isfinite(value_max) and value_max > 0):
+        raise SettingsError(f"value_max (--value-max) {value_max}: give the positive pixel value that means full "
+                            "scale, e.g. 4095 for 12-bit data or 10000 for reflectance scaled by 10^4")
+    return value_max
 
 
 def release_files(folder: Path, suffix: str = ".png") -> list[Path]:
@@ -63,6 +79,7 @@ class SegmentationDataset(Dataset):
 
     Subclasses set `classes`, `palette`, `split_names` and implement `_find_scenes` and `decode_label`.
     With `patch_size`, items are a deterministic grid of windows over every scene; without it, whole scenes.
+    `value_max`: the pixel value that means full scale (see `to_unit_float`); default the dtype's maximum.
     """
 
     classes: tuple[str, ...] = ()
@@ -80,6 +97,7 @@ class SegmentationDataset(Dataset):
         patch_size: int | None = None,
         stride: int | None = None,
         transforms: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        value_max: float | None = None,
     ) -> None:
         if split not in self.split_names:
             raise ValueError(f"{type(self).__name__}: unknown split {split!r}; choose one of {self.split_names}")
@@ -90,6 +108,7 @@ class SegmentationDataset(Dataset):
         self.patch_size = patch_size
         self.stride = stride
         self.transforms = transforms
+        self.value_max = check_value_max(value_max)
         self.has_labels = split in self.labeled_splits
         self.scenes = self._find_scenes()
         if not self.scenes:
@@ -161,7 +180,7 @@ class SegmentationDataset(Dataset):
 
     def read_image(self, scene: Scene, window: Window) -> np.ndarray:
         parts = [read_window(path, window, bands) for path, bands in scene.images]
-        image = np.concatenate([to_unit_float(p) for p in parts], axis=0)
+        image = np.concatenate([to_unit_float(p, self.value_max) for p in parts], axis=0)
         return image
 
     def read_mask(self, scene: Scene, window: Window) -> np.ndarray:

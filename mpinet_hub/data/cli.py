@@ -10,7 +10,7 @@ import torch
 
 from ..cli import HelpFormatter
 from ..progress import progress
-from . import DATASETS
+from . import DATASETS, VALUE_MAX_HELP
 from .check import check_dataset
 from .prepare import prepare_dataset, verify_prepared
 from .raster import DataError
@@ -41,6 +41,7 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
     st.add_argument("root")
     st.add_argument("--split", default="train")
     st.add_argument("--bands", default="RGB", help="Potsdam bands")
+    st.add_argument("--value-max", type=float, help=VALUE_MAX_HELP + "; give the value training will use")
     pr = sub.add_parser(
         "prepare", formatter_class=HelpFormatter,
         help="one-time copy with PNG/JPEG images as tiled GeoTIFFs, so training reads windows, not whole images",
@@ -73,7 +74,7 @@ def run_data(args: argparse.Namespace) -> int:
         print(report.render())
         return 0 if report.ok else 1
     kwargs = {"bands": args.bands} if args.dataset == "potsdam" else {}
-    ds = DATASETS[args.dataset](args.root, split=args.split, **kwargs)
+    ds = DATASETS[args.dataset](args.root, split=args.split, value_max=args.value_max, **kwargs)
     count, s, ss, skipped = 0, 0.0, 0.0, {}
     for i in progress(range(len(ds)), desc="stats", unit="scene"):
         item = ds[i]

@@ -64,14 +64,15 @@ class LabeledFolder(SegmentationDataset):
 
     split_names = ("train", "val", "test")
 
-    def __init__(self, root, split="train", patch_size=None, stride=None, transforms=None):
+    def __init__(self, root, split="train", patch_size=None, stride=None, transforms=None,
+                 value_max=None):
         spec = read_classes(root)
         self.classes = tuple(spec["names"])
         self.palette = tuple(spec["palette"] or _default_palette(len(self.classes)))
         self.masks_are_colours = spec["palette"] is not None
         self.mask_ignore_index = spec["ignore_index"]
         self.labeled_splits = folder_labeled_splits(root)
-        super().__init__(root, split, patch_size, stride, transforms)
+        super().__init__(root, split, patch_size, stride, transforms, value_max)
 
     def _layout_hint(self) -> str:
         return f"expected {self.split}/images/NAME.tif|png|jpg and {self.split}/masks/NAME.tif|png"

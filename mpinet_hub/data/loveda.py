@@ -30,11 +30,12 @@ class LoveDA(SegmentationDataset):
     labeled_splits = ("train", "val")
     band_names = ("R", "G", "B")
 
-    def __init__(self, root, split="train", scene="both", patch_size=None, stride=None, transforms=None):
+    def __init__(self, root, split="train", scene="both", patch_size=None, stride=None, transforms=None,
+                 value_max=None):
         if scene not in _SCENES:
             raise ValueError(f"scene={scene!r}; choose urban, rural or both")
         self.scene = scene
-        super().__init__(root, split, patch_size, stride, transforms)
+        super().__init__(root, split, patch_size, stride, transforms, value_max)
 
     def _layout_hint(self) -> str:
         return f"expected {_SPLIT_FOLDERS[self.split]}/{{Urban,Rural}}/images_png/*.png (or .tif after `data prepare`)"

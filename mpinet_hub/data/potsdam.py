@@ -66,7 +66,7 @@ class Potsdam(SegmentationDataset):
     }
 
     def __init__(self, root, split="train", bands="RGB", labels="noBoundary", patch_size=None, stride=None,
-                 transforms=None, tiles: list[str] | None = None):
+                 transforms=None, tiles: list[str] | None = None, value_max=None):
         if bands.removesuffix("+DSM") not in _PRODUCTS:
             raise ValueError(f"bands={bands!r}; choose RGB, IRRG or RGBIR, optionally +DSM")
         if labels not in _LABEL_FOLDERS:
@@ -74,7 +74,7 @@ class Potsdam(SegmentationDataset):
         self.bands = bands
         self.labels = labels
         self._tiles = tiles
-        super().__init__(root, split, patch_size, stride, transforms)
+        super().__init__(root, split, patch_size, stride, transforms, value_max)
 
     @property
     def band_names(self) -> tuple[str, ...]:

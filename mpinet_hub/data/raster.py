@@ -154,15 +154,16 @@ def grid_windows(height: int, width: int, patch: int | None, stride: int | None 
             for c in window_starts(width, patch, stride)]
 
 
-def value_warnings(path: str | Path, side: int = 256) -> list[str]:
+def value_warnings(path: str | Path, side: int = 256, value_max: float | None = None) -> list[str]:
     """What is odd about a raster's values, from a decimated read (`side` px on the longer side): every pixel
-    nodata, or 16-bit integers that never exceed 12 bits (scaled by 65535, they use 1/16 of [0, 1])."""
+    nodata, or 16-bit integers that never exceed 12 bits (scaled by 65535, they use 1/16 of [0, 1]; not
+    reported when `value_max` sets the full-scale value)."""
     path = Path(path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with rasterio.open(path) as src:
             nodata, dtype = src.nodata, src.dtypes[0]
-            if nodata is None and dtype not in ("uint16", "int16"):
+            if nodata is None and (dtype not in ("uint16", "int16") or value_max is not None):
                 return []  # neither can apply: no pixels read (a PNG's decimated read decodes it whole)
             step = max(1, max(src.height, src.width) // side)
             shape = (src.count, max(1, src.height // step), max(1, src.width // step))
@@ -170,7 +171,8 @@ def value_warnings(path: str | Path, side: int = 256) -> list[str]:
     found = []
     if nodata is not None and np.all(array == nodata):
         found.append(f"{path}: every sampled pixel is nodata ({nodata:g}); the file adds nothing but empty windows")
-    if dtype in ("uint16", "int16") and 0 < int(array.max()) < 4096:
-        found.append(f"{path}: 16-bit values that never exceed {int(array.max())} (12-bit data?); they are scaled by "
-                     "65535 into [0, 0.06], so give --mean/--std from `mpinet data stats` (ImageNet's would be wrong)")
+    if value_max is None and dtype in ("uint16", "int16") and 0 < int(array.max()) < 4096:
+        found.append(f"{path}: 16-bit values that never exceed {int(array.max())} (12-bit data?); scaled by 65535 "
+                     "they fill only [0, 0.06]: pass --value-max 4095 (or `value_max: 4095` in a config) so they "
+                     "fill [0, 1], with --mean/--std from `mpinet data stats --value-max 4095`")
     return found

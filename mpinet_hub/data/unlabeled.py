@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .base import to_unit_float, window_tuple
+from .base import check_value_max, to_unit_float, window_tuple
 from .raster import DataError, Window, raster_info, read_window, value_warnings
 
 __all__ = ["UnlabeledImages", "pretraining_images"]
@@ -32,11 +32,13 @@ class UnlabeledImages(Dataset):
         length: items per epoch (default: total area / patch area, i.e. one pass over the pixels).
         keep_uint8: 8-bit sources stay uint8 (4x fewer bytes from a loader worker to the trainer, which
             scales them on the device); other types are float32 in [0, 1] either way.
+        value_max: the pixel value that means full scale (e.g. 4095 for 12-bit data in uint16); default the
+            dtype's maximum. Given, every item is float32 (scaled here, not on the device).
     """
 
     def __init__(self, paths_or_globs: str | Path | list[str | Path], patch_size: int = 256,
                  bands: list[int] | None = None, length: int | None = None, seed: int = 0,
-                 keep_uint8: bool = False) -> None:
+                 keep_uint8: bool = False, value_max: float | None = None) -> None:
         if isinstance(paths_or_globs, (str, Path)):
             paths_or_globs = [paths_or_globs]
         files: list[Path] = []
@@ -54,7 +56,8 @@ class UnlabeledImages(Dataset):
         if not files:
             raise DataError(f"no GeoTIFF/PNG/JPEG images found in {', '.join(map(str, paths_or_globs))}")
         self.patch_size = patch_size
-        self.keep_uint8 = keep_uint8
+        self.value_max = check_value_max(value_max)
+        self.keep_uint8 = keep_uint8 and value_max is None
         self.bands = bands
         self.seed = seed
         self.epoch = 0
@@ -71,7 +74,7 @@ class UnlabeledImages(Dataset):
         if small:
             warnings.warn(f"skipped {len(small)} image(s) smaller than {patch_size}px: {', '.join(small[:10])}",
                           stacklevel=2)
-        for message in (m for info in self.infos for m in value_warnings(info.path)):
+        for message in (m for info in self.infos for m in value_warnings(info.path, value_max=value_max)):
             warnings.warn(message, stacklevel=2)
         if not self.infos:
             raise DataError(f"every image is smaller than patch_size={patch_size}")
@@ -98,7 +101,7 @@ class UnlabeledImages(Dataset):
         window = Window(col, row, self.patch_size, self.patch_size)
         image = read_window(info.path, window, self.bands)
         if not (self.keep_uint8 and image.dtype == np.uint8):
-            image = to_unit_float(image)
+            image = to_unit_float(image, self.value_max)
         return {"image": torch.from_numpy(image), "meta": {"file": str(info.path), "window": window_tuple(window)}}
 
 

@@ -6,7 +6,7 @@ import argparse
 from dataclasses import fields
 from pathlib import Path
 
-from ..data import DATASETS
+from ..data import DATASETS, VALUE_MAX_HELP
 from ..metrics import PROTOCOLS
 from ..models import MPINET_ARCHS
 from ..pretrain.config import METHODS
@@ -47,6 +47,7 @@ def _finetune_options(p: argparse.ArgumentParser, with_encoder: bool = True) -> 
     p.add_argument("--save-every", type=int, help="steps between checkpoints")
     p.add_argument("--mean", type=float, nargs="+", help="per-band normalisation (default: the encoder's)")
     p.add_argument("--std", type=float, nargs="+")
+    p.add_argument("--value-max", type=float, help=VALUE_MAX_HELP)
 
 
 def _finetune_config(args: argparse.Namespace, **fixed):
@@ -118,6 +119,7 @@ def add_probe_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda")
     p.add_argument("--mean", type=float, nargs="+", help="per-band normalisation (default: the encoder's)")
     p.add_argument("--std", type=float, nargs="+")
+    p.add_argument("--value-max", type=float, help=VALUE_MAX_HELP)
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
 
 
@@ -128,7 +130,8 @@ def run_probe(args: argparse.Namespace) -> int:
     cfg = ProbeConfig(args.encoder, args.dataset, args.data_root, args.out, label_fraction=args.label_fraction,
                       levels=list(args.levels), steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                       patch=args.patch, seed=args.seed, subset_seed=args.subset_seed, split=args.split,
-                      arch=args.arch, window=args.window, device=args.device, mean=args.mean, std=args.std)
+                      arch=args.arch, window=args.window, device=args.device, mean=args.mean, std=args.std,
+                      value_max=args.value_max)
     result = run_probe(cfg)
     print(format_metrics_table(result))
     print(f"written: {Path(result['out']) / 'metrics.json'}, confusion.png, previews/")

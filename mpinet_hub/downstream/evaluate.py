@@ -79,7 +79,7 @@ def evaluate_model(
     model_dir = Path(info.provenance.get("model_dir", out))
     protocol = _protocol_for(dataset, protocol)
     kwargs = {"labels": PROTOCOLS[protocol]["labels"]} if "labels" in PROTOCOLS[protocol] else {}
-    ds = open_dataset(dataset, data_root, split, bands=bands or info.bands, **kwargs)
+    ds = open_dataset(dataset, data_root, split, bands=bands or info.bands, value_max=info.value_max, **kwargs)
     if not ds.has_labels:
         labeled = ", ".join(ds.labeled_splits)
         raise ValueError(f"{dataset} split {split!r} has no labels to evaluate against; use --split {labeled}")

@@ -91,6 +91,7 @@ class FinetuneConfig:
     log_every: int = 1
     mean: list[float] | None = None
     std: list[float] | None = None
+    value_max: float | None = None  # pixel value read as 1.0 (e.g. 4095 for 12-bit data); default the dtype's max
 
     @classmethod
     def from_sources(cls, path: str | Path | None = None, **overrides: Any) -> FinetuneConfig:
@@ -186,7 +187,8 @@ class Finetuner:
         if self.is_main:
             claim_run_folder(self.out, resume, overwrite)
         self.device = resolve_device(cfg.device)
-        self.dataset = open_dataset(cfg.dataset, cfg.data_root, "train", bands=cfg.bands, patch_size=cfg.patch)
+        self.dataset = open_dataset(cfg.dataset, cfg.data_root, "train", bands=cfg.bands, patch_size=cfg.patch,
+                                    value_max=cfg.value_max)
         if not self.dataset.has_labels:
             raise ValueError(f"{cfg.dataset} train split has no labels")
         self.subset = labeled_subset(self.dataset, cfg.label_fraction, cfg.subset_seed)
@@ -217,7 +219,7 @@ class Finetuner:
         self.info = SegmentationModelInfo(
             classes=list(self.dataset.classes), mean=list(self.mean), std=list(self.std),
             palette=[list(c) for c in self.dataset.palette] or None, bands=getattr(self.dataset, "bands", "RGB"),
-            ignore_index=self.dataset.ignore_index,
+            ignore_index=self.dataset.ignore_index, value_max=cfg.value_max,
             provenance={"dataset": cfg.dataset, "encoder": cfg.encoder, "decoder": cfg.decoder,
                         "label_fraction": cfg.label_fraction, "labeled_patches": len(self.subset),
                         "steps": cfg.steps, "run": str(self.out)},

@@ -133,7 +133,8 @@ def build_segmentation_model(
 
 @dataclass
 class SegmentationModelInfo:
-    """What a fine-tuned model needs at inference (classes, normalisation, bands) and where it came from."""
+    """What a fine-tuned model needs at inference (classes, value scale, normalisation, bands) and where it came
+    from."""
 
     classes: list[str]
     mean: list[float]
@@ -142,6 +143,7 @@ class SegmentationModelInfo:
     bands: str | None = None
     ignore_index: int = 255
     provenance: dict[str, Any] = field(default_factory=dict)  # dataset, encoder, decoder, label fraction, steps
+    value_max: float | None = None  # the pixel value read as 1.0 (None: the dtype's maximum), as in training
 
     @property
     def in_chans(self) -> int:

@@ -122,8 +122,8 @@ def predict_raster(sw: SlidingWindow, info: SegmentationModelInfo, src: Path, ds
             try:
                 with progress(total=sw.windows_in(meta.height, meta.width), unit="window", desc=src.name) as bar:
                     def read(w: Window) -> np.ndarray:  # NaN/inf would spread through the convolutions: zeroed
-                        return np.nan_to_num(to_unit_float(read_window(src, w, bands)), nan=0.0, posinf=0.0,
-                                             neginf=0.0)
+                        values = to_unit_float(read_window(src, w, bands), info.value_max)
+                        return np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
 
                     for top, logits in sw.strips(read, meta.height, meta.width, bar):
                         strip = logits.argmax(0).to(torch.uint8).cpu().numpy()

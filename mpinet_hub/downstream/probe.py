@@ -61,6 +61,7 @@ class ProbeConfig:
     device: str = "auto"
     mean: list[float] | None = None
     std: list[float] | None = None
+    value_max: float | None = None  # pixel value read as 1.0 (e.g. 4095 for 12-bit data); default the dtype's max
 
     def validate(self) -> None:
         unknown = [lv for lv in self.levels if lv not in LEVELS]
@@ -152,7 +153,7 @@ def run_probe(cfg: ProbeConfig) -> dict[str, Any]:
     cfg.validate()
     out = Path(cfg.out)
     device = resolve_device(cfg.device)
-    dataset = open_dataset(cfg.dataset, cfg.data_root, "train", patch_size=cfg.patch)
+    dataset = open_dataset(cfg.dataset, cfg.data_root, "train", patch_size=cfg.patch, value_max=cfg.value_max)
     if not dataset.has_labels:
         raise ValueError(f"{cfg.dataset} train split has no labels")
     split = cfg.split or evaluation_split(cfg.dataset, cfg.data_root)
@@ -201,6 +202,7 @@ def run_probe(cfg: ProbeConfig) -> dict[str, Any]:
     info = SegmentationModelInfo(
         classes=list(dataset.classes), mean=list(mean), std=list(std),
         palette=[list(c) for c in dataset.palette] or None, bands=getattr(dataset, "bands", None),
+        value_max=cfg.value_max,
         provenance={"dataset": cfg.dataset, "encoder": cfg.encoder, "decoder": f"linear probe {'+'.join(cfg.levels)}",
                     "label_fraction": cfg.label_fraction, "labeled_patches": len(subset), "steps": cfg.steps,
                     "model_dir": str(out)})

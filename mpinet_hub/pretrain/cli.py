@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+from ..data import VALUE_MAX_HELP
 from ..models import MPINET_ARCHS
 from ..training import PRECISIONS
 from .config import METHODS, PretrainConfig, packaged_configs
@@ -49,6 +50,7 @@ def add_pretrain_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the backbone")
     p.add_argument("--mean", type=float, nargs="+", help="per-band normalisation (default: ImageNet for RGB)")
     p.add_argument("--std", type=float, nargs="+")
+    p.add_argument("--value-max", type=float, help=VALUE_MAX_HELP)
     p.add_argument("--plan", action="store_true",
                    help="print the step's estimated memory (parameters, optimizer, activations) and the largest batch "
                    "that fits --plan-memory, then stop; needs no data and no GPU")
@@ -62,7 +64,7 @@ def run_pretrain(args: argparse.Namespace) -> int:
         bands=args.bands, patch=args.patch, crop=args.crop, batch_size=args.batch_size, epochs=args.epochs,
         steps=args.steps, lr=args.lr, queue_size=args.queue_size, workers=args.workers, out=args.out,
         save_every=args.save_every, keep_last=args.keep_last, seed=args.seed, device=args.device,
-        precision=args.precision, compile=args.compile, mean=args.mean, std=args.std,
+        precision=args.precision, compile=args.compile, mean=args.mean, std=args.std, value_max=args.value_max,
     )
     if args.plan:
         return _print_plan(cfg, args.plan_memory)

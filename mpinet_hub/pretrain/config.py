@@ -56,6 +56,7 @@ class PretrainConfig:
     crop: int = 256  # side of each view
     mean: list[float] | None = None  # per band; default: the tag's (ImageNet statistics for RGB)
     std: list[float] | None = None
+    value_max: float | None = None  # pixel value read as 1.0 (e.g. 4095 for 12-bit data); default the dtype's max
     # method
     method: str = "mpinet"
     arch: str = "mpinet_resnet50"

@@ -55,7 +55,7 @@ def build_pretraining_dataset(cfg: PretrainConfig) -> UnlabeledImages:
         paths = [Path(r) / "train" / "images" if (Path(r) / "classes.yaml").is_file() else r for r in cfg.data_root]
     else:
         paths = pretraining_images(cfg.dataset, cfg.data_root[0], bands=cfg.bands)
-    return UnlabeledImages(paths, patch_size=cfg.patch, seed=cfg.seed, keep_uint8=True)
+    return UnlabeledImages(paths, patch_size=cfg.patch, seed=cfg.seed, keep_uint8=True, value_max=cfg.value_max)
 
 
 class _StepDataset(Dataset):
@@ -114,7 +114,7 @@ class Trainer:
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.runner = DistributedDataParallel(self.model.online, device_ids=ids)
-        self.norm = {"mean": list(mean), "std": list(std), "bands": self._band_names()}
+        self.norm = {"mean": list(mean), "std": list(std), "bands": self._band_names(), "value_max": cfg.value_max}
         self.augment = PhotometricAugment(self.norm["bands"], cfg.crop, cfg.photometric).to(self.device)
         self.optimizer = self._optimizer()
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
