@@ -321,3 +321,32 @@ def test_push_with_a_bad_token_or_no_route_ends_in_one_line(exported_potsdam):
     assert unreachable.returncode == 2 and "Traceback" not in unreachable.stderr
     assert "could not be reached" in unreachable.stderr and "nothing was pushed" in unreachable.stderr
 
+
+
+def _tamper(weights_path):
+    """Change one weight of a safetensors file, keeping it a valid file (only the sha256 can tell)."""
+    state = safetensors.torch.load_file(str(weights_path))
+    state["conv1.weight"][0, 0, 0, 0] += 1.0
+    safetensors.torch.save_file(state, str(weights_path), metadata={"format": "pt"})
+
+
+def test_weights_are_verified_on_load_against_the_recorded_sha256(exported_potsdam, tmp_path, monkeypatch):
+    import shutil
+
+    from mpinet_hub.downstream.model import load_encoder
+    from mpinet_hub.hub import install_to_hf_cache
+    from mpinet_hub.integrity import WeightsIntegrityError
+
+    folder = tmp_path / "export"
+    shutil.copytree(exported_potsdam, folder)
+    load_encoder(str(folder))  # intact: loads
+    _tamper(folder / "model.safetensors")
+    with pytest.raises(WeightsIntegrityError, match=r"model\.safetensors: sha256 .* does not match .*config\.json"):
+        load_encoder(str(folder))  # an OSError: the CLI ends it in one line, exit 2
+    with pytest.raises(WeightsIntegrityError, match="model.safetensors"):
+        timm.create_model("mpinet_resnet18.potsdam", pretrained=True,
+                          pretrained_cfg_overlay=dict(file=str(folder / "model.safetensors")))
+    install_to_hf_cache(folder, "tampered-org/mpinet_resnet18.potsdam")
+    monkeypatch.setenv("MPINET_HUB_ORG", "tampered-org")
+    with pytest.raises(WeightsIntegrityError, match="Download it again"):
+        timm.create_model("mpinet_resnet18.potsdam", pretrained=True)

@@ -24,6 +24,7 @@ from safetensors import SafetensorError
 from segmentation_models_pytorch.base import SegmentationModel
 
 from ..hub.card import segmentation_card
+from ..integrity import verify_weights_file
 from ..models import MPINET_ARCHS, RGB_MEAN, RGB_STD
 
 __all__ = [
@@ -78,6 +79,7 @@ def load_encoder(spec: str, default_arch: str = "mpinet_resnet18", in_chans: int
     elif (checkpoint := _training_checkpoint(spec)) is not None:
         return _encoder_from_checkpoint(spec, checkpoint)
     elif Path(spec).is_dir():
+        verify_weights_file(Path(spec) / "model.safetensors")
         model = timm.create_model(f"local-dir:{Path(spec).resolve()}", pretrained=True)
     else:
         import mpinet_hub  # noqa: F401  (registers the tags)

@@ -7,7 +7,6 @@ tag's card with the weights' sha256.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import tempfile
@@ -21,6 +20,7 @@ import torch
 from timm.models._hub import save_config_for_hf
 
 from ..checkpoint import backbone_state_dict, is_training_checkpoint
+from ..integrity import file_sha256
 from ..models import MPINET_ARCHS, MPINET_TAGS, hub_repo_id
 from .card import render_card
 
@@ -39,14 +39,6 @@ class ExportResult:
     sha256: str
     num_tensors: int
     dropped_keys: list[str]
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 EXPORT_FILES = frozenset({WEIGHTS_NAME, "config.json", "README.md"})

@@ -22,6 +22,8 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models._pretrained import PretrainedCfg
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
+from ..integrity import WeightsIntegrityError, verify_weights_file
+
 __all__ = [
     "DEFAULT_HUB_ORG",
     "MPINET_ARCHS",
@@ -190,7 +192,7 @@ def _create_mpinet_resnet(arch: str, pretrained: bool = False, **kwargs: Any) ->
     try:
         if pretrained and tag is not None and not overlay.get("file"):
             _fail_fast_when_unreachable(overlay["hf_hub_id"])
-        return build_model_with_cfg(
+        model = build_model_with_cfg(
             ResNet,
             arch,
             pretrained,
@@ -200,6 +202,11 @@ def _create_mpinet_resnet(arch: str, pretrained: bool = False, **kwargs: Any) ->
             layers=layers,
             **kwargs,
         )
+        if pretrained:
+            _verify_loaded_weights(overlay)
+        return model
+    except WeightsIntegrityError:
+        raise
     except (FileNotFoundError, ConnectionError, OSError) as err:
         if not pretrained or overlay.get("file"):
             raise
@@ -216,6 +223,24 @@ def _create_mpinet_resnet(arch: str, pretrained: bool = False, **kwargs: Any) ->
             f"--arch {arch} --tag {tag}` and `mpinet push OUT --repo-id {repo}` (or set MPINET_HUB_ORG to "
             "the organisation that holds them)."
         ) from err
+
+
+def _verify_loaded_weights(overlay: dict[str, Any]) -> None:
+    """The sha256 recorded by `mpinet export` checked against the file just loaded (where the config.json that
+    records it is local: beside a `file=` overlay, or in the Hugging Face cache)."""
+    if overlay.get("file"):
+        verify_weights_file(overlay["file"])
+        return
+    repo_id, _, revision = str(overlay.get("hf_hub_id") or "").partition("@")
+    if not repo_id:
+        return
+    from huggingface_hub import try_to_load_from_cache
+
+    weights = try_to_load_from_cache(repo_id, "model.safetensors", revision=revision or None)
+    config = try_to_load_from_cache(repo_id, "config.json", revision=revision or None)
+    if isinstance(weights, str) and isinstance(config, str):
+        verify_weights_file(weights, config, fix=f"Download it again (`hf download {repo_id} "
+                            "--force-download`), or install a good export with `install_to_hf_cache`.")
 
 
 def _fail_fast_when_unreachable(repo_id: str) -> None:
