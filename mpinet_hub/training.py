@@ -23,6 +23,7 @@ __all__ = [
     "NonFiniteLossError",
     "RunFolderError",
     "RunLock",
+    "RunLog",
     "check_finite",
     "check_finite_state",
     "claim_run_folder",
@@ -61,7 +62,7 @@ class RunFolderError(RuntimeError):
 
 
 # What marks a folder as a training run, and all that --overwrite deletes (fine-tuning adds model/ and its subset).
-RUN_FILES = ("checkpoints", "log.jsonl", "loss.png", "config.yaml", "labeled_patches.json", "model")
+RUN_FILES = ("checkpoints", "log.jsonl", "tensorboard", "loss.png", "config.yaml", "labeled_patches.json", "model")
 
 
 def claim_run_folder(out: Path, resume: bool, overwrite: bool = False) -> None:
@@ -93,6 +94,48 @@ def trim_log(path: Path, step: int) -> None:
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_text("".join(line + "\n" for line in kept))
         os.replace(tmp, path)
+
+
+class RunLog:
+    """A run's log: OUT/log.jsonl, and TensorBoard event files in OUT/tensorboard when tensorboard is installed
+    (numeric fields as scalars at the record's step). Opened at the step a run continues from, it first drops
+    the rows written past that step (after the checkpoint it resumes from) from both, so each step is logged once.
+    `enabled=False` (ranks other than 0) writes nothing."""
+
+    def __init__(self, out: Path, step: int, enabled: bool = True) -> None:
+        self.jsonl = self.tensorboard = None
+        if not enabled:
+            return
+        out.mkdir(parents=True, exist_ok=True)
+        trim_log(out / "log.jsonl", step)
+        self.jsonl = (out / "log.jsonl").open("a")
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # optional: the JSON lines hold everything
+            return
+        self.tensorboard = SummaryWriter(str(out / "tensorboard"), purge_step=step + 1)
+
+    def write(self, record: dict) -> None:
+        if self.jsonl is None:
+            return
+        self.jsonl.write(json.dumps(record) + "\n")
+        self.jsonl.flush()
+        if self.tensorboard is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self.tensorboard.add_scalar(key, value, record["step"])
+
+    def close(self) -> None:
+        for sink in (self.jsonl, self.tensorboard):
+            if sink is not None:
+                sink.close()
+        self.jsonl = self.tensorboard = None
+
+    def __enter__(self) -> RunLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class RunLock:

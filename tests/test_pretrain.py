@@ -160,6 +160,8 @@ def test_each_method_trains_and_exports(tmp_path, potsdam_root, method, terms):
     records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2] and "images_per_s" in records[0]
     assert (run / "loss.png").stat().st_size > 1000 and (run / "config.yaml").is_file()
+    scalars = _tensorboard_scalars(run / "tensorboard")
+    assert terms | {"total", "lr"} <= set(scalars) and [step for step, _ in scalars["total"]] == [1, 2]
     if method == "mpinet":  # auto FFL weight: 0 until the queue holds real keys (tests/test_method.py)
         assert records[0]["w_ffl"] == 0
     assert trainer.model.momentum_at(0, 2) == pytest.approx(0.99)  # the same EMA schedule on every rung
@@ -294,3 +296,31 @@ def test_cli_plan_prints_the_release_recipe_without_data_or_a_run_folder(tmp_pat
     assert not any(tmp_path.iterdir())  # nothing trained, nothing written
     with pytest.raises(FileNotFoundError, match="packaged: .*mpinet_resnet50_loveda"):
         PretrainConfig.from_sources("mpinet_resnet50_nowhere")
+
+
+def _tensorboard_scalars(folder) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def test_run_log_writes_tensorboard_beside_the_jsonl_and_drops_rows_past_a_resume(tmp_path, monkeypatch):
+    from mpinet_hub.training import RunLog
+
+    with RunLog(tmp_path / "run", step=0) as log:
+        for step in range(1, 6):
+            log.write({"step": step, "ins": float(step), "note": "not a number"})
+    with RunLog(tmp_path / "run", step=3) as log:  # resumed from a step-3 checkpoint: steps 4 and 5 again
+        for step in range(4, 7):
+            log.write({"step": step, "ins": 10.0 * step})
+    rows = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    scalars = _tensorboard_scalars(tmp_path / "run" / "tensorboard")
+    assert set(scalars) == {"ins"}
+    assert scalars["ins"] == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 40.0), (5, 50.0), (6, 60.0)]
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # tensorboard not installed: jsonl only
+    with RunLog(tmp_path / "plain", step=0) as log:
+        log.write({"step": 1, "ins": 1.0})
+    assert (tmp_path / "plain" / "log.jsonl").is_file() and not (tmp_path / "plain" / "tensorboard").exists()

@@ -39,6 +39,7 @@ from ..training import (
     AUTOCAST_DTYPES,
     EpochBatches,
     RunLock,
+    RunLog,
     check_finite,
     check_finite_state,
     claim_run_folder,
@@ -47,7 +48,6 @@ from ..training import (
     plot_losses,
     resolve_device,
     resolve_precision,
-    trim_log,
 )
 from .model import (
     DECODERS,
@@ -276,7 +276,6 @@ class Finetuner:
         if self.is_main:
             (self.out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
             self.write_subset()
-            trim_log(self.out / "log.jsonl", self.step)
         loader = DataLoader(_StepBatches(self.dataset, self.subset, self.batches, cfg.crop,
                                          cfg.seed * self.world + self.rank, self.step, cfg.steps),
                             batch_size=None, num_workers=cfg.workers, pin_memory=self.device.type == "cuda")
@@ -284,7 +283,7 @@ class Finetuner:
         std = torch.tensor(self.std, device=self.device).view(1, -1, 1, 1)
         autocast_dtype = AUTOCAST_DTYPES.get(self.precision)
         self.model.train()
-        log = (self.out / "log.jsonl").open("a") if self.is_main else None
+        log = RunLog(self.out, self.step, enabled=self.is_main)
         bar = progress(total=cfg.steps, initial=self.step, unit="step", desc=f"finetune {Path(cfg.encoder).name}",
                    disable=not self.is_main)
         tick = time.perf_counter()
@@ -309,9 +308,8 @@ class Finetuner:
             rate = images.shape[0] * self.world / (now - tick)
             tick = now
             ce = float(loss.detach())
-            if log and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
-                log.write(json.dumps({"step": self.step, "ce": ce, "images_per_s": rate}) + "\n")
-                log.flush()
+            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                log.write({"step": self.step, "ce": ce, "images_per_s": rate})
             bar.set_postfix({"ce": f"{ce:.3f}", "img/s": f"{rate:.1f}"})
             bar.update(1)
             if self.is_main and (self.step % cfg.save_every == 0 or self.step == cfg.steps):
@@ -319,8 +317,7 @@ class Finetuner:
                 atomic_save(self.state(), last_ckpt)
                 plot_losses(self.out / "log.jsonl", self.out / "loss.png", keys=("ce",))
         bar.close()
-        if log:
-            log.close()
+        log.close()
         self.model.eval()
         model_dir = self.out / "model"
         if self.is_main:

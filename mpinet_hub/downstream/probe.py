@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 
 from ..data import IGNORE_INDEX, evaluation_split, open_dataset
 from ..progress import progress
-from ..training import EpochBatches, check_finite, normalisation, plot_losses, resolve_device
+from ..training import EpochBatches, RunLog, check_finite, normalisation, plot_losses, resolve_device
 from .evaluate import evaluate_model
 from .finetune import _StepBatches, labeled_subset, patch_ids
 from .model import SegmentationModelInfo, load_encoder
@@ -181,7 +181,7 @@ def run_probe(cfg: ProbeConfig) -> dict[str, Any]:
     loader = DataLoader(_StepBatches(dataset, subset, batches, cfg.patch, cfg.seed, 0, cfg.steps), batch_size=None)
     probe.train()
     with (
-        (out / "log.jsonl").open("w") as log,
+        RunLog(out, step=0) as log,
         progress(total=cfg.steps, unit="step", desc=f"probe {cfg.encoder}") as bar,
     ):
         for step, (images, masks) in enumerate(loader, 1):
@@ -193,7 +193,7 @@ def run_probe(cfg: ProbeConfig) -> dict[str, Any]:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            log.write(json.dumps({"step": step, "ce": float(loss.detach())}) + "\n")
+            log.write({"step": step, "ce": float(loss.detach())})
             bar.set_postfix(ce=f"{float(loss.detach()):.3f}")
             bar.update(1)
     plot_losses(out / "log.jsonl", out / "loss.png", keys=("ce",))

@@ -7,7 +7,6 @@ uninterrupted one on CPU.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from contextlib import nullcontext
@@ -29,6 +28,7 @@ from ..training import (
     EpochBatches,
     NonFiniteLossError,
     RunLock,
+    RunLog,
     check_finite,
     check_finite_state,
     claim_run_folder,
@@ -39,7 +39,6 @@ from ..training import (
     prune_checkpoints,
     resolve_device,
     resolve_precision,
-    trim_log,
 )
 from .config import PretrainConfig
 from .method import MPINetModel
@@ -213,18 +212,17 @@ class Trainer:
         with RunLock(self.out) if self.is_main else nullcontext():
             if self.is_main:
                 (self.out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-                trim_log(self.out / "log.jsonl", self.step)
             loader = DataLoader(_StepDataset(self.images, self.batches, self.step, self.total_steps),
                                 batch_size=None, shuffle=False, num_workers=cfg.workers, persistent_workers=False,
                                 pin_memory=self.device.type == "cuda")
             with (
-                (self.out / "log.jsonl").open("a") if self.is_main else nullcontext() as log,
+                RunLog(self.out, self.step, enabled=self.is_main) as log,
                 progress(total=self.total_steps, initial=self.step, disable=not self.is_main, unit="step",
                      desc=f"pretrain {cfg.method}") as bar,
             ):
                 return self._loop(loader, log, bar)
 
-    def _loop(self, loader: DataLoader, log, bar) -> dict[str, float]:
+    def _loop(self, loader: DataLoader, log: RunLog, bar) -> dict[str, float]:
         cfg = self.cfg
         autocast_dtype = AUTOCAST_DTYPES.get(self.precision)
         last: dict[str, float] = {}
@@ -261,8 +259,7 @@ class Trainer:
                 record = {"step": self.step, **last, "lr": self.optimizer.param_groups[0]["lr"], "momentum": momentum,
                           "w_ffl": self.model.ffl_weight(), "images_per_s": rate}
                 if self.step % cfg.log_every == 0 or self.step == self.total_steps:
-                    log.write(json.dumps(record) + "\n")
-                    log.flush()
+                    log.write(record)
                 bar.set_postfix({k: f"{v:.3f}" for k, v in last.items()} | {"img/s": f"{rate:.1f}"})
                 bar.update(1)
             if self.step % cfg.save_every == 0 or self.step == self.total_steps:
