@@ -191,13 +191,14 @@ def _geotiff(path, array, **extra):
         dst.write(array)
 
 
-def test_predict_keeps_crs_transform_and_shape(finetuned, tmp_path):
+def test_predict_keeps_crs_transform_and_shape(finetuned, tmp_path, capfd):
     tuner, model_dir = finetuned
     array = np.random.default_rng(0).integers(0, 256, (3, 90, 130), dtype=np.uint8)
     src, out = tmp_path / "scene.tif", tmp_path / "out" / "scene_classes.tif"
     _geotiff(src, array)
     assert main(["predict", str(model_dir), str(src), str(out), "--window", "64", "--overlap", "16",
                  "--preview"]) == 0
+    assert "ERROR" not in capfd.readouterr().err  # GDAL writes its complaints to the C stderr
     with rasterio.open(src) as a, rasterio.open(out) as b:
         assert (b.crs, b.transform, b.shape, b.count, b.dtypes[0]) == (a.crs, a.transform, a.shape, 1, "uint8")
         classes = b.read(1)
@@ -360,16 +361,17 @@ def test_predict_failure_midway_and_folders(finetuned, tmp_path):
         assert b.shape == (50, 70)
 
 
-def test_predict_keeps_nodata_borders_empty(finetuned, tmp_path):
+def test_predict_keeps_nodata_borders_empty(finetuned, tmp_path, capfd):
     _, model_dir = finetuned
-    array = np.random.default_rng(1).integers(1, 256, (3, 60, 60), dtype=np.uint8)
+    array = np.random.default_rng(1).integers(1, 256, (3, 60, 300), dtype=np.uint8)  # a shape GDAL complained on
     array[:, :, :20] = 0  # an empty mosaic border
     array[0, 30, 30] = 0  # one zero band alone is data
     _geotiff(tmp_path / "m.tif", array, nodata=0)
-    assert main(["predict", str(model_dir), str(tmp_path / "m.tif"), "--window", "32"]) == 0
+    assert main(["predict", str(model_dir), str(tmp_path / "m.tif"), "--window", "64"]) == 0
+    assert "ERROR" not in capfd.readouterr().err  # GDAL's TIFFSetField complaint (C stderr) on a normal run
     with rasterio.open(tmp_path / "m_classes.tif") as out:
         classes = out.read(1)
-        assert out.nodata == 255
+        assert out.nodata == 255 and out.colormap(1)[1] == (0, 0, 255, 255)
     assert np.all(classes[:, :20] == 255) and np.all(classes[:, 20:] < 6)
 
 

@@ -118,7 +118,9 @@ def predict_raster(sw: SlidingWindow, info: SegmentationModelInfo, src: Path, ds
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)  # an ungeoreferenced TIFF, if asked for
             full = np.empty((meta.height, meta.width), np.uint8) if as_png else None
-            sink = None if as_png else rasterio.open(tmp, "w", **profile)
+            sink = None if as_png else rasterio.open(tmp, "w", photometric="palette", **profile)
+            if sink is not None:  # before any pixel: GDAL cannot change the photometric tag once data is written
+                sink.write_colormap(1, lut)
             try:
                 with progress(total=sw.windows_in(meta.height, meta.width), unit="window", desc=src.name) as bar:
                     def read(w: Window) -> np.ndarray:  # NaN/inf would spread through the convolutions: zeroed
@@ -141,7 +143,6 @@ def predict_raster(sw: SlidingWindow, info: SegmentationModelInfo, src: Path, ds
                             sink.write(strip[None], window=((top, top + strip.shape[0]), (0, meta.width)))
                         thumb.append(thumbnail_of_strip(strip, top, step))
                 if sink is not None:
-                    sink.write_colormap(1, lut)
                     names = ", ".join(f"{i}={name}" for i, name in enumerate(info.classes))
                     sink.set_band_description(1, f"classes: {names}")
                     sink.update_tags(CLASS_NAMES=json.dumps(list(info.classes)), NODATA_CLASS=str(NODATA_CLASS))
