@@ -548,3 +548,42 @@ def test_value_max_travels_from_finetune_to_evaluate_and_predict(tmp_path, monke
     assert np.array_equal(classes, expected)
     unscaled = sw.predict_image(torch.from_numpy(values * 4095 / 65535)).argmax(0).numpy()
     assert not np.array_equal(unscaled, expected)  # the scale matters to this model, so the check above has teeth
+
+
+def test_push_publishes_a_fine_tuned_model_folder_with_the_export_checks(finetuned, potsdam_root, tmp_path,
+                                                                          monkeypatch):
+    import shutil
+
+    from huggingface_hub import ModelCard, constants
+
+    from mpinet_hub.hub import PushRefused, check_export_folder, push_folder
+
+    from .fake_hub import FakeHub
+
+    tuner, model_dir = finetuned
+    folder = tmp_path / "run"
+    shutil.copytree(tuner.out, folder)  # a run folder: push finds RUN/model, as evaluate does
+    from mpinet_hub.downstream.model import write_segmentation_card
+
+    write_segmentation_card(folder / "model", tuner.info)  # the card as finetune wrote it (other tests evaluate)
+    card = ModelCard.load(folder / "model" / "README.md").data.to_dict()
+    assert card["mpinet_evaluated"] is False and len(card["mpinet_sha256"]) == 64
+    assert any("no downstream metrics" in p for p in check_export_folder(folder))
+    evaluate(folder, "potsdam", potsdam_root, out=tmp_path / "eval", window=64, overlap=0, previews=0, device="cpu")
+    assert check_export_folder(folder) == []  # evaluated: the card now carries the metrics
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # the suite runs offline; this Hub is local
+    with FakeHub() as hub:
+        push_folder(folder, "lab/deeplab-potsdam", token="hf_testtoken", endpoint=hub.url)
+        (commit,) = hub.commits
+    assert set(commit["files"]) == {"model.safetensors", "config.json", "README.md", "mpinet.json"}
+    assert commit["files"]["model.safetensors"] == (folder / "model" / "model.safetensors").read_bytes()
+
+    weights = folder / "model" / "model.safetensors"
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(weights))
+    first = next(iter(state))
+    state[first] = state[first] + 1
+    save_file(state, str(weights), metadata={"format": "pt"})
+    with pytest.raises(PushRefused, match="README.md sha256"):
+        push_folder(folder, "lab/deeplab-potsdam", token="hf_testtoken", endpoint="http://127.0.0.1:9")

@@ -23,8 +23,8 @@ import torch
 from safetensors import SafetensorError
 from segmentation_models_pytorch.base import SegmentationModel
 
-from ..hub.card import segmentation_card
-from ..integrity import verify_weights_file
+from ..hub.card import MODEL_INFO_FILE, segmentation_card
+from ..integrity import file_sha256, verify_weights_file
 from ..models import MPINET_ARCHS, RGB_MEAN, RGB_STD
 
 __all__ = [
@@ -39,7 +39,6 @@ __all__ = [
     "save_segmentation_model",
 ]
 
-MODEL_INFO_FILE = "mpinet.json"  # beside SMP's config.json: what the model expects and what it was trained on
 
 # Every SMP architecture, by the name `smp.create_model` takes (so a new SMP release brings its new decoders).
 DECODERS = tuple(sorted(name.lower() for name, obj in vars(smp).items() if isinstance(obj, type)
@@ -181,8 +180,9 @@ def write_segmentation_card(model_dir: Path, info: SegmentationModelInfo,
                             metrics: list[dict[str, Any]] | None = None) -> None:
     """README.md of a fine-tuned model folder (replacing SMP's MIT / "More Information Needed" card)."""
     name = Path(str(info.provenance.get("run") or model_dir)).name
-    (model_dir / "README.md").write_text(segmentation_card(name, info.provenance, info.classes, metrics or []),
-                                         encoding="utf-8")
+    card = segmentation_card(name, info.provenance, info.classes, metrics or [],
+                             sha256=file_sha256(model_dir / "model.safetensors"))
+    (model_dir / "README.md").write_text(card, encoding="utf-8")
 
 
 def load_segmentation_model(path: str | Path) -> tuple[torch.nn.Module, SegmentationModelInfo]:

@@ -13,8 +13,10 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-__all__ = ["TAG_FACTS", "card_front_matter", "eval_results", "metrics_markdown", "render_card",
+__all__ = ["MODEL_INFO_FILE", "TAG_FACTS", "card_front_matter", "eval_results", "metrics_markdown", "render_card",
            "segmentation_card"]
+
+MODEL_INFO_FILE = "mpinet.json"  # beside SMP's config.json: what the model expects and what it was trained on
 
 TEMPLATE = "model_card.md"
 TAGS = ["timm", "remote-sensing", "self-supervised-learning", "semantic-segmentation", "mpinet"]
@@ -144,15 +146,18 @@ def _licence(dataset: str, encoder: str) -> tuple[dict[str, str], str]:
     return fields, " and ".join(f"{t['data_name']}: {t['licence']}" for t in terms)
 
 
-def segmentation_card(name: str, provenance: dict[str, Any], classes: list[str], metrics: list[dict[str, Any]]) -> str:
+def segmentation_card(name: str, provenance: dict[str, Any], classes: list[str], metrics: list[dict[str, Any]],
+                      sha256: str | None = None) -> str:
     """The card of a fine-tuned SMP model folder: the data set, label fraction and encoder it came from, the
-    licence those carry (not SMP's default MIT), and evaluate's results as a model-index."""
+    licence those carry (not SMP's default MIT), evaluate's results as a model-index, and the weights' sha256
+    (checked by `mpinet push` and `mpinet verify`, as for exports)."""
     dataset, encoder = str(provenance.get("dataset")), str(provenance.get("encoder"))
     licence, sentence = _licence(dataset, encoder)
     data = ModelCardData(
         library_name="segmentation-models-pytorch", pipeline_tag="image-segmentation", model_name=name,
         tags=["segmentation-models-pytorch", "remote-sensing", "semantic-segmentation", "mpinet"],
-        eval_results=eval_results(dataset, metrics) or None, **licence)
+        eval_results=eval_results(dataset, metrics) or None, mpinet_sha256=sha256, mpinet_evaluated=bool(metrics),
+        **licence)
     fraction = provenance.get("label_fraction")
     lines = [
         f"# {name}", "",

@@ -37,7 +37,10 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def add_push_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("out_dir", help="folder written by `mpinet export`")
+    p.description = ("Publish weights to the Hugging Face Hub in one commit, after the checks `mpinet verify` makes "
+                     "(sha256 of the weights against config.json and the card) and a check for downstream metrics.")
+    p.add_argument("out_dir", help="folder written by `mpinet export`, or a fine-tuned model: `mpinet finetune`'s "
+                   "RUN (or RUN/model), after `mpinet evaluate` put its metrics in the card")
     p.add_argument("--repo-id", required=True, help="ORG/NAME, e.g. mpinet-hub/mpinet_resnet50.potsdam")
     p.add_argument("--revision", default=None, help="branch to commit to (created if missing)")
     p.add_argument("--private", action="store_true")
@@ -78,5 +81,5 @@ def run_verify(args: argparse.Namespace) -> int:
         print(f"mpinet verify: {problem}")
     if problems:
         return 1
-    print(f"{args.target}: model.safetensors matches the sha256 in config.json and README.md")
+    print(f"{args.target}: model.safetensors matches the sha256 recorded beside it (config.json and/or README.md)")
     return 0
