@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+
 import pytest
 import torch
 
@@ -83,3 +86,47 @@ def test_progress_prints_lines_to_a_log_file_and_a_bar_to_a_terminal():
     for _ in progress(range(3), desc="steps", file=tty, mininterval=0):
         pass
     assert "\r" in tty.getvalue()  # the usual redrawn bar
+
+
+def test_an_installed_wheel_carries_its_recipes_cards_and_typed_settings(tmp_path):
+    """Build the wheel and install it into a folder of its own (no checkout on the path): recipes by name, the
+    card template and typed settings must come from the installed files."""
+    import shutil
+    import subprocess
+    import sys
+
+    from .conftest import REPO_ROOT
+
+    source, wheels, site = tmp_path / "source", tmp_path / "wheels", tmp_path / "site"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy2(REPO_ROOT / name, source / name)
+    for name in ("mpinet_hub", "configs", "weights_cards"):
+        shutil.copytree(REPO_ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    # the build step writes build/ and *.egg-info beside the sources: a copy, so the checkout stays clean
+    subprocess.run(pip + ["wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(source)],
+                   check=True, capture_output=True, cwd=tmp_path)
+    (wheel,) = wheels.glob("mpinet_hub-*.whl")
+    subprocess.run(pip + ["install", "--no-deps", "--target", str(site), str(wheel)], check=True, capture_output=True)
+    code = """
+import json, sys
+import mpinet_hub
+from mpinet_hub.cli import main
+from mpinet_hub.hub.card import render_card
+from mpinet_hub.pretrain.config import PretrainConfig, packaged_configs, resolve_config
+cfg = PretrainConfig.from_sources("mpinet_resnet50_potsdam", lr="3e-2", batch_size="16")
+print(json.dumps({"module": mpinet_hub.__file__, "configs": packaged_configs(),
+                  "path": str(resolve_config("mpinet_resnet50_potsdam")), "lr": cfg.lr, "batch": cfg.batch_size}))
+"""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PYTHONPATH": str(site)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert found["module"].startswith(str(site)) and found["path"].startswith(str(site))
+    assert "mpinet_resnet50_potsdam" in found["configs"] and len(found["configs"]) >= 3
+    assert (found["lr"], found["batch"]) == (0.03, 16)
+    listed = subprocess.run([sys.executable, "-m", "mpinet_hub", "configs"], capture_output=True, text=True,
+                            env=env, cwd=tmp_path)
+    assert listed.returncode == 0 and "mpinet_resnet50_potsdam" in listed.stdout
+    assert list(site.glob("mpinet_hub/weights_cards/*.md")), "the card template is missing from the wheel"
