@@ -1,7 +1,9 @@
 """Sliding-window inference of one large GeoTIFF tile through `predict_raster` (read, infer, blend, write):
-batched windows against one window at a time; wall time and peak memory, each mode in a fresh process.
+SlidingWindow's defaults for the device (or `--batch`) against one window at a time in NCHW (the CPU default
+before 2026-11-26); wall time and peak memory, each mode in a fresh process.
 
     python bench/bench_sliding_window.py                       # 6000x6000 tile, DeepLabV3+ ResNet-18, CPU
+    python bench/bench_sliding_window.py --batch 8             # a fixed batch instead of the default
     python bench/bench_sliding_window.py --arch mpinet_resnet50 --precision bf16 --batch 16   # on a GPU
 
 Peak memory is the process's maximum resident set (CPU) and, on CUDA, torch's peak allocated memory.
@@ -49,7 +51,8 @@ def run_mode(args) -> dict:
     model = build_segmentation_model(load_encoder(f"random:{args.arch}"), "deeplabv3plus", 6)
     info = SegmentationModelInfo([str(i) for i in range(6)], list(RGB_MEAN), list(RGB_STD))
     sw = SlidingWindow(model, info.mean, info.std, window=args.window, overlap=args.overlap,
-                       batch_size=args.batch_size, device=device, precision=args.precision)
+                       batch_size=args.batch_size or None, device=device, precision=args.precision,
+                       channels_last=None if args._mode == "batched" else False)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
@@ -60,7 +63,8 @@ def run_mode(args) -> dict:
     return {"seconds": seconds, "windows": sw.windows_in(args.size, args.size),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "peak_cuda_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
-            "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.machine()}
+            "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.machine(),
+            "batch": sw.batch_size, "layout": "channels_last" if sw.channels_last else "NCHW"}
 
 
 def main() -> None:
@@ -69,7 +73,8 @@ def main() -> None:
     ap.add_argument("--arch", default="mpinet_resnet18")
     ap.add_argument("--window", type=int, default=512)
     ap.add_argument("--overlap", type=int, default=128)
-    ap.add_argument("--batch", type=int, default=8, help="windows per forward pass in the batched mode")
+    ap.add_argument("--batch", type=int, default=0,
+                    help="windows per forward pass in the first mode (default 0: SlidingWindow's default)")
     ap.add_argument("--precision", default="32", choices=["32", "bf16", "16"])
     ap.add_argument("--_mode", help=argparse.SUPPRESS)
     ap.add_argument("--tile", help=argparse.SUPPRESS)
@@ -83,7 +88,7 @@ def main() -> None:
         tile = Path(tmp) / "tile.tif"
         write_tile(tile, args.size)
         results = {}
-        for mode, batch in (("batched", args.batch), ("single", 1)):
+        for mode, batch in (("batched", args.batch), ("single", 1)):  # batched: the defaults, or --batch
             cmd = [sys.executable, __file__, "--_mode", mode, "--tile", str(tile), "--out", str(Path(tmp) / "c.tif"),
                    "--batch-size", str(batch), "--size", str(args.size), "--arch", args.arch, "--window",
                    str(args.window), "--overlap", str(args.overlap), "--precision", args.precision]
@@ -98,7 +103,7 @@ def main() -> None:
     precision = "fp32" if args.precision == "32" else args.precision
     record("Sliding-window inference", b["device"], f"{args.size}x{args.size}, DeepLabV3+ {args.arch} {precision}, "
            f"window {args.window}/overlap {args.overlap}, {b['windows']} windows",
-           f"{b['seconds']:.1f} (batch {args.batch})", mem(b), f"{s['seconds']:.1f}", mem(s),
+           f"{b['seconds']:.1f} (batch {b['batch']}, {b['layout']})", mem(b), f"{s['seconds']:.1f}", mem(s),
            f"{s['seconds'] / b['seconds']:.2f}x")
 
 

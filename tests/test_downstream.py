@@ -587,3 +587,13 @@ def test_push_publishes_a_fine_tuned_model_folder_with_the_export_checks(finetun
     save_file(state, str(weights), metadata={"format": "pt"})
     with pytest.raises(PushRefused, match="README.md sha256"):
         push_folder(folder, "lab/deeplab-potsdam", token="hf_testtoken", endpoint="http://127.0.0.1:9")
+
+
+def test_sliding_window_cpu_defaults_batch_small_windows_in_channels_last_with_the_same_logits():
+    torch.manual_seed(0)
+    model = smp.DeepLabV3Plus("resnet18", encoder_weights=None, classes=3).eval()
+    image = torch.rand(3, 150, 170)
+    small, large = (SlidingWindow(model, [0.5] * 3, [0.25] * 3, window=w, overlap=16) for w in (64, 512))
+    assert (small.batch_size, large.batch_size, small.channels_last) == (4, 1, True)  # docs/benchmarks.md
+    plain = SlidingWindow(model, [0.5] * 3, [0.25] * 3, window=64, overlap=16, batch_size=1, channels_last=False)
+    assert torch.allclose(small.predict_image(image), plain.predict_image(image), atol=1e-4)

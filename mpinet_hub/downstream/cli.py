@@ -61,7 +61,9 @@ def _finetune_config(args: argparse.Namespace, **fixed):
 def _inference_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--window", type=int, default=512, help="sliding-window side in px")
     p.add_argument("--overlap", type=int, help="px shared by neighbouring windows, logits averaged (default window/4)")
-    p.add_argument("--batch-size", type=int, help="windows per forward pass (default 1 on CPU, 8 on GPU)")
+    p.add_argument("--batch-size", type=int,
+                   help="windows per forward pass (default 8 on GPU; on CPU 4 up to 256 px windows, 1 from 363 px: "
+                   "larger batches overflow the caches there, docs/benchmarks.md)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda")
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="auto: bf16 on a GPU that supports it, else fp32")
