@@ -476,3 +476,34 @@ def test_value_max_scales_twelve_bit_data_in_every_reader(tmp_path, capsys):
         open_dataset("folder", root, "train", value_max=0)
     assert main(["data", "stats", "folder", str(root), "--value-max", "-1"]) == 2
     assert "--value-max" in capsys.readouterr().err
+
+
+def test_windows_per_file_groups_a_batch_by_file_and_stays_seeded(tmp_path, monkeypatch):
+    from mpinet_hub.data import raster
+
+    for i in range(6):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (96, 96, 3), dtype=np.uint8)).save(
+            tmp_path / f"f{i}.png")
+    plain = UnlabeledImages([tmp_path], patch_size=32, seed=3)
+    indices = [7, 2, 40, 11, 5, 30, 9, 21]
+    # one window per file: a batch is exactly its items, as before
+    assert [b["meta"] for b in plain.batch(indices)] == [plain[i]["meta"] for i in indices]
+    grouped = UnlabeledImages([tmp_path], patch_size=32, seed=3, windows_per_file=4)
+    batch = grouped.batch(indices)
+    files = [b["meta"]["file"] for b in batch]
+    assert len(set(files[:4])) == 1 and len(set(files[4:])) == 1  # each group of 4 reads one file
+    assert len({b["meta"]["window"] for b in batch[:4]}) == 4  # ... at different places
+    again = UnlabeledImages([tmp_path], patch_size=32, seed=3, windows_per_file=4).batch(indices)
+    assert [b["meta"] for b in again] == [b["meta"] for b in batch]
+    assert all(np.array_equal(a["image"], b["image"]) for a, b in zip(again, batch))
+    leaders = {UnlabeledImages([tmp_path], patch_size=32, seed=3, windows_per_file=4).batch([i])[0]["meta"]["file"]
+               for i in range(40)}
+    assert len(leaders) >= 4  # the groups' files are still drawn over the whole collection
+    decodes = []
+    real = raster._check_complete
+    monkeypatch.setattr(raster, "_check_complete", lambda path: decodes.append(path) or real(path))
+    raster._last_decoded["key"] = None
+    UnlabeledImages([tmp_path], patch_size=32, seed=4, windows_per_file=4).batch(list(range(8)))
+    assert len(decodes) <= 2  # one whole-image decode per group, not per window
+    with pytest.raises(ValueError, match="windows_per_file"):
+        UnlabeledImages([tmp_path], patch_size=32, windows_per_file=0)

@@ -25,6 +25,11 @@ class UnlabeledImages(Dataset):
     Item `i` of epoch `e` is drawn from a generator seeded by (seed, e, i): reproducible, and different per
     epoch once `set_epoch` is called. Files smaller than a patch are skipped with a warning naming them.
 
+    A PNG/JPEG must be decoded whole for every window. `windows_per_file` > 1 makes `batch(indices)` draw each
+    run of that many consecutive items from one file (the file drawn from the run's first index, each window
+    from its own), so a worker decodes the image once per run instead of once per window; the files are still
+    drawn in proportion to area over the whole collection, and the batch stays a function of its indices.
+
     Args:
         paths_or_globs: files, folders (searched recursively) or glob patterns.
         patch_size: side of the square windows.
@@ -34,11 +39,12 @@ class UnlabeledImages(Dataset):
             scales them on the device); other types are float32 in [0, 1] either way.
         value_max: the pixel value that means full scale (e.g. 4095 for 12-bit data in uint16); default the
             dtype's maximum. Given, every item is float32 (scaled here, not on the device).
+        windows_per_file: consecutive items of a `batch` that share one file (1: every window on its own).
     """
 
     def __init__(self, paths_or_globs: str | Path | list[str | Path], patch_size: int = 256,
                  bands: list[int] | None = None, length: int | None = None, seed: int = 0,
-                 keep_uint8: bool = False, value_max: float | None = None) -> None:
+                 keep_uint8: bool = False, value_max: float | None = None, windows_per_file: int = 1) -> None:
         if isinstance(paths_or_globs, (str, Path)):
             paths_or_globs = [paths_or_globs]
         files: list[Path] = []
@@ -56,6 +62,10 @@ class UnlabeledImages(Dataset):
         if not files:
             raise DataError(f"no GeoTIFF/PNG/JPEG images found in {', '.join(map(str, paths_or_globs))}")
         self.patch_size = patch_size
+        if windows_per_file < 1:
+            raise ValueError(f"windows_per_file={windows_per_file}: give 1 (every window from a file of its own "
+                             "draw) or more")
+        self.windows_per_file = windows_per_file
         self.value_max = check_value_max(value_max)
         self.keep_uint8 = keep_uint8 and value_max is None
         self.bands = bands
@@ -94,8 +104,20 @@ class UnlabeledImages(Dataset):
         return self.length
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        return self._item(index, index)
+
+    def batch(self, indices: list[int]) -> list[dict[str, Any]]:
+        """The items of `indices`, runs of `windows_per_file` consecutive ones from one file (see the class)."""
+        k = self.windows_per_file
+        return [self._item(index, indices[p - p % k]) for p, index in enumerate(indices)]
+
+    def _item(self, index: int, file_index: int) -> dict[str, Any]:
+        """Item `index`, its window placed in the file that item `file_index` draws."""
         rng = np.random.default_rng((self.seed, self.epoch, index))
-        info = self.infos[rng.choice(len(self.infos), p=self.weights)]
+        chosen = rng.choice(len(self.infos), p=self.weights)
+        if file_index != index:
+            chosen = np.random.default_rng((self.seed, self.epoch, file_index)).choice(len(self.infos), p=self.weights)
+        info = self.infos[chosen]
         row = int(rng.integers(0, info.height - self.patch_size + 1))
         col = int(rng.integers(0, info.width - self.patch_size + 1))
         window = Window(col, row, self.patch_size, self.patch_size)

@@ -57,6 +57,7 @@ class PretrainConfig:
     mean: list[float] | None = None  # per band; default: the tag's (ImageNet statistics for RGB)
     std: list[float] | None = None
     value_max: float | None = None  # pixel value read as 1.0 (e.g. 4095 for 12-bit data); default the dtype's max
+    windows_per_file: int = 1  # windows of a batch drawn from one file in a row: for PNG/JPEG not `data prepare`d
     # method
     method: str = "mpinet"
     arch: str = "mpinet_resnet50"
@@ -125,7 +126,7 @@ class PretrainConfig:
     def validate(self) -> None:
         """Refuse settings that would fail later (or silently never save), naming the setting."""
         at_least = {"batch_size": 2, "save_every": 1, "log_every": 1, "queue_size": 1, "patch": 8, "crop": 8,
-                    "bn_splits": 1, "bn_split_samples": 1, "pixel_grid": 1, "ffl_grid": 1}
+                    "bn_splits": 1, "bn_split_samples": 1, "pixel_grid": 1, "ffl_grid": 1, "windows_per_file": 1}
         for key, low in at_least.items():
             if getattr(self, key) < low:
                 raise SettingsError(f"{key.replace('_', '-')} {getattr(self, key)}: must be at least {low}")

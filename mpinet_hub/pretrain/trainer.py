@@ -54,7 +54,8 @@ def build_pretraining_dataset(cfg: PretrainConfig) -> UnlabeledImages:
         paths = [Path(r) / "train" / "images" if (Path(r) / "classes.yaml").is_file() else r for r in cfg.data_root]
     else:
         paths = pretraining_images(cfg.dataset, cfg.data_root[0], bands=cfg.bands)
-    return UnlabeledImages(paths, patch_size=cfg.patch, seed=cfg.seed, keep_uint8=True, value_max=cfg.value_max)
+    return UnlabeledImages(paths, patch_size=cfg.patch, seed=cfg.seed, keep_uint8=True, value_max=cfg.value_max,
+                           windows_per_file=cfg.windows_per_file)
 
 
 class _StepDataset(Dataset):
@@ -71,7 +72,7 @@ class _StepDataset(Dataset):
         """(images, [(file, (row, col, height, width)), ...]): where each image came from, for error messages."""
         step = self.first + i
         self.images.set_epoch(step // self.batches.per_epoch)
-        items = [self.images[j] for j in self.batches.indices(step)]
+        items = self.images.batch(self.batches.indices(step))
         images = [it["image"] for it in items]
         if len({x.dtype for x in images}) > 1:  # 8-bit and other files mixed: all as float in [0, 1]
             images = [x.float() / 255 if x.dtype == torch.uint8 else x for x in images]
