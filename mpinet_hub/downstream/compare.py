@@ -94,7 +94,7 @@ def compare(
                     spec, base.dataset, base.data_root, str(run), label_fraction=fraction, steps=probe_steps,
                     batch_size=base.batch_size, patch=base.patch, seed=base.seed, subset_seed=base.subset_seed,
                     split=split, arch=base.arch, device=base.device, mean=base.mean, std=base.std,
-                    window=(eval_kwargs or {}).get("window", ProbeConfig.window)))
+                    value_max=base.value_max, window=(eval_kwargs or {}).get("window", ProbeConfig.window)))
             else:
                 cfg = replace(base, encoder=spec, label_fraction=fraction, out=str(run))
                 cfg.validate()
