@@ -51,6 +51,18 @@ mkdir -p "$STAGE/evidence-gpu"
   | tar czf "$STAGE/evidence-gpu/cells.tgz" -T -)
 bundle
 
+section "fine-tuning throughput: DeepLabV3+ ResNet-50, 256 px crops, batch 16, bf16 (images/s from log.jsonl)"
+timeout 40 python3 -m mpinet_hub data synth potsdam /tmp/ft-potsdam --tiles 6 --size 1024 > /dev/null
+timeout 120 python3 -m mpinet_hub finetune --dataset potsdam --data-root /tmp/ft-potsdam --encoder random:mpinet_resnet50 \
+  --label-fraction 1 --steps 60 --batch-size 16 --precision bf16 --workers 8 --device cuda --out /tmp/ft-r50 --overwrite
+python3 -c "import json,statistics; r=[json.loads(l)['images_per_s'] for l in open('/tmp/ft-r50/log.jsonl')][10:]; print('finetune images/s, median of steps 11-60:', round(statistics.median(r)))"
+cp /tmp/ft-r50/log.jsonl "$STAGE/finetune_r50_log.jsonl" 2>/dev/null
+bundle
+
+section "sliding-window inference: 6000x6000 tile, DeepLabV3+ ResNet-50 bf16, GPU defaults vs one NCHW window"
+timeout 150 python3 bench/bench_sliding_window.py --arch mpinet_resnet50 --precision bf16 --size 6000
+bundle
+
 section "the same R18 128 px steps on in-memory views (against the real loader's images/s above)"
 (cd bench && timeout 60 python3 bench_pretrain_step.py --arch mpinet_resnet18 --batch 128 --crop 128 --steps 10 --warmup 3 \
   --variants bf16-cl --only "ours mocov2" "ours mpinet" --json "$STAGE/step_r18.json")
