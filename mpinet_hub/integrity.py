@@ -10,7 +10,7 @@ import hashlib
 import json
 from pathlib import Path
 
-__all__ = ["WeightsIntegrityError", "file_sha256", "verify_weights_file"]
+__all__ = ["WeightsIntegrityError", "file_sha256", "recorded_sha256", "verify_weights_file"]
 
 _VERIFIED: dict[tuple[str, int, int], str] = {}
 

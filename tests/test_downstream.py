@@ -577,6 +577,10 @@ def test_push_publishes_a_fine_tuned_model_folder_with_the_export_checks(finetun
         (commit,) = hub.commits
     assert set(commit["files"]) == {"model.safetensors", "config.json", "README.md", "mpinet.json"}
     assert commit["files"]["model.safetensors"] == (folder / "model" / "model.safetensors").read_bytes()
+    from mpinet_hub.hub import install_to_hf_cache
+
+    install_to_hf_cache(folder / "model", "lab/deeplab-potsdam")
+    assert main(["verify", "lab/deeplab-potsdam"]) == 0  # a fine-tuned repo, read through the HF cache
 
     weights = folder / "model" / "model.safetensors"
     from safetensors.torch import load_file, save_file

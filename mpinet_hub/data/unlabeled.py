@@ -114,7 +114,7 @@ class UnlabeledImages(Dataset):
     def _item(self, index: int, file_index: int) -> dict[str, Any]:
         """Item `index`, its window placed in the file that item `file_index` draws."""
         rng = np.random.default_rng((self.seed, self.epoch, index))
-        chosen = rng.choice(len(self.infos), p=self.weights)
+        chosen = rng.choice(len(self.infos), p=self.weights)  # drawn either way: the window's draws follow it
         if file_index != index:
             chosen = np.random.default_rng((self.seed, self.epoch, file_index)).choice(len(self.infos), p=self.weights)
         info = self.infos[chosen]

@@ -67,6 +67,7 @@ def add_verify_arguments(p: argparse.ArgumentParser) -> None:
 def run_verify(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from .card import MODEL_INFO_FILE
     from .push import check_export_folder
 
     folder = Path(args.target)
@@ -75,7 +76,8 @@ def run_verify(args: argparse.Namespace) -> int:
 
         repo_id, _, revision = args.target.partition("@")
         folder = Path(snapshot_download(repo_id, revision=revision or None,
-                                        allow_patterns=["model.safetensors", "config.json", "README.md"]))
+                                        allow_patterns=["model.safetensors", "config.json", "README.md",
+                                                        MODEL_INFO_FILE]))
     problems = check_export_folder(folder, allow_unevaluated=True)
     for problem in problems:
         print(f"mpinet verify: {problem}")

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from huggingface_hub import HfApi
 
+from ..integrity import file_sha256, recorded_sha256
 from .card import MODEL_INFO_FILE, card_front_matter
-from .export import WEIGHTS_NAME, file_sha256
+from .export import WEIGHTS_NAME
 
 __all__ = ["PushRefused", "check_export_folder", "push_folder"]
 
@@ -42,7 +42,7 @@ def check_export_folder(folder: str | Path, allow_unevaluated: bool = False) -> 
         problems.append(f"pickle-based weight files {unsafe}: only safetensors are published")
     sha = file_sha256(folder / WEIGHTS_NAME)
     if not finetuned:  # SMP writes a fine-tuned model's config.json; the sha256 is in its card
-        config_sha = (json.loads((folder / "config.json").read_text()).get("mpinet") or {}).get("sha256")
+        config_sha = recorded_sha256(folder / "config.json")
         if config_sha != sha:
             problems.append(f"config.json sha256 {config_sha} does not match {WEIGHTS_NAME} ({sha})")
     card = card_front_matter((folder / "README.md").read_text(encoding="utf-8"))
