@@ -218,3 +218,21 @@ def test_unusable_yaml_ends_in_one_line_with_exit_2(data, tmp_path, capsys):
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "never").exists()
+
+
+def test_a_finetune_stopped_by_a_non_finite_loss_closes_its_log(data, tmp_path, capsys, monkeypatch):
+    import mpinet_hub.downstream.finetune as finetune
+
+    opened = []
+
+    class RecordingRunLog(finetune.RunLog):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            opened.append(self)
+
+    monkeypatch.setattr(finetune, "RunLog", RecordingRunLog)
+    code = main(["finetune", "--dataset", "potsdam", "--data-root", str(data), "--patch", "64", "--crop", "64",
+                 "--batch-size", "2", "--steps", "6", "--lr", "1e12", "--device", "cpu",
+                 "--out", str(tmp_path / "ft")])
+    assert code == 1 and "loss term 'ce'" in capsys.readouterr().err
+    assert len(opened) == 1 and opened[0].jsonl is None and opened[0].tensorboard is None  # closed

@@ -281,11 +281,27 @@ class Finetuner:
                             batch_size=None, num_workers=cfg.workers, pin_memory=self.device.type == "cuda")
         mean = torch.tensor(self.mean, device=self.device).view(1, -1, 1, 1)
         std = torch.tensor(self.std, device=self.device).view(1, -1, 1, 1)
-        autocast_dtype = AUTOCAST_DTYPES.get(self.precision)
         self.model.train()
-        log = RunLog(self.out, self.step, enabled=self.is_main)
-        bar = progress(total=cfg.steps, initial=self.step, unit="step", desc=f"finetune {Path(cfg.encoder).name}",
-                   disable=not self.is_main)
+        with (
+            RunLog(self.out, self.step, enabled=self.is_main) as log,
+            progress(total=cfg.steps, initial=self.step, unit="step", desc=f"finetune {Path(cfg.encoder).name}",
+                     disable=not self.is_main) as bar,
+        ):
+            self._loop(loader, mean, std, last_ckpt, log, bar)
+        self.model.eval()
+        model_dir = self.out / "model"
+        if self.is_main:
+            if not last_ckpt.is_file():
+                atomic_save(self.state(), last_ckpt)
+            save_segmentation_model(self.model, model_dir, self.info)
+        if self.world > 1:
+            dist.barrier()  # the model folder exists for every rank once train() returns
+        return model_dir
+
+    def _loop(self, loader: DataLoader, mean: torch.Tensor, std: torch.Tensor, last_ckpt: Path, log: RunLog,
+              bar) -> None:
+        cfg = self.cfg
+        autocast_dtype = AUTOCAST_DTYPES.get(self.precision)
         tick = time.perf_counter()
         for images, masks in loader:
             images = (images.to(self.device, non_blocking=True) - mean) / std
@@ -316,14 +332,3 @@ class Finetuner:
                 check_finite_state(self.model.state_dict(), self.step, last_ckpt)
                 atomic_save(self.state(), last_ckpt)
                 plot_losses(self.out / "log.jsonl", self.out / "loss.png", keys=("ce",))
-        bar.close()
-        log.close()
-        self.model.eval()
-        model_dir = self.out / "model"
-        if self.is_main:
-            if not last_ckpt.is_file():
-                atomic_save(self.state(), last_ckpt)
-            save_segmentation_model(self.model, model_dir, self.info)
-        if self.world > 1:
-            dist.barrier()  # the model folder exists for every rank once train() returns
-        return model_dir

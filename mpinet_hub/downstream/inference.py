@@ -36,7 +36,9 @@ class SlidingWindow:
     """Run `model` over a raster window by window and blend the overlapping logits.
 
     Args:
-        model: any module mapping (B, C, h, w) normalised images to (B, K, h, w) logits.
+        model: any module mapping (B, C, h, w) normalised images to (B, K, h, w) logits. Like `nn.Module.to`,
+            this changes the module itself: moved to `device`, put in eval mode and, with `channels_last`,
+            converted to that memory format (`model.to(memory_format=torch.contiguous_format)` undoes it).
         mean, std: per-band normalisation applied to [0, 1] inputs.
         window: window side in px (clipped to the raster's sides).
         overlap: px shared by neighbouring windows (0 <= overlap < window); default window // 4.
