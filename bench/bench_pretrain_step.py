@@ -26,7 +26,7 @@ import torch
 from benchdoc import record
 from lightly.loss import NTXentLoss
 from lightly.models.modules import DenseCLProjectionHead, MoCoProjectionHead
-from lightly.models.utils import batch_shuffle, batch_unshuffle, update_momentum
+from lightly.models.utils import batch_shuffle, batch_unshuffle, select_most_similar, update_momentum
 
 from mpinet_hub.models import MPINET_ARCHS
 from mpinet_hub.pretrain.config import PretrainConfig
@@ -84,44 +84,55 @@ def ours(method: str, args, views: TwoViews, device, dtype, channels_last: bool,
 
 
 def lightly_step(kind: str, args, views: TwoViews, device, dtype, channels_last: bool, compile_: bool):
+    """lightly's MoCo v2, or its DenseCL recipe (`examples/pytorch/densecl.py`: a global and a local
+    DenseCLProjectionHead, each query location matched to its most similar key location with
+    `select_most_similar`, an NTXent loss with a memory bank over all B*H*W local pairs), symmetrised."""
     base = MPINET_ARCHS[args.arch][0]
     backbone = timm.create_model(base, num_classes=0, global_pool="").to(device)
     dim = backbone.num_features
-    head = (MoCoProjectionHead(dim, dim, 128) if kind == "mocov2" else DenseCLProjectionHead(dim, dim, 128)).to(device)
+    if kind == "mocov2":
+        heads = torch.nn.ModuleList([MoCoProjectionHead(dim, dim, 128)]).to(device)
+    else:
+        heads = torch.nn.ModuleList([DenseCLProjectionHead(dim, dim, 128), DenseCLProjectionHead(dim, dim, 128)])
+        heads = heads.to(device)
     if channels_last:
         backbone = backbone.to(memory_format=torch.channels_last)
-    bb_m, head_m = copy.deepcopy(backbone), copy.deepcopy(head)
-    for p in list(bb_m.parameters()) + list(head_m.parameters()):
+    bb_m, heads_m = copy.deepcopy(backbone), copy.deepcopy(heads)
+    for p in list(bb_m.parameters()) + list(heads_m.parameters()):
         p.requires_grad_(False)
     online = torch.compile(backbone) if compile_ else backbone
     crit = NTXentLoss(temperature=0.2, memory_bank_size=(args.queue, 128))
     crit_local = NTXentLoss(temperature=0.2, memory_bank_size=(args.queue, 128))
-    opt = torch.optim.SGD(list(backbone.parameters()) + list(head.parameters()), lr=0.01, momentum=0.9)
+    opt = torch.optim.SGD(list(backbone.parameters()) + list(heads.parameters()), lr=0.01, momentum=0.9)
     x = torch.cat([views.view1, views.view2])
     b = views.view1.shape[0]
     pool = torch.nn.AdaptiveAvgPool2d(1)
 
     def embed(bb, hd, inp):
+        """-> global embedding (2B, D), and for DenseCL the backbone's (2B, HW, C) and local (2B, HW, D)."""
         f = bb(inp)
+        g = hd[0](pool(f).flatten(1))
         if kind == "mocov2":
-            return hd(pool(f).flatten(1)), None
-        g, local = hd(pool(f).flatten(1)), hd(f.flatten(2).transpose(1, 2))
-        return g, local
+            return g, None, None
+        f = f.flatten(2).transpose(1, 2)
+        return g, f, hd[1](f)
+
+    def local_loss(qf, ql, kf, kl):
+        return crit_local(ql.flatten(end_dim=1), select_most_similar(qf, kf, kl).flatten(end_dim=1))
 
     def step():
         update_momentum(backbone, bb_m, 0.99)
-        update_momentum(head, head_m, 0.99)
+        update_momentum(heads, heads_m, 0.99)
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            q, ql = embed(online, head, x)
+            q, qf, ql = embed(online, heads, x)
             with torch.no_grad():  # lightly's MoCo recipe: the key batch shuffled (ours: shuffle-BN, split BN)
                 shuffled, order = batch_shuffle(x)
-                k, kl = embed(bb_m, head_m, shuffled)
-                k = batch_unshuffle(k, order)
-                kl = batch_unshuffle(kl, order) if kl is not None else None
+                k, kf, kl = (batch_unshuffle(t, order) if t is not None else None for t in embed(bb_m, heads_m,
+                                                                                                 shuffled))
             loss = (crit(q[:b], k[b:]) + crit(q[b:], k[:b])) / 2
             if kind == "densecl":
-                loss = loss + (crit_local(ql[:b].mean(1), kl[b:].mean(1))
-                               + crit_local(ql[b:].mean(1), kl[:b].mean(1))) / 2
+                local = (local_loss(qf[:b], ql[:b], kf[b:], kl[b:]) + local_loss(qf[b:], ql[b:], kf[:b], kl[:b])) / 2
+                loss = (loss + local) / 2
         opt.zero_grad()
         loss.backward()
         opt.step()

