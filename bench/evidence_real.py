@@ -51,8 +51,8 @@ def pretrain(method: str, seed: int, a: argparse.Namespace, data: Path) -> Path:
     cfg = PretrainConfig.from_sources(
         None, dataset="folder", data_root=roots, method=method, arch="mpinet_resnet18", patch=a.patch,
         crop=a.crop, batch_size=a.batch, steps=a.pretrain_steps, lr=a.lr, queue_size=a.queue, warmup_epochs=1,
-        workers=a.workers, seed=seed, out=str(run), save_every=max(50, a.pretrain_steps // 4), device=a.device,
-        precision=a.precision)
+        workers=a.workers, windows_per_file=a.windows_per_file, seed=seed, out=str(run),
+        save_every=max(50, a.pretrain_steps // 4), device=a.device, precision=a.precision)
     Trainer(cfg, resume=last.is_file(), overwrite=not last.is_file()).train()
     return run
 
@@ -220,6 +220,9 @@ def main() -> None:
     p.add_argument("--label-patch", type=int, default=96, help="labeled patch px (default: %(default)s)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto, for every cell (default: %(default)s)")
     p.add_argument("--workers", type=int, default=0, help="pretraining loader processes (default: %(default)s)")
+    p.add_argument("--windows-per-file", type=int, default=1,
+                   help="pretraining windows drawn from one decoded PNG in a row; more feeds a GPU from these "
+                        "few large PNGs (default: %(default)s)")
     p.add_argument("--precision", default="32", choices=["32", "bf16"], help="pretraining (default: %(default)s)")
     p.add_argument("--docs", type=Path, default=REPO / "docs",
                    help="where evidence.md and evidence.png are written (default: the repo's docs/)")
