@@ -52,7 +52,8 @@ def pretrain(method: str, seed: int, a: argparse.Namespace, data: Path) -> Path:
         None, dataset="folder", data_root=roots, method=method, arch="mpinet_resnet18", patch=a.patch,
         crop=a.crop, batch_size=a.batch, steps=a.pretrain_steps, lr=a.lr, queue_size=a.queue, warmup_epochs=1,
         workers=a.workers, windows_per_file=a.windows_per_file, seed=seed, out=str(run),
-        save_every=max(50, a.pretrain_steps // 4), device=a.device, precision=a.precision)
+        save_every=max(50, a.pretrain_steps // 4), device=a.device, precision=a.precision,
+        keep_colour=a.keep_colour)
     Trainer(cfg, resume=last.is_file(), overwrite=not last.is_file()).train()
     return run
 
@@ -148,7 +149,9 @@ def report(results: dict, a: argparse.Namespace, seconds: float) -> None:
              + f"; labeled patches of {a.label_patch} px; seeds {a.seeds}; device {a.device}, pretraining precision "
              f"{a.precision}, {a.workers} loader workers."
              + (" Pretraining also read the extra unlabeled scenes (bench/realdata.py, EXTRA_UNLABELED)."
-                if a.extra_unlabeled else ""), "",
+                if a.extra_unlabeled else "")
+             + (" Pretraining kept colour (`keep_colour`: no hue jitter, no grayscale)." if a.keep_colour else ""),
+             "",
              "## Frozen-feature probe: tree IoU on the test band (mean ± std over seeds)", "",
              "| encoder | " + " | ".join(f"{f:g} labels" for f in fractions) + " |",
              "|---|" + "---|" * len(fractions)]
@@ -220,6 +223,8 @@ def main() -> None:
     p.add_argument("--label-patch", type=int, default=96, help="labeled patch px (default: %(default)s)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto, for every cell (default: %(default)s)")
     p.add_argument("--workers", type=int, default=0, help="pretraining loader processes (default: %(default)s)")
+    p.add_argument("--keep-colour", action="store_true",
+                   help="pretraining jitters brightness and contrast only: no hue jitter, no grayscale")
     p.add_argument("--windows-per-file", type=int, default=1,
                    help="pretraining windows drawn from one decoded PNG in a row; more feeds a GPU from these "
                         "few large PNGs (default: %(default)s)")

@@ -51,6 +51,9 @@ def add_pretrain_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mean", type=float, nargs="+", help="per-band normalisation (default: ImageNet for RGB)")
     p.add_argument("--std", type=float, nargs="+")
     p.add_argument("--value-max", type=float, help=VALUE_MAX_HELP)
+    p.add_argument("--keep-colour", action="store_true", default=None,
+                   help=_default("keep_colour", "RGB views get brightness and contrast jitter only (what other band "
+                                 "sets get): no saturation/hue jitter and no grayscale, so the encoder may use colour"))
     p.add_argument("--windows-per-file", type=int,
                    help=_default("windows_per_file", "windows of a batch drawn from one file in a row; a PNG/JPEG is "
                                  "decoded whole for each file drawn, so 4-8 multiply the loader's speed on PNG data "
@@ -69,7 +72,7 @@ def run_pretrain(args: argparse.Namespace) -> int:
         steps=args.steps, lr=args.lr, queue_size=args.queue_size, workers=args.workers, out=args.out,
         save_every=args.save_every, keep_last=args.keep_last, seed=args.seed, device=args.device,
         precision=args.precision, compile=args.compile, mean=args.mean, std=args.std, value_max=args.value_max,
-        windows_per_file=args.windows_per_file,
+        windows_per_file=args.windows_per_file, keep_colour=args.keep_colour,
     )
     if args.plan:
         return _print_plan(cfg, args.plan_memory)

@@ -115,7 +115,8 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.runner = DistributedDataParallel(self.model.online, device_ids=ids)
         self.norm = {"mean": list(mean), "std": list(std), "bands": self._band_names(), "value_max": cfg.value_max}
-        self.augment = PhotometricAugment(self.norm["bands"], cfg.crop, cfg.photometric).to(self.device)
+        self.augment = PhotometricAugment(self.norm["bands"], cfg.crop, cfg.photometric, cfg.keep_colour)
+        self.augment = self.augment.to(self.device)
         self.optimizer = self._optimizer()
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.precision = resolve_precision(cfg.precision, self.device, announce=self.is_main)

@@ -198,10 +198,11 @@ class PhotometricAugment(nn.Module):
     Chosen by band names, not band count (IRRG has three bands but no hue): RGB gets colour jitter
     (0.4, 0.4, 0.4, 0.1) p=0.8, grayscale p=0.2, Gaussian blur p=0.5; every other band set (IRRG, RGBIR,
     +DSM, multispectral) gets `MultibandJitter`'s brightness and contrast of the same strength, p=0.8, and
-    the same blur.
+    the same blur. `keep_colour=True` gives RGB that treatment too (no saturation/hue jitter, no grayscale), so
+    colour stays a cue the encoder may use; `enabled=False` turns every photometric change off.
     """
 
-    def __init__(self, band_names: Sequence[str], out: int, enabled: bool = True) -> None:
+    def __init__(self, band_names: Sequence[str], out: int, enabled: bool = True, keep_colour: bool = False) -> None:
         super().__init__()
         if isinstance(band_names, int):
             raise TypeError("PhotometricAugment takes the band names (e.g. ['R', 'G', 'B']), not a band count")
@@ -209,7 +210,7 @@ class PhotometricAugment(nn.Module):
         blur = K.RandomGaussianBlur((kernel, kernel), (0.1, 2.0), p=0.5)
         if not enabled:
             self.aug = nn.Identity()
-        elif is_rgb(band_names):
+        elif is_rgb(band_names) and not keep_colour:
             self.aug = nn.Sequential(K.ColorJitter(0.4, 0.4, 0.4, 0.1, p=0.8), K.RandomGrayscale(p=0.2), blur)
         else:
             self.aug = nn.Sequential(MultibandJitter(0.4, 0.4, p=0.8), blur)
