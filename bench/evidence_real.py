@@ -59,17 +59,28 @@ def pretrain(method: str, seed: int, a: argparse.Namespace, data: Path) -> Path:
 
 
 def probe_cell(name: str, spec: str, fraction: float, seed: int, a: argparse.Namespace, data: Path) -> dict:
-    out = a.work / "probe" / name / f"f{fraction:g}-s{seed}"
+    out = a.work / _cells("probe", a) / name / f"f{fraction:g}-s{seed}"
     if (out / "metrics.json").is_file():
         return json.loads((out / "metrics.json").read_text())
     cfg = ProbeConfig(spec, "folder", str(data), str(out), label_fraction=fraction, steps=a.probe_steps,
-                      batch_size=16, patch=a.label_patch, seed=seed, subset_seed=seed, device=a.device, window=512)
+                      batch_size=16, patch=a.label_patch, seed=seed, subset_seed=seed, split=a.eval_split,
+                      device=a.device, window=512)
     return run_probe(cfg)
+
+
+def _outputs(a: argparse.Namespace) -> str:
+    """File stem of results, report and plot: a val-band study never overwrites the test band's."""
+    return "evidence" if a.eval_split == "test" else f"evidence-{a.eval_split}"
+
+
+def _cells(protocol: str, a: argparse.Namespace) -> str:
+    """Probe cells scored on the val band live beside the test band's, so both can be kept."""
+    return protocol if a.eval_split == "test" else f"{protocol}-{a.eval_split}"
 
 
 def finetune_cell(name: str, spec: str, fraction: float, seed: int, a: argparse.Namespace, data: Path) -> dict:
     out = a.work / "finetune" / name / f"f{fraction:g}-s{seed}"
-    metrics = out / "eval-test" / "metrics.json"
+    metrics = out / f"eval-{a.eval_split}" / "metrics.json"
     if metrics.is_file():
         return json.loads(metrics.read_text())
     cfg = FinetuneConfig(dataset="folder", data_root=str(data), encoder=spec, label_fraction=fraction, out=str(out),
@@ -77,7 +88,7 @@ def finetune_cell(name: str, spec: str, fraction: float, seed: int, a: argparse.
                          subset_seed=seed, device=a.device, save_every=a.finetune_steps)
     last = out / "checkpoints" / "last.pt"
     Finetuner(cfg, resume=last.is_file(), overwrite=not last.is_file()).train()
-    return evaluate(out, "folder", str(data), split="test", device=a.device, previews=1)
+    return evaluate(out, "folder", str(data), split=a.eval_split, device=a.device, previews=1)
 
 
 def instance_diagnostics(run: Path) -> dict:
@@ -152,7 +163,7 @@ def report(results: dict, a: argparse.Namespace, seconds: float) -> None:
                 if a.extra_unlabeled else "")
              + (" Pretraining kept colour (`keep_colour`: no hue jitter, no grayscale)." if a.keep_colour else ""),
              "",
-             "## Frozen-feature probe: tree IoU on the test band (mean ± std over seeds)", "",
+             f"## Frozen-feature probe: tree IoU on the {a.eval_split} band (mean ± std over seeds)", "",
              "| encoder | " + " | ".join(f"{f:g} labels" for f in fractions) + " |",
              "|---|" + "---|" * len(fractions)]
     for name in names:
@@ -173,13 +184,16 @@ def report(results: dict, a: argparse.Namespace, seconds: float) -> None:
     for run, d in results["instance"].items():
         lines.append(f"| {run} | {d['chance']:.2f} | {d['ins_last10pct']:.2f} | {d['ins_min']:.2f} | "
                      f"{d['key_mean_cosine']:.2f} | {d['key_effective_rank']:.1f} | {d['retrieval']:.3f} |")
-    lines += ["", "![tree IoU vs label fraction](evidence.png)", ""]
-    notes = a.notes or Path(__file__).with_name("evidence_notes.md")
-    (a.docs / "evidence.md").write_text("\n".join(lines) + "\n" + (notes.read_text() if notes.is_file() else ""))
-    _plot(results, fractions, a.docs / "evidence.png")
+    stem = _outputs(a)
+    lines += ["", f"![tree IoU vs label fraction]({stem}.png)", ""]
+    # the hand-written reading is about the test band; a val-band report gets only notes passed explicitly
+    notes = a.notes or (Path(__file__).with_name("evidence_notes.md") if a.eval_split == "test" else None)
+    reading = notes.read_text() if notes and notes.is_file() else ""
+    (a.docs / f"{stem}.md").write_text("\n".join(lines) + "\n" + reading)
+    _plot(results, fractions, a.eval_split, a.docs / f"{stem}.png")
 
 
-def _plot(results: dict, fractions: list[float], path: Path) -> None:
+def _plot(results: dict, fractions: list[float], split: str, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -194,8 +208,8 @@ def _plot(results: dict, fractions: list[float], path: Path) -> None:
     ax.set_xscale("log")
     ax.set_xticks(fractions, [f"{100 * f:g}%" for f in fractions])
     ax.set_xlabel("labeled training patches")
-    ax.set_ylabel("tree IoU (test band)")
-    ax.set_title("Frozen-feature probe, ResNet-18\nNEON RGB tree crowns, test band (mean ± std over seeds)",
+    ax.set_ylabel(f"tree IoU ({split} band)")
+    ax.set_title(f"Frozen-feature probe, ResNet-18\nNEON RGB tree crowns, {split} band (mean ± std over seeds)",
                  fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
@@ -235,6 +249,8 @@ def main() -> None:
     p.add_argument("--extra-unlabeled", action="store_true",
                    help="pretraining also reads five unlabeled scenes of other places and sensors (a second "
                         "deepforest wheel; bench/realdata.py); probes and fine-tuning are unchanged")
+    p.add_argument("--eval-split", default="test", choices=["test", "val"],
+                   help="band the cells are scored on: choose settings on val, report test (default: %(default)s)")
     p.add_argument("--report-only", action="store_true", help="only rebuild the report from finished cells")
     p.add_argument("--notes", type=Path,
                    help="markdown appended to docs/evidence.md (default: bench/evidence_notes.md, the reading)")
@@ -268,9 +284,11 @@ def main() -> None:
         if not a.no_finetune and name != "random-bn":  # fine-tuning re-estimates BatchNorm itself: random is that
             results["finetune"][name] = [finetune_cell(name, spec, a.finetune_fraction, seed, a, data)
                                          for spec, seed in zip(specs, a.seeds)]
-    (a.work / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    stem = _outputs(a)
+    results_file = a.work / ("results.json" if stem == "evidence" else f"results-{a.eval_split}.json")
+    results_file.write_text(json.dumps(results, indent=1, default=str))
     report(results, a, time.time() - start)
-    print(f"written: {a.docs / 'evidence.md'}, {a.docs / 'evidence.png'}, {a.work / 'results.json'}")
+    print(f"written: {a.docs / f'{stem}.md'}, {a.docs / f'{stem}.png'}, {results_file}")
 
 
 if __name__ == "__main__":
