@@ -45,8 +45,6 @@ TREE = "tree"
 def pretrain(method: str, seed: int, a: argparse.Namespace, data: Path) -> Path:
     run = a.work / "pretrain" / f"{method}-s{seed}"
     last = run / "checkpoints" / "last.pt"
-    if last.is_file() and load_checkpoint(last)["step"] >= a.pretrain_steps:
-        return run
     roots = [str(data)] + ([str(a.work / "unlabeled")] if a.extra_unlabeled else [])
     cfg = PretrainConfig.from_sources(
         None, dataset="folder", data_root=roots, method=method, arch="mpinet_resnet18", patch=a.patch,
@@ -54,8 +52,27 @@ def pretrain(method: str, seed: int, a: argparse.Namespace, data: Path) -> Path:
         workers=a.workers, windows_per_file=a.windows_per_file, seed=seed, out=str(run),
         save_every=max(50, a.pretrain_steps // 4), device=a.device, precision=a.precision,
         keep_colour=a.keep_colour)
+    if last.is_file():
+        ckpt = load_checkpoint(last)
+        _same_settings(ckpt["config"], cfg.to_dict(), run)
+        if ckpt["step"] >= a.pretrain_steps:
+            return run
     Trainer(cfg, resume=last.is_file(), overwrite=not last.is_file()).train()
     return run
+
+
+# what a finished cell may differ in and still be reused: where and how it ran, how often it wrote
+_HOW_IT_RAN = {"out", "workers", "device", "save_every", "log_every", "keep_last", "compile"}
+
+
+def _same_settings(saved: dict, wanted: dict, run: Path) -> None:
+    """Reusing a finished cell made with other settings (another --lr, --keep-colour, step count ...) would
+    put its numbers under this command's name: refuse, naming the difference."""
+    changed = sorted(k for k in wanted if k not in _HOW_IT_RAN and k in saved and saved[k] != wanted[k])
+    if changed:
+        listing = ", ".join(f"{k} {saved[k]!r} here, {wanted[k]!r} asked" for k in changed)
+        raise SystemExit(f"{run} was pretrained with other settings ({listing}). Give another --work, or the "
+                         "options that folder was made with.")
 
 
 def probe_cell(name: str, spec: str, fraction: float, seed: int, a: argparse.Namespace, data: Path) -> dict:
