@@ -207,27 +207,38 @@ def report(results: dict, a: argparse.Namespace, seconds: float) -> None:
     notes = a.notes or (Path(__file__).with_name("evidence_notes.md") if a.eval_split == "test" else None)
     reading = notes.read_text() if notes and notes.is_file() else ""
     (a.docs / f"{stem}.md").write_text("\n".join(lines) + "\n" + reading)
-    _plot(results, fractions, a.eval_split, a.docs / f"{stem}.png")
+    study = (f"{a.pretrain_steps} pretraining steps, " + ("colour kept" if a.keep_colour else "MoCo v2 colour jitter")
+             + (", + 5 unlabeled scenes" if a.extra_unlabeled else ""))
+    _plot(results, fractions, a.eval_split, study, a.docs / f"{stem}.png")
 
 
-def _plot(results: dict, fractions: list[float], split: str, path: Path) -> None:
+# one colour per encoder in every study's plot; the two controls dashed
+_STYLE = {"random": ("tab:gray", "--"), "random-bn": ("black", "--"), "mocov2": ("tab:blue", "-"),
+          "pixcontrast": ("tab:green", "-"), "mpinet-noffl": ("tab:orange", "-"), "mpinet": ("tab:red", "-")}
+
+
+def _plot(results: dict, fractions: list[float], split: str, study: str, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, cells in results["probe"].items():
+    n = len(results["probe"])
+    for i, (name, cells) in enumerate(results["probe"].items()):
         means = [statistics.mean(c["per_class"][TREE]["IoU"] / 100 for c in cells[f"{f:g}"]) for f in fractions]
         errs = [statistics.stdev(c["per_class"][TREE]["IoU"] / 100 for c in cells[f"{f:g}"])
                 if len(cells[f"{f:g}"]) > 1 else 0 for f in fractions]
-        ax.errorbar(fractions, means, yerr=errs, marker="o", capsize=3, label=name)
+        dodge = 10 ** (0.025 * (i - (n - 1) / 2))  # side by side on the log axis, so the error bars stay apart
+        colour, style = _STYLE.get(name, (None, "-"))
+        ax.errorbar([f * dodge for f in fractions], means, yerr=errs, marker="o", capsize=3, label=name,
+                    color=colour, linestyle=style)
     ax.set_xscale("log")
     ax.set_xticks(fractions, [f"{100 * f:g}%" for f in fractions])
     ax.set_xlabel("labeled training patches")
     ax.set_ylabel(f"tree IoU ({split} band)")
-    ax.set_title(f"Frozen-feature probe, ResNet-18\nNEON RGB tree crowns, {split} band (mean ± std over seeds)",
-                 fontsize=10)
+    ax.set_title(f"Frozen-feature probe, ResNet-18, {study}\nNEON RGB tree crowns, {split} band "
+                 "(mean ± std over seeds)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
     fig.tight_layout()
