@@ -31,7 +31,9 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows a default only where there is one to show and the help text does not already give it."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default in (None, False, argparse.SUPPRESS) or "default" in (action.help or ""):
+        # identity, not equality: a default of 0 is a value to show, False and None are not
+        nothing_to_show = any(action.default is none for none in (None, False, argparse.SUPPRESS))
+        if nothing_to_show or "default" in (action.help or ""):
             return action.help
         return super()._get_help_string(action)
 

@@ -1,5 +1,6 @@
 """Every way in of HUB.md, offline, against weights exported by `mpinet export`."""
 
+import argparse
 import json
 import os
 import subprocess
@@ -231,6 +232,21 @@ def test_cli_help_lists_subcommands():
     assert done.returncode == 0
     for name in ("export", "push"):
         assert name in done.stdout
+
+
+def test_every_option_with_a_default_shows_it_in_help():
+    """argparse prints an option's default only beside a help text: an option without one hides its default."""
+    from mpinet_hub.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    hidden = [f"mpinet {name} {action.option_strings[0]}" for name, parser in sub.choices.items()
+              for action in parser._actions
+              if action.option_strings and not action.help
+              and not any(action.default is none for none in (None, False, argparse.SUPPRESS))]
+    assert hidden == []
+    shown = " ".join(sub.choices["probe"].format_help().split())
+    assert "labeled patches per step (default: 16)" in shown
+    assert "(keep it fixed across encoders) (default: 0)" in shown  # a default of 0 is shown too
 
 
 def test_push_uploads_to_local_endpoint_and_refuses_bad_folders(exported_potsdam, tmp_path):

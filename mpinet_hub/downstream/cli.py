@@ -107,14 +107,17 @@ def add_probe_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", required=True, choices=list(DATASETS))
     p.add_argument("--data-root", required=True)
     p.add_argument("--out", required=True, help="run folder")
-    p.add_argument("--label-fraction", type=float, default=d.label_fraction)
-    p.add_argument("--levels", nargs="+", choices=LEVELS, default=d.levels)
+    p.add_argument("--label-fraction", type=float, default=d.label_fraction,
+                   help="fraction of the labeled training patches, e.g. 0.01 for 1%%")
+    p.add_argument("--levels", nargs="+", choices=LEVELS, default=d.levels,
+                   help="encoder levels upsampled to stride 4 and concatenated")
     p.add_argument("--steps", type=int, default=d.steps, help="optimiser steps of the head")
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="labeled patches per step")
     p.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate of the head")
     p.add_argument("--patch", type=int, default=d.patch, help="side of the labeled patches (the subset's unit)")
     p.add_argument("--seed", type=int, default=d.seed, help="head initialisation, batch order, random weights")
-    p.add_argument("--subset-seed", type=int, default=d.subset_seed)
+    p.add_argument("--subset-seed", type=int, default=d.subset_seed,
+                   help="seed of the labeled subset (keep it fixed across encoders)")
     p.add_argument("--split", help="evaluation split (default: test if it has labels, else val)")
     p.add_argument("--arch", choices=list(MPINET_ARCHS), default=d.arch, help="for random, random-bn, imagenet")
     p.add_argument("--window", type=int, default=d.window, help="sliding-window side in px")
@@ -222,12 +225,13 @@ def add_compare_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pretrain-steps", type=int, help="pretraining steps (overrides the YAML's epochs)")
     p.add_argument("--pretrain-batch-size", type=int)
     p.add_argument("--pretrain-crop", type=int)
-    p.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.05, 0.1, 1.0])
+    p.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.05, 0.1, 1.0],
+                   help="label fractions, one cell per encoder and fraction")
     p.add_argument("--split", help="evaluation split (default: test where it has labels, else val)")
     p.add_argument("--protocol", choices=["finetune", "probe", "both"], default="finetune",
                    help="fine-tune each cell, linear-probe it with the backbone frozen (results_probe.*), or both")
     p.add_argument("--probe-steps", type=int, default=300, help="optimiser steps of each probe head")
-    p.add_argument("--window", type=int, default=512)
+    p.add_argument("--window", type=int, default=512, help="sliding-window side in px")
     p.add_argument("--overlap", type=int, help="default window/4")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
 
@@ -260,13 +264,14 @@ def add_quickstart_arguments(p: argparse.ArgumentParser) -> None:
                      "pretrain -> export -> load through timm -> fine-tune on few labels -> evaluate. A few minutes "
                      "on a 2-core CPU.")
     p.add_argument("--out", default=d.out, help="folder for every artifact")
-    p.add_argument("--tiles", type=int, default=d.tiles)
+    p.add_argument("--tiles", type=int, default=d.tiles, help="synthetic tiles written")
     p.add_argument("--size", type=int, default=d.size, help="tile side in px")
-    p.add_argument("--pretrain-steps", type=int, default=d.pretrain_steps)
-    p.add_argument("--finetune-steps", type=int, default=d.finetune_steps)
-    p.add_argument("--label-fraction", type=float, default=d.label_fraction)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--device", default=d.device)
+    p.add_argument("--pretrain-steps", type=int, default=d.pretrain_steps, help="MPINet pretraining steps")
+    p.add_argument("--finetune-steps", type=int, default=d.finetune_steps, help="fine-tuning steps")
+    p.add_argument("--label-fraction", type=float, default=d.label_fraction,
+                   help="fraction of the labeled training patches fine-tuning sees")
+    p.add_argument("--seed", type=int, default=d.seed, help="data, pretraining and fine-tuning seed")
+    p.add_argument("--device", default=d.device, help="auto, cpu, cuda")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
 
 
