@@ -7,6 +7,7 @@ arbitrary objects. Its `format` key tells `mpinet export` that it is ours.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,9 @@ def _umask() -> int:
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     """torch.save to a temporary file in the same folder, fsync, then rename over `path`.
 
-    A kill at any moment leaves either the previous file or the new one, never a torn file.
+    A kill at any moment leaves either the previous file or the new one, never a torn file. A write that fails
+    (a full disk: torch.save reports it as a RuntimeError from its zip writer) raises an OSError that names the
+    file and the free space, and leaves the previous file as it was.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -46,6 +49,11 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the file should get the user's usual mode
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:
+        Path(tmp).unlink(missing_ok=True)
+        free = shutil.disk_usage(path.parent).free / 2**30
+        kept = f"the previous {path.name} is unchanged" if path.is_file() else f"no {path.name} was written"
+        raise OSError(f"could not write {path} ({err}); {free:.1f} GiB free on its disk; {kept}") from err
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

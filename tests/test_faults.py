@@ -236,3 +236,23 @@ def test_a_finetune_stopped_by_a_non_finite_loss_closes_its_log(data, tmp_path, 
                  "--out", str(tmp_path / "ft")])
     assert code == 1 and "loss term 'ce'" in capsys.readouterr().err
     assert len(opened) == 1 and opened[0].jsonl is None and opened[0].tensorboard is None  # closed
+
+
+def test_a_full_disk_during_a_checkpoint_ends_in_one_line_that_says_so_and_keeps_the_last_one(
+        data, run, tmp_path, capsys, monkeypatch):
+    import mpinet_hub.checkpoint as checkpoint
+
+    work = tmp_path / "run"
+    os.system(f"cp -r {run} {work}")
+    before = (work / "checkpoints" / "last.pt").read_bytes()
+
+    def save_until_the_disk_is_full(obj, f):  # what torch.save raises when a write hits ENOSPC
+        f.write(b"PK\x03\x04 part of a zip")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+
+    monkeypatch.setattr(checkpoint.torch, "save", save_until_the_disk_is_full)
+    assert _pretrain(data, work, "--steps", "4", "--resume") == 2  # the machine, not the settings
+    err = capsys.readouterr().err
+    assert "last.pt" in err and "free on its disk" in err and "Traceback" not in err
+    assert (work / "checkpoints" / "last.pt").read_bytes() == before
+    assert not list((work / "checkpoints").glob(".*.tmp"))
