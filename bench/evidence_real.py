@@ -6,7 +6,9 @@
 Data: NEON airborne RGB (~0.1 m) with tree-crown boxes that ships inside the `deepforest` wheel (MIT), fetched
 with `pip download --no-deps` (bench/realdata.py; never committed), rasterised to tree/background masks, each
 image cut into train (top 60%), val and test (bottom 30%) bands: pretraining reads the train band only and
-never sees test ground. Settings were fixed before any test number was looked at.
+never sees test ground. The first study's settings were fixed before any test number was looked at; each later
+change is described in the reading with what prompted it, and `--eval-split val` scores cells on the val band, to
+choose settings without the test band.
 
 For each pretraining seed: mocov2, pixcontrast, mpinet-noffl and mpinet (ResNet-18, the ablation ladder), and
 the two inits without pretraining, random and random-bn (random weights, BatchNorm statistics re-estimated on
@@ -171,6 +173,9 @@ def report(results: dict, a: argparse.Namespace, seconds: float) -> None:
              f"{time.strftime('%Y-%m-%d')} ({seconds / 60:.0f} min of compute on this machine for the cells run "
              "this time; finished cells are reused).", "",
              __doc__.split("\n\n")[2], "",
+             *(["The hand-written reading after these tables starts with every study run at a glance, including "
+                "those with other options (`--keep-colour`, more steps, more images).", ""]
+               if a.eval_split == "test" and not a.notes else []),
              f"Budget: ResNet-18, pretraining {a.pretrain_steps} steps x batch {a.batch} ({a.patch} px windows, "
              f"{a.crop} px views, queue {a.queue}, lr {a.lr} per 256), probe {a.probe_steps} steps"
              + ("" if a.no_finetune else f", fine-tuning {a.finetune_steps} steps")
