@@ -15,7 +15,9 @@ the two inits without pretraining, random and random-bn (random weights, BatchNo
 the training images). Each encoder is probed (frozen C2-C5, linear head) at every label fraction and fine-tuned
 (DeepLabV3+) at one; seed s pairs pretraining seed s with probe/fine-tuning seed s, so the spread covers both.
 Every cell is a folder with its metrics.json; finished cells are reused, so a stopped study continues.
-Writes WORK/results.json, docs/evidence.md and docs/evidence.png (tree IoU vs label fraction).
+Writes WORK/results.json, docs/evidence.md and docs/evidence.png (tree IoU vs label fraction); with --eval-split
+val, WORK/results-val.json and evidence-val.md/.png, cells in WORK/probe-val. A finished pretraining cell made with
+other settings is refused, never reused. bench/evidence_summary.py tabulates several studies' cells side by side.
 """
 
 from __future__ import annotations
