@@ -72,7 +72,13 @@ _HOW_IT_RAN = {"out", "workers", "device", "save_every", "log_every", "keep_last
 def _same_settings(saved: dict, wanted: dict, run: Path) -> None:
     """Reusing a finished cell made with other settings (another --lr, --keep-colour, step count ...) would
     put its numbers under this command's name: refuse, naming the difference."""
-    changed = sorted(k for k in wanted if k not in _HOW_IT_RAN and k in saved and saved[k] != wanted[k])
+    def same(key: str) -> bool:
+        if key == "data_root":  # another work folder linking the same data is the same data
+            roots = [[saved[key]] if isinstance(saved[key], str) else saved[key], wanted[key]]
+            return [Path(r).resolve() for r in roots[0]] == [Path(r).resolve() for r in roots[1]]
+        return saved[key] == wanted[key]
+
+    changed = sorted(k for k in wanted if k not in _HOW_IT_RAN and k in saved and not same(k))
     if changed:
         listing = ", ".join(f"{k} {saved[k]!r} here, {wanted[k]!r} asked" for k in changed)
         raise SystemExit(f"{run} was pretrained with other settings ({listing}). Give another --work, or the "
