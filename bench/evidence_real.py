@@ -46,6 +46,10 @@ REPO = Path(__file__).resolve().parents[1]
 TREE = "tree"
 
 
+# what a finished cell may differ in and still be reused: where and how it ran, how often it wrote
+_HOW_IT_RAN = {"out", "workers", "device", "save_every", "log_every", "keep_last", "compile"}
+
+
 def pretrain(method: str, seed: int, a: argparse.Namespace, data: Path) -> Path:
     run = a.work / "pretrain" / f"{method}-s{seed}"
     last = run / "checkpoints" / "last.pt"
@@ -58,35 +62,19 @@ def pretrain(method: str, seed: int, a: argparse.Namespace, data: Path) -> Path:
         keep_colour=a.keep_colour)
     if last.is_file():
         ckpt = load_checkpoint(last)
-        _same_settings(ckpt["config"], cfg.to_dict(), run)
+        # reusing a finished cell made with other settings would put its numbers under this command's name
+        changed = cfg.differences(ckpt["config"], may_differ=_HOW_IT_RAN)
+        if changed:
+            raise SystemExit(f"{run} was pretrained with other settings ({', '.join(changed)}). Give another "
+                             "--work, or the options that folder was made with.")
         if ckpt["step"] >= a.pretrain_steps:
             return run
     Trainer(cfg, resume=last.is_file(), overwrite=not last.is_file()).train()
     return run
 
 
-# what a finished cell may differ in and still be reused: where and how it ran, how often it wrote
-_HOW_IT_RAN = {"out", "workers", "device", "save_every", "log_every", "keep_last", "compile"}
-
-
-def _same_settings(saved: dict, wanted: dict, run: Path) -> None:
-    """Reusing a finished cell made with other settings (another --lr, --keep-colour, step count ...) would
-    put its numbers under this command's name: refuse, naming the difference."""
-    def same(key: str) -> bool:
-        if key == "data_root":  # another work folder linking the same data is the same data
-            roots = [[saved[key]] if isinstance(saved[key], str) else saved[key], wanted[key]]
-            return [Path(r).resolve() for r in roots[0]] == [Path(r).resolve() for r in roots[1]]
-        return saved[key] == wanted[key]
-
-    changed = sorted(k for k in wanted if k not in _HOW_IT_RAN and k in saved and not same(k))
-    if changed:
-        listing = ", ".join(f"{k} {saved[k]!r} here, {wanted[k]!r} asked" for k in changed)
-        raise SystemExit(f"{run} was pretrained with other settings ({listing}). Give another --work, or the "
-                         "options that folder was made with.")
-
-
 def probe_cell(name: str, spec: str, fraction: float, seed: int, a: argparse.Namespace, data: Path) -> dict:
-    out = a.work / _cells("probe", a) / name / f"f{fraction:g}-s{seed}"
+    out = a.work / f"probe{_band(a)}" / name / f"f{fraction:g}-s{seed}"
     if (out / "metrics.json").is_file():
         return json.loads((out / "metrics.json").read_text())
     cfg = ProbeConfig(spec, "folder", str(data), str(out), label_fraction=fraction, steps=a.probe_steps,
@@ -95,14 +83,10 @@ def probe_cell(name: str, spec: str, fraction: float, seed: int, a: argparse.Nam
     return run_probe(cfg)
 
 
-def _outputs(a: argparse.Namespace) -> str:
-    """File stem of results, report and plot: a val-band study never overwrites the test band's."""
-    return "evidence" if a.eval_split == "test" else f"evidence-{a.eval_split}"
-
-
-def _cells(protocol: str, a: argparse.Namespace) -> str:
-    """Probe cells scored on the val band live beside the test band's, so both can be kept."""
-    return protocol if a.eval_split == "test" else f"{protocol}-{a.eval_split}"
+def _band(a: argparse.Namespace) -> str:
+    """Suffix of the probe cells, results, report and plot of a val-band study, which live beside the test band's
+    and never overwrite them."""
+    return "" if a.eval_split == "test" else f"-{a.eval_split}"
 
 
 def finetune_cell(name: str, spec: str, fraction: float, seed: int, a: argparse.Namespace, data: Path) -> dict:
@@ -214,7 +198,7 @@ def report(results: dict, a: argparse.Namespace, seconds: float) -> None:
     for run, d in results["instance"].items():
         lines.append(f"| {run} | {d['chance']:.2f} | {d['ins_last10pct']:.2f} | {d['ins_min']:.2f} | "
                      f"{d['key_mean_cosine']:.2f} | {d['key_effective_rank']:.1f} | {d['retrieval']:.3f} |")
-    stem = _outputs(a)
+    stem = f"evidence{_band(a)}"
     lines += ["", f"![tree IoU vs label fraction]({stem}.png)", ""]
     # the hand-written reading is about the test band; a val-band report gets only notes passed explicitly
     notes = a.notes or (Path(__file__).with_name("evidence_notes.md") if a.eval_split == "test" else None)
@@ -325,11 +309,10 @@ def main() -> None:
         if not a.no_finetune and name != "random-bn":  # fine-tuning re-estimates BatchNorm itself: random is that
             results["finetune"][name] = [finetune_cell(name, spec, a.finetune_fraction, seed, a, data)
                                          for spec, seed in zip(specs, a.seeds)]
-    stem = _outputs(a)
-    results_file = a.work / ("results.json" if stem == "evidence" else f"results-{a.eval_split}.json")
+    results_file = a.work / f"results{_band(a)}.json"
     results_file.write_text(json.dumps(results, indent=1, default=str))
     report(results, a, time.time() - start)
-    print(f"written: {a.docs / f'{stem}.md'}, {a.docs / f'{stem}.png'}, {results_file}")
+    print(f"written: {a.docs / f'evidence{_band(a)}.md'}, {a.docs / f'evidence{_band(a)}.png'}, {results_file}")
 
 
 if __name__ == "__main__":

@@ -46,6 +46,14 @@ def encoders(folder: Path) -> list[str]:
     return [n for n in order if n in found] + [n for n in found if n not in order]
 
 
+def unseen(folder: Path, shown: set[Path]) -> list[str]:
+    """`encoders(folder)` less those whose cells an earlier study showed: studies link the controls' cells
+    (random, random-bn), which are then shown once. Adds the rest to `shown`."""
+    names = [n for n in encoders(folder) if (folder / n).resolve() not in shown]
+    shown.update((folder / n).resolve() for n in names)
+    return names
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("studies", nargs="+", help="WORK or WORK=LABEL, one per study")
@@ -59,22 +67,16 @@ def main() -> None:
     head = "| study | encoder | " + " | ".join(f"{100 * f:g}% labels" for f in a.fractions) + " |"
     print(f"Frozen-feature probe, tree IoU on the {a.split} band, mean ± std (seeds {a.seeds})\n")
     print(head + "\n|---|---|" + "---|" * len(a.fractions))
-    shown: set[Path] = set()  # studies link the controls' cells (random, random-bn): show each cell set once
+    shown: set[Path] = set()
     for work, label in studies:
-        for name in encoders(work / probe_dir):
-            if (work / probe_dir / name).resolve() in shown:
-                continue
-            shown.add((work / probe_dir / name).resolve())
+        for name in unseen(work / probe_dir, shown):
             row = [cell_text([tree_iou(work / probe_dir / name / f"f{f:g}-s{s}" / "metrics.json") for s in a.seeds])
                    for f in a.fractions]
             if any(c != "-" for c in row):
                 print(f"| {label} | {name} | " + " | ".join(row) + " |")
     rows = []
     for work, label in studies:
-        for name in encoders(work / "finetune"):
-            if (work / "finetune" / name).resolve() in shown:
-                continue
-            shown.add((work / "finetune" / name).resolve())
+        for name in unseen(work / "finetune", shown):
             values = [tree_iou(work / "finetune" / name / f"f{a.finetune_fraction:g}-s{s}" / f"eval-{a.split}"
                                / "metrics.json") for s in a.seeds]
             if any(v is not None for v in values):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -137,3 +138,17 @@ class PretrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def differences(self, saved: dict[str, Any], may_differ: Collection[str] = ()) -> list[str]:
+        """The settings in which a checkpoint's config (`saved`) differs from this one, as "key old -> new",
+        leaving out `may_differ` and keys the checkpoint predates. Data roots compare as resolved paths: a link
+        to the same folder is the same data."""
+        now = self.to_dict()
+
+        def same(key: str) -> bool:
+            if key == "data_root":
+                return [Path(r).resolve() for r in saved[key]] == [Path(r).resolve() for r in now[key]]
+            return saved[key] == now[key]
+
+        return [f"{k} {saved[k]!r} -> {now[k]!r}" for k in sorted(now)
+                if k not in may_differ and k in saved and not same(k)]

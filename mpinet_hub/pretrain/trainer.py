@@ -179,12 +179,10 @@ class Trainer:
     def _resume(self) -> None:
         path = self.out / "checkpoints" / "last.pt"
         ckpt = load_checkpoint(path, map_location=self.device)
-        saved, now = ckpt.get("config", {}), self.cfg.to_dict()
-        changed = sorted(k for k in now if k not in _RESUMABLE and k in saved and saved[k] != now[k])
+        changed = self.cfg.differences(ckpt.get("config", {}), may_differ=_RESUMABLE)
         if changed:
-            listing = ", ".join(f"{k} {saved[k]!r} -> {now[k]!r}" for k in changed)
-            raise ValueError(f"{path} was trained with other settings ({listing}); resume with the run's own settings "
-                             "(its config.yaml) or start a new --out")
+            raise ValueError(f"{path} was trained with other settings ({', '.join(changed)}); resume with the run's "
+                             "own settings (its config.yaml) or start a new --out")
         self.model.online.load_state_dict(ckpt["model"])
         self.model.target.load_state_dict(ckpt["target"])
         for k, v in ckpt["buffers"].items():
