@@ -10,7 +10,7 @@ never sees test ground. The first study's settings were fixed before any test nu
 change is described in the reading with what prompted it, and `--eval-split val` scores cells on the val band, to
 choose settings without the test band.
 
-For each pretraining seed: mocov2, pixcontrast, mpinet-noffl and mpinet (ResNet-18, the ablation ladder), and
+Per pretraining seed: the ablation ladder (mocov2, pixcontrast, pixcontrast-c4, mpinet-noffl, mpinet; ResNet-18), and
 the two inits without pretraining, random and random-bn (random weights, BatchNorm statistics re-estimated on
 the training images). Each encoder is probed (frozen C2-C5, linear head) at every label fraction and fine-tuned
 (DeepLabV3+) at one; seed s pairs pretraining seed s with probe/fine-tuning seed s, so the spread covers both.
@@ -211,7 +211,8 @@ def report(results: dict, a: argparse.Namespace, seconds: float) -> None:
 
 # one colour per encoder in every study's plot; the two controls dashed
 _STYLE = {"random": ("tab:gray", "--"), "random-bn": ("black", "--"), "mocov2": ("tab:blue", "-"),
-          "pixcontrast": ("tab:green", "-"), "mpinet-noffl": ("tab:orange", "-"), "mpinet": ("tab:red", "-")}
+          "pixcontrast": ("tab:green", "-"), "pixcontrast-c4": ("tab:olive", "-"),
+          "mpinet-noffl": ("tab:orange", "-"), "mpinet": ("tab:red", "-")}
 
 
 def _plot(results: dict, fractions: list[float], split: str, study: str, path: Path) -> None:

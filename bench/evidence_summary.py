@@ -41,7 +41,7 @@ def cell_text(values: list[float | None]) -> str:
 
 def encoders(folder: Path) -> list[str]:
     """Encoders in the order of the ablation ladder, controls first, then anything else found."""
-    order = ["random", "random-bn", "mocov2", "pixcontrast", "mpinet-noffl", "mpinet"]
+    order = ["random", "random-bn", "mocov2", "pixcontrast", "pixcontrast-c4", "mpinet-noffl", "mpinet"]
     found = sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
     return [n for n in order if n in found] + [n for n in found if n not in order]
 

@@ -13,7 +13,7 @@ from .settings import SettingsError
 # name -> (module holding `add_arguments(parser)` and `run(args) -> int`, one-line description)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "data": ("mpinet_hub.data.cli", "Data sets: `synth` a miniature copy, `check` a folder, `stats` per band"),
-    "pretrain": ("mpinet_hub.pretrain.cli", "Self-supervised pretraining (mpinet, mpinet-noffl, pixcontrast, mocov2)"),
+    "pretrain": ("mpinet_hub.pretrain.cli", "Self-supervised pretraining (mpinet and its ablation ladder, mocov2)"),
     "export": ("mpinet_hub.hub.cli", "Training checkpoint or state dict -> Hub folder (safetensors, config, card)"),
     "push": ("mpinet_hub.hub.cli", "Upload an export folder to the Hugging Face Hub after checking it"),
     "verify": ("mpinet_hub.hub.cli", "Check an export folder or Hub repo (ORG/NAME@REV): sha256 of the weights"),

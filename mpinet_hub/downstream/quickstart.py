@@ -66,7 +66,8 @@ def _run(s: QuickstartSettings) -> dict:
     cfg = PretrainConfig.from_sources(None, dataset="potsdam", data_root=[str(data)], method="mpinet",
                                       arch="mpinet_resnet18", patch=128, crop=96, batch_size=8,
                                       steps=s.pretrain_steps, queue_size=256, workers=0, out=str(pre_run),
-                                      save_every=s.pretrain_steps, seed=s.seed, device=s.device, warmup_epochs=0)
+                                      save_every=s.pretrain_steps, seed=s.seed, device=s.device, warmup_epochs=0,
+                                      ffl_head_warmup=5)
     last = pre_run / "checkpoints" / "last.pt"
     Trainer(cfg, resume=last.is_file(), overwrite=not last.is_file()).train()
     times["pretrain"] = time.perf_counter() - t

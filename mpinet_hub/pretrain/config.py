@@ -14,13 +14,15 @@ from ..settings import SettingsError, coerce_settings, read_yaml
 __all__ = ["ABLATION_LADDER", "METHODS", "PretrainConfig", "packaged_configs", "resolve_config"]
 
 # METHOD.md's baselines from the same machinery, as a ladder that changes one factor per rung:
-#   mocov2 -(+ dense contrast on C5)-> pixcontrast -(C5 -> C2+C3+C4 fusion)-> mpinet-noffl -(+ FFL)-> mpinet
+#   mocov2 -(+ dense contrast on C5)-> pixcontrast -(C5 -> C4)-> pixcontrast-c4 -(C4 -> C2+C3+C4 fusion)->
+#   mpinet-noffl -(+ FFL)-> mpinet
 # All four share everything else (the cosine EMA schedule included). MoCo v2's own settings (fixed momentum
 # 0.999) stay available as `mocov2-original`. "auto" FFL weight: calibrated on real keys (see method.py).
-ABLATION_LADDER = ("mocov2", "pixcontrast", "mpinet-noffl", "mpinet")
+ABLATION_LADDER = ("mocov2", "pixcontrast", "pixcontrast-c4", "mpinet-noffl", "mpinet")
 METHODS: dict[str, dict[str, Any]] = {
     "mocov2": dict(w_ins=1.0, w_pix=0.0, w_ffl=0.0, fusion_levels=["C5"]),
     "pixcontrast": dict(w_ins=1.0, w_pix=1.0, w_ffl=0.0, fusion_levels=["C5"]),
+    "pixcontrast-c4": dict(w_ins=1.0, w_pix=1.0, w_ffl=0.0, fusion_levels=["C4"]),
     "mpinet-noffl": dict(w_ins=1.0, w_pix=1.0, w_ffl=0.0, fusion_levels=["C2", "C3", "C4"]),
     "mpinet": dict(w_ins=1.0, w_pix=1.0, w_ffl="auto", fusion_levels=["C2", "C3", "C4"]),
     "mocov2-original": dict(w_ins=1.0, w_pix=0.0, w_ffl=0.0, fusion_levels=["C5"], momentum_schedule="fixed",
@@ -66,7 +68,8 @@ class PretrainConfig:
     w_pix: float = 1.0
     w_ffl: float | str = "auto"
     ffl_calibration_ratio: float = 0.5  # "auto": w_ffl * mean L_ffl = ratio * mean L_ins ...
-    ffl_calibration_steps: int = 10  # ... over this many steps once the queue holds only real keys
+    ffl_calibration_steps: int = 10  # ... over this many steps once the queue holds only real keys ...
+    ffl_head_warmup: int = 50  # ... and the FFL heads have trained this many steps alone (detached from the backbone)
     fusion_levels: list[str] = field(default_factory=lambda: ["C2", "C3", "C4"])
     queue_size: int = 8192
     t_ins: float = 0.2

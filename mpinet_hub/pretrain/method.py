@@ -99,8 +99,10 @@ class OnlineNetwork(nn.Module):
         self.pixel_grid = cfg.pixel_grid
         self.ffl_grid = cfg.ffl_grid
 
-    def forward(self, x: torch.Tensor, boxes: torch.Tensor, predict: bool = True) -> dict[str, torch.Tensor]:
-        """x: (N, C, H, W) views; boxes: (N, 4) overlap boxes in view pixels. Grids still in view orientation."""
+    def forward(self, x: torch.Tensor, boxes: torch.Tensor, predict: bool = True,
+                detach_ffl: bool = False) -> dict[str, torch.Tensor]:
+        """x: (N, C, H, W) views; boxes: (N, 4) overlap boxes in view pixels. Grids still in view orientation.
+        `detach_ffl`: the FFL branch reads C5 without a gradient path into the backbone (its heads still learn)."""
         feats = self.backbone(x)
         out = {"instance": F.normalize(self.instance_head(feats[-1].float().mean((2, 3))), dim=1)}
         rois = [b[None] for b in boxes.float()]
@@ -110,7 +112,8 @@ class OnlineNetwork(nn.Module):
             out["pixel"] = self.pixel_head(grids)
         if self.use_ffl:
             conv, bn_relu = self.ffl_head[0][0], self.ffl_head[0][1:]
-            grid, projected = roi_grid(feats[-1], rois, self.ffl_grid, STRIDES[-1], conv)
+            c5 = feats[-1].detach() if detach_ffl else feats[-1]
+            grid, projected = roi_grid(c5, rois, self.ffl_grid, STRIDES[-1], conv)
             proj = self.ffl_head[1:](bn_relu(grid if projected else conv(grid)))
             out["ffl"] = F.normalize(self.ffl_predictor(proj) if predict else proj, dim=1)
         return out
@@ -123,7 +126,7 @@ class MPINetModel(nn.Module):
     shuffled batch (shuffle_bn.py), so keys and their queries are never normalised together.
     """
 
-    CHECKPOINT_BUFFERS = ("queue", "queue_ptr", "queue_real", "w_ffl_value", "calibration")
+    CHECKPOINT_BUFFERS = ("queue", "queue_ptr", "queue_real", "w_ffl_value", "calibration", "ffl_head_steps")
 
     def __init__(self, cfg: PretrainConfig, in_chans: int) -> None:
         super().__init__()
@@ -139,6 +142,7 @@ class MPINetModel(nn.Module):
         self.register_buffer("queue_real", torch.zeros((), dtype=torch.long))  # keys enqueued so far, capped at K
         self.register_buffer("w_ffl_value", torch.tensor(float(cfg.w_ffl) if cfg.w_ffl != "auto" else -1.0))
         self.register_buffer("calibration", torch.zeros(3))  # sum of L_ins, sum of L_ffl, steps (auto w_ffl)
+        self.register_buffer("ffl_head_steps", torch.zeros((), dtype=torch.long))  # head-only steps so far (auto)
         self.info_nce = InfoNCELoss(cfg.t_ins)
         self.pixel_nce = PixelInfoNCELoss(cfg.t_pix, cfg.pixel_anchors, cfg.pixel_num_negatives, cfg.pixel_negatives)
         self.ffl = FocalFrequencyLoss(cfg.ffl_alpha, cfg.ffl_patch_factor, cfg.ffl_log_matrix, cfg.ffl_batch_matrix)
@@ -176,7 +180,9 @@ class MPINetModel(nn.Module):
         b = views.view1.shape[0]
         x = torch.cat([views.view1, views.view2])
         boxes = torch.cat([views.overlap1, views.overlap2])
-        on = (online or self.online)(x, boxes)
+        # While `auto` calibrates, the FFL heads learn on C5 without moving the backbone (see `total_loss`).
+        calibrating = self._ffl_calibrating()
+        on = (online or self.online)(x, boxes, detach_ffl=calibrating)
         with torch.no_grad():
             if self.cfg.shuffle_bn:
                 tg = shuffled(lambda x_, boxes_: self.target(x_, boxes_, predict=False), x, boxes)
@@ -188,7 +194,7 @@ class MPINetModel(nn.Module):
         k1, k2 = tg["instance"][:b], tg["instance"][b:]
         queue = self.queue.clone().detach()
         # Read on the host only while `auto` calibrates: a host read stalls the GPU's queue of work.
-        self._queue_was_real = self._ffl_calibrating() and bool(self.queue_real >= self.queue.shape[0])
+        self._queue_was_real = calibrating and bool(self.queue_real >= self.queue.shape[0])
         terms["ins"] = (self.info_nce(q1, k2, queue) + self.info_nce(q2, k1, queue)) / 2
         for name, loss_fn in (("pixel", self.pixel_nce), ("ffl", self.ffl)):
             if name not in on:
@@ -212,13 +218,17 @@ class MPINetModel(nn.Module):
 
     @torch.no_grad()
     def _calibrate_ffl(self, terms: dict[str, torch.Tensor]) -> None:
-        """`auto`: once the queue holds only real keys, average L_ins and L_ffl over `ffl_calibration_steps`
-        steps and fix w_ffl so that w_ffl * L_ffl = `ffl_calibration_ratio` * L_ins over that window.
+        """`auto`: once the FFL heads have trained `ffl_head_warmup` steps and the queue holds only real keys,
+        average L_ins and L_ffl over `ffl_calibration_steps` steps and fix w_ffl so that
+        w_ffl * L_ffl = `ffl_calibration_ratio` * L_ins over that window.
 
         Against the initial random queue L_ins is far from what it is once real keys compete, and a weight
-        taken there (w_ffl 236-265 on ResNet-18) had little to do with the losses of the run.
+        taken there (w_ffl 236-265 on ResNet-18) had little to do with the losses of the run. Against heads that
+        have not learned, L_ffl is that of a random projection: measured so, w_ffl came out 327 and w_ffl * L_ffl
+        halved within 55 steps once the heads trained. So the heads train first (on detached C5 features).
         """
-        if not self._queue_was_real:
+        self.ffl_head_steps += 1
+        if not self._queue_was_real or int(self.ffl_head_steps) <= self.cfg.ffl_head_warmup:
             return
         self.calibration += torch.stack([terms["ins"].detach().float(), terms["ffl"].detach().float(),
                                          torch.ones((), device=self.calibration.device)])
@@ -231,11 +241,16 @@ class MPINetModel(nn.Module):
         self._ffl_pending = False
 
     def total_loss(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
-        if "ffl" in terms and self._ffl_calibrating():
+        """The weighted sum. While `auto` calibrates, the FFL adds 0 to the value and its gradient reaches only
+        the FFL head and predictor (their input was detached in `forward`), so the weight is measured on heads
+        that learn and the backbone trains on the other terms alone."""
+        calibrating = "ffl" in terms and self._ffl_calibrating()
+        if calibrating:
             self._calibrate_ffl(terms)
         total = self.cfg.w_ins * terms["ins"]
         if "pix" in terms:
             total = total + self.cfg.w_pix * terms["pix"]
         if "ffl" in terms:
-            total = total + self.w_ffl_value.clamp_min(0) * terms["ffl"]
+            ffl = terms["ffl"] - terms["ffl"].detach() if calibrating else self.w_ffl_value.clamp_min(0) * terms["ffl"]
+            total = total + ffl
         return total
