@@ -14,6 +14,7 @@ from .settings import SettingsError
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "data": ("mpinet_hub.data.cli", "Data sets: `synth` a miniature copy, `check` a folder, `stats` per band"),
     "pretrain": ("mpinet_hub.pretrain.cli", "Self-supervised pretraining (mpinet and its ablation ladder, mocov2)"),
+    "diagnose": ("mpinet_hub.pretrain.cli", "Did a pretraining run learn? Instance loss vs chance, key collapse"),
     "export": ("mpinet_hub.hub.cli", "Training checkpoint or state dict -> Hub folder (safetensors, config, card)"),
     "push": ("mpinet_hub.hub.cli", "Upload an export folder to the Hugging Face Hub after checking it"),
     "verify": ("mpinet_hub.hub.cli", "Check an export folder or Hub repo (ORG/NAME@REV): sha256 of the weights"),

@@ -324,3 +324,29 @@ def test_run_log_writes_tensorboard_beside_the_jsonl_and_drops_rows_past_a_resum
     with RunLog(tmp_path / "plain", step=0) as log:
         log.write({"step": 1, "ins": 1.0})
     assert (tmp_path / "plain" / "log.jsonl").is_file() and not (tmp_path / "plain" / "tensorboard").exists()
+
+
+def test_diagnose_warns_when_the_instance_loss_stays_at_chance_or_the_keys_collapse(tmp_path, potsdam_root, capsys):
+    from mpinet_hub.cli import main
+    from mpinet_hub.pretrain.diagnose import diagnose, problems
+
+    run = tmp_path / "run"
+    assert main(["pretrain", "--dataset", "potsdam", "--data-root", str(potsdam_root), "--method", "mocov2",
+                 "--arch", "mpinet_resnet18", "--patch", "96", "--crop", "64", "--batch-size", "4", "--steps", "4",
+                 "--queue-size", "8", "--workers", "0", "--out", str(run)]) == 0
+    assert "warning: the instance loss never left chance" in capsys.readouterr().out  # four steps learn nothing
+    d = diagnose(run, retrieval_windows=8)
+    assert d["chance"] == pytest.approx(math.log(9)) and 0 <= d["retrieval"] <= 1 and d["retrieval_windows"] == 8
+    assert d["term_shares"] == {"ins": pytest.approx(1.0)}
+    assert any("never left chance" in p for p in problems(d))
+    # the same run as if it had learned: ins well below chance, keys spread -> no warning; keys in 2 directions -> one
+    learned = d | {"ins_min": d["chance"] - 1.0, "key_effective_rank": 40.0, "retrieval": 0.5, "retrieval_random": 0.1}
+    assert problems(learned) == []
+    ckpt_path = run / "checkpoints" / "last.pt"
+    ckpt = torch.load(ckpt_path, weights_only=True)
+    ckpt["buffers"]["queue"] = F.normalize(torch.eye(128)[torch.arange(8) % 2] + 0.01 * torch.randn(8, 128), dim=1)
+    torch.save(ckpt, ckpt_path)
+    collapsed = diagnose(run, retrieval_windows=0)
+    assert collapsed["key_effective_rank"] < 2 and any("collapsed" in p for p in problems(collapsed))
+    assert main(["diagnose", str(run), "--windows", "0"]) == 0
+    assert "warning: the keys collapsed" in capsys.readouterr().out

@@ -83,6 +83,38 @@ def run_pretrain(args: argparse.Namespace) -> int:
     if trainer.is_main:
         print(f"done: {trainer.step} steps, last losses {', '.join(f'{k}={v:.4f}' for k, v in last.items())}")
         print(f"checkpoint: {trainer.out / 'checkpoints' / 'last.pt'}; curves: {trainer.out / 'loss.png'}")
+        _warn_if_nothing_learned(trainer.out)
+    return 0
+
+
+def _warn_if_nothing_learned(run) -> None:
+    from .diagnose import diagnose, problems
+
+    found = problems(diagnose(run, retrieval_windows=0))
+    for text in found:
+        print(f"warning: {text}")
+    if found:
+        print(f"(`mpinet diagnose {run}` shows the figures, view retrieval included)")
+
+
+def add_diagnose_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = ("Did a pretraining run learn? The instance loss against chance ln(K+1), the effective rank of "
+                     "the last queue of keys (collapse), view retrieval against random weights on the run's own "
+                     "images, and the share of each loss term; warnings say what to try.")
+    p.add_argument("run", help="a `mpinet pretrain` run folder")
+    p.add_argument("--windows", type=int, default=256,
+                   help="windows of the run's images for view retrieval (0: skip it, read no data)")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+
+
+def run_diagnose(args: argparse.Namespace) -> int:
+    import json
+
+    from .diagnose import diagnose, format_diagnosis
+
+    result = diagnose(args.run, retrieval_windows=args.windows)
+    print(json.dumps(result, indent=1) if args.json else format_diagnosis(result))
     return 0
 
 

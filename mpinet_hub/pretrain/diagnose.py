@@ -1,0 +1,158 @@
+"""`mpinet diagnose RUN`: did a pretraining run learn anything, and which loss term drove it?
+
+From the run folder alone (log.jsonl, checkpoints/last.pt, and the run's own images for retrieval):
+
+- the instance loss against chance, ln(K+1): a query that cannot tell its key from the K queued ones scores
+  that; a run whose `ins` ends within `CHANCE_MARGIN` nats of it has learned almost nothing of the task;
+- the spread of the last queue of keys: mean cosine and effective rank (exp of the entropy of the normalised
+  singular values, out of 128): a rank of a few dimensions is dimensional collapse;
+- view retrieval: each window's second view found among `windows` keys from the first views, with the run's
+  networks and with random weights (chance 1/windows);
+- the share of each weighted term in the total over the last tenth of the steps.
+
+The thresholds are rules of thumb read off the studies in docs/evidence.md, not guarantees.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..checkpoint import load_checkpoint
+
+__all__ = ["CHANCE_MARGIN", "COLLAPSED_RANK", "diagnose", "format_diagnosis", "problems"]
+
+CHANCE_MARGIN = 0.1  # nats below ln(K+1) that the instance loss must reach to count as learning
+COLLAPSED_RANK = 8.0  # effective rank of the keys (of 128) below which they count as collapsed (a quarter of
+# the rank K keys can reach, where the queue is shorter)
+
+
+def _log_records(run: Path) -> list[dict[str, Any]]:
+    path = run / "log.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no training log; is {run} a `mpinet pretrain` run folder?")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _key_spread(keys: torch.Tensor) -> tuple[float, float]:
+    """(mean cosine between distinct keys, effective rank of the centred keys)."""
+    k = keys.float()
+    n = k.shape[0]
+    cos = k @ k.t()
+    sv = torch.linalg.svdvals(k - k.mean(0))
+    p = sv**2 / (sv**2).sum().clamp_min(1e-12)
+    rank = float(torch.exp(-(p * p.clamp_min(1e-12).log()).sum()))
+    return float((cos.sum() - n) / max(1, n * n - n)), rank
+
+
+def diagnose(run: str | Path, retrieval_windows: int = 256, seed: int = 123) -> dict[str, Any]:
+    """The figures above for a pretraining run; `retrieval_windows=0` skips retrieval (no data read)."""
+    run = Path(run)
+    records = _log_records(run)
+    ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
+    cfg = ckpt["config"]
+    queue = ckpt["buffers"]["queue"]
+    chance = math.log(queue.shape[0] + 1)
+    filled = math.ceil(cfg["queue_size"] / (2 * cfg["batch_size"]))  # steps until the random keys are gone
+    real = [r["ins"] for r in records if r["step"] > filled]  # against a random queue ins says nothing
+    tail = records[-max(1, len(records) // 10):]
+    cosine, rank = _key_spread(queue)
+    weights = {"ins": cfg["w_ins"], "pix": cfg["w_pix"]}
+    shares: dict[str, float] = {}
+    for r in tail:
+        parts = {k: float(weights[k]) * r[k] for k in weights if k in r}
+        if "ffl" in r:
+            parts["ffl"] = float(r.get("w_ffl", 0.0)) * r["ffl"]
+        total = sum(parts.values()) or 1.0
+        for k, v in parts.items():
+            shares[k] = shares.get(k, 0.0) + v / total / len(tail)
+    result: dict[str, Any] = {
+        "run": str(run), "method": ckpt.get("method"), "steps": int(ckpt["step"]), "queue_size": queue.shape[0],
+        "chance": chance, "ins_last10pct": statistics.mean(r["ins"] for r in tail), "ins_min": min(real) if real else None,
+        "key_mean_cosine": cosine, "key_effective_rank": rank, "term_shares": shares,
+        "w_ffl": cfg.get("w_ffl_calibrated"),
+    }
+    if retrieval_windows:
+        result |= _retrieval(ckpt, retrieval_windows, seed)
+    return result
+
+
+@torch.no_grad()
+def _retrieval(ckpt: dict[str, Any], windows: int, seed: int) -> dict[str, Any]:
+    """Top-1 view retrieval with the run's online network (queries) and target (keys), and with random weights,
+    on the same windows and views drawn from the run's own training images."""
+    from .config import PretrainConfig
+    from .method import MPINetModel
+    from .trainer import build_pretraining_dataset
+    from .views import make_two_views
+
+    saved = {k: v for k, v in ckpt["config"].items() if k != "w_ffl_calibrated"}
+    cfg = PretrainConfig.from_sources(None, **{**saved, "workers": 0})
+    try:
+        images = build_pretraining_dataset(cfg)
+    except (OSError, ValueError) as err:
+        return {"retrieval": None, "retrieval_random": None, "retrieval_note": f"images not readable: {err}"}
+    windows = min(windows, len(images))
+    items = [images[i]["image"] for i in range(windows)]  # 8-bit files give bytes (keep_uint8)
+    batch = torch.stack([x.float() / 255 if x.dtype == torch.uint8 else x.float() for x in items])
+    views = make_two_views(batch, cfg.crop, generator=torch.Generator().manual_seed(seed))
+    norm = ckpt.get("norm") or {}
+    mean = torch.tensor(norm.get("mean") or [0.0] * batch.shape[1]).view(1, -1, 1, 1)
+    std = torch.tensor(norm.get("std") or [1.0] * batch.shape[1]).view(1, -1, 1, 1)
+    v1, v2 = (views.view1 - mean) / std, (views.view2 - mean) / std
+    scores = {}
+    for name in ("retrieval", "retrieval_random"):
+        torch.manual_seed(seed)
+        model = MPINetModel(cfg, batch.shape[1])
+        if name == "retrieval":
+            model.online.load_state_dict(ckpt["model"])
+            model.target.load_state_dict(ckpt["target"])
+        model.eval()
+        q = model.online(v1, views.overlap1)["instance"]
+        k = model.target(v2, views.overlap2, predict=False)["instance"]
+        scores[name] = float(((q @ k.t()).argmax(1) == torch.arange(windows)).float().mean())
+    return scores | {"retrieval_windows": windows}
+
+
+def problems(d: dict[str, Any]) -> list[str]:
+    """Plain warnings for a diagnosis, each with what to try; empty when nothing looks wrong."""
+    out = []
+    if d["ins_min"] is None:
+        out.append("the run ended before the queue held only real keys: too short to judge the instance branch. "
+                   "Train longer than queue_size / (2 x batch) steps.")
+    elif d["chance"] - d["ins_min"] < CHANCE_MARGIN:
+        out.append(f"the instance loss never left chance: lowest {d['ins_min']:.2f} against ln(K+1) = "
+                   f"{d['chance']:.2f}, so the instance branch learned almost nothing. Try more steps, more varied "
+                   "images, a smaller --queue-size or a larger --batch-size.")
+    if d["key_effective_rank"] < min(COLLAPSED_RANK, (min(d["queue_size"], 128) - 1) / 4):
+        out.append(f"the keys collapsed: they span about {d['key_effective_rank']:.1f} of 128 dimensions (mean "
+                   f"cosine {d['key_mean_cosine']:.2f}). Try a lower --lr, fewer steps, or more varied images.")
+    if d.get("retrieval") is not None and d["retrieval"] <= d["retrieval_random"]:
+        out.append(f"view retrieval {d['retrieval']:.3f} is no better than random weights' "
+                   f"{d['retrieval_random']:.3f}: the encoder does not tell two views of a window from others.")
+    return out
+
+
+def format_diagnosis(d: dict[str, Any]) -> str:
+    lines = [f"{d['run']}: {d['method']}, {d['steps']} steps",
+             f"  instance loss: last 10% {d['ins_last10pct']:.3f}, lowest on real keys "
+             + ("-" if d["ins_min"] is None else f"{d['ins_min']:.3f}") + "; chance ln(K+1) = "
+             f"{d['chance']:.3f} (K = {d['queue_size']})",
+             f"  keys: effective rank {d['key_effective_rank']:.1f} of 128, mean cosine {d['key_mean_cosine']:.3f}",
+             "  share of the total, last 10% of steps: "
+             + ", ".join(f"{k} {100 * v:.0f}%" for k, v in d["term_shares"].items())
+             + (f" (w_ffl {d['w_ffl']:.3g})" if d.get("w_ffl") else "")]
+    if d.get("retrieval") is not None:
+        lines.append(f"  view retrieval top-1: {d['retrieval']:.3f}, random weights {d['retrieval_random']:.3f}, "
+                     f"chance {1 / d['retrieval_windows']:.3f} ({d['retrieval_windows']} windows)")
+    elif d.get("retrieval_note"):
+        lines.append(f"  view retrieval skipped: {d['retrieval_note']}")
+    found = problems(d)
+    lines += [f"  warning: {p}" for p in found] or ["  no warning: the instance branch left chance and the keys "
+                                                     "did not collapse"]
+    return "\n".join(lines)
