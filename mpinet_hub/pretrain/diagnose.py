@@ -73,7 +73,8 @@ def diagnose(run: str | Path, retrieval_windows: int = 256, seed: int = 123) -> 
             shares[k] = shares.get(k, 0.0) + v / total / len(tail)
     result: dict[str, Any] = {
         "run": str(run), "method": ckpt.get("method"), "steps": int(ckpt["step"]), "queue_size": queue.shape[0],
-        "chance": chance, "ins_last10pct": statistics.mean(r["ins"] for r in tail), "ins_min": min(real) if real else None,
+        "chance": chance, "ins_last10pct": statistics.mean(r["ins"] for r in tail),
+        "ins_min": min(real) if real else None,
         "key_mean_cosine": cosine, "key_effective_rank": rank, "term_shares": shares,
         "w_ffl": cfg.get("w_ffl_calibrated"),
     }
