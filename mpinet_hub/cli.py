@@ -23,6 +23,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("mpinet_hub.downstream.cli", "Whole-tile sliding-window evaluation by a named metric protocol"),
     "predict": ("mpinet_hub.downstream.cli", "Class maps for GeoTIFF/PNG inputs (CRS and transform kept)"),
     "compare": ("mpinet_hub.downstream.cli", "Label-efficiency table: encoders x label fractions, markdown + plot"),
+    "study": ("mpinet_hub.downstream.cli", "Does pretraining pay here? Methods x seeds x controls, verdicts by rule"),
     "quickstart": ("mpinet_hub.downstream.cli", "The whole pipeline on a synthetic Potsdam set in a few minutes"),
     "configs": ("mpinet_hub.pretrain.cli", "List the recipes installed with the package (`--config NAME`)"),
 }

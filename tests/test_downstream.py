@@ -323,9 +323,17 @@ def test_cli_finetune_evaluate_and_compare_with_pretraining(tmp_path, potsdam_ro
     assert main(["compare", *common, "--out", str(cmp), "--encoders", "random", "--pretrain", "mocov2",
                  "--pretrain-steps", "2", "--pretrain-batch-size", "4", "--pretrain-crop", "48",
                  "--fractions", "0.1", "--window", "64"]) == 0
-    assert (cmp / "pretrain" / "mocov2" / "hub" / "model.safetensors").is_file()
+    # the pretraining run itself is the encoder: no export, so no card claims a data set's licence for it
+    assert (cmp / "pretrain" / "mocov2" / "checkpoints" / "last.pt").is_file()
+    assert not (cmp / "pretrain" / "mocov2" / "hub").exists()
     results = json.loads((cmp / "results.json").read_text())["results"]
-    assert set(results) == {"random", "mocov2"} and results["mocov2"]["0.1"]["encoder"].endswith("hub")
+    assert set(results) == {"random", "mocov2"}
+    assert results["mocov2"]["0.1"]["encoder"] == str(cmp / "pretrain" / "mocov2")
+    # a finished pretraining cell is not reused under other settings (it was, without a word)
+    assert main(["compare", *common, "--out", str(cmp), "--encoders", "random", "--pretrain", "mocov2",
+                 "--pretrain-steps", "2", "--pretrain-batch-size", "4", "--pretrain-crop", "32",
+                 "--fractions", "0.1", "--window", "64"]) == 2
+    assert "crop 48 -> 32" in capsys.readouterr().err
 
 
 class _FailsOnSecondWindow(torch.nn.Module):

@@ -282,3 +282,65 @@ def run_quickstart(args: argparse.Namespace) -> int:
                                   finetune_steps=args.finetune_steps, label_fraction=args.label_fraction,
                                   seed=args.seed, device=args.device))
     return 0
+
+
+# --- study
+def add_study_arguments(p: argparse.ArgumentParser) -> None:
+    from .study import CONTROLS, EVALUATIONS, StudySettings
+
+    d = StudySettings("", "", "")
+    p.description = ("Does pretraining pay on this data set, at this label budget? Pretrains each --methods once per "
+                     "seed, probes and/or fine-tunes every encoder (and the controls random, random-bn) at every "
+                     "label fraction per (seed, subset seed), and calls each pair by a stated rule: ahead on every "
+                     "paired seed and by more than twice the larger std. Scored on val; --split test only at the end "
+                     "(the results then say test was read). Resumable: finished cells are reused, and a folder made "
+                     "with other settings is refused. Writes OUT/results-SPLIT.md/.json and study-SPLIT-*.png.")
+    p.add_argument("--dataset", required=True, choices=list(DATASETS))
+    p.add_argument("--data-root", required=True)
+    p.add_argument("--out", required=True, help="study folder (cells, results)")
+    p.add_argument("--methods", nargs="*", default=d.methods, choices=list(METHODS),
+                   help="pretraining methods, each pretrained once per seed (none: compare --encoders only)")
+    p.add_argument("--controls", nargs="*", default=d.controls, choices=list(CONTROLS),
+                   help="inits without pretraining; random-bn re-estimates BatchNorm statistics on the data")
+    p.add_argument("--encoders", nargs="*", default=[], help=f"more encoders, NAME=SPEC; SPEC is {ENCODER_HELP}")
+    p.add_argument("--seeds", type=int, nargs="+", default=d.seeds, help="pretraining, head and random-weight seeds")
+    p.add_argument("--subset-seeds", type=int, nargs="+", default=d.subset_seeds, help="labeled-subset seeds")
+    p.add_argument("--fractions", type=float, nargs="+", default=d.fractions, help="label fractions")
+    p.add_argument("--evaluations", nargs="+", default=d.evaluations, choices=list(EVALUATIONS),
+                   help="frozen-feature linear probe and/or DeepLabV3+ fine-tuning")
+    p.add_argument("--split", default=d.split, help="split the cells are scored on; test only once, at the end")
+    p.add_argument("--metric", default=d.metric, help="mIoU, OA, mF1, or IoU:CLASS for one class (e.g. IoU:road)")
+    p.add_argument("--arch", choices=list(MPINET_ARCHS), default=d.arch)
+    p.add_argument("--pretrain-config", help="YAML or packaged recipe under the pretraining settings below")
+    p.add_argument("--pretrain-steps", type=int, default=d.pretrain_steps)
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="pretraining batch")
+    p.add_argument("--patch", type=int, default=d.patch, help="pretraining window px")
+    p.add_argument("--crop", type=int, default=d.crop, help="pretraining view px (128: C5 holds 4x4 cells)")
+    p.add_argument("--queue-size", type=int, default=d.queue_size, help="instance negatives K")
+    p.add_argument("--lr", type=float, default=d.lr, help="pretraining lr per 256 images")
+    p.add_argument("--keep-colour", action="store_true", help="pretraining: no hue jitter, no grayscale")
+    p.add_argument("--bands", default=d.bands, help="Potsdam bands")
+    p.add_argument("--value-max", type=float, help=VALUE_MAX_HELP)
+    p.add_argument("--label-patch", type=int, default=d.label_patch, help="labeled patch px (the subset's unit)")
+    p.add_argument("--probe-steps", type=int, default=d.probe_steps)
+    p.add_argument("--reestimate-bn", action="store_true",
+                   help="probe: re-estimate BatchNorm statistics on the data for every encoder, not only random-bn")
+    p.add_argument("--finetune-steps", type=int, default=d.finetune_steps)
+    p.add_argument("--window", type=int, default=d.window, help="sliding-window side in px")
+    p.add_argument("--device", default=d.device, help="auto, cpu, cuda")
+    p.add_argument("--workers", type=int, default=d.workers, help="pretraining loader processes")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+
+
+def run_study(args: argparse.Namespace) -> int:
+    from .compare import parse_encoders
+    from .study import StudySettings, run_study
+
+    names = {f.name for f in fields(StudySettings)}
+    values = {k: v for k, v in vars(args).items() if k in names} | {"encoders": parse_encoders(args.encoders)}
+    results = run_study(StudySettings(**values))
+    out = Path(args.out)
+    print((out / f"results-{results['split']}.md").read_text())
+    split = results["split"]
+    print(f"written: {out / f'results-{split}.md'}, results-{split}.json, study-{split}-*.png")
+    return 0

@@ -1,7 +1,8 @@
 """The label-efficiency table: encoders x label fractions, each fine-tuned and evaluated the same way.
 
 Encoders are `NAME=SPEC` (or a bare SPEC); with `pretrain_methods`, each method is first pretrained on the
-data set's training images and exported into OUT/pretrain/METHOD, then compared like any other encoder.
+data set's training images in OUT/pretrain/METHOD (a finished run is reused only if made with the same
+settings), then compared like any other encoder.
 Every cell is OUT/runs/NAME/fraction-F (a fine-tuning run and its eval-SPLIT/metrics.json); cells whose
 metrics exist are reused, so an interrupted comparison continues where it stopped.
 """
@@ -15,14 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from ..data import evaluation_split
-from ..hub.export import export_weights
-from ..models import MPINET_TAGS
 from ..pretrain.config import PretrainConfig
-from ..pretrain.trainer import Trainer
 from .evaluate import evaluate, write_json
 from .finetune import FinetuneConfig, Finetuner
 from .plots import label_efficiency_png
 from .probe import ProbeConfig, run_probe
+from .study import pretrain_or_reuse
 
 __all__ = ["EVALUATIONS", "compare", "parse_encoders", "results_markdown"]
 
@@ -43,17 +42,12 @@ def parse_encoders(specs: list[str]) -> dict[str, str]:
 
 
 def pretrain_encoder(method: str, settings: dict[str, Any], out: Path) -> str:
-    """Pretrain `method` with `settings` (PretrainConfig fields over the method's preset), or reuse a finished
-    run, and export its backbone; returns the export folder."""
-    hub = out / "hub"
-    if (hub / "model.safetensors").is_file():
-        return str(hub)
+    """Pretrain `method` with `settings` (PretrainConfig fields over the method's preset), resume it or reuse a
+    finished run made with the same settings; returns the run folder, which `load_encoder` reads as an encoder.
+    No export: an export needs a tag, and a tag names a data set whose licence the weights would then claim."""
     cfg = PretrainConfig.from_sources(settings.get("config"), **{**settings, "config": None, "method": method,
                                                                  "out": str(out)})
-    last = out / "checkpoints" / "last.pt"
-    Trainer(cfg, resume=last.is_file(), overwrite=not last.is_file()).train()  # the cell is compare's own
-    export_weights(last, hub, cfg.arch, cfg.dataset if cfg.dataset in MPINET_TAGS else "potsdam", overwrite=True)
-    return str(hub)
+    return str(pretrain_or_reuse(cfg)[0])
 
 
 def compare(

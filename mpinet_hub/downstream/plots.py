@@ -106,18 +106,27 @@ def confusion_png(confusion: np.ndarray, class_names: Sequence[str], path: Path,
 
 
 def label_efficiency_png(results: dict[str, dict[float, float]], path: Path, metric: str = "mIoU",
-                         title: str = "") -> Path:
-    """`metric` against label fraction (log x), one line per encoder. results: encoder -> {fraction: value}."""
+                         title: str = "", errors: dict[str, dict[float, float]] | None = None) -> Path:
+    """`metric` against label fraction (log x), one line per encoder. results: encoder -> {fraction: value};
+    `errors` (same keys): error bars, drawn side by side so that they stay apart."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, by_fraction in results.items():
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, (name, by_fraction) in enumerate(results.items()):
         xs = sorted(by_fraction)
-        ax.plot([100 * x for x in xs], [by_fraction[x] for x in xs], marker="o", label=name)
+        dodge = 10 ** (0.02 * (i - (len(results) - 1) / 2)) if errors else 1.0
+        yerr = [errors[name][x] for x in xs] if errors else None
+        ax.errorbar([100 * x * dodge for x in xs], [by_fraction[x] for x in xs], yerr=yerr, marker="o", capsize=3,
+                    label=name, linestyle="--" if name in ("random", "random-bn") else "-")
     ax.set_xscale("log")
+    fractions = sorted({x for by_fraction in results.values() for x in by_fraction})
+    ax.minorticks_off()
+    ax.set_xticks([100 * x for x in fractions], [f"{100 * x:g}" for x in fractions])
+    if len(fractions) == 1:
+        ax.set_xlim(100 * fractions[0] / 1.5, 100 * fractions[0] * 1.5)
     ax.set_xlabel("labeled training patches (%)")
     ax.set_ylabel(f"{metric} (%)")
-    ax.set_title(title or f"{metric} vs labels")
+    ax.set_title(title or f"{metric} vs labels", fontsize=10)
     ax.grid(alpha=0.3, which="both")
-    ax.legend()
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
     fig.tight_layout()
     return _save(fig, path)

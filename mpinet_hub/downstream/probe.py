@@ -57,6 +57,7 @@ class ProbeConfig:
     split: str | None = None  # default: test if it has labels, else val
     arch: str = "mpinet_resnet18"  # for random / random-bn / imagenet
     bn_batches: int = 20  # random-bn: batches of training windows the statistics are estimated on
+    reestimate_bn: bool = False  # re-estimate BatchNorm statistics for any encoder, as random-bn does
     window: int = 512
     device: str = "auto"
     mean: list[float] | None = None
@@ -164,7 +165,7 @@ def run_probe(cfg: ProbeConfig) -> dict[str, Any]:
     std_t = torch.tensor(std, device=device).view(1, -1, 1, 1)
     backbone = backbone.to(device)
     batches = EpochBatches(len(subset), cfg.batch_size, cfg.seed)
-    if cfg.encoder.startswith("random-bn"):  # statistics from training windows, labels unused
+    if cfg.reestimate_bn or cfg.encoder.startswith("random-bn"):  # statistics from training windows, no labels
         every = EpochBatches(len(dataset), cfg.batch_size, cfg.seed + 1)
         stats = _StepBatches(dataset, list(range(len(dataset))), every, cfg.patch, cfg.seed, 0, cfg.bn_batches)
         reestimate_batchnorm(backbone, [(stats[i][0].to(device) - mean_t) / std_t for i in range(len(stats))])

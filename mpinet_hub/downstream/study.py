@@ -1,0 +1,358 @@
+"""`mpinet study`: does pretraining pay on this data set, at this label budget? Seeds, controls and a stated rule.
+
+For each pretraining method and seed, a pretraining cell (OUT/pretrain/METHOD-sSEED) on the data set's training
+images; beside them the two inits without pretraining, `random` and `random-bn` (random weights whose BatchNorm
+statistics are re-estimated on the training images, so a gain over it is not just BatchNorm statistics), and any
+`NAME=SPEC` encoders given. Every encoder is probed (frozen features, linear head) and/or fine-tuned at every
+label fraction, per (seed, subset seed): the seed draws the pretraining, the head and the random weights; the
+subset seed draws the labeled patches, so the two sources of spread stay apart.
+
+The cells are scored on the val split by default. The test split is read only with `split="test"`, and the
+results then say so, with the date of every such reading (OUT/study.json): choose settings on val, read test
+once, at the end.
+
+Resumable: every cell is a folder with its metrics; a finished cell is reused, and a study folder refuses
+settings other than those it was made with (naming them), as does a finished pretraining cell, so no number is
+ever filed under a command that did not make it.
+
+Writes OUT/results.json, OUT/results-SPLIT.md (mean +- std, the paired difference per seed, a verdict for each
+pair by the rule in `verdict`) and OUT/study-SPLIT-EVALUATION.png.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..checkpoint import load_checkpoint
+from ..data import DATASETS, folder_labeled_splits
+from ..pretrain.config import PretrainConfig
+from ..progress import progress
+from ..settings import SettingsError
+from .evaluate import evaluate, write_json
+from .finetune import FinetuneConfig, Finetuner
+from .plots import label_efficiency_png
+from .probe import ProbeConfig, run_probe
+
+__all__ = ["CONTROLS", "StudySettings", "paired_verdict", "pretrain_or_reuse", "run_study", "study_markdown"]
+
+CONTROLS = ("random", "random-bn")
+EVALUATIONS = ("probe", "finetune")
+
+# settings a study folder may be re-run with: which cells to add, where and how they run, how results are read
+_MAY_DIFFER = {"methods", "controls", "encoders", "seeds", "subset_seeds", "fractions", "evaluations", "split",
+               "metric", "device", "workers", "out"}
+# what a finished pretraining cell may differ in and still be reused: where and how it ran, how often it wrote
+_HOW_IT_RAN = {"out", "workers", "device", "save_every", "log_every", "keep_last", "compile"}
+
+
+@dataclass
+class StudySettings:
+    dataset: str
+    data_root: str
+    out: str
+    methods: list[str] = field(default_factory=lambda: ["mocov2", "mpinet"])
+    controls: list[str] = field(default_factory=lambda: list(CONTROLS))
+    encoders: dict[str, str] = field(default_factory=dict)  # NAME -> SPEC, compared like the others
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # pretraining, head and random-weight seeds
+    subset_seeds: list[int] = field(default_factory=lambda: [0])  # labeled-subset seeds
+    fractions: list[float] = field(default_factory=lambda: [0.1])
+    evaluations: list[str] = field(default_factory=lambda: ["probe"])  # probe and/or finetune
+    split: str = "val"
+    metric: str = "mIoU"  # mIoU | OA | mF1 | IoU:CLASS (one class's IoU)
+    arch: str = "mpinet_resnet18"
+    # pretraining (PretrainConfig fields; `pretrain_config` is a YAML or packaged recipe under them)
+    pretrain_config: str | None = None
+    pretrain_steps: int = 200
+    batch_size: int = 32
+    patch: int = 160
+    crop: int = 128  # C5 of a 128 px view is 4x4 cells: smaller views leave the deep terms 1-4 values
+    queue_size: int = 256
+    lr: float = 0.03
+    keep_colour: bool = False
+    bands: str = "RGB"
+    value_max: float | None = None
+    # downstream
+    label_patch: int = 96
+    probe_steps: int = 300
+    reestimate_bn: bool = False  # probe: re-estimate BatchNorm statistics on the data for every encoder
+    finetune_steps: int = 200
+    window: int = 512
+    device: str = "auto"
+    workers: int = 0
+
+    def validate(self) -> None:
+        if self.dataset not in DATASETS:
+            raise SettingsError(f"--dataset {self.dataset}: choose one of {', '.join(DATASETS)}")
+        unknown = [c for c in self.controls if c not in CONTROLS]
+        if unknown:
+            raise SettingsError(f"--controls {' '.join(unknown)}: choose from {' '.join(CONTROLS)}")
+        bad = [e for e in self.evaluations if e not in EVALUATIONS]
+        if bad or not self.evaluations:
+            raise SettingsError(f"--evaluations {' '.join(self.evaluations)}: choose from {' '.join(EVALUATIONS)}")
+        if not self.seeds or not self.subset_seeds or not self.fractions:
+            raise SettingsError("give at least one --seeds, --subset-seeds and --fractions value")
+        if any(not 0 < f <= 1 for f in self.fractions):
+            raise SettingsError(f"--fractions {self.fractions}: each in (0, 1], e.g. 0.1 for 10%")
+        clash = set(self.encoders) & (set(self.methods) | set(self.controls))
+        if clash:
+            raise SettingsError(f"encoder name(s) {', '.join(sorted(clash))} clash with a method or control")
+        if self.metric not in ("mIoU", "OA", "mF1") and not self.metric.startswith("IoU:"):
+            raise SettingsError(f"--metric {self.metric}: mIoU, OA, mF1 or IoU:CLASS (e.g. IoU:tree)")
+        labeled = folder_labeled_splits(self.data_root) if self.dataset == "folder" else \
+            DATASETS[self.dataset].labeled_splits
+        if self.split not in labeled:
+            hint = (" Pass --split test to score on the test split (the results will say that test was read)."
+                    if self.split == "val" and "test" in labeled else "")
+            raise SettingsError(f"{self.dataset} at {self.data_root} has no labeled {self.split} split "
+                                f"(labeled: {', '.join(labeled)}).{hint}")
+        PretrainConfig.from_sources(self.pretrain_config, **self._pretrain_values(self.methods[0] if self.methods
+                                                                                  else "mocov2", 0, "-"))
+
+    def _pretrain_values(self, method: str, seed: int, out: str) -> dict[str, Any]:
+        return dict(dataset=self.dataset, data_root=[self.data_root], method=method, arch=self.arch,
+                    patch=self.patch, crop=self.crop, batch_size=self.batch_size, steps=self.pretrain_steps,
+                    lr=self.lr, queue_size=self.queue_size, warmup_epochs=1, workers=self.workers, seed=seed,
+                    out=out, save_every=max(50, self.pretrain_steps // 4), device=self.device,
+                    keep_colour=self.keep_colour or None, bands=self.bands if self.dataset == "potsdam" else None,
+                    value_max=self.value_max)
+
+
+class _Timings:
+    """Seconds each cell took, kept in OUT/timings.json so a resumed study still states them."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.seconds: dict[str, float] = json.loads(path.read_text()) if path.is_file() else {}
+
+    def record(self, cell: Path, seconds: float) -> None:
+        self.seconds[cell.as_posix()] = round(seconds, 1)
+        write_json(self.seconds, self.path)
+
+    def minutes(self, cell: Path) -> float | None:
+        s = self.seconds.get(cell.as_posix())
+        return None if s is None else s / 60
+
+
+def _claim(s: StudySettings, out: Path) -> dict[str, Any]:
+    """OUT/study.json: the settings the folder's cells were made with; a re-run must match them."""
+    path = out / "study.json"
+    now = dataclasses.asdict(s)
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        changed = [f"{k} {saved['settings'][k]!r} -> {now[k]!r}" for k in sorted(now)
+                   if k not in _MAY_DIFFER and k in saved["settings"] and saved["settings"][k] != now[k]]
+        if changed:
+            raise SettingsError(f"{out} holds a study made with other settings ({'; '.join(changed)}); its cells "
+                                "would be filed under this command. Give another --out, or that study's settings.")
+        record = saved | {"settings": now}
+    else:
+        record = {"settings": now, "test_reads": []}
+    if s.split == "test":
+        record["test_reads"].append(time.strftime("%Y-%m-%d %H:%M:%S"))
+    write_json(record, path)
+    return record
+
+
+def pretrain_or_reuse(cfg: PretrainConfig) -> tuple[Path, float | None]:
+    """Train `cfg` in cfg.out, resume it, or reuse it when finished; returns (run folder, seconds trained or None
+    when reused). A finished or partial run made with other settings is refused, naming them, never reused under
+    this command's name."""
+    from ..pretrain.trainer import Trainer  # the training stack only when a cell trains
+
+    run = Path(cfg.out)
+    last = run / "checkpoints" / "last.pt"
+    if last.is_file():
+        ckpt = load_checkpoint(last)
+        changed = cfg.differences(ckpt["config"], may_differ=_HOW_IT_RAN)
+        if changed:
+            raise SettingsError(f"{run} was pretrained with other settings ({', '.join(changed)}). Give another "
+                                "--out, or the settings that folder was made with.")
+        if ckpt["step"] >= (cfg.steps or 0):
+            return run, None
+    start = time.perf_counter()
+    Trainer(cfg, resume=last.is_file(), overwrite=not last.is_file()).train()
+    return run, time.perf_counter() - start
+
+
+def _downstream_cell(s: StudySettings, evaluation: str, name: str, spec: str, fraction: float, seed: int,
+                     subset_seed: int, out: Path, timings: _Timings) -> tuple[Path, dict[str, Any]]:
+    band = f"-{s.split}" + ("-bn" if evaluation == "probe" and s.reestimate_bn else "")
+    cell = out / f"{evaluation}{band}" / name / f"f{fraction:g}-s{seed}-sub{subset_seed}"
+    metrics_path = cell / "metrics.json"
+    if metrics_path.is_file():
+        return cell, json.loads(metrics_path.read_text())
+    start = time.perf_counter()
+    if evaluation == "probe":
+        metrics = run_probe(ProbeConfig(
+            spec, s.dataset, s.data_root, str(cell), label_fraction=fraction, steps=s.probe_steps, patch=s.label_patch,
+            seed=seed, subset_seed=subset_seed, split=s.split, arch=s.arch, window=s.window, device=s.device,
+            value_max=s.value_max, reestimate_bn=s.reestimate_bn))
+    else:
+        cfg = FinetuneConfig(dataset=s.dataset, data_root=s.data_root, encoder=spec, label_fraction=fraction,
+                             out=str(cell / "run"), patch=s.label_patch, crop=s.label_patch, batch_size=8,
+                             steps=s.finetune_steps, seed=seed, subset_seed=subset_seed, device=s.device,
+                             save_every=s.finetune_steps, arch=s.arch, value_max=s.value_max)
+        cfg.validate()
+        resume = (cell / "run" / "checkpoints" / "last.pt").is_file()
+        Finetuner(cfg, resume=resume, overwrite=not resume).train()
+        metrics = evaluate(cell / "run", s.dataset, s.data_root, split=s.split, out=cell, device=s.device, previews=1)
+    timings.record(cell, time.perf_counter() - start)
+    return cell, metrics
+
+
+def metric_value(metrics: dict[str, Any], metric: str) -> float:
+    """`metric` of an evaluate metrics.json, as a fraction in [0, 1]."""
+    if metric.startswith("IoU:"):
+        name = metric[4:]
+        if name not in metrics["per_class"]:
+            raise SettingsError(f"--metric {metric}: no class {name!r}; classes: {', '.join(metrics['per_class'])}")
+        return metrics["per_class"][name]["IoU"] / 100
+    return metrics[metric] / 100
+
+
+def paired_verdict(a: list[float], b: list[float]) -> dict[str, Any]:
+    """The rule a gap must pass to be called: A over B when A is ahead on every paired seed AND the mean gap is
+    more than twice the larger of the two standard deviations (and the same for B over A); otherwise no verdict.
+    `a`, `b`: the values of the same (seed, subset seed) cells, in the same order."""
+    diffs = [x - y for x, y in zip(a, b)]
+    mean = statistics.mean(diffs)
+    if len(diffs) < 2:
+        return {"diffs": diffs, "mean_diff": mean, "threshold": None, "verdict": "no verdict: one seed"}
+    threshold = 2 * max(statistics.stdev(a), statistics.stdev(b))
+    if all(d > 0 for d in diffs) and mean > threshold:
+        verdict = "A"
+    elif all(d < 0 for d in diffs) and -mean > threshold:
+        verdict = "B"
+    else:
+        verdict = "no verdict"
+    return {"diffs": diffs, "mean_diff": mean, "threshold": threshold, "verdict": verdict}
+
+
+def run_study(s: StudySettings) -> dict[str, Any]:
+    """Run (or resume) every cell, then write results.json, results-SPLIT.md and the plot; returns the results."""
+    s.validate()
+    out = Path(s.out)
+    out.mkdir(parents=True, exist_ok=True)
+    record = _claim(s, out)
+    timings = _Timings(out / "timings.json")
+    specs: dict[str, list[str]] = {c: [c] * len(s.seeds) for c in s.controls}
+    specs |= {name: [spec] * len(s.seeds) for name, spec in s.encoders.items()}
+    runs = [(m, seed, out / "pretrain" / f"{m}-s{seed}") for m in s.methods for seed in s.seeds]
+    downstream = [(e, n, f, i, sub) for e in s.evaluations for n in [*s.methods, *specs] for f in s.fractions
+                  for i in range(len(s.seeds)) for sub in s.subset_seeds if not (e == "finetune" and n == "random-bn")]
+    cells: dict[str, dict[str, dict[str, list[dict[str, Any]]]]] = {}
+    with progress(total=len(runs) + len(downstream), unit="cell", desc="study") as bar:
+        for method, seed, run in runs:
+            bar.set_postfix_str(f"pretrain {method} seed {seed}")
+            cfg = PretrainConfig.from_sources(s.pretrain_config, **s._pretrain_values(method, seed, str(run)))
+            _, seconds = pretrain_or_reuse(cfg)
+            if seconds is not None:
+                timings.record(run, seconds)
+            specs.setdefault(method, []).append(str(run))
+            bar.update(1)
+        for evaluation, name, fraction, i, sub in downstream:
+            bar.set_postfix_str(f"{evaluation} {name} {fraction:g} seed {s.seeds[i]} subset {sub}")
+            cell, metrics = _downstream_cell(s, evaluation, name, specs[name][i], fraction, s.seeds[i], sub, out,
+                                             timings)
+            cells.setdefault(evaluation, {}).setdefault(name, {}).setdefault(f"{fraction:g}", []).append({
+                "seed": s.seeds[i], "subset_seed": sub, "value": metric_value(metrics, s.metric),
+                "cell": str(cell), "minutes": timings.minutes(cell)})
+            bar.update(1)
+    from ..pretrain.diagnose import diagnose, problems
+
+    diagnostics = {}
+    for _, _, run in runs:
+        d = diagnose(run, retrieval_windows=0)
+        diagnostics[run.name] = d | {"warnings": problems(d), "minutes": timings.minutes(run)}
+    results = {"dataset": s.dataset, "split": s.split, "metric": s.metric, "settings": dataclasses.asdict(s),
+               "test_reads": record["test_reads"], "cells": cells, "pretraining": diagnostics,
+               "verdicts": _verdicts(cells)}
+    write_json(results, out / f"results-{s.split}.json")
+    (out / f"results-{s.split}.md").write_text(study_markdown(results))
+    for evaluation, by_name in cells.items():
+        means = {n: {float(f): statistics.mean(c["value"] * 100 for c in cs) for f, cs in by_f.items()}
+                 for n, by_f in by_name.items()}
+        stds = {n: {float(f): statistics.stdev(c["value"] * 100 for c in cs) if len(cs) > 1 else 0.0
+                    for f, cs in by_f.items()} for n, by_f in by_name.items()}
+        label_efficiency_png(means, out / f"study-{s.split}-{evaluation}.png", metric=s.metric, errors=stds,
+                             title=f"{s.dataset} {s.split}, {evaluation}, mean ± std over {len(s.seeds)} seed(s) "
+                                   f"x {len(s.subset_seeds)} subset(s)")
+    return results
+
+
+def _verdicts(cells: dict[str, Any]) -> list[dict[str, Any]]:
+    found = []
+    for evaluation, by_name in cells.items():
+        names = list(by_name)
+        for i, a in enumerate(names):
+            for b in names[i + 1:]:
+                for fraction in by_name[a]:
+                    if fraction not in by_name[b]:
+                        continue
+                    key = lambda c: (c["seed"], c["subset_seed"])  # noqa: E731
+                    pa = {key(c): c["value"] for c in by_name[a][fraction]}
+                    pb = {key(c): c["value"] for c in by_name[b][fraction]}
+                    shared = [k for k in pa if k in pb]
+                    v = paired_verdict([pa[k] for k in shared], [pb[k] for k in shared])
+                    winner = {"A": a, "B": b}.get(v["verdict"])
+                    found.append({"evaluation": evaluation, "fraction": fraction, "a": a, "b": b, **v,
+                                  "pairs": shared, "winner": winner})
+    return found
+
+
+def _mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{100 * values[0]:.1f}"
+    return f"{100 * statistics.mean(values):.1f} ± {100 * statistics.stdev(values):.1f}"
+
+
+def study_markdown(results: dict[str, Any]) -> str:
+    s = results["settings"]
+    test_note = (f"**Scored on the test split**, read on {', '.join(results['test_reads'])}: report it once, at the "
+                 "end, and choose no setting from it." if results["split"] == "test" else
+                 "Scored on the val split; the test split was "
+                 + (f"read on {', '.join(results['test_reads'])}." if results["test_reads"] else "never read."))
+    lines = [f"# Does pretraining pay? {s['dataset']} ({s['data_root']}), {results['metric']} (%)", "", test_note, "",
+             f"Pretraining: {s['arch']}, {s['pretrain_steps']} steps x batch {s['batch_size']}, {s['crop']} px views "
+             f"of {s['patch']} px windows, queue {s['queue_size']}, lr {s['lr']} per 256"
+             + (", colour kept" if s["keep_colour"] else "") + f". Probe: {s['probe_steps']} steps"
+             + (", BatchNorm re-estimated for every encoder" if s["reestimate_bn"] else "")
+             + f"; fine-tuning: {s['finetune_steps']} steps; labeled patches of {s['label_patch']} px. Seeds "
+             f"{s['seeds']} (pretraining, head, random weights) x subset seeds {s['subset_seeds']}.", ""]
+    for evaluation, by_name in results["cells"].items():
+        fractions = list(next(iter(by_name.values())))
+        lines += [f"## {evaluation}: mean ± std over seeds", "",
+                  "| encoder | " + " | ".join(f"{100 * float(f):g}% labels" for f in fractions) + " | minutes a cell |",
+                  "|---|" + "---|" * (len(fractions) + 1)]
+        for name, by_f in by_name.items():
+            row = [_mean_std([c["value"] for c in by_f[f]]) if f in by_f else "-" for f in fractions]
+            minutes = [c["minutes"] for cs in by_f.values() for c in cs if c["minutes"] is not None]
+            lines.append(f"| {name} | " + " | ".join(row) + f" | {statistics.mean(minutes):.1f} |" if minutes else
+                         f"| {name} | " + " | ".join(row) + " | - |")
+        lines.append("")
+    lines += ["## Verdicts", "",
+              "Rule: A is called better than B when it is ahead on every paired (seed, subset seed) cell and the mean "
+              "gap is more than twice the larger of the two standard deviations.", "",
+              "| evaluation | labels | A | B | A - B per seed | mean | 2 x larger std | verdict |",
+              "|---|---|---|---|---|---|---|---|"]
+    for v in results["verdicts"]:
+        diffs = " / ".join(f"{100 * d:+.1f}" for d in v["diffs"])
+        threshold = "-" if v["threshold"] is None else f"{100 * v['threshold']:.1f}"
+        verdict = f"**{v['winner']} better**" if v["winner"] else v["verdict"]
+        lines.append(f"| {v['evaluation']} | {100 * float(v['fraction']):g}% | {v['a']} | {v['b']} | {diffs} | "
+                     f"{100 * v['mean_diff']:+.1f} | {threshold} | {verdict} |")
+    if results["pretraining"]:
+        lines += ["", "## Pretraining diagnostics (`mpinet diagnose RUN`)", "",
+                  "| run | minutes | ins, last 10% | chance ln(K+1) | key effective rank | warnings |",
+                  "|---|---|---|---|---|---|"]
+        for name, d in results["pretraining"].items():
+            minutes = "-" if d["minutes"] is None else f"{d['minutes']:.1f}"
+            lines.append(f"| {name} | {minutes} | {d['ins_last10pct']:.2f} | {d['chance']:.2f} | "
+                         f"{d['key_effective_rank']:.1f} | {'; '.join(d['warnings']) or '-'} |")
+    return "\n".join(lines) + "\n"

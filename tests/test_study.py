@@ -1,0 +1,121 @@
+"""`mpinet study` on a tiny labeled folder: verdicts by the stated rule, refused reuse, val by default."""
+
+import json
+
+import numpy as np
+import pytest
+import timm
+import torch
+import yaml
+from PIL import Image
+
+from mpinet_hub.cli import main
+from mpinet_hub.downstream.study import StudySettings, paired_verdict, pretrain_or_reuse, run_study
+from mpinet_hub.hub import export_weights
+from mpinet_hub.pretrain.config import PretrainConfig
+from mpinet_hub.settings import SettingsError
+
+
+@pytest.fixture(scope="module")
+def tree_folder(tmp_path_factory):
+    """Textured ground with bright green blobs (class tree): colour alone separates the classes."""
+    root = tmp_path_factory.mktemp("study-data")
+    (root / "classes.yaml").write_text(yaml.safe_dump({"names": ["ground", "tree"]}))
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 6), ("val", 2), ("test", 2)):
+        for i in range(count):
+            image = rng.integers(60, 120, (64, 64, 3)).astype(np.uint8)
+            mask = np.zeros((64, 64), np.uint8)
+            for _ in range(3):
+                y, x = rng.integers(8, 56, 2)
+                yy, xx = np.ogrid[:64, :64]
+                mask[(yy - y) ** 2 + (xx - x) ** 2 < 64] = 1
+            image[mask == 1] = (30, 220, 40)
+            for sub in ("images", "masks"):
+                (root / split / sub).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(root / split / "images" / f"{split}{i}.png")
+            Image.fromarray(mask).save(root / split / "masks" / f"{split}{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def blind_encoder(tmp_path_factory):
+    """An encoder that sees nothing: every conv weight zero, so every feature is 0 (worse by construction)."""
+    model = timm.create_model("resnet18", num_classes=0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "conv" in name or "downsample.0" in name:
+                p.zero_()
+    work = tmp_path_factory.mktemp("blind")
+    torch.save(model.state_dict(), work / "blind.pt")
+    export_weights(work / "blind.pt", work / "export", "mpinet_resnet18", "potsdam")
+    return work / "export"
+
+
+def _settings(root, out, **kw) -> StudySettings:
+    values = dict(dataset="folder", data_root=str(root), out=str(out), methods=["mocov2"], controls=["random"],
+                  seeds=[0, 1, 2], fractions=[1.0], pretrain_steps=2, batch_size=4, patch=48, crop=32,
+                  queue_size=16, label_patch=32, probe_steps=40, window=64, device="cpu")
+    return StudySettings(**{**values, **kw})
+
+
+def test_paired_verdict_needs_every_seed_ahead_and_twice_the_larger_spread():
+    assert paired_verdict([0.5, 0.52, 0.51], [0.4, 0.41, 0.40])["verdict"] == "A"
+    assert paired_verdict([0.4, 0.41, 0.40], [0.5, 0.52, 0.51])["verdict"] == "B"
+    assert paired_verdict([0.5, 0.38, 0.51], [0.4, 0.41, 0.40])["verdict"] == "no verdict"  # behind on one seed
+    wide = paired_verdict([0.50, 0.60, 0.70], [0.40, 0.50, 0.60])  # ahead by .10 each time, std .10: not twice
+    assert wide["verdict"] == "no verdict" and wide["threshold"] == pytest.approx(0.2)
+    assert paired_verdict([0.5], [0.4])["verdict"] == "no verdict: one seed"
+
+
+def test_study_calls_the_better_encoder_reuses_cells_and_refuses_other_settings(tmp_path, tree_folder,
+                                                                              blind_encoder, capsys):
+    out = tmp_path / "study"
+    results = run_study(_settings(tree_folder, out, encoders={"blind": str(blind_encoder)}))
+    assert results["split"] == "val" and results["test_reads"] == []
+    verdict = next(v for v in results["verdicts"] if {v["a"], v["b"]} == {"random", "blind"})
+    assert verdict["winner"] == "random" and len(verdict["diffs"]) == 3, verdict
+    cells = results["cells"]["probe"]
+    assert set(cells) == {"mocov2", "random", "blind"}
+    assert [c["seed"] for c in cells["random"]["1"]] == [0, 1, 2]
+    assert all(c["minutes"] is not None for c in cells["random"]["1"])
+    assert set(results["pretraining"]) == {"mocov2-s0", "mocov2-s1", "mocov2-s2"}
+    md = (out / "results-val.md").read_text()
+    assert "test split was never read" in md and "**random better**" in md
+    assert (out / "study-val-probe.png").stat().st_size > 5000
+    # the probe cells scored the val scenes, not test
+    scored = json.loads((out / "probe-val" / "random" / "f1-s0-sub0" / "metrics.json").read_text())
+    assert scored["split"] == "val"
+    # a re-run reuses every cell: nothing is trained again
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("metrics.json")}
+    ckpt_stamp = (out / "pretrain" / "mocov2-s0" / "checkpoints" / "last.pt").stat().st_mtime_ns
+    run_study(_settings(tree_folder, out, encoders={"blind": str(blind_encoder)}))
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("metrics.json")} == stamps
+    assert (out / "pretrain" / "mocov2-s0" / "checkpoints" / "last.pt").stat().st_mtime_ns == ckpt_stamp
+    # another setting in the same folder is refused, naming it; the CLI says so in one line (exit 2)
+    with pytest.raises(SettingsError, match="probe_steps 40 -> 80"):
+        run_study(_settings(tree_folder, out, probe_steps=80))
+    assert main(["study", "--dataset", "folder", "--data-root", str(tree_folder), "--out", str(out),
+                 "--methods", "mocov2", "--pretrain-steps", "3"]) == 2
+    assert "pretrain_steps 2 -> 3" in capsys.readouterr().err
+    # no data set's licence for weights pretrained on the user's folder: nothing in the study claims one
+    assert not [p for p in out.rglob("*.md") if "ISPRS" in p.read_text()]
+
+
+def test_a_finished_pretraining_cell_made_with_other_settings_is_refused(tmp_path, tree_folder):
+    values = dict(dataset="folder", data_root=[str(tree_folder)], method="mocov2", arch="mpinet_resnet18", patch=48,
+                  crop=32, batch_size=4, steps=1, queue_size=16, workers=0, out=str(tmp_path / "cell"))
+    run, seconds = pretrain_or_reuse(PretrainConfig.from_sources(None, **values))
+    assert seconds is not None
+    assert pretrain_or_reuse(PretrainConfig.from_sources(None, **values)) == (run, None)  # reused
+    with pytest.raises(SettingsError, match="lr 0.03 -> 0.3"):
+        pretrain_or_reuse(PretrainConfig.from_sources(None, **values, lr=0.3))
+
+
+def test_the_test_split_is_read_only_when_asked_and_the_results_say_so(tmp_path, tree_folder):
+    s = _settings(tree_folder, tmp_path / "s", methods=[], seeds=[0], probe_steps=5)
+    assert run_study(s)["test_reads"] == []
+    results = run_study(_settings(tree_folder, tmp_path / "s", methods=[], seeds=[0], probe_steps=5, split="test"))
+    assert results["split"] == "test" and len(results["test_reads"]) == 1
+    assert "**Scored on the test split**" in (tmp_path / "s" / "results-test.md").read_text()
+    assert (tmp_path / "s" / "results-val.md").is_file()  # the val results stay beside them
