@@ -366,3 +366,17 @@ def test_weights_are_verified_on_load_against_the_recorded_sha256(exported_potsd
     monkeypatch.setenv("MPINET_HUB_ORG", "tampered-org")
     with pytest.raises(WeightsIntegrityError, match="Download it again"):
         timm.create_model("mpinet_resnet18.potsdam", pretrained=True)
+
+
+def test_export_refuses_a_data_set_tag_for_weights_pretrained_on_other_data(tmp_path, backbone_state):
+    """compare exported folder-pretrained weights as `potsdam`, so their card claimed the ISPRS licence."""
+    for dataset, hint in (("folder", "your own images"), ("loveda", "--tag loveda")):
+        ckpt = {"format": CHECKPOINT_FORMAT, "arch": "mpinet_resnet18", "method": "mpinet", "step": 7,
+                "config": {"method": "mpinet", "dataset": dataset, "data_root": ["/data/mine"], "crop": 128},
+                "model": {f"backbone.{k}": v for k, v in backbone_state.items()}}
+        atomic_save(ckpt, tmp_path / f"{dataset}.pt")
+        with pytest.raises(ExportError, match=hint):
+            export_weights(tmp_path / f"{dataset}.pt", tmp_path / f"hub-{dataset}", "mpinet_resnet18", "potsdam")
+        assert not (tmp_path / f"hub-{dataset}").exists()
+    export_weights(tmp_path / "loveda.pt", tmp_path / "hub", "mpinet_resnet18", "loveda")  # its own tag: fine
+    assert "LoveDA" in (tmp_path / "hub" / "README.md").read_text()

@@ -61,6 +61,22 @@ def refuse_to_replace(out_dir: Path, src: Path) -> None:
                           "`mpinet export` wrote. Choose a new folder, or empty this one yourself.")
 
 
+def refuse_foreign_tag(src: str | Path, meta: dict[str, Any], tag: str) -> None:
+    """A tag names the data set the weights were pretrained on, and gives them its licence and card. Weights
+    pretrained on other data (a user's own folder, another data set) must not claim them."""
+    cfg = meta.get("config") or {}
+    dataset = cfg.get("dataset")
+    if dataset is None or dataset == tag:
+        return
+    roots = ", ".join(str(r) for r in cfg.get("data_root") or []) or "unrecorded"
+    what = f"your own images ({roots})" if dataset == "folder" else f"{dataset} ({roots})"
+    raise ExportError(f"{src} was pretrained on {what}, not on {MPINET_TAGS[tag]['dataset']}: the {tag} tag would "
+                      f"give these weights that data set's name and licence. "
+                      + (f"Export it with --tag {dataset}." if dataset in MPINET_TAGS else
+                         "Use the run folder itself as the encoder (`mpinet finetune/probe --encoder RUN`); a tag "
+                         "for your own imagery, with the licence you state, is not there yet."))
+
+
 def load_source_weights(src: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Backbone state dict and training metadata (empty for a plain state dict) from `src`."""
     src = Path(src)
@@ -134,6 +150,7 @@ def export_weights(
     state, meta = load_source_weights(src)
     if meta.get("arch") and meta["arch"] != arch:
         raise ExportError(f"{src} was trained with --arch {meta['arch']}, not {arch}")
+    refuse_foreign_tag(src, meta, tag)
     dropped = sorted(k for k in state if k.startswith("fc."))  # a classifier is not part of an encoder
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
 
