@@ -39,20 +39,15 @@ from mpinet_hub.checkpoint import load_checkpoint  # noqa: E402
 from mpinet_hub.downstream.evaluate import evaluate  # noqa: E402
 from mpinet_hub.downstream.finetune import FinetuneConfig, Finetuner  # noqa: E402
 from mpinet_hub.downstream.probe import ProbeConfig, run_probe  # noqa: E402
+from mpinet_hub.downstream.study import pretrain_or_reuse  # noqa: E402
 from mpinet_hub.pretrain.config import ABLATION_LADDER, PretrainConfig  # noqa: E402
-from mpinet_hub.pretrain.trainer import Trainer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TREE = "tree"
 
 
-# what a finished cell may differ in and still be reused: where and how it ran, how often it wrote
-_HOW_IT_RAN = {"out", "workers", "device", "save_every", "log_every", "keep_last", "compile"}
-
-
 def pretrain(method: str, seed: int, a: argparse.Namespace, data: Path) -> Path:
     run = a.work / "pretrain" / f"{method}-s{seed}"
-    last = run / "checkpoints" / "last.pt"
     roots = [str(data)] + ([str(a.work / "unlabeled")] if a.extra_unlabeled else [])
     cfg = PretrainConfig.from_sources(
         None, dataset="folder", data_root=roots, method=method, arch="mpinet_resnet18", patch=a.patch,
@@ -60,17 +55,7 @@ def pretrain(method: str, seed: int, a: argparse.Namespace, data: Path) -> Path:
         workers=a.workers, windows_per_file=a.windows_per_file, seed=seed, out=str(run),
         save_every=max(50, a.pretrain_steps // 4), device=a.device, precision=a.precision,
         keep_colour=a.keep_colour)
-    if last.is_file():
-        ckpt = load_checkpoint(last)
-        # reusing a finished cell made with other settings would put its numbers under this command's name
-        changed = cfg.differences(ckpt["config"], may_differ=_HOW_IT_RAN)
-        if changed:
-            raise SystemExit(f"{run} was pretrained with other settings ({', '.join(changed)}). Give another "
-                             "--work, or the options that folder was made with.")
-        if ckpt["step"] >= a.pretrain_steps:
-            return run
-    Trainer(cfg, resume=last.is_file(), overwrite=not last.is_file()).train()
-    return run
+    return pretrain_or_reuse(cfg)[0]  # refuses a finished cell made with other settings, naming them
 
 
 def probe_cell(name: str, spec: str, fraction: float, seed: int, a: argparse.Namespace, data: Path) -> dict:
