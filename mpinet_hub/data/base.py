@@ -135,7 +135,7 @@ class SegmentationDataset(Dataset):
         raise NotImplementedError
 
     def _layout_hint(self) -> str:
-        return "see DATASETS.md for the expected layout"
+        return "expected: the folder the official archive unpacks into; `mpinet data synth` writes a miniature copy"
 
     def decode_label(self, array: np.ndarray) -> tuple[np.ndarray, int]:
         raise NotImplementedError

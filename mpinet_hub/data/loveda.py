@@ -1,4 +1,4 @@
-"""LoveDA, read from the folder the official archives unpack into (DATASETS.md)."""
+"""LoveDA, read from the folder the official archives unpack into."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""ISPRS Potsdam, read from the folder the official archives unpack into (DATASETS.md)."""
+"""ISPRS Potsdam, read from the folder the official archives unpack into."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""UAVid v1.5, read from the folder the official archives unpack into (DATASETS.md)."""
+"""UAVid v1.5, read from the folder the official archives unpack into."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Whole-tile evaluation by a named metric protocol (DATASETS.md), with sliding-window inference.
+"""Whole-tile evaluation by a named metric protocol (metrics.PROTOCOLS), with sliding-window inference.
 
 Writes OUT/metrics.json (protocol, split, checkpoint, ignored pixels, per-class IoU/F1/precision/recall,
 means, confusion matrix), OUT/confusion.png and a few OUT/previews/*.png, and returns the metrics dict.

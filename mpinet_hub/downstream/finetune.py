@@ -3,7 +3,7 @@
 The labeled subset depends only on (data set, bands, patch size, fraction, subset seed), never on the
 encoder, and is written to `RUN/labeled_patches.json`, so every encoder of a comparison sees the same
 patches. Patches are ordered by one seeded permutation and a fraction takes its prefix, so the 1% subset
-lies inside the 5% one. Protocol defaults follow METHOD.md (GLCNet): Adam lr 1e-4, batch 16, 256 px,
+lies inside the 5% one. Protocol defaults are modelled on GLCNet's downstream protocol: Adam lr 1e-4, batch 16, 256 px,
 cross-entropy with the ignore index, DeepLabV3+ (output stride 16).
 
 Run folder: config.yaml, labeled_patches.json, log.jsonl, loss.png, checkpoints/last.pt (atomic,

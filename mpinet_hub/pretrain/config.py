@@ -1,4 +1,4 @@
-"""Pretraining configuration: one dataclass, method presets from METHOD.md, YAML in, flags over YAML."""
+"""Pretraining configuration: one dataclass, method presets (the ablation ladder), YAML in, flags over YAML."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from ..settings import SettingsError, coerce_settings, read_yaml
 
 __all__ = ["ABLATION_LADDER", "METHODS", "PretrainConfig", "packaged_configs", "resolve_config"]
 
-# METHOD.md's baselines from the same machinery, as a ladder that changes one factor per rung:
+# The baselines from the same machinery, as a ladder that changes one factor per rung:
 #   mocov2 -(+ dense contrast on C5)-> pixcontrast -(C5 -> C4)-> pixcontrast-c4 -(C4 -> C2+C3+C4 fusion)->
 #   mpinet-noffl -(+ FFL)-> mpinet
 # All four share everything else (the cosine EMA schedule included). MoCo v2's own settings (fixed momentum
