@@ -39,8 +39,8 @@ from mpinet_hub.checkpoint import load_checkpoint  # noqa: E402
 from mpinet_hub.downstream.evaluate import evaluate  # noqa: E402
 from mpinet_hub.downstream.finetune import FinetuneConfig, Finetuner  # noqa: E402
 from mpinet_hub.downstream.probe import ProbeConfig, run_probe  # noqa: E402
-from mpinet_hub.downstream.study import pretrain_or_reuse  # noqa: E402
 from mpinet_hub.pretrain.config import ABLATION_LADDER, PretrainConfig  # noqa: E402
+from mpinet_hub.pretrain.trainer import pretrain_or_reuse  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TREE = "tree"

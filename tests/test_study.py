@@ -10,9 +10,10 @@ import yaml
 from PIL import Image
 
 from mpinet_hub.cli import main
-from mpinet_hub.downstream.study import StudySettings, paired_verdict, pretrain_or_reuse, run_study
+from mpinet_hub.downstream.study import StudySettings, paired_verdict, run_study
 from mpinet_hub.hub import export_weights
 from mpinet_hub.pretrain.config import PretrainConfig
+from mpinet_hub.pretrain.trainer import pretrain_or_reuse
 from mpinet_hub.settings import SettingsError
 
 

@@ -17,11 +17,11 @@ from typing import Any
 
 from ..data import evaluation_split
 from ..pretrain.config import PretrainConfig
+from ..pretrain.trainer import pretrain_or_reuse
 from .evaluate import evaluate, write_json
 from .finetune import FinetuneConfig, Finetuner
 from .plots import label_efficiency_png
 from .probe import ProbeConfig, run_probe
-from .study import pretrain_or_reuse
 
 __all__ = ["EVALUATIONS", "compare", "parse_encoders", "results_markdown"]
 

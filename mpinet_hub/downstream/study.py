@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import load_checkpoint
 from ..data import DATASETS, folder_labeled_splits
 from ..pretrain.config import PretrainConfig
+from ..pretrain.trainer import pretrain_or_reuse
 from ..progress import progress
 from ..settings import SettingsError
 from .evaluate import evaluate, write_json
@@ -39,7 +39,7 @@ from .finetune import FinetuneConfig, Finetuner
 from .plots import label_efficiency_png
 from .probe import ProbeConfig, run_probe
 
-__all__ = ["CONTROLS", "StudySettings", "paired_verdict", "pretrain_or_reuse", "run_study", "study_markdown"]
+__all__ = ["CONTROLS", "StudySettings", "paired_verdict", "run_study", "study_markdown"]
 
 CONTROLS = ("random", "random-bn")
 EVALUATIONS = ("probe", "finetune")
@@ -47,8 +47,6 @@ EVALUATIONS = ("probe", "finetune")
 # settings a study folder may be re-run with: which cells to add, where and how they run, how results are read
 _MAY_DIFFER = {"methods", "controls", "encoders", "seeds", "subset_seeds", "fractions", "evaluations", "split",
                "metric", "device", "workers", "out"}
-# what a finished pretraining cell may differ in and still be reused: where and how it ran, how often it wrote
-_HOW_IT_RAN = {"out", "workers", "device", "save_every", "log_every", "keep_last", "compile"}
 
 
 @dataclass
@@ -157,27 +155,6 @@ def _claim(s: StudySettings, out: Path) -> dict[str, Any]:
         record["test_reads"].append(time.strftime("%Y-%m-%d %H:%M:%S"))
     write_json(record, path)
     return record
-
-
-def pretrain_or_reuse(cfg: PretrainConfig) -> tuple[Path, float | None]:
-    """Train `cfg` in cfg.out, resume it, or reuse it when finished; returns (run folder, seconds trained or None
-    when reused). A finished or partial run made with other settings is refused, naming them, never reused under
-    this command's name."""
-    from ..pretrain.trainer import Trainer  # the training stack only when a cell trains
-
-    run = Path(cfg.out)
-    last = run / "checkpoints" / "last.pt"
-    if last.is_file():
-        ckpt = load_checkpoint(last)
-        changed = cfg.differences(ckpt["config"], may_differ=_HOW_IT_RAN)
-        if changed:
-            raise SettingsError(f"{run} was pretrained with other settings ({', '.join(changed)}). Give another "
-                                "--out, or the settings that folder was made with.")
-        if ckpt["step"] >= (cfg.steps or 0):
-            return run, None
-    start = time.perf_counter()
-    Trainer(cfg, resume=last.is_file(), overwrite=not last.is_file()).train()
-    return run, time.perf_counter() - start
 
 
 def _downstream_cell(s: StudySettings, evaluation: str, name: str, spec: str, fraction: float, seed: int,

@@ -23,6 +23,7 @@ from ..data import UnlabeledImages, pretraining_images
 from ..data.potsdam import POTSDAM_BAND_NAMES
 from ..models import MPINET_TAGS, RGB_MEAN, RGB_STD
 from ..progress import progress
+from ..settings import SettingsError
 from ..training import (
     AUTOCAST_DTYPES,
     EpochBatches,
@@ -44,7 +45,7 @@ from .config import PretrainConfig
 from .method import MPINetModel
 from .views import PhotometricAugment, make_two_views
 
-__all__ = ["NonFiniteLossError", "Trainer", "build_pretraining_dataset"]
+__all__ = ["NonFiniteLossError", "Trainer", "build_pretraining_dataset", "pretrain_or_reuse"]
 
 
 def build_pretraining_dataset(cfg: PretrainConfig) -> UnlabeledImages:
@@ -82,6 +83,8 @@ class _StepDataset(Dataset):
 # Settings a run may change on --resume: where it runs and how often it writes (and how long it goes on).
 _RESUMABLE = {"out", "workers", "device", "save_every", "log_every", "steps", "epochs", "compile", "data_root",
               "keep_last"}
+# ... and a finished run reused as a cell (study, compare) only where and how it ran: its length and data count.
+_HOW_IT_RAN = _RESUMABLE - {"steps", "epochs", "data_root"}
 
 
 class Trainer:
@@ -277,3 +280,20 @@ class Trainer:
         return last
 
 
+def pretrain_or_reuse(cfg: PretrainConfig) -> tuple[Path, float | None]:
+    """Train `cfg` in cfg.out, resume it, or reuse it when finished; returns (run folder, seconds trained or None
+    when reused). A finished or partial run made with other settings is refused, naming them, never reused under
+    this command's name."""
+    run = Path(cfg.out)
+    last = run / "checkpoints" / "last.pt"
+    if last.is_file():
+        ckpt = load_checkpoint(last)
+        changed = cfg.differences(ckpt["config"], may_differ=_HOW_IT_RAN)
+        if changed:
+            raise SettingsError(f"{run} was pretrained with other settings ({', '.join(changed)}). Give another "
+                                "--out, or the settings that folder was made with.")
+        if ckpt["step"] >= (cfg.steps or 0):
+            return run, None
+    start = time.perf_counter()
+    Trainer(cfg, resume=last.is_file(), overwrite=not last.is_file()).train()
+    return run, time.perf_counter() - start
