@@ -338,9 +338,8 @@ def run_study(args: argparse.Namespace) -> int:
 
     names = {f.name for f in fields(StudySettings)}
     values = {k: v for k, v in vars(args).items() if k in names} | {"encoders": parse_encoders(args.encoders)}
-    results = run_study(StudySettings(**values))
+    split = run_study(StudySettings(**values))["split"]
     out = Path(args.out)
-    print((out / f"results-{results['split']}.md").read_text())
-    split = results["split"]
+    print((out / f"results-{split}.md").read_text())
     print(f"written: {out / f'results-{split}.md'}, results-{split}.json, study-{split}-*.png")
     return 0

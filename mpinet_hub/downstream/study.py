@@ -263,7 +263,12 @@ def run_study(s: StudySettings) -> dict[str, Any]:
     return results
 
 
+def _pair_key(cell: dict[str, Any]) -> tuple[int, int]:
+    return cell["seed"], cell["subset_seed"]
+
+
 def _verdicts(cells: dict[str, Any]) -> list[dict[str, Any]]:
+    """`paired_verdict` for every pair of encoders at every fraction both have, paired by (seed, subset seed)."""
     found = []
     for evaluation, by_name in cells.items():
         names = list(by_name)
@@ -272,9 +277,8 @@ def _verdicts(cells: dict[str, Any]) -> list[dict[str, Any]]:
                 for fraction in by_name[a]:
                     if fraction not in by_name[b]:
                         continue
-                    key = lambda c: (c["seed"], c["subset_seed"])  # noqa: E731
-                    pa = {key(c): c["value"] for c in by_name[a][fraction]}
-                    pb = {key(c): c["value"] for c in by_name[b][fraction]}
+                    pa = {_pair_key(c): c["value"] for c in by_name[a][fraction]}
+                    pb = {_pair_key(c): c["value"] for c in by_name[b][fraction]}
                     shared = [k for k in pa if k in pb]
                     v = paired_verdict([pa[k] for k in shared], [pb[k] for k in shared])
                     winner = {"A": a, "B": b}.get(v["verdict"])
@@ -310,8 +314,8 @@ def study_markdown(results: dict[str, Any]) -> str:
         for name, by_f in by_name.items():
             row = [_mean_std([c["value"] for c in by_f[f]]) if f in by_f else "-" for f in fractions]
             minutes = [c["minutes"] for cs in by_f.values() for c in cs if c["minutes"] is not None]
-            lines.append(f"| {name} | " + " | ".join(row) + f" | {statistics.mean(minutes):.1f} |" if minutes else
-                         f"| {name} | " + " | ".join(row) + " | - |")
+            cost = f"{statistics.mean(minutes):.1f}" if minutes else "-"
+            lines.append(f"| {name} | " + " | ".join(row) + f" | {cost} |")
         lines.append("")
     lines += ["## Verdicts", "",
               "Rule: A is called better than B when it is ahead on every paired (seed, subset seed) cell and the mean "
