@@ -120,3 +120,14 @@ def test_the_test_split_is_read_only_when_asked_and_the_results_say_so(tmp_path,
     assert results["split"] == "test" and len(results["test_reads"]) == 1
     assert "**Scored on the test split**" in (tmp_path / "s" / "results-test.md").read_text()
     assert (tmp_path / "s" / "results-val.md").is_file()  # the val results stay beside them
+
+
+def test_a_finished_study_is_re_scored_with_batchnorm_re_estimated_beside_the_first_results(tmp_path, tree_folder):
+    out = tmp_path / "s"
+    run_study(_settings(tree_folder, out, methods=[], seeds=[0], probe_steps=5))
+    plain = (out / "results-val.md").read_text()
+    results = run_study(_settings(tree_folder, out, methods=[], seeds=[0], probe_steps=5, reestimate_bn=True))
+    assert results["settings"]["reestimate_bn"]
+    assert "BatchNorm re-estimated for every encoder" in (out / "results-val-bn.md").read_text()
+    assert (out / "results-val.md").read_text() == plain and (out / "study-val-bn-probe.png").is_file()
+    assert (out / "probe-val-bn" / "random" / "f1-s0-sub0" / "metrics.json").is_file()

@@ -294,7 +294,8 @@ def add_study_arguments(p: argparse.ArgumentParser) -> None:
                      "label fraction per (seed, subset seed), and calls each pair by a stated rule: ahead on every "
                      "paired seed and by more than twice the larger std. Scored on val; --split test only at the end "
                      "(the results then say test was read). Resumable: finished cells are reused, and a folder made "
-                     "with other settings is refused. Writes OUT/results-SPLIT.md/.json and study-SPLIT-*.png.")
+                     "with other settings is refused. Writes OUT/results-SPLIT.md/.json and study-SPLIT-*.png "
+                     "(SPLIT-bn with --reestimate-bn).")
     p.add_argument("--dataset", required=True, choices=list(DATASETS))
     p.add_argument("--data-root", required=True)
     p.add_argument("--out", required=True, help="study folder (cells, results)")
@@ -338,8 +339,9 @@ def run_study(args: argparse.Namespace) -> int:
 
     names = {f.name for f in fields(StudySettings)}
     values = {k: v for k, v in vars(args).items() if k in names} | {"encoders": parse_encoders(args.encoders)}
-    split = run_study(StudySettings(**values))["split"]
-    out = Path(args.out)
-    print((out / f"results-{split}.md").read_text())
-    print(f"written: {out / f'results-{split}.md'}, results-{split}.json, study-{split}-*.png")
+    settings = StudySettings(**values)
+    run_study(settings)
+    out, band = Path(args.out), settings.band
+    print((out / f"results-{band}.md").read_text())
+    print(f"written: {out / f'results-{band}.md'}, results-{band}.json, study-{band}-*.png")
     return 0

@@ -45,8 +45,9 @@ CONTROLS = ("random", "random-bn")
 EVALUATIONS = ("probe", "finetune")
 
 # settings a study folder may be re-run with: which cells to add, where and how they run, how results are read
+# (re-estimated BatchNorm files its probe cells and results under their own band, "val-bn")
 _MAY_DIFFER = {"methods", "controls", "encoders", "seeds", "subset_seeds", "fractions", "evaluations", "split",
-               "metric", "device", "workers", "out"}
+               "reestimate_bn", "metric", "device", "workers", "out"}
 
 
 @dataclass
@@ -112,6 +113,11 @@ class StudySettings:
         PretrainConfig.from_sources(self.pretrain_config, **self._pretrain_values(self.methods[0] if self.methods
                                                                                   else "mocov2", 0, "-"))
 
+    @property
+    def band(self) -> str:
+        """The name results are filed under: the split, with "-bn" when BatchNorm is re-estimated for all."""
+        return self.split + ("-bn" if self.reestimate_bn else "")
+
     def _pretrain_values(self, method: str, seed: int, out: str) -> dict[str, Any]:
         return dict(dataset=self.dataset, data_root=[self.data_root], method=method, arch=self.arch,
                     patch=self.patch, crop=self.crop, batch_size=self.batch_size, steps=self.pretrain_steps,
@@ -159,8 +165,8 @@ def _claim(s: StudySettings, out: Path) -> dict[str, Any]:
 
 def _downstream_cell(s: StudySettings, evaluation: str, name: str, spec: str, fraction: float, seed: int,
                      subset_seed: int, out: Path, timings: _Timings) -> tuple[Path, dict[str, Any]]:
-    band = f"-{s.split}" + ("-bn" if evaluation == "probe" and s.reestimate_bn else "")
-    cell = out / f"{evaluation}{band}" / name / f"f{fraction:g}-s{seed}-sub{subset_seed}"
+    band = s.band if evaluation == "probe" else s.split
+    cell = out / f"{evaluation}-{band}" / name / f"f{fraction:g}-s{seed}-sub{subset_seed}"
     metrics_path = cell / "metrics.json"
     if metrics_path.is_file():
         return cell, json.loads(metrics_path.read_text())
@@ -250,14 +256,14 @@ def run_study(s: StudySettings) -> dict[str, Any]:
     results = {"dataset": s.dataset, "split": s.split, "metric": s.metric, "settings": dataclasses.asdict(s),
                "test_reads": record["test_reads"], "cells": cells, "pretraining": diagnostics,
                "verdicts": _verdicts(cells)}
-    write_json(results, out / f"results-{s.split}.json")
-    (out / f"results-{s.split}.md").write_text(study_markdown(results))
+    write_json(results, out / f"results-{s.band}.json")
+    (out / f"results-{s.band}.md").write_text(study_markdown(results))
     for evaluation, by_name in cells.items():
         means = {n: {float(f): statistics.mean(c["value"] * 100 for c in cs) for f, cs in by_f.items()}
                  for n, by_f in by_name.items()}
         stds = {n: {float(f): statistics.stdev(c["value"] * 100 for c in cs) if len(cs) > 1 else 0.0
                     for f, cs in by_f.items()} for n, by_f in by_name.items()}
-        label_efficiency_png(means, out / f"study-{s.split}-{evaluation}.png", metric=s.metric, errors=stds,
+        label_efficiency_png(means, out / f"study-{s.band}-{evaluation}.png", metric=s.metric, errors=stds,
                              title=f"{s.dataset} {s.split}, {evaluation}, mean ± std over {len(s.seeds)} seed(s) "
                                    f"x {len(s.subset_seeds)} subset(s)")
     return results
