@@ -54,17 +54,16 @@ run_step() {
 }
 
 run_evidence() {
-  section "evidence on real imagery, GPU budget (real loader; GPU utilisation sampled)"
-  mkdir -p runs/evidence-gpu
-  [ -e runs/evidence-gpu/data ] || ln -s ../evidence/data runs/evidence-gpu/data
+  section "mpinet study on real imagery, GPU budget (real loader; GPU utilisation sampled)"
+  [ -e runs/forest/classes.yaml ] || python3 bench/realdata.py "$HOME/.cache/mpinet-hub/realdata" runs/forest
   nvidia-smi dmon -s u -d 1 > "$STAGE/dmon_evidence.txt" 2>&1 &
   DMON=$!
-  timeout 500 python3 bench/evidence_real.py --work runs/evidence-gpu --device cuda --workers 14 --precision bf16 \
-    --seeds 0 --methods mocov2 mpinet --pretrain-steps 800 --batch 128 --patch 160 --crop 128 --queue 1024 --lr 0.03 \
-    --windows-per-file 8 --probe-steps 100 --fractions 0.01 0.1 1.0 --no-finetune --docs "$STAGE" --notes /dev/null
+  timeout 500 python3 -m mpinet_hub study --dataset folder --data-root runs/forest --out runs/study-forest-gpu \
+    --metric IoU:tree --device cuda --workers 14 --seeds 0 --pretrain-steps 800 --batch-size 128 --queue-size 1024
   kill $DMON
   mkdir -p "$STAGE/evidence-gpu"
-  (cd runs/evidence-gpu && find . -path ./data -prune -o \( -name '*.jsonl' -o -name '*.json' -o -name '*.yaml' \) -print \
+  cp runs/study-forest-gpu/results-val.* "$STAGE/evidence-gpu/" 2>/dev/null || true
+  (cd runs/study-forest-gpu && find . \( -name '*.jsonl' -o -name '*.json' -o -name '*.yaml' \) -print \
     | tar czf "$STAGE/evidence-gpu/cells.tgz" -T -)
   bundle
 }

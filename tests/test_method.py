@@ -177,7 +177,7 @@ def test_split_batchnorm_on_channels_last_normalises_blocks_without_leaving_the_
 
 def test_split_batchnorm_keeps_at_least_32_samples_per_split_where_the_batch_allows():
     """A 32-image batch (64 views) in 8 splits normalised over 8 samples each, and the instance loss stayed
-    within 0.06 of chance over 150 CPU steps; in 2 splits of 32 it fell 0.22 below (bench/evidence_notes.md)."""
+    within 0.06 of chance over 150 CPU steps; in 2 splits of 32 it fell 0.22 below (docs/evidence_history.md)."""
     cfg = PretrainConfig.from_sources(None, method="mocov2", arch="mpinet_resnet18", crop=32)
     bn = next(m for m in MPINetModel(cfg, 3).online.modules() if isinstance(m, SplitBatchNorm2d))
     torch.manual_seed(0)
