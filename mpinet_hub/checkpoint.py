@@ -7,12 +7,12 @@ arbitrary objects. Its `format` key tells `mpinet export` that it is ours.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from .atomic import WriteFailed, atomic_output, free_space
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -26,37 +26,18 @@ CHECKPOINT_FORMAT = "mpinet-hub/pretrain/1"
 _BACKBONE_PREFIX = "backbone."
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
-    """torch.save to a temporary file in the same folder, fsync, then rename over `path`.
-
-    A kill at any moment leaves either the previous file or the new one, never a torn file. A write that fails
-    (a full disk: torch.save reports it as a RuntimeError from its zip writer) raises an OSError that names the
-    file and the free space, and leaves the previous file as it was.
+    """torch.save through `atomic_output`: a kill at any moment leaves either the previous file or the new one,
+    never a torn file. A write that fails (a full disk: torch.save reports it as a RuntimeError from its zip
+    writer) raises an OSError that names the file and the free space, and leaves the previous file as it was.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with atomic_output(path) as tmp, open(tmp, "wb") as f:
             torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the file should get the user's usual mode
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as err:
-        Path(tmp).unlink(missing_ok=True)
-        free = shutil.disk_usage(path.parent).free / 2**30
+    except RuntimeError as err:
         kept = f"the previous {path.name} is unchanged" if path.is_file() else f"no {path.name} was written"
-        raise OSError(f"could not write {path} ({err}); {free:.1f} GiB free on its disk; {kept}") from err
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        raise WriteFailed(f"could not write {path} ({err}); {free_space(path.parent)}; {kept}") from err
     return path
 
 

@@ -10,11 +10,14 @@ import json
 import os
 import shutil
 import socket
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
+
+from .atomic import WriteFailed, atomic_output, free_space, process_alive, remove_orphaned_partials, write_text_atomic
 
 __all__ = [
     "AUTOCAST_DTYPES",
@@ -91,9 +94,7 @@ def trim_log(path: Path, step: int) -> None:
     lines = path.read_text().splitlines()
     kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
     if len(kept) != len(lines):
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        os.replace(tmp, path)
+        write_text_atomic(path, "".join(line + "\n" for line in kept))
 
 
 class RunLog:
@@ -145,24 +146,40 @@ class RunLock:
 
     def __init__(self, out: Path) -> None:
         self.path = out / ".lock"
-        out.mkdir(parents=True, exist_ok=True)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise WriteFailed(f"could not create the run folder {out} ({err.strerror or err}); "
+                              f"{free_space(out.parent if out.parent.exists() else Path('.'))}") from err
         me = f"{os.getpid()} {socket.gethostname()}"
         for _ in range(2):
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                write_text_atomic(self.path, me, overwrite=False)  # exclusive, and never empty or torn
             except FileExistsError:
-                pid, _, host = self.path.read_text().partition(" ")
-                if host.strip() == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
+                holder = self._holder()
+                if holder is None:
+                    warnings.warn(f"{self.path} is unreadable (left empty by a full disk or a kill while it was "
+                                  "written); taking it as stale", stacklevel=2)
+                    self.path.unlink(missing_ok=True)
+                    continue
+                pid, host = holder
+                if host == socket.gethostname() and not process_alive(pid):
                     self.path.unlink(missing_ok=True)  # stale: its process is gone
                     continue
-                raise RunFolderError(f"{out} is in use by process {pid} on {host.strip() or '?'} ({self.path}); "
+                raise RunFolderError(f"{out} is in use by process {pid} on {host} ({self.path}); "
                                      "wait for it, or delete the lock if that process is gone") from None
-            with os.fdopen(fd, "w") as f:
-                f.write(me)
             self.held = True
             remove_partial_checkpoints(out / "checkpoints")  # a killed writer's; the folder is ours now
             return
         raise RunFolderError(f"{self.path}: could not take the lock")
+
+    def _holder(self) -> tuple[int, str] | None:
+        """(pid, host) written in the lock, or None when it cannot be read as such."""
+        try:
+            pid, _, host = self.path.read_text().partition(" ")
+        except (OSError, UnicodeDecodeError):
+            return None
+        return (int(pid), host.strip()) if pid.isdigit() and host.strip() else None
 
     def release(self) -> None:
         if getattr(self, "held", False):
@@ -177,12 +194,8 @@ class RunLock:
 
 
 def remove_partial_checkpoints(folder: Path) -> list[Path]:
-    """Delete the temporary files `atomic_save` leaves when killed mid-write (`.NAME.*.tmp`); call it only while
-    holding the run's lock, so no live writer's file is taken."""
-    removed = sorted(folder.glob(".*.tmp")) if folder.is_dir() else []
-    for tmp in removed:
-        tmp.unlink(missing_ok=True)
-    return removed
+    """Delete the temporary files `atomic_save` leaves when killed mid-write."""
+    return remove_orphaned_partials(folder)
 
 
 def prune_checkpoints(folder: Path, keep: int | None) -> list[Path]:
@@ -193,16 +206,6 @@ def prune_checkpoints(folder: Path, keep: int | None) -> list[Path]:
     for path in old:
         path.unlink(missing_ok=True)
     return old
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class EpochBatches:
@@ -314,7 +317,6 @@ def plot_losses(log_path: Path, png_path: Path, keys: tuple[str, ...] = ("total"
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = png_path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_output(png_path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
-    os.replace(tmp, png_path)

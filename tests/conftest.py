@@ -54,3 +54,32 @@ def exported_potsdam(tmp_path_factory, backbone_state, hf_home) -> Path:
     export_weights(src, out, "mpinet_resnet18", "potsdam")
     install_to_hf_cache(out, "mpinet-hub/mpinet_resnet18.potsdam")
     return out
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A real, nearly full file system: a 1 MiB tmpfs mounted at tmp_path/"full", filled up to `leave` bytes by
+    `fill(leave)` (its filler sits in a subfolder). Needs root (mount); skipped with the reason otherwise."""
+    import shutil
+    import subprocess
+
+    mount = tmp_path / "full"
+    mount.mkdir()
+    if shutil.which("mount") is None or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True).returncode != 0:
+        pytest.skip("a real full disk needs a tmpfs mount (root); not available here")
+
+    def fill(leave: int = 0) -> Path:
+        (mount / ".filler").mkdir(exist_ok=True)
+        stat = os.statvfs(mount)
+        with open(mount / ".filler" / "bytes", "ab") as f:
+            try:
+                f.write(b"\0" * max(0, stat.f_bavail * stat.f_frsize - leave))
+            except OSError:
+                pass
+        return mount
+
+    try:
+        yield fill
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)

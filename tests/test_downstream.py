@@ -443,24 +443,57 @@ def test_compare_probe_protocol_writes_its_own_table(tmp_path, potsdam_root, cap
     assert not (tmp_path / "cmp" / "results.md").exists()  # no fine-tuning table was asked for
 
 
-def test_predict_on_a_full_disk_exits_in_one_line_and_leaves_nothing(finetuned, tmp_path, monkeypatch, capsys):
-    import errno
+@pytest.mark.parametrize("leave", [0, 4096, 6000])
+def test_predict_on_a_real_full_disk_fails_in_one_line_or_writes_a_whole_file(finetuned, tmp_path, full_disk, leave,
+                                                                              capsys):
+    """GDAL reports a full disk met while closing a GeoTIFF as a printed error only (exit 0 and a 0-byte file
+    before): whatever the space left, the command either writes a file that reads back whole or fails in one
+    line leaving nothing."""
+    import rasterio
 
+    _, model_dir = finetuned
+    src = tmp_path / "scene.tif"
+    _geotiff(src, np.random.default_rng(2).integers(0, 256, (3, 96, 96), dtype=np.uint8))
+    for name in ("scene_classes.tif", "scene_classes.png"):
+        full = full_disk(leave)
+        code = main(["predict", str(model_dir), str(src), str(full / name), "--window", "32"])
+        out, err = capsys.readouterr()
+        if code == 0:
+            assert leave > 0 and f"-> {full / name}" in out
+            with rasterio.open(full / name) as written:
+                assert written.read(1).shape == (96, 96)
+            (full / name).unlink()
+        else:
+            assert code == 2 and "->" not in out, (leave, name, out, err)
+            assert f"could not write {full / name}" in err and "free on its disk" in err and "Traceback" not in err
+        assert sorted(p.name for p in full.iterdir()) == [".filler"]  # no partial file
+        if leave == 0:
+            assert code == 2
+
+
+def test_two_predicts_to_one_output_the_later_is_refused_and_the_first_map_kept(finetuned, tmp_path, monkeypatch,
+                                                                               capsys):
+    """Another process finishing the same OUTPUT while this one runs: its file is kept, this one fails naming it
+    (before, both wrote one shared `.out.partial.tif`: the wrong map reported as success)."""
     from mpinet_hub.downstream import predict as predict_module
 
     _, model_dir = finetuned
     src = tmp_path / "scene.tif"
-    _geotiff(src, np.random.default_rng(2).integers(0, 256, (3, 40, 40), dtype=np.uint8))
+    _geotiff(src, np.random.default_rng(2).integers(0, 256, (3, 64, 64), dtype=np.uint8))
+    dst = tmp_path / "o" / "out.tif"
+    theirs = b"the other process's finished map"
+    original = predict_module.thumbnail_of_strip
 
-    def full(*args, **kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device")
+    def meanwhile(*args, **kwargs):  # the other process renames its finished file onto OUTPUT mid-run
+        if not dst.exists():
+            dst.write_bytes(theirs)
+        return original(*args, **kwargs)
 
-    monkeypatch.setattr(predict_module.os, "replace", full)
-    out = tmp_path / "out"
-    assert main(["predict", str(model_dir), str(src), str(out / "scene_classes.tif"), "--window", "32"]) == 2
-    err = capsys.readouterr().err
-    assert "No space left on device" in err and "Traceback" not in err
-    assert not out.exists() or not any(out.iterdir())  # no output, no partial file
+    monkeypatch.setattr(predict_module, "thumbnail_of_strip", meanwhile)
+    code = main(["predict", str(model_dir), str(src), str(dst), "--window", "32"])
+    out, err = capsys.readouterr()
+    assert code == 1 and "->" not in out and "created by another process" in err and str(dst) in err
+    assert dst.read_bytes() == theirs and sorted(p.name for p in dst.parent.iterdir()) == ["out.tif"]
 
 
 def test_a_finetuned_model_carries_its_data_licence_and_results_and_reloads_with_plain_timm_names(

@@ -96,6 +96,24 @@ def test_second_writer_is_refused_and_a_stale_lock_is_taken_over(data, run, tmp_
     assert not (work / ".lock").exists()
 
 
+def test_an_empty_lock_left_by_a_full_disk_or_a_kill_is_taken_as_stale_and_said_so(data, run, tmp_path, capsys):
+    """Before: a 0-byte `.lock` refused every later run, --overwrite included ("in use by process  on ?")."""
+    work = tmp_path / "run"
+    os.system(f"cp -r {run} {work}")
+    (work / ".lock").write_bytes(b"")
+    with pytest.warns(UserWarning, match=r"\.lock is unreadable .* taking it as stale"):
+        assert _pretrain(data, work, "--steps", "4", "--resume") == 0
+    assert not (work / ".lock").exists()
+
+
+def test_a_full_disk_at_the_run_folder_fails_in_one_line_and_leaves_no_lock(data, full_disk, capsys):
+    out = full_disk(0) / "run"
+    assert _pretrain(data, out, "--steps", "2") == 2
+    err = capsys.readouterr().err
+    assert "could not write" in err and "free on its disk" in err and "Traceback" not in err
+    assert not out.exists() or not [p for p in out.rglob("*") if p.is_file()]
+
+
 def test_nan_imagery_names_the_file_and_says_there_is_no_checkpoint(tmp_path, capsys):
     folder = tmp_path / "imgs"
     folder.mkdir()
@@ -169,7 +187,7 @@ def test_bad_numbers_in_settings_are_refused_in_one_line_before_any_output(data,
 def test_a_killed_writers_partial_checkpoint_is_removed_and_periodic_ones_are_bounded(data, tmp_path):
     out = tmp_path / "run"
     assert _pretrain(data, out, "--steps", "2") == 0
-    orphan = out / "checkpoints" / ".last.pt.abc123.tmp"  # what atomic_save leaves when killed mid-write
+    orphan = out / "checkpoints" / ".last.999999999-abc123.partial.pt"  # what atomic_save leaves when killed mid-write
     orphan.write_bytes(b"torn")
     mask = os.umask(0o022)
     try:
@@ -255,4 +273,4 @@ def test_a_full_disk_during_a_checkpoint_ends_in_one_line_that_says_so_and_keeps
     err = capsys.readouterr().err
     assert "last.pt" in err and "free on its disk" in err and "Traceback" not in err
     assert (work / "checkpoints" / "last.pt").read_bytes() == before
-    assert not list((work / "checkpoints").glob(".*.tmp"))
+    assert sorted(p.name for p in (work / "checkpoints").iterdir() if p.name.startswith("."))  == []

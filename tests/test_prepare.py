@@ -89,3 +89,34 @@ def test_cli_prepare_prints_what_it_did_and_potsdam_is_not_offered(tmp_path, cap
     assert "converted to tiled GeoTIFF" in printed and "opens as uavid" in printed
     with pytest.raises(SystemExit):
         main(["data", "prepare", "potsdam", str(root), str(tmp_path / "other")])
+
+
+def test_prepare_on_a_real_full_disk_fails_in_one_line_and_the_rerun_on_the_freed_disk_completes(tmp_path, full_disk,
+                                                                                                 capsys):
+    """Before: GDAL's full-disk errors were printed only, a 0-byte marker or image was trusted, and every rerun
+    failed with `Expecting value: line 1 column 1 (char 0)`, naming nothing."""
+    root = tmp_path / "release"
+    synth_dataset("uavid", root, tiles=3, size=256, seed=0)
+    disk = full_disk(40_000)
+    out = disk / "prepared"
+    assert main(["data", "prepare", "uavid", str(root), str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "could not write" in err and "free on its disk" in err and "Traceback" not in err
+    assert not [p for p in out.rglob("*") if p.is_file() and (p.stat().st_size == 0 or ".partial" in p.name)]
+    for filler in (disk / ".filler").iterdir():
+        filler.unlink()
+    assert main(["data", "prepare", "uavid", str(root), str(out)]) == 0
+    assert "opens as uavid" in capsys.readouterr().out
+
+
+def test_an_unreadable_prepare_marker_is_taken_as_a_stopped_prepare_and_said_so(tmp_path):
+    from mpinet_hub.data.prepare import MARKER
+
+    root, out = tmp_path / "release", tmp_path / "prepared"
+    synth_dataset("loveda", root, tiles=6, size=256, seed=2)
+    prepare_dataset(root, out, show_progress=False)
+    (out / MARKER).write_bytes(b"")  # what a full disk left before markers were written atomically
+    with pytest.warns(UserWarning, match=f"{MARKER}.*unreadable"):
+        report = prepare_dataset(root, out, show_progress=False)
+    assert report.converted == 0 and report.skipped > 0
+    assert '"source"' in (out / MARKER).read_text()

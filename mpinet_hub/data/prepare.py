@@ -15,10 +15,11 @@ what is done.
 
 from __future__ import annotations
 
+import errno
 import json
-import os
 import shutil
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +27,7 @@ import numpy as np
 import rasterio
 from rasterio.errors import NotGeoreferencedWarning
 
+from ..atomic import atomic_output, remove_orphaned_partials, write_text_atomic
 from ..progress import progress
 from .raster import DataError, read_window
 
@@ -69,12 +71,41 @@ def _write_tiled(src: Path, dst: Path) -> None:
         with rasterio.open(src) as source:
             if source.crs is not None:
                 profile.update(crs=source.crs, transform=source.transform)
-        with rasterio.open(dst, "w", **profile) as out:
-            out.write(array)
-        with rasterio.open(dst) as back:
-            written = back.read()
+        try:
+            with rasterio.open(dst, "w", **profile) as out:
+                out.write(array)
+            with rasterio.open(dst) as back:
+                written = back.read()
+        except rasterio.errors.RasterioError as err:  # GDAL's "Write/Read failed": a full or failing disk
+            raise OSError(errno.EIO, f"the converted image does not read back ({err})") from err
     if written.shape != array.shape or not np.array_equal(written, array):
-        raise DataError(f"{dst}: read back differs from {src}; the disk may be full or failing")
+        raise OSError(errno.EIO, f"the converted image reads back other than {src}")
+
+
+def _same_size_as(src: Path) -> Callable[[Path], None]:
+    def verify(copy: Path) -> None:
+        if copy.stat().st_size != src.stat().st_size:
+            raise OSError(errno.EIO, f"the copy is {copy.stat().st_size} bytes, {src} {src.stat().st_size}")
+    return verify
+
+
+_UNREADABLE = "unreadable marker"
+
+
+def _read_marker(marker: Path) -> dict | None:
+    """The marker's record; an unreadable one (cut short by a full disk or a kill before markers were written
+    atomically) is taken as a stopped prepare, with a warning, since no other program writes that name."""
+    if not marker.is_file():
+        return None
+    try:
+        record = json.loads(marker.read_text())
+        if isinstance(record, dict) and "source" in record:
+            return record
+    except (ValueError, OSError):
+        pass
+    warnings.warn(f"{marker} is unreadable (a prepare stopped by a full disk or a kill?); taking the folder as a "
+                  "stopped prepare: finished files are kept and the rest is written", stacklevel=3)
+    return {"source": _UNREADABLE}
 
 
 def prepare_dataset(root: str | Path, out: str | Path, show_progress: bool = True) -> PrepareReport:
@@ -89,8 +120,8 @@ def prepare_dataset(root: str | Path, out: str | Path, show_progress: bool = Tru
         raise DataError(f"{out}: the prepared copy must lie outside the source folder {root}")
     marker = out / MARKER
     if out.exists() and any(out.iterdir()):
-        previous = json.loads(marker.read_text()) if marker.is_file() else None
-        if previous is None or previous.get("source") != str(root):
+        previous = _read_marker(marker)
+        if previous is None or previous["source"] not in (str(root), _UNREADABLE):
             raise DataError(f"{out}: not empty and not a prepared copy of {root}; choose a new folder "
                             "(nothing was written)")
     sources = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
@@ -99,7 +130,8 @@ def prepare_dataset(root: str | Path, out: str | Path, show_progress: bool = Tru
             raise DataError(f"{path} and {windowable_twin(path)} both exist; a prepared copy would have two files "
                             "for one scene. Remove one of them.")
     out.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps({"source": str(root), "format": "tiled GeoTIFF, deflate", "block": BLOCK}))
+    write_text_atomic(marker, json.dumps({"source": str(root), "format": "tiled GeoTIFF, deflate", "block": BLOCK}))
+    remove_orphaned_partials(out, recursive=True)  # a killed prepare's; a live one's are left alone
     report = PrepareReport()
     for path in progress(sources, desc="prepare", unit="file", disable=not show_progress):
         relative = path.relative_to(root)
@@ -108,16 +140,11 @@ def prepare_dataset(root: str | Path, out: str | Path, show_progress: bool = Tru
         if target.is_file():
             report.skipped += 1
             continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(f".{target.name}.partial")
-        try:
+        with atomic_output(target, verify=None if convert else _same_size_as(path)) as partial:
             if convert:
-                _write_tiled(path, partial)
+                _write_tiled(path, partial)  # reads its result back
             else:
                 shutil.copy2(path, partial)
-            os.replace(partial, target)
-        finally:
-            partial.unlink(missing_ok=True)
         report.bytes_in += path.stat().st_size
         report.bytes_out += target.stat().st_size
         if convert:

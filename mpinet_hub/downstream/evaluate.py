@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..atomic import write_text_atomic
 from ..data import DEFAULT_PROTOCOL, Window, evaluation_split, open_dataset
 from ..metrics import PROTOCOLS, SegmentationMetrics
 from ..progress import progress
@@ -27,11 +28,7 @@ __all__ = ["evaluate", "evaluate_model", "format_metrics_table", "write_json"]
 
 def write_json(obj: Any, path: Path) -> Path:
     """JSON through a temporary file + rename, so a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, json.dumps(obj, indent=2))
 
 
 def _protocol_for(dataset: str, protocol: str | None) -> str:

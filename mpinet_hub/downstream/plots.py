@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from ..atomic import atomic_output
 
 __all__ = ["IGNORE_COLOUR", "colourize", "confusion_png", "label_efficiency_png", "preview_png", "thumbnail_of_strip",
            "thumbnail_step"]
@@ -27,10 +28,9 @@ def _save(fig, path: Path) -> Path:
     """Write through a temporary file so a half-written PNG never replaces a good one."""
     plt = _pyplot()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 

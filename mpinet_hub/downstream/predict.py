@@ -5,15 +5,18 @@ Pixels that are nodata in every input band, or NaN/inf in any band, are written 
 value (NaN/inf enter the model as 0, so they do not spread to their neighbours' predictions; their count is
 reported in a warning).
 A non-georeferenced input (plain PNG/JPEG/TIFF) gets a PNG (or, if asked for, an ungeoreferenced TIFF) and a
-warning. Outputs are written to a temporary file and renamed, so a failure leaves nothing behind, and an
-existing output is refused unless `overwrite`.
+warning. Outputs are written to a temporary file of their own, read back, and renamed (`mpinet_hub.atomic`), so
+a failure (a full disk included) leaves nothing behind and is never reported as success, and an existing output,
+or one another process wrote meanwhile, is refused unless `overwrite`.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +25,7 @@ import torch
 from PIL import Image
 from rasterio.errors import NotGeoreferencedWarning
 
+from ..atomic import atomic_output, remove_orphaned_partials
 from ..data import DataError, Window, raster_info, read_window, to_unit_float
 from ..progress import progress
 from .inference import SlidingWindow
@@ -103,8 +107,6 @@ def predict_raster(sw: SlidingWindow, info: SegmentationModelInfo, src: Path, ds
     if not georeferenced:
         warnings.warn(f"{src} has no georeferencing (CRS/transform); {dst.name} is written without it",
                       stacklevel=2)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.stem}.partial{dst.suffix}")
     lut = _palette_lut(info.palette, len(info.classes))
     step = thumbnail_step(meta.height, meta.width, side=1024)
     thumb = []
@@ -114,54 +116,69 @@ def predict_raster(sw: SlidingWindow, info: SegmentationModelInfo, src: Path, ds
     if nodata is not None or floating:  # mosaics' empty borders (and NaN pixels) stay empty instead of getting a class
         profile["nodata"] = NODATA_CLASS
     non_finite = 0
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)  # an ungeoreferenced TIFF, if asked for
-            full = np.empty((meta.height, meta.width), np.uint8) if as_png else None
-            sink = None if as_png else rasterio.open(tmp, "w", photometric="palette", **profile)
-            if sink is not None:  # before any pixel: GDAL cannot change the photometric tag once data is written
-                sink.write_colormap(1, lut)
-            try:
-                with progress(total=sw.windows_in(meta.height, meta.width), unit="window", desc=src.name) as bar:
-                    def read(w: Window) -> np.ndarray:  # NaN/inf would spread through the convolutions: zeroed
-                        values = to_unit_float(read_window(src, w, bands), info.value_max)
-                        return np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
+    remove_orphaned_partials(dst.parent)  # a killed predict's; a running one's are left alone
+    with atomic_output(dst, overwrite=overwrite, verify=_reads_back(meta.height, meta.width)) as tmp, \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)  # an ungeoreferenced TIFF, if asked for
+        full = np.empty((meta.height, meta.width), np.uint8) if as_png else None
+        sink = None if as_png else rasterio.open(tmp, "w", photometric="palette", **profile)
+        if sink is not None:  # before any pixel: GDAL cannot change the photometric tag once data is written
+            sink.write_colormap(1, lut)
+        try:
+            with progress(total=sw.windows_in(meta.height, meta.width), unit="window", desc=src.name) as bar:
+                def read(w: Window) -> np.ndarray:  # NaN/inf would spread through the convolutions: zeroed
+                    values = to_unit_float(read_window(src, w, bands), info.value_max)
+                    return np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
 
-                    for top, logits in sw.strips(read, meta.height, meta.width, bar):
-                        strip = logits.argmax(0).to(torch.uint8).cpu().numpy()
-                        if nodata is not None or floating:
-                            raw = read_window(src, Window(0, top, meta.width, strip.shape[0]), bands)
-                            if nodata is not None:
-                                strip[np.all(raw == nodata, axis=0)] = NODATA_CLASS
-                            if floating:
-                                bad = ~np.all(np.isfinite(raw), axis=0)
-                                strip[bad] = NODATA_CLASS
-                                non_finite += int(bad.sum())
-                        if full is not None:
-                            full[top : top + strip.shape[0]] = strip
-                        else:
-                            sink.write(strip[None], window=((top, top + strip.shape[0]), (0, meta.width)))
-                        thumb.append(thumbnail_of_strip(strip, top, step))
-                if sink is not None:
-                    names = ", ".join(f"{i}={name}" for i, name in enumerate(info.classes))
-                    sink.set_band_description(1, f"classes: {names}")
-                    sink.update_tags(CLASS_NAMES=json.dumps(list(info.classes)), NODATA_CLASS=str(NODATA_CLASS))
-            finally:
-                if sink is not None:
-                    sink.close()
+                for top, logits in sw.strips(read, meta.height, meta.width, bar):
+                    strip = logits.argmax(0).to(torch.uint8).cpu().numpy()
+                    if nodata is not None or floating:
+                        raw = read_window(src, Window(0, top, meta.width, strip.shape[0]), bands)
+                        if nodata is not None:
+                            strip[np.all(raw == nodata, axis=0)] = NODATA_CLASS
+                        if floating:
+                            bad = ~np.all(np.isfinite(raw), axis=0)
+                            strip[bad] = NODATA_CLASS
+                            non_finite += int(bad.sum())
+                    if full is not None:
+                        full[top : top + strip.shape[0]] = strip
+                    else:
+                        sink.write(strip[None], window=((top, top + strip.shape[0]), (0, meta.width)))
+                    thumb.append(thumbnail_of_strip(strip, top, step))
+            if sink is not None:
+                names = ", ".join(f"{i}={name}" for i, name in enumerate(info.classes))
+                sink.set_band_description(1, f"classes: {names}")
+                sink.update_tags(CLASS_NAMES=json.dumps(list(info.classes)), NODATA_CLASS=str(NODATA_CLASS))
+        finally:
+            if sink is not None:
+                sink.close()
         if full is not None:
             image = Image.fromarray(full, mode="P")
             image.putpalette([v for i in range(256) for v in lut.get(i, (0, 0, 0, 0))[:3]])
             image.save(tmp, format="PNG")
-        os.replace(tmp, dst)
-        if non_finite:
-            warnings.warn(f"{src}: {non_finite} pixel(s) with NaN/inf in a band were written as nodata "
-                          f"({NODATA_CLASS}) in {dst.name}", stacklevel=2)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    if non_finite:
+        warnings.warn(f"{src}: {non_finite} pixel(s) with NaN/inf in a band were written as nodata "
+                      f"({NODATA_CLASS}) in {dst.name}", stacklevel=2)
     if preview:
         colours = colourize(np.concatenate(thumb), info.palette or [lut[i][:3] for i in range(len(info.classes))],
                             info.ignore_index)
-        Image.fromarray(colours).save(dst.with_name(f"{dst.stem}.preview.png"))
+        with atomic_output(dst.with_name(f"{dst.stem}.preview.png")) as tmp:
+            Image.fromarray(colours).save(tmp, format="PNG")
     return dst
+
+
+def _reads_back(height: int, width: int) -> Callable[[Path], None]:
+    """A check that a written class map opens with the raster's size and decodes block by block."""
+    def verify(path: Path) -> None:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                with rasterio.open(path) as written:
+                    size = (written.height, written.width)
+                    for _, window in written.block_windows(1):
+                        written.read(1, window=window)
+        except rasterio.errors.RasterioError as err:
+            raise OSError(errno.EIO, f"the written file does not read back: {err}") from err
+        if size != (height, width):
+            raise OSError(errno.EIO, f"the written file reads back as {size[0]}x{size[1]} px")
+    return verify
