@@ -245,7 +245,7 @@ def test_predict_bad_inputs_leave_nothing_behind(finetuned, tmp_path, capsys):
         warnings.simplefilter("always")
         assert main(["predict", str(model_dir), str(plain), "--window", "64"]) == 0
     assert any("no georeferencing" in str(w.message) for w in caught)
-    with Image.open(tmp_path / "plain_classes.png") as written:
+    with Image.open(_run_of(model_dir) / "predictions" / "plain_classes.png") as written:
         assert written.mode == "P" and written.size == (50, 40)
 
 
@@ -369,15 +369,44 @@ def test_predict_failure_midway_and_folders(finetuned, tmp_path):
         assert b.shape == (50, 70)
 
 
+def _run_of(model_dir):
+    return model_dir.parent if model_dir.name == "model" else model_dir
+
+
+def test_predict_without_output_writes_beside_the_run_never_into_the_data_it_reads(finetuned, tmp_path, capsys):
+    """Before: `predict RUN root/test/images/tile.png` wrote tile_classes.png into images/, and the data set then
+    had a scene without a label (`data check` failed, evaluate too)."""
+    from PIL import Image
+
+    _, model_dir = finetuned
+    root = tmp_path / "mine"
+    for split in ("train", "test"):
+        (root / split / "images").mkdir(parents=True)
+        (root / split / "masks").mkdir()
+        Image.fromarray(np.full((48, 48, 3), 90, np.uint8)).save(root / split / "images" / "tile0.png")
+        Image.fromarray(np.zeros((48, 48), np.uint8)).save(root / split / "masks" / "tile0.png")
+    (root / "classes.yaml").write_text("names: [a, b, c, d, e, f]\n")
+    before = sorted(str(p) for p in root.rglob("*"))
+    for src in (root / "test" / "images" / "tile0.png", root / "test" / "images"):
+        assert main(["predict", str(model_dir), str(src), "--window", "64"]) == 0
+    printed = capsys.readouterr().out
+    predictions = _run_of(model_dir) / "predictions"
+    assert f"-> {predictions / 'tile0_classes.png'}" in printed
+    assert f"-> {predictions / 'images' / 'tile0_classes.png'}" in printed
+    assert sorted(str(p) for p in root.rglob("*")) == before
+    assert main(["data", "check", "folder", str(root)]) == 0
+
+
 def test_predict_keeps_nodata_borders_empty(finetuned, tmp_path, capfd):
     _, model_dir = finetuned
     array = np.random.default_rng(1).integers(1, 256, (3, 60, 300), dtype=np.uint8)  # a shape GDAL complained on
     array[:, :, :20] = 0  # an empty mosaic border
     array[0, 30, 30] = 0  # one zero band alone is data
     _geotiff(tmp_path / "m.tif", array, nodata=0)
-    assert main(["predict", str(model_dir), str(tmp_path / "m.tif"), "--window", "64"]) == 0
+    out = tmp_path / "m_classes.tif"
+    assert main(["predict", str(model_dir), str(tmp_path / "m.tif"), str(out), "--window", "64"]) == 0
     assert "ERROR" not in capfd.readouterr().err  # GDAL's TIFFSetField complaint (C stderr) on a normal run
-    with rasterio.open(tmp_path / "m_classes.tif") as out:
+    with rasterio.open(out) as out:
         classes = out.read(1)
         assert out.nodata == 255 and out.colormap(1)[1] == (0, 0, 255, 255)
     assert np.all(classes[:, :20] == 255) and np.all(classes[:, 20:] < 6)

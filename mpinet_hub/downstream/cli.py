@@ -177,7 +177,8 @@ def add_predict_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="a fine-tuning run folder (or its model/ folder)")
     p.add_argument("input", help="a GeoTIFF/PNG/JPEG, or a folder of them")
     p.add_argument("output", nargs="?", help="output file (.tif or .png) or, for a folder input, output folder "
-                   "(default: INPUT_classes.tif beside the input; .png for non-georeferenced inputs)")
+                   "(default: RUN/predictions/INPUT_classes.tif, .png for non-georeferenced inputs; a folder "
+                   "input's maps go to RUN/predictions/FOLDER/. Never beside the input, which may be a data set)")
     p.add_argument("--bands", help="1-based bands of the input to use, e.g. 1,2,3 (default: all)")
     p.add_argument("--preview", action="store_true", help="also write a colour PNG (OUTPUT.preview.png)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
@@ -194,11 +195,13 @@ def run_predict(args: argparse.Namespace) -> int:
     inputs = find_inputs(src)
     bands = [int(b) for b in args.bands.split(",")] if args.bands else None
     outputs = []
+    model = Path(args.model)
+    predictions = (model.parent if model.name == "model" else model) / "predictions"  # beside the run
     for path in inputs:  # every output checked before the model is loaded (that takes seconds)
         if src.is_dir():
-            dst = default_output(path, Path(args.output) if args.output else src.with_name(f"{src.name}_classes"))
+            dst = default_output(path, Path(args.output) if args.output else predictions / src.name)
         else:
-            dst = Path(args.output) if args.output else default_output(path)
+            dst = Path(args.output) if args.output else default_output(path, predictions)
         check_output(dst, args.overwrite)
         outputs.append(dst)
     model, info = load_segmentation_model(args.model)

@@ -63,9 +63,10 @@ def is_georeferenced(path: Path) -> bool:
     return _georeferencing(path)[0]
 
 
-def default_output(src: Path, out_dir: Path | None = None) -> Path:
+def default_output(src: Path, out_dir: Path) -> Path:
+    """`out_dir/STEM_classes.tif`, or .png for a non-georeferenced input."""
     suffix = ".tif" if is_georeferenced(src) else ".png"
-    return (out_dir or src.parent) / f"{src.stem}_classes{suffix}"
+    return out_dir / f"{src.stem}_classes{suffix}"
 
 
 def _palette_lut(palette: list[list[int]] | None, classes: int) -> dict[int, tuple[int, int, int, int]]:
