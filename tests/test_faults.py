@@ -274,3 +274,43 @@ def test_a_full_disk_during_a_checkpoint_ends_in_one_line_that_says_so_and_keeps
     assert "last.pt" in err and "free on its disk" in err and "Traceback" not in err
     assert (work / "checkpoints" / "last.pt").read_bytes() == before
     assert sorted(p.name for p in (work / "checkpoints").iterdir() if p.name.startswith("."))  == []
+
+
+@pytest.fixture
+def small_tiles(tmp_path):
+    """A labeled folder of two 128 px tiles (train, val): 4 patches of 64 px in train."""
+    from PIL import Image
+
+    root = tmp_path / "small"
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        (root / split / "images").mkdir(parents=True)
+        (root / split / "masks").mkdir()
+        Image.fromarray(rng.integers(0, 255, (128, 128, 3), dtype=np.uint8)).save(root / split / "images" / "t.png")
+        Image.fromarray(rng.integers(0, 2, (128, 128), dtype=np.uint8)).save(root / split / "masks" / "t.png")
+    (root / "classes.yaml").write_text("names: [background, roof]\n")
+    return root
+
+
+def test_defaults_that_do_not_fit_small_tiles_name_the_flag_and_a_value_that_fits(small_tiles, tmp_path, capsys):
+    """Before: "raster of 128x128 px is smaller than patch_size=256", naming neither the file nor the flag."""
+    common = ["--dataset", "folder", "--data-root", str(small_tiles), "--device", "cpu"]
+    assert main(["finetune", *common, "--out", str(tmp_path / "ft")]) != 0
+    err = capsys.readouterr().err
+    assert "t.png: 128x128 px is smaller than the patch size 256" in err and "pass --patch 128 or less" in err
+    assert main(["finetune", *common, "--patch", "128", "--out", str(tmp_path / "ft")]) == 2
+    assert "--crop 256 is larger than --patch 128" in capsys.readouterr().err
+    assert main(["probe", "random", *common, "--out", str(tmp_path / "probe")]) != 0
+    assert "pass --patch 128 or less" in capsys.readouterr().err
+    assert not (tmp_path / "ft").exists() and not (tmp_path / "probe").exists()
+
+
+def test_the_label_fraction_printed_and_carded_is_the_one_used(small_tiles, tmp_path, capsys):
+    """Before: 1 of 4 patches at the default 0.01 was printed as "(1%)" and the card said 1% labels."""
+    out = tmp_path / "ft"
+    assert main(["finetune", "--dataset", "folder", "--data-root", str(small_tiles), "--device", "cpu",
+                 "--patch", "64", "--crop", "64", "--batch-size", "2", "--steps", "2", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "1 of 4 labeled patches (25%" in printed and "--label-fraction 0.01" in printed
+    card = (out / "model" / "README.md").read_text()
+    assert "25% of the labeled patches (1 of 4" in card and "1% of the labeled" not in card

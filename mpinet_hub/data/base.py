@@ -115,6 +115,12 @@ class SegmentationDataset(Dataset):
             raise DataError(f"{self.root}: no {type(self).__name__} {split} images found ({self._layout_hint()})")
         for scene in self.scenes:
             self._measure(scene)
+        small = [s for s in self.scenes if patch_size is not None and min(s.height, s.width) < patch_size]
+        if small:
+            fits = min(min(s.height, s.width) for s in self.scenes)
+            raise DataError(f"{small[0].images[0][0]}: {small[0].height}x{small[0].width} px is smaller than the "
+                            f"patch size {patch_size} ({len(small)} of {len(self.scenes)} {split} scenes are); pass "
+                            f"--patch {fits} or less (and --crop no larger)")
         self.windows: list[tuple[int, Window]] = [
             (i, w) for i, s in enumerate(self.scenes) for w in grid_windows(s.height, s.width, patch_size, stride)
         ]

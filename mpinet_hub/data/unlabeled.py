@@ -72,11 +72,12 @@ class UnlabeledImages(Dataset):
         self.seed = seed
         self.epoch = 0
         self.infos = []
-        small = []
+        small, largest_side = [], 0
         for f in files:
             info = raster_info(f)
             if info.height < patch_size or info.width < patch_size:
                 small.append(f.name)
+                largest_side = max(largest_side, min(info.height, info.width))
                 continue
             if bands and max(bands) > info.count:
                 raise DataError(f"{f}: has {info.count} band(s); bands={bands} asked for")
@@ -87,7 +88,8 @@ class UnlabeledImages(Dataset):
         for message in (m for info in self.infos for m in value_warnings(info.path, value_max=value_max)):
             warnings.warn(message, stacklevel=2)
         if not self.infos:
-            raise DataError(f"every image is smaller than patch_size={patch_size}")
+            raise DataError(f"every image is smaller than the patch size {patch_size} (--patch); pass --patch "
+                            f"{largest_side} or less (and --crop no larger)")
         counts = {len(bands) if bands else i.count for i in self.infos}
         if len(counts) > 1:
             raise DataError(f"images have different band counts {sorted(counts)}; pass bands=[...] to choose")

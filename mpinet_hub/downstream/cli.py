@@ -24,7 +24,8 @@ def _finetune_options(p: argparse.ArgumentParser, with_encoder: bool = True) -> 
     p.add_argument("--data-root", help="the folder the release archives unpack into")
     if with_encoder:
         p.add_argument("--encoder", help=ENCODER_HELP + " (default random)")
-        p.add_argument("--label-fraction", type=float, help="fraction of labeled training patches, e.g. 0.01")
+        p.add_argument("--label-fraction", type=float, help="fraction of the labeled training patches to train on "
+                       "(default 0.01, i.e. 1%%; at least one patch; the share used is printed and carded)")
         p.add_argument("--out", help="run folder")
         p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
         p.add_argument("--overwrite", action="store_true",
@@ -84,7 +85,9 @@ def run_finetune(args: argparse.Namespace) -> int:
     cfg = _finetune_config(args)
     tuner = Finetuner(cfg, resume=args.resume, overwrite=args.overwrite)
     if tuner.is_main:
-        print(f"{len(tuner.subset)} of {len(tuner.dataset)} labeled patches ({100 * cfg.label_fraction:g}%), "
+        print(f"{len(tuner.subset)} of {len(tuner.dataset)} labeled patches "
+              f"({100 * len(tuner.subset) / len(tuner.dataset):.3g}%; --label-fraction {cfg.label_fraction:g}, at "
+              "least one patch), "
               f"encoder {cfg.encoder}, decoder {cfg.decoder}, device {tuner.device}, {tuner.world} process(es)")
     model_dir = tuner.train()
     if tuner.is_main:
@@ -139,7 +142,8 @@ def run_probe(args: argparse.Namespace) -> int:
                       value_max=args.value_max)
     result = run_probe(cfg)
     print(format_metrics_table(result))
-    print(f"written: {Path(result['out']) / 'metrics.json'}, confusion.png, previews/")
+    print(f"written: {Path(result['out']) / 'metrics.json'}, confusion.png, previews/"
+          + (f"; model card updated with these results: {result['card']}" if result["card"] else ""))
     return 0
 
 
@@ -168,7 +172,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
                       previews=args.previews, device=args.device, precision=args.precision, bands=args.bands,
                       f1_from_precision_recall=args.f1_from_precision_recall)
     print(format_metrics_table(result))
-    print(f"written: {Path(result['out']) / 'metrics.json'}, confusion.png, previews/")
+    print(f"written: {Path(result['out']) / 'metrics.json'}, confusion.png, previews/"
+          + (f"; model card updated with these results: {result['card']}" if result["card"] else ""))
     return 0
 
 

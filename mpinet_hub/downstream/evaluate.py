@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -119,11 +120,16 @@ def evaluate_model(
         protocol_description=PROTOCOLS[protocol]["description"], window=window, overlap=sw.overlap,
         f1_definition="2PR/(P+R), mmseg parity" if f1_from_precision_recall else "2TP/(2TP+FP+FN)",
         encoder=info.provenance.get("encoder"), decoder=info.provenance.get("decoder"),
-        label_fraction=info.provenance.get("label_fraction"),
+        label_fraction=info.provenance.get("labeled_fraction", info.provenance.get("label_fraction")),
     )
     write_json(result, out / "metrics.json")
-    if (model_dir / MODEL_INFO_FILE).is_file() and os.access(model_dir, os.W_OK):
-        write_segmentation_card(model_dir, info, [result])  # the model's card shows its latest evaluation
+    result["card"] = None
+    if (model_dir / MODEL_INFO_FILE).is_file():  # the model's card shows its latest evaluation (push needs it)
+        if os.access(model_dir, os.W_OK):
+            result["card"] = str(write_segmentation_card(model_dir, info, [result]))
+        else:
+            warnings.warn(f"{model_dir} is read-only: its model card (README.md) keeps its earlier results; "
+                          f"these are in {out / 'metrics.json'}", stacklevel=2)
     confusion_png(np.asarray(result["confusion_matrix"]), result["class_names"], out / "confusion.png",
                   title=f"{dataset} {split} ({protocol})")
     result["out"] = str(out)

@@ -34,7 +34,7 @@ from ..data import IGNORE_INDEX, SegmentationDataset, open_dataset
 from ..models import MPINET_ARCHS
 from ..pretrain.config import resolve_config
 from ..progress import progress
-from ..settings import coerce_settings, read_yaml
+from ..settings import SettingsError, coerce_settings, read_yaml
 from ..training import (
     AUTOCAST_DTYPES,
     EpochBatches,
@@ -107,15 +107,16 @@ class FinetuneConfig:
 
     def validate(self) -> None:
         if self.decoder not in DECODERS:
-            raise ValueError(f"unknown decoder {self.decoder!r}; choose one of {', '.join(DECODERS)}")
+            raise SettingsError(f"unknown decoder {self.decoder!r}; choose one of {', '.join(DECODERS)}")
         if not 0 < self.label_fraction <= 1:
-            raise ValueError(f"--label-fraction {self.label_fraction}: give a fraction in (0, 1], e.g. 0.01 for 1%")
+            raise SettingsError(f"--label-fraction {self.label_fraction}: give a fraction in (0, 1], e.g. 0.01 for 1%")
         if self.crop > self.patch:
-            raise ValueError(f"--crop {self.crop} is larger than --patch {self.patch}")
+            raise SettingsError(f"--crop {self.crop} is larger than --patch {self.patch} (a random crop of each "
+                                f"labeled patch is trained on); pass --crop {self.patch} or less")
         if self.batch_size < 2:
-            raise ValueError("--batch-size must be at least 2 (BatchNorm in the decoder needs two samples)")
+            raise SettingsError("--batch-size must be at least 2 (BatchNorm in the decoder needs two samples)")
         if self.arch not in MPINET_ARCHS:
-            raise ValueError(f"unknown --arch {self.arch!r}; choose one of {', '.join(MPINET_ARCHS)}")
+            raise SettingsError(f"unknown --arch {self.arch!r}; choose one of {', '.join(MPINET_ARCHS)}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -222,6 +223,7 @@ class Finetuner:
             ignore_index=self.dataset.ignore_index, value_max=cfg.value_max,
             provenance={"dataset": cfg.dataset, "encoder": cfg.encoder, "decoder": cfg.decoder,
                         "label_fraction": cfg.label_fraction, "labeled_patches": len(self.subset),
+                        "total_patches": len(self.dataset), "labeled_fraction": len(self.subset) / len(self.dataset),
                         "steps": cfg.steps, "run": str(self.out)},
         )
         if resume:

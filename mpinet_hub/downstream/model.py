@@ -23,6 +23,7 @@ import torch
 from safetensors import SafetensorError
 from segmentation_models_pytorch.base import SegmentationModel
 
+from ..atomic import write_text_atomic
 from ..hub.card import MODEL_INFO_FILE, segmentation_card
 from ..integrity import file_sha256, verify_weights_file
 from ..models import MPINET_ARCHS, RGB_MEAN, RGB_STD
@@ -177,12 +178,12 @@ def save_segmentation_model(
 
 
 def write_segmentation_card(model_dir: Path, info: SegmentationModelInfo,
-                            metrics: list[dict[str, Any]] | None = None) -> None:
+                            metrics: list[dict[str, Any]] | None = None) -> Path:
     """README.md of a fine-tuned model folder (replacing SMP's MIT / "More Information Needed" card)."""
     name = Path(str(info.provenance.get("run") or model_dir)).name
     card = segmentation_card(name, info.provenance, info.classes, metrics or [],
                              sha256=file_sha256(model_dir / "model.safetensors"))
-    (model_dir / "README.md").write_text(card, encoding="utf-8")
+    return write_text_atomic(model_dir / "README.md", card)
 
 
 def load_segmentation_model(path: str | Path) -> tuple[torch.nn.Module, SegmentationModelInfo]:

@@ -158,12 +158,14 @@ def segmentation_card(name: str, provenance: dict[str, Any], classes: list[str],
         tags=["segmentation-models-pytorch", "remote-sensing", "semantic-segmentation", "mpinet"],
         eval_results=eval_results(dataset, metrics) or None, mpinet_sha256=sha256, mpinet_evaluated=bool(metrics),
         **licence)
-    fraction = provenance.get("label_fraction")
+    fraction = provenance.get("labeled_fraction", provenance.get("label_fraction"))  # the share used
+    total = provenance.get("total_patches")
     lines = [
         f"# {name}", "",
         f"A {provenance.get('decoder')} segmentation model fine-tuned by `mpinet finetune` on "
         f"{TAG_FACTS.get(dataset, {}).get('data_name', dataset)} with "
-        + (f"{100 * fraction:g}% of the labeled patches ({provenance.get('labeled_patches')} patches)"
+        + (f"{100 * fraction:.3g}% of the labeled patches ({provenance.get('labeled_patches')}"
+           + (f" of {total}" if total else "") + " patches)"
            if isinstance(fraction, (int, float)) else "its labeled patches")
         + f", {provenance.get('steps')} steps, from the encoder `{encoder}`.", "",
         f"Classes: {', '.join(f'{i}={c}' for i, c in enumerate(classes))}.", "",
