@@ -306,6 +306,30 @@ def test_missing_weights_fail_at_once_offline_or_unreachable_with_the_ways_out(t
                           pretrained_cfg_overlay=dict(file=str(tmp_path / "nowhere.safetensors")))
 
 
+def test_hf_hub_paths_to_mpinet_repos_fail_at_once_when_unreachable_with_the_ways_out(monkeypatch):
+    """Before: `hf-hub:` (timm) and `tu-hf_hub:` (SMP) went straight to huggingface_hub, which retried for 23-47 s
+    offline before its generic error; other repos are left to timm."""
+    import socket
+
+    import segmentation_models_pytorch as smp
+    from huggingface_hub import constants
+
+    from mpinet_hub import PretrainedWeightsNotFoundError
+
+    downloads = []
+    monkeypatch.setattr("timm.models._hub.hf_hub_download", lambda *a, **k: downloads.append(a) or 1 / 0)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: (_ for _ in ()).throw(OSError("no route")))
+    with pytest.raises(PretrainedWeightsNotFoundError, match="cannot be reached \\(no route\\)(.|\n)*Ways out"):
+        timm.create_model("hf-hub:someorg/mpinet_resnet18.loveda", pretrained=True)
+    with pytest.raises(PretrainedWeightsNotFoundError, match="someorg/mpinet_resnet18.uavid"):
+        smp.Unet("tu-hf_hub:someorg/mpinet_resnet18.uavid@v1", encoder_weights=True, classes=3)
+    assert downloads == []  # no download attempt, so none of huggingface_hub's retries
+    with pytest.raises(ZeroDivisionError):  # another repo goes to timm's download as before
+        timm.create_model("hf-hub:someorg/convnext_tiny.in1k", pretrained=True)
+    assert len(downloads) == 1
+
+
 def test_verify_checks_a_folder_and_a_cached_repo_pinned_or_not(exported_potsdam, tmp_path, capsys):
     import shutil
 

@@ -211,18 +211,21 @@ def _create_mpinet_resnet(arch: str, pretrained: bool = False, **kwargs: Any) ->
         if not pretrained or overlay.get("file"):
             raise
         repo = overlay.get("hf_hub_id") or (pretrained_cfg or {}).get("hf_hub_id")
-        raise PretrainedWeightsNotFoundError(
-            f"Pretrained weights for {arch}.{tag} were not found: looked for model.safetensors in the Hugging "
-            f"Face repo {repo!r} (local cache first, then the Hub) and got: {type(err).__name__}: {err}\n"
-            "No release weights are published yet. Ways out:\n"
-            f"  1. point at a local file: timm.create_model('{arch}.{tag}', pretrained=True, "
-            "pretrained_cfg_overlay=dict(file='/path/to/model.safetensors'))\n"
-            "  2. put an export folder into the Hugging Face cache once: "
-            f"mpinet_hub.hub.install_to_hf_cache('/path/to/export', '{repo}')\n"
-            "  3. make the weights: `mpinet pretrain ...`, then `mpinet export RUN/checkpoints/last.pt OUT "
-            f"--arch {arch} --tag {tag}` and `mpinet push OUT --repo-id {repo}` (or set MPINET_HUB_ORG to "
-            "the organisation that holds them)."
-        ) from err
+        raise _not_found(arch, tag, repo, err) from err
+
+
+def _not_found(arch: str, tag: str | None, repo: str, err: BaseException) -> PretrainedWeightsNotFoundError:
+    return PretrainedWeightsNotFoundError(
+        f"Pretrained weights for {arch}.{tag} were not found: looked for model.safetensors in the Hugging "
+        f"Face repo {repo!r} (local cache first, then the Hub) and got: {type(err).__name__}: {err}\n"
+        "No release weights are published yet. Ways out:\n"
+        f"  1. point at a local file: timm.create_model('{arch}.{tag}', pretrained=True, "
+        "pretrained_cfg_overlay=dict(file='/path/to/model.safetensors'))\n"
+        "  2. put an export folder into the Hugging Face cache once: "
+        f"mpinet_hub.hub.install_to_hf_cache('/path/to/export', '{repo}')\n"
+        "  3. make the weights: `mpinet pretrain ...`, then `mpinet export RUN/checkpoints/last.pt OUT "
+        f"--arch {arch} --tag {tag}` and `mpinet push OUT --repo-id {repo}` (or set MPINET_HUB_ORG to "
+        "the organisation that holds them).")
 
 
 def _verify_loaded_weights(overlay: dict[str, Any]) -> None:
@@ -243,21 +246,53 @@ def _verify_loaded_weights(overlay: dict[str, Any]) -> None:
                             "--force-download`), or install a good export with `install_to_hf_cache`.")
 
 
-def _fail_fast_when_unreachable(repo_id: str) -> None:
-    """Raise at once (OSError, turned into the helpful message above) when the weights are not in the Hugging
+def _fail_fast_when_unreachable(repo_id: str, filename: str = "model.safetensors", revision: str | None = None) -> None:
+    """Raise at once (OSError, turned into the helpful message above) when `filename` is not in the Hugging
     Face cache and the Hub cannot be reached: offline, huggingface_hub retries for 25-29 s before failing."""
     from huggingface_hub import constants, try_to_load_from_cache
 
-    if isinstance(try_to_load_from_cache(repo_id, "model.safetensors"), str):
+    if isinstance(try_to_load_from_cache(repo_id, filename, revision=revision or None), str):
         return
     if constants.HF_HUB_OFFLINE:
-        raise OSError(f"HF_HUB_OFFLINE is set and {repo_id}/model.safetensors is not in the local cache")
+        raise OSError(f"HF_HUB_OFFLINE is set and {repo_id}/{filename} is not in the local cache")
     host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
     try:
         socket.create_connection((host, 443), timeout=3).close()
     except OSError as err:
-        raise OSError(f"{host} cannot be reached ({err}) and {repo_id}/model.safetensors is not in the local "
+        raise OSError(f"{host} cannot be reached ({err}) and {repo_id}/{filename} is not in the local "
                       "cache") from err
+
+
+def _guard_hub_downloads() -> None:
+    """Make timm's `hf-hub:` loader (which SMP's `tu-hf_hub:` goes through) fail at once for MPINet repos.
+
+    timm reads an `hf-hub:` model's config.json through `timm.models._hub.download_from_hf`; for a repo named
+    `mpinet_*` the wrapper checks the cache and the route first and raises the ways out, instead of
+    huggingface_hub's retries (23-47 s offline) and its generic error. Other repos go to timm unchanged. Loading
+    without importing mpinet_hub keeps timm's own behaviour.
+    """
+    import timm.models._hub as timm_hub
+
+    original = timm_hub.download_from_hf
+    if getattr(original, "mpinet_guard", False):
+        return
+
+    def download_from_hf(model_id: str, filename: str, cache_dir: Any = None) -> str:
+        repo_id, _, revision = model_id.partition("@")
+        name = repo_id.rpartition("/")[2]
+        if name.startswith("mpinet_") and cache_dir is None:
+            try:
+                _fail_fast_when_unreachable(repo_id, filename, revision or None)
+            except OSError as err:
+                arch, _, tag = name.partition(".")
+                raise _not_found(arch, tag or None, repo_id, err) from err
+        return original(model_id, filename, cache_dir=cache_dir)
+
+    download_from_hf.mpinet_guard = True
+    timm_hub.download_from_hf = download_from_hf
+
+
+_guard_hub_downloads()
 
 
 @register_model
