@@ -350,3 +350,30 @@ def test_diagnose_warns_when_the_instance_loss_stays_at_chance_or_the_keys_colla
     assert collapsed["key_effective_rank"] < 2 and any("collapsed" in p for p in problems(collapsed))
     assert main(["diagnose", str(run), "--windows", "0"]) == 0
     assert "warning: the keys collapsed" in capsys.readouterr().out
+
+
+def test_on_a_busy_cpu_commands_leave_the_busy_cores_to_the_other_work(monkeypatch, capsys):
+    """With another job on the cores, torch's default threads ran a step up to 10x slower than one thread."""
+    import mpinet_hub.training as training
+
+    before = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(training, "_DEFAULT_THREADS", before)
+    monkeypatch.setattr(training.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    try:
+        monkeypatch.setattr(training.os, "getloadavg", lambda: (1.9, 1.0, 1.0))
+        monkeypatch.setattr(training, "_THREADS_CHOSEN", False)
+        training.resolve_device("cpu")
+        assert torch.get_num_threads() == 1 and "1 of 2 cores" in capsys.readouterr().err
+        torch.set_num_threads(before)
+        monkeypatch.setattr(training.os, "getloadavg", lambda: (0.1, 0.1, 0.1))
+        monkeypatch.setattr(training, "_THREADS_CHOSEN", False)
+        training.resolve_device("cpu")
+        assert torch.get_num_threads() == before and capsys.readouterr().err == ""  # quiet: unchanged
+        monkeypatch.setenv("OMP_NUM_THREADS", str(before))
+        monkeypatch.setattr(training.os, "getloadavg", lambda: (1.9, 1.0, 1.0))
+        monkeypatch.setattr(training, "_THREADS_CHOSEN", False)
+        training.resolve_device("cpu")
+        assert torch.get_num_threads() == before  # the user's choice stands
+    finally:
+        torch.set_num_threads(before)
