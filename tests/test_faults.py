@@ -314,3 +314,19 @@ def test_the_label_fraction_printed_and_carded_is_the_one_used(small_tiles, tmp_
     assert "1 of 4 labeled patches (25%" in printed and "--label-fraction 0.01" in printed
     card = (out / "model" / "README.md").read_text()
     assert "25% of the labeled patches (1 of 4" in card and "1% of the labeled" not in card
+
+
+def test_a_step_that_does_not_fit_the_memory_is_refused_before_it_starts_naming_a_batch_that_fits(
+        data, tmp_path, monkeypatch, capsys):
+    """Before: the default pretraining on a small CPU died in "DefaultCPUAllocator: can't allocate memory"."""
+    import mpinet_hub.pretrain.plan as plan
+
+    monkeypatch.setattr(plan, "available_memory", lambda device: 2**30)  # a machine with 1 GiB free
+    out = tmp_path / "run"
+    assert _pretrain(data, out, "--batch-size", "512", "--steps", "1") == 2
+    err = capsys.readouterr().err
+    assert "GiB free: lower --batch-size to" in err and "Traceback" not in err
+    fits = int(err.split("lower --batch-size to ")[1].split()[0])
+    assert 0 < fits < 512 and fits % 8 == 0
+    assert not out.exists() or not any(out.iterdir())
+    assert _pretrain(data, out, "--batch-size", str(min(fits, 8)), "--steps", "1") == 0

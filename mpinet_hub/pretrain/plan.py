@@ -16,15 +16,18 @@ Written here because no library estimates a training step's memory without runni
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 
 import torch
 
+from ..settings import SettingsError
 from .config import PretrainConfig
 from .method import MPINetModel
 from .views import TwoViews, ViewGeometry, make_two_views
 
-__all__ = ["BF16_ACTIVATION_RATIO", "MemoryPlan", "largest_batch", "plan_memory"]
+__all__ = ["BF16_ACTIVATION_RATIO", "MemoryPlan", "available_memory", "check_step_fits", "largest_batch",
+           "plan_memory"]
 
 BF16_ACTIVATION_RATIO = 0.56
 GIB = 2**30
@@ -107,3 +110,35 @@ def largest_batch(cfg: PretrainConfig, memory_bytes: float, in_chans: int = 3) -
     while batch > 0 and plan_memory(cfg, in_chans, batch).total > memory_bytes:
         batch -= 8
     return batch
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes this process may still use on `device`: a GPU's free memory, a CPU's MemAvailable (shared among the
+    processes of a torchrun on this machine); None where it cannot be told."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo") as f:
+            available = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return None
+    return available // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+
+
+def check_step_fits(cfg: PretrainConfig, in_chans: int, device: torch.device) -> None:
+    """Refuse, before the first step, a run whose planned step does not fit the device's free memory, naming the
+    flag to lower and a value that fits (a CPU otherwise dies in "DefaultCPUAllocator: can't allocate memory")."""
+    available = available_memory(device)
+    if available is None:
+        return
+    plan = plan_memory(cfg, in_chans)
+    if plan.total <= available:
+        return
+    fits = largest_batch(cfg, available, in_chans)
+    way_out = (f"lower --batch-size to {fits} or less" if fits else
+               "even a batch of 8 does not fit: lower --crop, or use --arch mpinet_resnet18")
+    raise SettingsError(f"one step needs about {plan.total / GIB:.1f} GiB ({cfg.arch}, batch {cfg.batch_size}, "
+                        f"{cfg.crop} px views, {plan.precision}) and this {device.type} has "
+                        f"{available / GIB:.1f} GiB free: {way_out} (`mpinet pretrain --plan` shows the estimate)")

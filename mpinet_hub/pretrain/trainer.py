@@ -8,6 +8,8 @@ uninterrupted one on CPU.
 from __future__ import annotations
 
 import math
+import os
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -43,6 +45,7 @@ from ..training import (
 )
 from .config import PretrainConfig
 from .method import MPINetModel
+from .plan import check_step_fits
 from .views import PhotometricAugment, make_two_views
 
 __all__ = ["NonFiniteLossError", "Trainer", "build_pretraining_dataset", "pretrain_or_reuse"]
@@ -101,6 +104,7 @@ class Trainer:
             claim_run_folder(self.out, resume, overwrite)
         self.images = build_pretraining_dataset(cfg)
         self.in_chans = self.images.num_bands
+        check_step_fits(cfg, self.in_chans, self.device)
         mean, std = normalisation(cfg.mean, cfg.std, self.in_chans, default=(RGB_MEAN, RGB_STD))
         self.mean = torch.tensor(mean, device=self.device).view(1, -1, 1, 1)
         self.std = torch.tensor(std, device=self.device).view(1, -1, 1, 1)
@@ -215,8 +219,12 @@ class Trainer:
         with RunLock(self.out) if self.is_main else nullcontext():
             if self.is_main:
                 (self.out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+            workers = min(cfg.workers, cores)  # more loader processes than cores only compete with the step
+            if workers < cfg.workers and self.is_main:
+                print(f"--workers {cfg.workers}: {workers} used, one per core of this machine", file=sys.stderr)
             loader = DataLoader(_StepDataset(self.images, self.batches, self.step, self.total_steps),
-                                batch_size=None, shuffle=False, num_workers=cfg.workers, persistent_workers=False,
+                                batch_size=None, shuffle=False, num_workers=workers, persistent_workers=False,
                                 pin_memory=self.device.type == "cuda")
             with (
                 RunLog(self.out, self.step, enabled=self.is_main) as log,
