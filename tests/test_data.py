@@ -11,6 +11,7 @@ from PIL import Image
 
 from mpinet_hub.data import (
     DataError,
+    LabeledFolder,
     LoveDA,
     Potsdam,
     UAVid,
@@ -380,7 +381,8 @@ def test_data_stats_leaves_nan_pixels_out_and_names_the_file(tmp_path, capsys):
         dst.write(array)
     assert main(["data", "stats", "folder", str(root)]) == 0
     captured = capsys.readouterr()
-    assert json.loads(captured.out.strip().splitlines()[-1]) == {"mean": [0.25], "std": [0.0]}
+    assert json.loads(captured.out.strip().splitlines()[-1]) == {"split": "train", "pixels": 300, "mean": [0.25],
+                                                                 "std": [0.0]}
     assert "f.tif: 100 pixel(s) with NaN/inf left out" in captured.err
 
 
@@ -507,3 +509,34 @@ def test_windows_per_file_groups_a_batch_by_file_and_stays_seeded(tmp_path, monk
     assert len(decodes) <= 2  # one whole-image decode per group, not per window
     with pytest.raises(ValueError, match="windows_per_file"):
         UnlabeledImages([tmp_path], patch_size=32, windows_per_file=0)
+
+
+def _one_tile_folder(root, image_size=(32, 32), mask=None, names="[a, b]"):
+    from PIL import Image
+
+    for kind in ("images", "masks"):
+        (root / "train" / kind).mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.zeros((*image_size, 3), np.uint8)).save(root / "train" / "images" / "t.png")
+    Image.fromarray(mask if mask is not None else np.zeros(image_size, np.uint8)).save(
+        root / "train" / "masks" / "t.png")
+    (root / "classes.yaml").write_text(f"names: {names}\n")
+    return root
+
+
+def test_data_check_errors_name_the_file_and_tell_image_from_label(tmp_path, capsys):
+    from mpinet_hub.cli import main
+
+    rgb = _one_tile_folder(tmp_path / "rgb", mask=np.zeros((32, 32, 3), np.uint8))  # an RGB mask, no palette
+    assert main(["data", "check", "folder", str(rgb)]) == 1
+    out = capsys.readouterr().out
+    assert f"{rgb / 'train' / 'masks' / 't.png'}: masks must be one band" in out
+    sizes = _one_tile_folder(tmp_path / "sizes", mask=np.zeros((20, 32), np.uint8))
+    assert main(["data", "check", "folder", str(sizes)]) == 1
+    out = capsys.readouterr().out
+    assert "train/images/t.png: 32x32, train/masks/t.png: 20x32" in out
+
+
+def test_a_class_listed_twice_in_classes_yaml_is_refused_naming_it(tmp_path):
+    root = _one_tile_folder(tmp_path / "dup", names="[tree, grass, tree]")
+    with pytest.raises(DataError, match="classes.yaml: class name\\(s\\) tree listed more than once"):
+        LabeledFolder(root, split="train")

@@ -143,6 +143,13 @@ class SegmentationDataset(Dataset):
     def _layout_hint(self) -> str:
         return "expected: the folder the official archive unpacks into; `mpinet data synth` writes a miniature copy"
 
+    def decode_label_file(self, path: Path, window: Window | None = None) -> tuple[np.ndarray, int]:
+        """`decode_label` of a window of the label file `path`; its errors name the file."""
+        try:
+            return self.decode_label(read_window(path, window))
+        except DataError as err:
+            raise err if str(path) in str(err) else DataError(f"{path}: {err}") from err
+
     def decode_label(self, array: np.ndarray) -> tuple[np.ndarray, int]:
         raise NotImplementedError
 
@@ -170,7 +177,7 @@ class SegmentationDataset(Dataset):
         heights = [h for h, _ in sizes.values()]
         widths = [w for _, w in sizes.values()]
         if max(heights) - min(heights) > self.size_tolerance_px or max(widths) - min(widths) > self.size_tolerance_px:
-            listing = ", ".join(f"{p.name}: {h}x{w}" for p, (h, w) in sizes.items())
+            listing = ", ".join(f"{_relative(p, self.root)}: {h}x{w}" for p, (h, w) in sizes.items())
             raise DataError(f"scene {scene.id}: image and label sizes differ ({listing}); they must cover the same "
                             "pixels. Re-extract the files or remove the scene.")
         scene.height, scene.width = min(heights), min(widths)
@@ -190,8 +197,7 @@ class SegmentationDataset(Dataset):
         return image
 
     def read_mask(self, scene: Scene, window: Window) -> np.ndarray:
-        raw = read_window(scene.label, window)
-        mask, unknown = self.decode_label(raw)
+        mask, unknown = self.decode_label_file(scene.label, window)
         if unknown and scene.label not in self._warned:
             self._warned.add(scene.label)
             warnings.warn(f"{scene.label}: {unknown} pixel(s) of unknown label colour/value in window "
@@ -215,3 +221,10 @@ class SegmentationDataset(Dataset):
 def window_tuple(window: Window) -> tuple[int, int, int, int]:
     """(row_off, col_off, height, width)."""
     return int(window.row_off), int(window.col_off), int(window.height), int(window.width)
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)

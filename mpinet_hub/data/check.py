@@ -59,7 +59,7 @@ def _count_unknown(ds: SegmentationDataset, report: CheckReport) -> None:
         total = 0
         for window in grid_windows(scene.height, scene.width, min(1024, scene.height, scene.width)):
             try:
-                _, unknown = ds.decode_label(read_window(scene.label, window))
+                _, unknown = ds.decode_label_file(scene.label, window)
             except DataError as err:
                 report.errors.append(str(err))
                 break

@@ -36,10 +36,13 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
                    help="decode every window of every image (default: the last window of each, which finds a "
                    "truncated GeoTIFF; PNG/JPEG are checked whole either way)")
     st = sub.add_parser("stats", help="per-band mean/std of a split (for --mean/--std of pretrain)",
+                        description="Per-band mean and standard deviation of every finite pixel of one split, "
+                        "in the 0-1 range training uses (--value-max applied), printed as JSON with the split "
+                        "named: pass them as --mean/--std to pretrain, finetune and probe.",
                         formatter_class=HelpFormatter)
     st.add_argument("dataset", choices=list(DATASETS))
     st.add_argument("root")
-    st.add_argument("--split", default="train")
+    st.add_argument("--split", default="train", help="split whose images are measured (train: what training sees)")
     st.add_argument("--bands", default="RGB", help="Potsdam bands")
     st.add_argument("--value-max", type=float, help=VALUE_MAX_HELP + "; give the value training will use")
     pr = sub.add_parser(
@@ -90,5 +93,6 @@ def run_data(args: argparse.Namespace) -> int:
         raise DataError(f"{args.root}: no finite pixels in the {args.split} split")
     mean = s / count
     std = (ss / count - mean**2).clamp_min(0).sqrt()
-    print(json.dumps({"mean": [round(v, 4) for v in mean.tolist()], "std": [round(v, 4) for v in std.tolist()]}))
+    print(json.dumps({"split": args.split, "pixels": count, "mean": [round(v, 4) for v in mean.tolist()],
+                      "std": [round(v, 4) for v in std.tolist()]}))
     return 0

@@ -39,6 +39,10 @@ def read_classes(root: str | Path) -> dict:
     names = spec.get("names")
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
         raise DataError(f"{path}: `names` must be a non-empty list of class names")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise DataError(f"{path}: class name(s) {', '.join(repeated)} listed more than once; each class needs its "
+                        "own name (its position is its value in the masks)")
     palette = spec.get("palette")
     if palette is not None and (len(palette) != len(names) or any(len(c) != 3 for c in palette)):
         raise DataError(f"{path}: `palette` needs one [r, g, b] per class ({len(names)} classes)")

@@ -144,6 +144,10 @@ def run_configs(args: argparse.Namespace) -> int:
 
     for name in packaged_configs():
         text = (resources.files("mpinet_hub.configs") / f"{name}.yaml").read_text()
-        first = next((line.lstrip("# ").strip() for line in text.splitlines() if line.startswith("#")), "")
-        print(f"{name:<34} {first}")
+        comment = []  # the leading comment block, whole: its first line alone stops mid-sentence
+        for line in text.splitlines():
+            if not line.startswith("#"):
+                break
+            comment.append(line.lstrip("# ").strip())
+        print(f"{name:<34} {' '.join(comment)}")
     return 0
