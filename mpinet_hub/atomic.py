@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["PARTIAL_GLOB", "WriteFailed", "atomic_output", "free_space", "process_alive",
+__all__ = ["PARTIAL_GLOB", "WriteFailed", "atomic_folder", "atomic_output", "free_space", "process_alive",
            "remove_orphaned_partials", "write_text_atomic"]
 
 PARTIAL_GLOB = ".*.partial*"  # the temporary files of `atomic_output`, left behind only by a killed process
@@ -155,3 +155,39 @@ def write_text_atomic(path: str | os.PathLike, text: str, *, overwrite: bool = T
         with open(tmp, "wb") as f:
             f.write(data)
     return path
+
+
+@contextmanager
+def atomic_folder(dst: str | os.PathLike) -> Iterator[Path]:
+    """Yield a fresh staging folder beside `dst` to fill; on a clean exit swap it in for `dst` (an existing
+    `dst` is replaced: the caller decides whether it may be), so `dst` is never half-written.
+
+    The folder and its files get the user's usual mode (umask), not mkdtemp's 0700 or a library's 0600. On any failure the staging folder is
+    removed; an OSError (a full disk) or a library's write error becomes `WriteFailed` naming `dst` and the free
+    space, and an existing `dst` is left as it was.
+    """
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dst.name}.{os.getpid()}-", suffix=".partial", dir=dst.parent))
+    try:
+        os.chmod(staging, 0o777 & ~_umask())
+        yield staging
+        for path in staging.rglob("*"):
+            if path.is_file():  # libraries differ (safetensors writes 0600): every file gets the umask's mode
+                _fsync(path)
+                os.chmod(path, 0o666 & ~_umask())
+        if dst.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.{os.getpid()}-", suffix=".partial", dir=dst.parent))
+            os.replace(dst, old / dst.name)
+            os.replace(staging, dst)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, dst)
+    except BaseException as err:
+        shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(err, WriteFailed) or not isinstance(err, OSError) and "No space" not in str(err):
+            raise
+        failed = WriteFailed(f"could not write {dst} ({getattr(err, 'strerror', None) or err}); "
+                             f"{free_space(dst.parent)}; nothing was written there")
+        failed.errno = getattr(err, "errno", None)
+        raise failed from err

@@ -330,3 +330,22 @@ def test_a_step_that_does_not_fit_the_memory_is_refused_before_it_starts_naming_
     assert 0 < fits < 512 and fits % 8 == 0
     assert not out.exists() or not any(out.iterdir())
     assert _pretrain(data, out, "--batch-size", str(min(fits, 8)), "--steps", "1") == 0
+
+
+def test_export_on_a_real_full_disk_fails_in_one_line_and_a_good_export_is_group_readable(run, full_disk, tmp_path,
+                                                                                         capsys):
+    """Before: exports were written 0700 (folder, mkdtemp) and 0600 (weights, safetensors)."""
+    last = run / "checkpoints" / "last.pt"
+    out = full_disk(0) / "hub"
+    assert main(["export", str(last), str(out), "--arch", "mpinet_resnet18", "--tag", "potsdam"]) == 2
+    err = capsys.readouterr().err
+    assert f"could not write {out}" in err and "free on its disk" in err and "Traceback" not in err
+    assert sorted(p.name for p in out.parent.iterdir()) == [".filler"]
+    old = os.umask(0o002)
+    try:
+        assert main(["export", str(last), str(tmp_path / "shared"), "--arch", "mpinet_resnet18",
+                     "--tag", "potsdam"]) == 0
+    finally:
+        os.umask(old)
+    assert (tmp_path / "shared").stat().st_mode & 0o777 == 0o775
+    assert (tmp_path / "shared" / "model.safetensors").stat().st_mode & 0o777 == 0o664

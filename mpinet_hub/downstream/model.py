@@ -11,8 +11,6 @@ works offline (SMP #957).
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +21,7 @@ import torch
 from safetensors import SafetensorError
 from segmentation_models_pytorch.base import SegmentationModel
 
-from ..atomic import write_text_atomic
+from ..atomic import atomic_folder, write_text_atomic
 from ..hub.card import MODEL_INFO_FILE, segmentation_card
 from ..integrity import file_sha256, verify_weights_file
 from ..models import MPINET_ARCHS, RGB_MEAN, RGB_STD
@@ -163,17 +161,11 @@ def save_segmentation_model(
     encoder = str(config.get("encoder_name", ""))
     if encoder.startswith("tu-mpinet_"):  # same layers as timm's ResNet: reloadable without this package
         config["encoder_name"] = "tu-" + MPINET_ARCHS[encoder[3:].split(".")[0]][0]
-    staging = path.with_name(f".{path.name}.staging")
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(str(staging), **card)
-    if info is not None:
-        (staging / MODEL_INFO_FILE).write_text(json.dumps(asdict(info), indent=2))
-        write_segmentation_card(staging, info)
-    old = path.with_name(f".{path.name}.old")
-    if path.exists():
-        os.replace(path, old)
-    os.replace(staging, path)
-    shutil.rmtree(old, ignore_errors=True)
+    with atomic_folder(path) as staging:
+        model.save_pretrained(str(staging), **card)
+        if info is not None:
+            (staging / MODEL_INFO_FILE).write_text(json.dumps(asdict(info), indent=2))
+            write_segmentation_card(staging, info)
     return path
 
 

@@ -8,8 +8,6 @@ tag's card with the weights' sha256.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ import timm
 import torch
 from timm.models._hub import save_config_for_hf
 
+from ..atomic import atomic_folder
 from ..checkpoint import backbone_state_dict, is_training_checkpoint
 from ..integrity import file_sha256
 from ..models import MPINET_ARCHS, MPINET_TAGS, hub_repo_id
@@ -185,9 +184,7 @@ def export_weights(
     )
     model.pretrained_cfg = cfg
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_folder(out_dir) as staging:
         weights = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
         safetensors.torch.save_file(weights, str(staging / WEIGHTS_NAME), metadata={"format": "pt"})
         sha = file_sha256(staging / WEIGHTS_NAME)
@@ -218,11 +215,5 @@ def export_weights(
             metrics=metrics or [],
         )
         (staging / "README.md").write_text(card, encoding="utf-8")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return ExportResult(out_dir=out_dir, sha256=sha, num_tensors=len(weights), dropped_keys=dropped)
 
