@@ -404,3 +404,22 @@ def test_export_refuses_a_data_set_tag_for_weights_pretrained_on_other_data(tmp_
         assert not (tmp_path / f"hub-{dataset}").exists()
     export_weights(tmp_path / "loveda.pt", tmp_path / "hub", "mpinet_resnet18", "loveda")  # its own tag: fine
     assert "LoveDA" in (tmp_path / "hub" / "README.md").read_text()
+
+
+def test_an_exports_config_says_what_its_weights_were_trained_on_not_only_the_tags_release(tmp_path):
+    """Before: a 5-step export from a synthetic folder said only "ISPRS Potsdam (24 training tiles, ...)"."""
+    import json
+
+    from mpinet_hub.cli import main
+    from mpinet_hub.data.synth import synth_dataset
+
+    data = tmp_path / "synthetic-potsdam"
+    synth_dataset("potsdam", data, tiles=3, size=128, seed=0)
+    run = tmp_path / "run"
+    assert main(["pretrain", "--dataset", "potsdam", "--data-root", str(data), "--arch", "mpinet_resnet18",
+                 "--method", "mocov2", "--patch", "96", "--crop", "64", "--batch-size", "4", "--queue-size", "16",
+                 "--steps", "2", "--device", "cpu", "--out", str(run)]) == 0
+    assert main(["export", str(run / "checkpoints" / "last.pt"), str(tmp_path / "hub"), "--arch",
+                 "mpinet_resnet18", "--tag", "potsdam"]) == 0
+    described = json.loads((tmp_path / "hub" / "config.json").read_text())["pretrained_cfg"]["description"]
+    assert "these weights: 2 steps" in described and "synthetic-potsdam" in described

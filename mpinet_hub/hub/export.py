@@ -178,6 +178,8 @@ def export_weights(
     cfg.update(
         architecture=base_arch,
         tag=tag,
+        # the tag's release description alone would claim a data set and a budget these weights may not have
+        description=f"{cfg.get('description', '')}; these weights: {_run_description(meta)}",
         input_size=(len(bands), crop, crop),
         mean=tuple(float(v) for v in norm.get("mean", cfg["mean"])),
         std=tuple(float(v) for v in norm.get("std", cfg["std"])),
