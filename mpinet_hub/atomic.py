@@ -162,9 +162,9 @@ def atomic_folder(dst: str | os.PathLike) -> Iterator[Path]:
     """Yield a fresh staging folder beside `dst` to fill; on a clean exit swap it in for `dst` (an existing
     `dst` is replaced: the caller decides whether it may be), so `dst` is never half-written.
 
-    The folder and its files get the user's usual mode (umask), not mkdtemp's 0700 or a library's 0600. On any failure the staging folder is
-    removed; an OSError (a full disk) or a library's write error becomes `WriteFailed` naming `dst` and the free
-    space, and an existing `dst` is left as it was.
+    The folder and its files get the user's usual mode (umask), not mkdtemp's 0700 or a library's 0600. On any
+    failure the staging folder is removed; an OSError (a full disk) or a library's write error becomes
+    `WriteFailed` naming `dst` and the free space, and an existing `dst` is left as it was.
     """
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)

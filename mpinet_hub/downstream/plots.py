@@ -53,21 +53,23 @@ def thumbnail_of_strip(array: np.ndarray, top: int, step: int) -> np.ndarray:
     return array[..., -top % step :: step, ::step]
 
 
-def preview_png(image: np.ndarray, truth: np.ndarray | None, pred: np.ndarray, palette: Sequence[Sequence[int]],
+def preview_png(image: np.ndarray | None, truth: np.ndarray | None, pred: np.ndarray,
+                palette: Sequence[Sequence[int]],
                 path: Path, title: str = "", ignore_index: int = 255,
                 class_names: Sequence[str] | None = None) -> Path:
     """Image | ground truth | prediction, side by side, subsampled to about 512 px, with a legend of the class
-    colours (and the colour of ignored pixels) under them. image: (C, H, W) in [0, 1].
+    colours (and the colour of ignored pixels) under them, on a grey page so that white classes (Potsdam's
+    impervious surface) show. image: (C, H, W) in [0, 1], or None for the prediction alone (`predict --preview`).
 
     Arrays already that small (as evaluate's streamed thumbnails are) are drawn as they are."""
     plt = _pyplot()
     step = thumbnail_step(*pred.shape)
-    rgb = np.clip(np.moveaxis(image[:3, ::step, ::step], 0, -1), 0, 1)
-    panels = [("image (first 3 bands)", rgb)]
+    panels = [] if image is None else [
+        ("image (first 3 bands)", np.clip(np.moveaxis(image[:3, ::step, ::step], 0, -1), 0, 1))]
     if truth is not None:
         panels.append(("ground truth", colourize(truth[::step, ::step], palette, ignore_index)))
     panels.append(("prediction", colourize(pred[::step, ::step], palette, ignore_index)))
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4.3))
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(5, 4 * len(panels)), 4.3), facecolor="0.85")
     for ax, (name, picture) in zip(np.atleast_1d(axes), panels):
         ax.imshow(picture, interpolation="nearest")
         ax.set_title(name)
@@ -76,9 +78,10 @@ def preview_png(image: np.ndarray, truth: np.ndarray | None, pred: np.ndarray, p
     names = list(class_names or [str(i) for i in range(len(palette))])
     colours = [*palette[: len(names)], IGNORE_COLOUR]  # outlined: Potsdam's impervious surface is white
     handles = [plt.Rectangle((0, 0), 1, 1, facecolor=np.asarray(c) / 255, edgecolor="0.4", lw=0.5) for c in colours]
+    columns = min(len(handles), 5 if len(panels) > 1 else 3)  # a lone panel's legend must fit under it
     fig.legend(handles, [*names, f"ignored ({ignore_index}) / no label"], loc="lower center",
-               ncol=min(len(handles), 5), fontsize=8, frameon=False)
-    rows = -(-len(handles) // 5)
+               ncol=columns, fontsize=8, frameon=False)
+    rows = -(-len(handles) // columns)
     fig.tight_layout(rect=(0, 0.06 * rows, 1, 0.94))
     return _save(fig, path)
 

@@ -30,7 +30,7 @@ from ..data import DataError, Window, raster_info, read_window, to_unit_float
 from ..progress import progress
 from .inference import SlidingWindow
 from .model import SegmentationModelInfo
-from .plots import IGNORE_COLOUR, colourize, thumbnail_of_strip, thumbnail_step
+from .plots import IGNORE_COLOUR, preview_png, thumbnail_of_strip, thumbnail_step
 
 __all__ = ["INPUT_SUFFIXES", "NODATA_CLASS", "check_output", "find_inputs", "is_georeferenced", "predict_raster"]
 
@@ -161,10 +161,9 @@ def predict_raster(sw: SlidingWindow, info: SegmentationModelInfo, src: Path, ds
         warnings.warn(f"{src}: {non_finite} pixel(s) with NaN/inf in a band were written as nodata "
                       f"({NODATA_CLASS}) in {dst.name}", stacklevel=2)
     if preview:
-        colours = colourize(np.concatenate(thumb), info.palette or [lut[i][:3] for i in range(len(info.classes))],
-                            info.ignore_index)
-        with atomic_output(dst.with_name(f"{dst.stem}.preview.png")) as tmp:
-            Image.fromarray(colours).save(tmp, format="PNG")
+        preview_png(None, None, np.concatenate(thumb), info.palette or [lut[i][:3] for i in range(len(info.classes))],
+                    dst.with_name(f"{dst.stem}.preview.png"), title=f"{src.name}: predicted classes",
+                    ignore_index=NODATA_CLASS, class_names=info.classes)
     return dst
 
 
