@@ -232,7 +232,12 @@ def test_ddp_two_gloo_processes(tmp_path, potsdam_root):
     # keys of both ranks (2 views x 2 images x 2 ranks per step) entered the queue
     assert int(ckpt["buffers"]["queue_ptr"]) == (2 * 2 * 2 * 2) % 16
     assert len((out / "log.jsonl").read_text().splitlines()) == 2  # only rank 0 writes
-    F.normalize(ckpt["buffers"]["queue"], dim=1)
+    written = ckpt["buffers"]["queue"][:16]  # every slot was written by the 16 keys of the two steps
+    assert torch.allclose(written.norm(dim=1), torch.ones(16), atol=1e-4)  # unit keys, none left zero or unnormed
+    distance = torch.cdist(written, written) + torch.eye(16) * 10
+    assert distance.min() > 1e-3  # each rank put its own images' keys: no slot holds a copy of another
+    cosine = (written @ written.T)[~torch.eye(16, dtype=torch.bool)].mean()
+    assert cosine > 0.3, cosine  # keys of one barely-trained network, not the random unit vectors it started with
 
 
 @pytest.mark.parametrize("size,cin,cout,grid", [(8, 64, 32, 14), (16, 64, 16, 7), (32, 16, 16, 7)])
