@@ -10,6 +10,7 @@ import rasterio
 from PIL import Image
 
 from mpinet_hub.data import (
+    DATASET_SPECS,
     DataError,
     LabeledFolder,
     LoveDA,
@@ -540,3 +541,24 @@ def test_a_class_listed_twice_in_classes_yaml_is_refused_naming_it(tmp_path):
     root = _one_tile_folder(tmp_path / "dup", names="[tree, grass, tree]")
     with pytest.raises(DataError, match="classes.yaml: class name\\(s\\) tree listed more than once"):
         LabeledFolder(root, split="train")
+
+
+@pytest.mark.parametrize("name", list(DATASET_SPECS))
+def test_every_registered_data_set_is_whole_reader_protocols_synth_and_cli_choices(name, tmp_path):
+    """A data set is described once (DATASET_SPECS); what is offered anywhere is derived from it and works."""
+    from mpinet_hub.cli import build_parser
+    from mpinet_hub.metrics import PROTOCOLS
+
+    spec = DATASET_SPECS[name]
+    assert spec.protocols and all(p in PROTOCOLS for p in spec.protocols)
+    data = next(a for a in build_parser()._subparsers._group_actions[0].choices["data"]._actions
+                if a.dest == "data_command").choices
+    synth_choices = next(a for a in data["synth"]._actions if a.dest == "dataset").choices
+    prepare_choices = next(a for a in data["prepare"]._actions if a.dest == "dataset").choices
+    assert (name in synth_choices) == (spec.synth is not None)
+    assert (name in prepare_choices) == spec.preparable
+    if spec.synth is not None:
+        synth_dataset(name, tmp_path / name, tiles=6, size=256, seed=0)
+        reader = spec.reader(tmp_path / name, split="train", patch_size=128)
+        mask = reader[0]["mask"]
+        assert len(reader) > 0 and mask[mask != 255].max() < reader.num_classes

@@ -4,6 +4,8 @@ Every reader takes the folder the official archives unpack into, unchanged, and 
 "image" (float32 C x H x W in [0, 1]), "mask" (int64 H x W train ids, 255 = ignore) and "meta".
 """
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,12 +15,33 @@ from .labels import IGNORE_INDEX, decode_colour_label, decode_value_label, encod
 from .loveda import LoveDA
 from .potsdam import POTSDAM_SPLITS, Potsdam
 from .raster import DataError, Window, grid_windows, raster_info, read_window, window_starts
+from .synth import synth_loveda, synth_potsdam, synth_uavid
 from .uavid import UAVid
 from .unlabeled import UnlabeledImages, pretraining_images
 
-DATASETS = {"potsdam": Potsdam, "loveda": LoveDA, "uavid": UAVid, "folder": LabeledFolder}
-# data set -> the metric protocol its results are reported under by default
-DEFAULT_PROTOCOL = {"potsdam": "potsdam-mmseg", "loveda": "loveda", "uavid": "uavid", "folder": "folder"}
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What the package knows about a data set, in one place (as timm keeps a model's facts in its default_cfgs):
+    its reader (classes, palette, splits), the metric protocols its results are reported under (the first is
+    the default), the function writing a miniature copy in its release layout (`mpinet data synth`), and
+    whether `mpinet data prepare` applies (images that cannot be read by window). Licence and citation of the
+    weights pretrained on it live with its pretrained tag (`mpinet_hub.models.MPINET_TAGS`)."""
+
+    reader: type[SegmentationDataset]
+    protocols: tuple[str, ...]
+    synth: Callable[..., list[str]] | None = None
+    preparable: bool = True
+
+
+DATASET_SPECS: dict[str, DatasetSpec] = {
+    "potsdam": DatasetSpec(Potsdam, ("potsdam-mmseg", "potsdam-geoseg"), synth_potsdam, preparable=False),
+    "loveda": DatasetSpec(LoveDA, ("loveda",), synth_loveda),
+    "uavid": DatasetSpec(UAVid, ("uavid",), synth_uavid),
+    "folder": DatasetSpec(LabeledFolder, ("folder",)),
+}
+# name -> reader, for the code that needs only that
+DATASETS = {name: spec.reader for name, spec in DATASET_SPECS.items()}
 
 
 def evaluation_split(name: str, root: str | Path) -> str:
@@ -42,7 +65,8 @@ def open_dataset(
 
 __all__ = [
     "DATASETS",
-    "DEFAULT_PROTOCOL",
+    "DATASET_SPECS",
+    "DatasetSpec",
     "IGNORE_INDEX",
     "LabeledFolder",
     "POTSDAM_SPLITS",

@@ -10,7 +10,7 @@ import torch
 
 from ..cli import HelpFormatter
 from ..progress import progress
-from . import DATASETS, VALUE_MAX_HELP
+from . import DATASET_SPECS, DATASETS, VALUE_MAX_HELP
 from .check import check_dataset
 from .prepare import prepare_dataset, verify_prepared
 from .raster import DataError
@@ -21,7 +21,7 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     s = sub.add_parser("synth", help="write a miniature copy of a data set in its exact release layout",
                        formatter_class=HelpFormatter)
-    s.add_argument("dataset", choices=[d for d in DATASETS if d != "folder"])
+    s.add_argument("dataset", choices=[d for d, spec in DATASET_SPECS.items() if spec.synth is not None])
     s.add_argument("out", help="folder to write into (the data set's root)")
     s.add_argument("--tiles", type=int, default=6, help="Potsdam tiles / LoveDA images / UAVid sequences")
     s.add_argument("--size", type=int, default=512, help="tile/image side in pixels")
@@ -53,7 +53,7 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
         "release layout and is a --data-root for the same data set. A PNG must be decoded whole for every "
         "window; a tiled GeoTIFF decodes only the blocks a window touches (docs/benchmarks.md, loader table). "
         "Resumable: run the same command again after a stop.")
-    pr.add_argument("dataset", choices=[d for d in DATASETS if d != "potsdam"],
+    pr.add_argument("dataset", choices=[d for d, spec in DATASET_SPECS.items() if spec.preparable],
                     help="(Potsdam ships GeoTIFFs, which are read by window already)")
     pr.add_argument("root", help="the data set as released (read only)")
     pr.add_argument("out", help="new folder for the prepared copy (or the one a stopped prepare left)")

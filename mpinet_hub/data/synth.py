@@ -248,7 +248,8 @@ _TO_POTSDAM = np.array([0, 1, 2, 3, 4, 5, 4, 5], np.uint8)
 _TO_UAVID = np.array([2, 1, 5, 4, 3, 0, 7, 6], np.uint8)
 
 
-def _synth_potsdam(out: Path, tiles: int, size: int, rng: np.random.Generator, defects: bool) -> list[str]:
+def synth_potsdam(out: Path, tiles: int, size: int, rng: np.random.Generator,
+                 defects: bool = False) -> list[str]:
     n_train = max(1, math.ceil(tiles * 24 / 38))
     chosen = POTSDAM_SPLITS["train"][:n_train] + POTSDAM_SPLITS["test"][: max(1, tiles - n_train)]
     if defects:
@@ -287,7 +288,8 @@ def _split_counts(total: int, minimum: int, unit: str, why: str) -> dict[str, in
     return {"train": total - 2 * held_out, "val": held_out, "test": held_out}
 
 
-def _synth_loveda(out: Path, tiles: int, size: int, rng: np.random.Generator) -> list[str]:
+def synth_loveda(out: Path, tiles: int, size: int, rng: np.random.Generator,
+                defects: bool = False) -> list[str]:
     written = []
     first_id = {"Train": 0, "Val": 2522, "Test": 4191}
     for split_name, count in _split_counts(tiles, minimum=2, unit="images", why="an urban and a rural scene").items():
@@ -306,7 +308,8 @@ def _synth_loveda(out: Path, tiles: int, size: int, rng: np.random.Generator) ->
     return written
 
 
-def _synth_uavid(out: Path, tiles: int, size: int, rng: np.random.Generator) -> list[str]:
+def synth_uavid(out: Path, tiles: int, size: int, rng: np.random.Generator,
+               defects: bool = False) -> list[str]:
     written = []
     h, w = size * 9 // 16, size  # the frames' 16:9 aspect
     seq = 1
@@ -332,14 +335,12 @@ def synth_dataset(name: str, out: str | Path, tiles: int = 6, size: int = 512, s
     `size` is the tile/image side (UAVid frames are size x size*9/16). `defects` (Potsdam) reproduces the
     release's known defects (blended 4_12 label, 5999-px DSM of 3_13) for `mpinet data check`.
     """
+    from . import DATASET_SPECS  # the registry imports this module
+
+    synthesisable = [n for n, spec in DATASET_SPECS.items() if spec.synth is not None]
+    if name not in synthesisable:
+        raise ValueError(f"no synthetic copy of {name!r}; choose {', '.join(synthesisable)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    if name == "potsdam":
-        return _synth_potsdam(out, tiles, size, rng, defects)
-    if name == "loveda":
-        return _synth_loveda(out, tiles, size, rng)
-    if name == "uavid":
-        return _synth_uavid(out, tiles, size, rng)
-    raise ValueError(f"unknown data set {name!r}; choose potsdam, loveda or uavid")
+    return DATASET_SPECS[name].synth(out, tiles, size, np.random.default_rng(seed), defects)
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..atomic import write_text_atomic
-from ..data import DEFAULT_PROTOCOL, Window, evaluation_split, open_dataset
+from ..data import DATASET_SPECS, Window, evaluation_split, open_dataset
 from ..metrics import PROTOCOLS, SegmentationMetrics
 from ..progress import progress
 from ..training import resolve_device
@@ -33,12 +33,12 @@ def write_json(obj: Any, path: Path) -> Path:
 
 
 def _protocol_for(dataset: str, protocol: str | None) -> str:
-    protocol = protocol or DEFAULT_PROTOCOL[dataset]
+    allowed = DATASET_SPECS[dataset].protocols
+    protocol = protocol or allowed[0]
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
-    if not protocol.startswith(dataset):
-        raise ValueError(f"protocol {protocol} is not one of {dataset}'s "
-                         f"({', '.join(p for p in PROTOCOLS if p.startswith(dataset))})")
+    if protocol not in allowed:
+        raise ValueError(f"protocol {protocol} is not one of {dataset}'s ({', '.join(allowed)})")
     return protocol
 
 

@@ -13,6 +13,8 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from ..models import MPINET_TAGS
+
 __all__ = ["MODEL_INFO_FILE", "TAG_FACTS", "card_front_matter", "eval_results", "metrics_markdown", "render_card",
            "segmentation_card"]
 
@@ -20,31 +22,13 @@ MODEL_INFO_FILE = "mpinet.json"  # beside SMP's config.json: what the model expe
 
 TEMPLATE = "model_card.md"
 TAGS = ["timm", "remote-sensing", "self-supervised-learning", "semantic-segmentation", "mpinet"]
-# What each tag's data set is, and the terms its weights inherit from it.
-TAG_FACTS: dict[str, dict[str, Any]] = {
-    "potsdam": dict(
-        data_name="ISPRS Potsdam", num_classes=6,
-        description="ISPRS 2D Semantic Labeling Contest, Potsdam: 24 training tiles of 6000x6000 px at 5 cm GSD "
-                    "(the release recipe cuts them into 256x256 patches; labels unused).",
-        licence="the ISPRS benchmark data are for research use; cite the ISPRS benchmark.",
-        card=dict(license="other", license_name="isprs-benchmark-research-use",
-                  license_link="https://www.isprs.org/education/benchmarks/UrbanSemLab/default.aspx"),
-        citation="Data: ISPRS 2D Semantic Labeling Contest, Potsdam (Rottensteiner et al., ISPRS Annals 2012)."),
-    "loveda": dict(
-        data_name="LoveDA", num_classes=7,
-        description="LoveDA (Wang et al., NeurIPS 2021 Datasets and Benchmarks): the Train split, urban and rural "
-                    "scenes of 1024x1024 px at 0.3 m GSD (masks unused).",
-        licence="CC BY-NC-SA 4.0 (non-commercial, share-alike).",
-        card=dict(license="cc-by-nc-sa-4.0"),
-        citation="Data: LoveDA, Wang et al., NeurIPS 2021 Datasets and Benchmarks, doi:10.5281/zenodo.5706578."),
-    "uavid": dict(
-        data_name="UAVid", num_classes=8,
-        description="UAVid v1.5 (Lyu et al., ISPRS J. 2020): the 200 frames of `uavid_train` (oblique UAV video, "
-                    "3840x2160 or 4096x2160 px; labels unused).",
-        licence="CC BY-NC-SA 4.0 (non-commercial, share-alike).",
-        card=dict(license="cc-by-nc-sa-4.0"),
-        citation="Data: UAVid, Lyu et al., ISPRS Journal of Photogrammetry and Remote Sensing 165, 2020."),
-}
+# What each tag's data set is, and the terms its weights inherit from it: the models' one tag table.
+TAG_FACTS = MPINET_TAGS
+
+
+def card_licence(facts: dict[str, Any]) -> dict[str, str]:
+    """The card metadata's licence fields of a tag: its licence id and, for "other", its name and link."""
+    return {"license": facts["license"], **facts.get("license_fields", {})}
 
 
 def eval_results(tag: str, results: list[dict[str, Any]]) -> list[EvalResult]:
@@ -112,7 +96,7 @@ def render_card(tag: str, **fields: Any) -> str:
     data = ModelCardData(
         library_name="timm", pipeline_tag="image-feature-extraction", tags=TAGS, model_name=f"{fields['arch']}.{tag}",
         eval_results=eval_results(tag, results) or None, mpinet_sha256=fields["sha256"],
-        mpinet_evaluated=bool(results), **facts["card"])
+        mpinet_evaluated=bool(results), **card_licence(facts))
     with resources.as_file(resources.files("mpinet_hub.weights_cards") / TEMPLATE) as template:
         card = ModelCard.from_template(
             data, template_path=str(template), model_name=f"{fields['arch']}.{tag}", arch=fields["arch"], tag=tag,
@@ -121,7 +105,7 @@ def render_card(tag: str, **fields: Any) -> str:
             mean=json.dumps([round(float(v), 4) for v in fields["mean"]]),
             std=json.dumps([round(float(v), 4) for v in fields["std"]]), crop=fields["crop"],
             recipe=fields["recipe"], run_description=fields["run_description"], metrics=metrics_markdown(results),
-            data_name=facts["data_name"], data_description=facts["description"], data_licence=facts["licence"],
+            data_name=facts["data_name"], data_description=facts["data_description"], data_licence=facts["licence"],
             data_citation=facts["citation"], num_classes=facts["num_classes"])
     return str(card)
 
@@ -140,8 +124,8 @@ def _licence(dataset: str, encoder: str) -> tuple[dict[str, str], str]:
         return {"license": "other", "license_name": "see-training-data"}, (
             "the terms of the labeled data it was trained on (your own data: yours to state), and of the "
             "encoder's pretraining data.")
-    fields = terms[0]["card"] if len({json.dumps(t["card"]) for t in terms}) == 1 else {
-        "license": "other", "license_name": "+".join(t["card"].get("license_name", t["card"]["license"])
+    fields = card_licence(terms[0]) if len({json.dumps(card_licence(t)) for t in terms}) == 1 else {
+        "license": "other", "license_name": "+".join(card_licence(t).get("license_name", t["license"])
                                                      for t in terms)}
     return fields, " and ".join(f"{t['data_name']}: {t['licence']}" for t in terms)
 

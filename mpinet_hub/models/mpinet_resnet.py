@@ -59,28 +59,43 @@ MPINET_ARCHS: dict[str, tuple[str, type, tuple[int, ...]]] = {
 RGB_MEAN = (0.485, 0.456, 0.406)
 RGB_STD = (0.229, 0.224, 0.225)
 
-# Tag -> facts about the pretraining data. Licences are the data sets' own terms: weights trained on
-# them inherit those terms, which is why a tag's licence is not the code's Apache-2.0.
+# Tag -> facts about the pretraining data: the one table of them (default_cfgs below and the model cards are
+# made from it). Licences are the data sets' own terms: weights trained on them inherit those terms, which is
+# why a tag's licence is not the code's Apache-2.0.
 MPINET_TAGS: dict[str, dict[str, Any]] = {
     "potsdam": dict(
         dataset="ISPRS Potsdam (24 training tiles, 256x256 patches, labels unused)",
+        data_name="ISPRS Potsdam", num_classes=6,
+        data_description="ISPRS 2D Semantic Labeling Contest, Potsdam: 24 training tiles of 6000x6000 px at 5 cm "
+                         "GSD (the release recipe cuts them into 256x256 patches; labels unused).",
         band_names=("R", "G", "B"),
         license="other",
-        license_note="ISPRS benchmark data: research use only, cite the ISPRS benchmark",
+        license_fields=dict(license_name="isprs-benchmark-research-use",
+                            license_link="https://www.isprs.org/education/benchmarks/UrbanSemLab/default.aspx"),
+        licence="the ISPRS benchmark data are for research use; cite the ISPRS benchmark.",
+        citation="Data: ISPRS 2D Semantic Labeling Contest, Potsdam (Rottensteiner et al., ISPRS Annals 2012).",
         origin_url="https://www.isprs.org/education/benchmarks/UrbanSemLab/2d-sem-label-potsdam.aspx",
     ),
     "loveda": dict(
         dataset="LoveDA (Train split, urban + rural, labels unused)",
+        data_name="LoveDA", num_classes=7,
+        data_description="LoveDA (Wang et al., NeurIPS 2021 Datasets and Benchmarks): the Train split, urban and "
+                         "rural scenes of 1024x1024 px at 0.3 m GSD (masks unused).",
         band_names=("R", "G", "B"),
         license="cc-by-nc-sa-4.0",
-        license_note="LoveDA: CC BY-NC-SA 4.0",
+        licence="CC BY-NC-SA 4.0 (non-commercial, share-alike).",
+        citation="Data: LoveDA, Wang et al., NeurIPS 2021 Datasets and Benchmarks, doi:10.5281/zenodo.5706578.",
         origin_url="https://github.com/Junjue-Wang/LoveDA",
     ),
     "uavid": dict(
         dataset="UAVid v1.5 (train split, labels unused)",
+        data_name="UAVid", num_classes=8,
+        data_description="UAVid v1.5 (Lyu et al., ISPRS J. 2020): the 200 frames of `uavid_train` (oblique UAV "
+                         "video, 3840x2160 or 4096x2160 px; labels unused).",
         band_names=("R", "G", "B"),
         license="cc-by-nc-sa-4.0",
-        license_note="UAVid: CC BY-NC-SA 4.0",
+        licence="CC BY-NC-SA 4.0 (non-commercial, share-alike).",
+        citation="Data: UAVid, Lyu et al., ISPRS Journal of Photogrammetry and Remote Sensing 165, 2020.",
         origin_url="https://uavid.nl/",
     ),
 }

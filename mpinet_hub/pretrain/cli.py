@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from ..data import VALUE_MAX_HELP
+from ..data import DATASETS, VALUE_MAX_HELP
 from ..models import MPINET_ARCHS
 from ..training import PRECISIONS
 from .config import METHODS, PretrainConfig, packaged_configs
@@ -21,7 +21,7 @@ def _default(key: str, text: str = "") -> str:
 def add_pretrain_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML with any of the settings below (flags override it), or a packaged recipe "
                    f"by name: {', '.join(packaged_configs())}")
-    p.add_argument("--dataset", choices=["potsdam", "loveda", "uavid", "folder"],
+    p.add_argument("--dataset", choices=list(DATASETS),
                    help="a data set's training images (labels unused), or `folder` for your own rasters")
     p.add_argument("--data-root", nargs="+", help="data set root, or files/folders/globs for --dataset folder")
     p.add_argument("--method", choices=list(METHODS), help="mpinet (default) or a baseline from the same machinery")
