@@ -363,22 +363,23 @@ def test_on_a_busy_cpu_commands_leave_the_busy_cores_to_the_other_work(monkeypat
 
     before = torch.get_num_threads()
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr(training, "_DEFAULT_THREADS", before)
+    monkeypatch.setattr(training, "_DEFAULT_THREADS", 2)  # a 2-core machine's default, whatever this run set
+    torch.set_num_threads(2)
     monkeypatch.setattr(training.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     try:
         monkeypatch.setattr(training.os, "getloadavg", lambda: (1.9, 1.0, 1.0))
         monkeypatch.setattr(training, "_THREADS_CHOSEN", False)
         training.resolve_device("cpu")
         assert torch.get_num_threads() == 1 and "1 of 2 cores" in capsys.readouterr().err
-        torch.set_num_threads(before)
+        torch.set_num_threads(2)
         monkeypatch.setattr(training.os, "getloadavg", lambda: (0.1, 0.1, 0.1))
         monkeypatch.setattr(training, "_THREADS_CHOSEN", False)
         training.resolve_device("cpu")
-        assert torch.get_num_threads() == before and capsys.readouterr().err == ""  # quiet: unchanged
-        monkeypatch.setenv("OMP_NUM_THREADS", str(before))
+        assert torch.get_num_threads() == 2 and capsys.readouterr().err == ""  # quiet: unchanged
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
         monkeypatch.setattr(training.os, "getloadavg", lambda: (1.9, 1.0, 1.0))
         monkeypatch.setattr(training, "_THREADS_CHOSEN", False)
         training.resolve_device("cpu")
-        assert torch.get_num_threads() == before  # the user's choice stands
+        assert torch.get_num_threads() == 2  # the user's choice stands
     finally:
         torch.set_num_threads(before)
