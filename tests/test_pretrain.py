@@ -359,7 +359,7 @@ def test_diagnose_warns_when_the_instance_loss_stays_at_chance_or_the_keys_colla
 
 def test_on_a_busy_cpu_commands_leave_the_busy_cores_to_the_other_work(monkeypatch, capsys):
     """With another job on the cores, torch's default threads ran a step up to 10x slower than one thread."""
-    import mpinet_hub.training as training
+    import mpinet_hub.training.device as training
 
     before = torch.get_num_threads()
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)

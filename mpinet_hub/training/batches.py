@@ -1,0 +1,38 @@
+"""Seeded batches (every step's draw from (seed, step), so a resumed run reproduces the uninterrupted one) and
+per-band normalisation."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+__all__ = ["EpochBatches", "normalisation"]
+
+
+class EpochBatches:
+    """Deterministic batches: epoch e is a permutation of range(n) seeded by (seed, e), sharded across ranks."""
+
+    def __init__(self, n: int, batch: int, seed: int, rank: int = 0, world: int = 1) -> None:
+        if n < 1:
+            raise ValueError("no items to draw batches from")
+        self.n, self.batch, self.seed, self.rank, self.world = n, batch, seed, rank, world
+        self.per_epoch = max(1, n // (batch * world))
+
+    def indices(self, step: int) -> list[int]:
+        epoch, k = divmod(step, self.per_epoch)
+        perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 7919 + epoch)).tolist()
+        start = (k * self.world + self.rank) * self.batch
+        return [perm[(start + j) % self.n] for j in range(self.batch)]
+
+
+def normalisation(mean: list[float] | None, std: list[float] | None, in_chans: int,
+                  default: tuple[Sequence[float], Sequence[float]] | None = None) -> tuple[list[float], list[float]]:
+    """Per-band (mean, std): the given ones (one value per band), else `default` if it has one per band."""
+    if mean and std:
+        if len(mean) != in_chans or len(std) != in_chans:
+            raise ValueError(f"--mean/--std need {in_chans} values (one per band)")
+        return list(mean), list(std)
+    if default is not None and len(default[0]) == in_chans:
+        return list(default[0]), list(default[1])
+    raise ValueError(f"{in_chans}-band input: give --mean and --std (see `mpinet data stats`)")
