@@ -107,3 +107,18 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(values, dict):
         raise SettingsError(f"{path}: a YAML mapping of settings (key: value lines) is expected")
     return values
+
+
+def settings_from_args(cls: type, args: Any) -> dict[str, Any]:
+    """Every field of the settings dataclass `cls` that the parsed `args` carry a flag for (None: not given)."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+
+
+def name_yaml_only(cls: type, parser: Any) -> None:
+    """Append to the help of `parser`'s --config the fields of `cls` that have no flag there, so that every
+    setting is reachable and the help says how."""
+    flagged = {a.dest for a in parser._actions}
+    names = [f.name for f in dataclasses.fields(cls) if f.name not in flagged]
+    config = next(a for a in parser._actions if a.dest == "config")
+    if names:
+        config.help += f". YAML-only settings (no flag): {', '.join(names)}"

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import fields
 from pathlib import Path
 
 from ..data import DATASETS, VALUE_MAX_HELP
 from ..metrics import PROTOCOLS
 from ..models import MPINET_ARCHS
 from ..pretrain.config import METHODS
+from ..settings import name_yaml_only, settings_from_args
 from ..training import PRECISIONS, resolve_device
 from .model import DECODERS
 
@@ -19,7 +19,7 @@ ENCODER_HELP = ("a registered tag (mpinet_resnet50.potsdam), an export folder, a
 
 
 def _finetune_options(p: argparse.ArgumentParser, with_encoder: bool = True) -> None:
-    p.add_argument("--config", help="YAML with any of these settings (flags override it)")
+    p.add_argument("--config", help="YAML with any of these settings (flags override it) or of those named here")
     p.add_argument("--dataset", choices=list(DATASETS))
     p.add_argument("--data-root", help="the folder the release archives unpack into")
     if with_encoder:
@@ -54,8 +54,7 @@ def _finetune_options(p: argparse.ArgumentParser, with_encoder: bool = True) -> 
 def _finetune_config(args: argparse.Namespace, **fixed):
     from .finetune import FinetuneConfig
 
-    names = [f.name for f in fields(FinetuneConfig)]  # every setting has a flag of the same name
-    values = {n: getattr(args, n, None) for n in names} | fixed
+    values = settings_from_args(FinetuneConfig, args) | fixed  # YAML-only fields come from --config alone
     return FinetuneConfig.from_sources(args.config, **values)
 
 
@@ -77,6 +76,9 @@ def add_finetune_arguments(p: argparse.ArgumentParser) -> None:
                      "and RUN/model (smp.from_pretrained reloads it offline).")
     _finetune_options(p)
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    from .finetune import FinetuneConfig
+
+    name_yaml_only(FinetuneConfig, p)
 
 
 def run_finetune(args: argparse.Namespace) -> int:
@@ -345,9 +347,7 @@ def run_study(args: argparse.Namespace) -> int:
     from .compare import parse_encoders
     from .study import StudySettings, run_study
 
-    names = {f.name for f in fields(StudySettings)}
-    values = {k: v for k, v in vars(args).items() if k in names} | {"encoders": parse_encoders(args.encoders)}
-    settings = StudySettings(**values)
+    settings = StudySettings(**settings_from_args(StudySettings, args) | {"encoders": parse_encoders(args.encoders)})
     run_study(settings)
     out, band = Path(args.out), settings.band
     print((out / f"results-{band}.md").read_text())

@@ -7,6 +7,7 @@ import dataclasses
 
 from ..data import DATASETS, VALUE_MAX_HELP
 from ..models import MPINET_ARCHS
+from ..settings import name_yaml_only, settings_from_args
 from ..training import PRECISIONS
 from .config import METHODS, PretrainConfig, packaged_configs
 
@@ -19,8 +20,8 @@ def _default(key: str, text: str = "") -> str:
 
 
 def add_pretrain_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML with any of the settings below (flags override it), or a packaged recipe "
-                   f"by name: {', '.join(packaged_configs())}")
+    p.add_argument("--config", help="YAML with any of the settings below (flags override it) or of those named "
+                   f"at the end, or a packaged recipe by name: {', '.join(packaged_configs())}")
     p.add_argument("--dataset", choices=list(DATASETS),
                    help="a data set's training images (labels unused), or `folder` for your own rasters")
     p.add_argument("--data-root", nargs="+", help="data set root, or files/folders/globs for --dataset folder")
@@ -63,17 +64,11 @@ def add_pretrain_arguments(p: argparse.ArgumentParser) -> None:
                    "that fits --plan-memory, then stop; needs no data and no GPU")
     p.add_argument("--plan-memory", type=float, default=80.0, help="device memory in GiB for --plan (an H100: 80)")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    name_yaml_only(PretrainConfig, p)
 
 
 def run_pretrain(args: argparse.Namespace) -> int:
-    cfg = PretrainConfig.from_sources(
-        args.config, dataset=args.dataset, data_root=args.data_root, method=args.method, arch=args.arch,
-        bands=args.bands, patch=args.patch, crop=args.crop, batch_size=args.batch_size, epochs=args.epochs,
-        steps=args.steps, lr=args.lr, queue_size=args.queue_size, workers=args.workers, out=args.out,
-        save_every=args.save_every, keep_last=args.keep_last, seed=args.seed, device=args.device,
-        precision=args.precision, compile=args.compile, mean=args.mean, std=args.std, value_max=args.value_max,
-        windows_per_file=args.windows_per_file, keep_colour=args.keep_colour,
-    )
+    cfg = PretrainConfig.from_sources(args.config, **settings_from_args(PretrainConfig, args))
     if args.plan:
         return _print_plan(cfg, args.plan_memory)
     from .trainer import Trainer  # the training stack only when training
