@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 from mpinet_hub.data import UnlabeledImages, pretraining_images
 from mpinet_hub.data.prepare import prepare_dataset
 from mpinet_hub.data.synth import synth_dataset
-from mpinet_hub.pretrain.trainer import _StepDataset
+from mpinet_hub.pretrain.trainer import PretrainBatches
 from mpinet_hub.training import EpochBatches
 
 NEED_PER_CORE = 106
@@ -97,7 +97,7 @@ def wall_rate(files: list[Path], workers: int, windows: int, patch: int, per_fil
     images = UnlabeledImages(files, patch_size=patch, seed=2, keep_uint8=True, windows_per_file=per_file)
     batches = EpochBatches(len(images), batch, 0, 0, 1)
     steps = max(windows // batch, 10 * max(1, workers)) + 1  # enough that the prefetched batches weigh little
-    loader = DataLoader(_StepDataset(images, batches, 0, steps), batch_size=None, num_workers=workers)
+    loader = DataLoader(PretrainBatches(images, batches, 0, steps), batch_size=None, num_workers=workers)
     it = iter(loader)
     next(it)  # worker start-up out of the timing
     start = time.perf_counter()

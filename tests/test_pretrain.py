@@ -260,13 +260,13 @@ def test_roi_grid_projects_before_or_after_roialign_with_the_same_result(size, c
 
 
 def test_pretraining_batches_cross_the_loader_boundary_as_uint8_and_match_the_float_windows(tmp_path, potsdam_root):
-    from mpinet_hub.pretrain.trainer import _StepDataset
+    from mpinet_hub.pretrain.trainer import PretrainBatches
 
     trainer = Trainer(_tiny_cfg(tmp_path, potsdam_root))
-    images, sources = _StepDataset(trainer.images, trainer.batches, 0, 1)[0]
+    images, sources = PretrainBatches(trainer.images, trainer.batches, 0, 1)[0]
     assert images.dtype == torch.uint8 and images.shape == (4, 3, 96, 96)  # a quarter of float32's bytes
     trainer.images.keep_uint8 = False
-    as_float, _ = _StepDataset(trainer.images, trainer.batches, 0, 1)[0]
+    as_float, _ = PretrainBatches(trainer.images, trainer.batches, 0, 1)[0]
     assert torch.equal(images.float() / 255, as_float)
 
 

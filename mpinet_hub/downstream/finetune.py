@@ -27,7 +27,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 import yaml
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from ..checkpoint import atomic_save, load_checkpoint
 from ..data import IGNORE_INDEX, SegmentationDataset, open_dataset
@@ -40,6 +40,7 @@ from ..training import (
     EpochBatches,
     RunLock,
     RunLog,
+    StepBatches,
     check_finite,
     check_finite_state,
     claim_run_folder,
@@ -145,19 +146,15 @@ def labeled_subset(dataset: SegmentationDataset, fraction: float, seed: int = 0)
     return [order[i] for i in perm[:count]]
 
 
-class _StepBatches(Dataset):
-    """One item per step: that step's (images, masks), randomly cropped, flipped and rotated by (seed, step)."""
+class LabeledBatches(StepBatches):
+    """Each step's (images, masks) from the labeled subset, randomly cropped, flipped and rotated by (seed, step)."""
 
     def __init__(self, dataset: SegmentationDataset, subset: list[int], batches: EpochBatches, crop: int,
                  seed: int, first: int, last: int) -> None:
+        super().__init__(first, last)
         self.dataset, self.subset, self.batches, self.crop, self.seed = dataset, subset, batches, crop, seed
-        self.first, self.last = first, last
 
-    def __len__(self) -> int:
-        return self.last - self.first
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        step = self.first + i
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
         images, masks = [], []
         for j in self.batches.indices(step):
@@ -278,7 +275,7 @@ class Finetuner:
         if self.is_main:
             (self.out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
             self.write_subset()
-        loader = DataLoader(_StepBatches(self.dataset, self.subset, self.batches, cfg.crop,
+        loader = DataLoader(LabeledBatches(self.dataset, self.subset, self.batches, cfg.crop,
                                          cfg.seed * self.world + self.rank, self.step, cfg.steps),
                             batch_size=None, num_workers=cfg.workers, pin_memory=self.device.type == "cuda")
         mean = torch.tensor(self.mean, device=self.device).view(1, -1, 1, 1)

@@ -32,7 +32,7 @@ from ..data import IGNORE_INDEX, evaluation_split, open_dataset
 from ..progress import progress
 from ..training import EpochBatches, RunLog, check_finite, normalisation, plot_losses, resolve_device
 from .evaluate import evaluate_model
-from .finetune import _StepBatches, labeled_subset, patch_ids
+from .finetune import LabeledBatches, labeled_subset, patch_ids
 from .model import SegmentationModelInfo, load_encoder
 
 __all__ = ["LEVELS", "LinearProbe", "ProbeConfig", "reestimate_batchnorm", "resample_cells", "run_probe"]
@@ -167,7 +167,7 @@ def run_probe(cfg: ProbeConfig) -> dict[str, Any]:
     batches = EpochBatches(len(subset), cfg.batch_size, cfg.seed)
     if cfg.reestimate_bn or cfg.encoder.startswith("random-bn"):  # statistics from training windows, no labels
         every = EpochBatches(len(dataset), cfg.batch_size, cfg.seed + 1)
-        stats = _StepBatches(dataset, list(range(len(dataset))), every, cfg.patch, cfg.seed, 0, cfg.bn_batches)
+        stats = LabeledBatches(dataset, list(range(len(dataset))), every, cfg.patch, cfg.seed, 0, cfg.bn_batches)
         reestimate_batchnorm(backbone, [(stats[i][0].to(device) - mean_t) / std_t for i in range(len(stats))])
     levels = [LEVELS.index(lv) for lv in cfg.levels]
     torch.manual_seed(cfg.seed)
@@ -179,7 +179,7 @@ def run_probe(cfg: ProbeConfig) -> dict[str, Any]:
         {"dataset": cfg.dataset, "patch": cfg.patch, "label_fraction": cfg.label_fraction,
          "subset_seed": cfg.subset_seed, "total_patches": len(dataset), "patch_ids": patch_ids(dataset, subset)},
         indent=1))
-    loader = DataLoader(_StepBatches(dataset, subset, batches, cfg.patch, cfg.seed, 0, cfg.steps), batch_size=None)
+    loader = DataLoader(LabeledBatches(dataset, subset, batches, cfg.patch, cfg.seed, 0, cfg.steps), batch_size=None)
     probe.train()
     with (
         RunLog(out, step=0) as log,

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import yaml
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from ..checkpoint import CHECKPOINT_FORMAT, atomic_save, load_checkpoint
 from ..data import UnlabeledImages, pretraining_images
@@ -32,6 +32,7 @@ from ..training import (
     NonFiniteLossError,
     RunLock,
     RunLog,
+    StepBatches,
     check_finite,
     check_finite_state,
     claim_run_folder,
@@ -62,19 +63,15 @@ def build_pretraining_dataset(cfg: PretrainConfig) -> UnlabeledImages:
                            windows_per_file=cfg.windows_per_file)
 
 
-class _StepDataset(Dataset):
-    """One item per step: the stacked images of that step's batch (so workers load whole batches), uint8 where
-    the files are 8-bit."""
+class PretrainBatches(StepBatches):
+    """Each step's stacked images (so workers load whole batches), uint8 where the files are 8-bit."""
 
     def __init__(self, images: UnlabeledImages, batches: EpochBatches, first: int, last: int) -> None:
-        self.images, self.batches, self.first, self.last = images, batches, first, last
+        super().__init__(first, last)
+        self.images, self.batches = images, batches
 
-    def __len__(self) -> int:
-        return self.last - self.first
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, list[tuple[str, tuple[int, int, int, int]]]]:
+    def batch(self, step: int) -> tuple[torch.Tensor, list[tuple[str, tuple[int, int, int, int]]]]:
         """(images, [(file, (row, col, height, width)), ...]): where each image came from, for error messages."""
-        step = self.first + i
         self.images.set_epoch(step // self.batches.per_epoch)
         items = self.images.batch(self.batches.indices(step))
         images = [it["image"] for it in items]
@@ -223,7 +220,7 @@ class Trainer:
             workers = min(cfg.workers, cores)  # more loader processes than cores only compete with the step
             if workers < cfg.workers and self.is_main:
                 print(f"--workers {cfg.workers}: {workers} used, one per core of this machine", file=sys.stderr)
-            loader = DataLoader(_StepDataset(self.images, self.batches, self.step, self.total_steps),
+            loader = DataLoader(PretrainBatches(self.images, self.batches, self.step, self.total_steps),
                                 batch_size=None, shuffle=False, num_workers=workers, persistent_workers=False,
                                 pin_memory=self.device.type == "cuda")
             with (

@@ -4,10 +4,12 @@ per-band normalisation."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
+from torch.utils.data import Dataset
 
-__all__ = ["EpochBatches", "normalisation"]
+__all__ = ["EpochBatches", "StepBatches", "normalisation"]
 
 
 class EpochBatches:
@@ -36,3 +38,21 @@ def normalisation(mean: list[float] | None, std: list[float] | None, in_chans: i
     if default is not None and len(default[0]) == in_chans:
         return list(default[0]), list(default[1])
     raise ValueError(f"{in_chans}-band input: give --mean and --std (see `mpinet data stats`)")
+
+
+class StepBatches(Dataset):
+    """A DataLoader dataset of one item per step, steps `first` to `last` (exclusive): the whole batch of that
+    step, made by `batch(step)` in the loader's workers. Every training loop feeds its loader through a subclass,
+    so a resumed run starts at its step and each step's draw depends on (seed, step) only."""
+
+    def __init__(self, first: int, last: int) -> None:
+        self.first, self.last = first, last
+
+    def __len__(self) -> int:
+        return self.last - self.first
+
+    def __getitem__(self, i: int) -> Any:
+        return self.batch(self.first + i)
+
+    def batch(self, step: int) -> Any:
+        raise NotImplementedError
