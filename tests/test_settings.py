@@ -151,3 +151,19 @@ def test_every_setting_is_a_flag_or_named_yaml_only_in_the_help(command, setting
     named = config_help.split("YAML-only settings (no flag): ")[-1] if "YAML-only" in config_help else ""
     for f in dataclasses.fields(cls):
         assert f.name in flags or f.name in named.split(", "), f"{settings}.{f.name}: no flag, not named in --config"
+
+
+def test_settings_mistakes_exit_2_in_every_command(tmp_path, capsys):
+    """Before: probe's and compare's settings mistakes raised ValueError (exit 1), pretrain's SettingsError (2)."""
+    from mpinet_hub.cli import main
+
+    root = str(tmp_path / "nowhere")
+    assert main(["probe", "random", "--dataset", "potsdam", "--data-root", root, "--out", str(tmp_path / "p"),
+                 "--batch-size", "1"]) == 2
+    assert "--batch-size must be at least 2" in capsys.readouterr().err
+    assert main(["compare", "--dataset", "potsdam", "--data-root", root, "--out", str(tmp_path / "c"),
+                 "--encoders", "random", "random", "--pretrain"]) == 2
+    assert "given twice" in capsys.readouterr().err
+    assert main(["finetune", "--dataset", "potsdam", "--data-root", root, "--out", str(tmp_path / "f"),
+                 "--label-fraction", "2"]) == 2
+    assert not any(tmp_path.iterdir())

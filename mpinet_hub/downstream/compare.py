@@ -18,6 +18,7 @@ from typing import Any
 from ..data import evaluation_split
 from ..pretrain.config import PretrainConfig
 from ..pretrain.trainer import pretrain_or_reuse
+from ..settings import SettingsError
 from .evaluate import evaluate, write_json
 from .finetune import FinetuneConfig, Finetuner
 from .plots import label_efficiency_png
@@ -36,7 +37,7 @@ def parse_encoders(specs: list[str]) -> dict[str, str]:
         if not sep:
             name, spec = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(item).name or item), item
         if name in encoders:
-            raise ValueError(f"encoder name {name!r} given twice; name them NAME=SPEC")
+            raise SettingsError(f"encoder name {name!r} given twice; name them NAME=SPEC")
         encoders[name] = spec
     return encoders
 
@@ -65,16 +66,16 @@ def compare(
     """Fine-tune + evaluate (or, with evaluation="probe", linear-probe) every encoder at every fraction; writes
     OUT/results.{json,md} and label_efficiency.png (probe: results_probe.*, label_efficiency_probe.png)."""
     if evaluation not in EVALUATIONS:
-        raise ValueError(f"evaluation {evaluation!r}; choose one of {', '.join(EVALUATIONS)}")
+        raise SettingsError(f"evaluation {evaluation!r}; choose one of {', '.join(EVALUATIONS)}")
     out = Path(out)
     split = split or evaluation_split(base.dataset, base.data_root)
     encoders = dict(encoders)
     for method in pretrain_methods:
         if pretrain is None:
-            raise ValueError("pretraining methods given without pretraining settings")
+            raise SettingsError("pretraining methods given without pretraining settings")
         encoders.setdefault(method, pretrain_encoder(method, pretrain, out / "pretrain" / method))
     if not encoders or not fractions:
-        raise ValueError("nothing to compare: give --encoders and/or --pretrain, and --fractions")
+        raise SettingsError("nothing to compare: give --encoders and/or --pretrain, and --fractions")
     results: dict[str, dict[float, dict[str, Any]]] = {}
     metrics_files: dict[str, dict[float, Path]] = {}
     for name, spec in encoders.items():

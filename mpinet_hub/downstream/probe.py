@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader
 
 from ..data import IGNORE_INDEX, evaluation_split, open_dataset
 from ..progress import progress
+from ..settings import SettingsError
 from ..training import EpochBatches, RunLog, check_finite, normalisation, plot_losses, resolve_device
 from .evaluate import evaluate_model
 from .finetune import LabeledBatches, labeled_subset, patch_ids
@@ -67,11 +68,11 @@ class ProbeConfig:
     def validate(self) -> None:
         unknown = [lv for lv in self.levels if lv not in LEVELS]
         if unknown or not self.levels:
-            raise ValueError(f"--levels {' '.join(self.levels)}: choose from {' '.join(LEVELS)}")
+            raise SettingsError(f"--levels {' '.join(self.levels)}: choose from {' '.join(LEVELS)}")
         if not 0 < self.label_fraction <= 1:
-            raise ValueError(f"--label-fraction {self.label_fraction}: give a fraction in (0, 1], e.g. 0.01 for 1%")
+            raise SettingsError(f"--label-fraction {self.label_fraction}: give a fraction in (0, 1], e.g. 0.01 for 1%")
         if self.batch_size < 2:
-            raise ValueError("--batch-size must be at least 2 (the feature BatchNorm needs two samples)")
+            raise SettingsError("--batch-size must be at least 2 (the feature BatchNorm needs two samples)")
 
 
 class LinearProbe(nn.Module):
