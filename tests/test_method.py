@@ -355,3 +355,28 @@ def test_ablation_ladder_changes_one_factor_per_rung():
     assert {m: PretrainConfig.from_sources(None, method=m).momentum_schedule for m in ABLATION_LADDER} == dict.fromkeys(
         ABLATION_LADDER, "cosine")
     assert set(ABLATION_LADDER) < set(METHODS)
+
+
+def test_ffl_heads_can_train_on_a_scale_free_loss_during_the_warmup():
+    """The study's logs showed L_ffl flat over the 50-step head warmup (about 0.0059) and falling to 0.0026 only
+    once the weight (~470) was fixed: the raw loss's gradient is too small to train the heads. With
+    ffl_head_loss "log" they get the gradient of log L_ffl (the raw one divided by L_ffl), the total's value and
+    the backbone's gradients unchanged."""
+    grads, values = {}, {}
+    for mode in ("raw", "log"):
+        torch.manual_seed(0)
+        model = MPINetModel(_cfg(method="mpinet", ffl_head_loss=mode), 3)
+        views = make_two_views(torch.rand(4, 3, 96, 96), 64, generator=torch.Generator().manual_seed(0))
+        torch.manual_seed(1)
+        terms = model(views)
+        total = model.total_loss(terms)
+        total.backward()
+        values[mode] = (float(total), float(terms["ffl"]))
+        grads[mode] = {n: p.grad.clone() for n, p in model.online.named_parameters() if p.grad is not None}
+    assert values["log"][0] == pytest.approx(values["raw"][0])
+    ffl = values["raw"][1]
+    for name, g in grads["raw"].items():
+        expected = g / ffl if name.startswith(("ffl_head", "ffl_predictor")) else g
+        assert torch.allclose(grads["log"][name], expected, rtol=1e-3, atol=1e-6), name
+    with pytest.raises(ValueError, match="ffl_head_loss 'square': raw or log"):
+        _cfg(method="mpinet", ffl_head_loss="square")

@@ -70,6 +70,9 @@ class PretrainConfig:
     ffl_calibration_ratio: float = 0.5  # "auto": w_ffl * mean L_ffl = ratio * mean L_ins ...
     ffl_calibration_steps: int = 10  # ... over this many steps once the queue holds only real keys ...
     ffl_head_warmup: int = 50  # ... and the FFL heads have trained this many steps alone (detached from the backbone)
+    # what the FFL heads train on during that warmup: "raw", L_ffl itself, whose gradient (L_ffl ~ 0.006) barely
+    # moves them; "log", log L_ffl, the same direction at a scale-free size (docs/method.md, FFL weight)
+    ffl_head_loss: str = "raw"
     fusion_levels: list[str] = field(default_factory=lambda: ["C2", "C3", "C4"])
     queue_size: int = 8192
     t_ins: float = 0.2
@@ -138,6 +141,8 @@ class PretrainConfig:
         for key in ("steps", "keep_last"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise SettingsError(f"{key.replace('_', '-')} {getattr(self, key)}: must be at least 1")
+        if self.ffl_head_loss not in ("raw", "log"):
+            raise SettingsError(f"ffl_head_loss {self.ffl_head_loss!r}: raw or log")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -251,6 +251,10 @@ class MPINetModel(nn.Module):
         if "pix" in terms:
             total = total + self.cfg.w_pix * terms["pix"]
         if "ffl" in terms:
-            ffl = terms["ffl"] - terms["ffl"].detach() if calibrating else self.w_ffl_value.clamp_min(0) * terms["ffl"]
+            if calibrating:  # value 0: the heads' gradient only
+                heads = terms["ffl"].log() if self.cfg.ffl_head_loss == "log" else terms["ffl"]
+                ffl = heads - heads.detach()
+            else:
+                ffl = self.w_ffl_value.clamp_min(0) * terms["ffl"]
             total = total + ffl
         return total
