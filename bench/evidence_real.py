@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
@@ -43,26 +44,37 @@ def study_settings(name: str, a: argparse.Namespace) -> StudySettings:
                          keep_colour=a.keep_colour, device=a.device)
 
 
+def _study_minutes(study: Path) -> float:
+    """Minutes of every cell the study timed (timings.json: cell folder -> seconds)."""
+    timings = study / "timings.json"
+    return sum(json.loads(timings.read_text()).values()) / 60 if timings.is_file() else 0.0
+
+
 def report(bands: dict[str, str], a: argparse.Namespace, minutes: float) -> Path:
-    """docs/evidence.md from each set's results-BAND.md (headings moved one level down), its plot and the notes."""
+    """docs/evidence.md from each set's results (val, val-bn and test, those that exist, the band this run scored
+    first; headings moved one level down), their plots and the notes."""
     lines = ["# Evidence on real imagery", "",
              f"Written by `python bench/evidence_real.py {' '.join(sys.argv[1:])}` on {time.strftime('%Y-%m-%d')} "
              f"({minutes:.0f} min of compute on this machine for the cells run this time; finished cells are reused). "
-             "Every table below is `mpinet study`'s own results file; see bench/evidence_real.py for the data.", ""]
-    for name, band in bands.items():
+             "Every table below is `mpinet study`'s own results file; see bench/evidence_real.py for the data.", "",
+             "Compute recorded by the studies (every cell, val and test; this machine has "
+             f"{os.cpu_count()} cores, each study ran on one thread, beside the other study and other work): "
+             + ", ".join(f"{name} {_study_minutes(a.work / f'study-{name}'):.0f} min" for name in bands) + ".", ""]
+    for name, scored in bands.items():
         study = a.work / f"study-{name}"
-        results = study / f"results-{band}.md"
-        if not results.is_file():
-            lines += [f"## {name}: no results for {band} yet", ""]
-            continue
-        body = results.read_text().splitlines()
-        lines += [f"## {name}: {body[0].removeprefix('# ')}", *("#" + line if line.startswith("#") else line
-                                                               for line in body[1:])]
-        for plot in sorted(study.glob(f"study-{band}-*.png")):
-            target = a.docs / f"evidence-{name}-{plot.name.removeprefix('study-')}"
-            shutil.copyfile(plot, target)
-            lines += ["", f"![{name}, {band}]({target.name})"]
-        lines.append("")
+        found = [band for band in dict.fromkeys([scored, "val", "val-bn", "test"])
+                 if (study / f"results-{band}.md").is_file()]
+        if not found:
+            lines += [f"## {name}: no results yet", ""]
+        for band in found:
+            body = (study / f"results-{band}.md").read_text().splitlines()
+            lines += [f"## {name}, {band}: {body[0].removeprefix('# ')}",
+                      *("#" + line if line.startswith("#") else line for line in body[1:])]
+            for plot in sorted(study.glob(f"study-{band}-*.png")):
+                target = a.docs / f"evidence-{name}-{plot.name.removeprefix('study-')}"
+                shutil.copyfile(plot, target)
+                lines += ["", f"![{name}, {band}]({target.name})"]
+            lines.append("")
     notes = Path(__file__).with_name("evidence_notes.md")
     out = a.docs / "evidence.md"
     out.write_text("\n".join(lines) + "\n" + (notes.read_text() if notes.is_file() else ""))
