@@ -264,7 +264,8 @@ def run_study(s: StudySettings) -> dict[str, Any]:
         stds = {n: {float(f): statistics.stdev(c["value"] * 100 for c in cs) if len(cs) > 1 else 0.0
                     for f, cs in by_f.items()} for n, by_f in by_name.items()}
         label_efficiency_png(means, out / f"study-{s.band}-{evaluation}.png", metric=s.metric, errors=stds,
-                             title=f"{s.dataset} {s.split}, {evaluation}, mean ± std over {len(s.seeds)} seed(s) "
+                             title=f"{s.dataset} ({Path(s.data_root).name}) {s.band}, {evaluation}, mean ± std over "
+                                   f"{len(s.seeds)} seed(s) "
                                    f"x {len(s.subset_seeds)} subset(s)")
     return results
 
