@@ -132,13 +132,18 @@ def atomic_output(dst: str | os.PathLike, *, overwrite: bool = True,
         tmp.unlink(missing_ok=True)
         if isinstance(err, WriteFailed):
             raise
-        failed = WriteFailed(f"could not write {dst} ({err.strerror or err}); {free_space(dst.parent)}; nothing "
-                             "was written there")
-        failed.errno = err.errno
-        raise failed from err
+        raise _write_failed(dst, err) from err
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _write_failed(dst: Path, err: BaseException) -> WriteFailed:
+    """The one-line failure of a write to `dst`: the cause, the free space, and that nothing was written."""
+    failed = WriteFailed(f"could not write {dst} ({getattr(err, 'strerror', None) or err}); "
+                         f"{free_space(dst.parent)}; nothing was written there")
+    failed.errno = getattr(err, "errno", None)
+    return failed
 
 
 def write_text_atomic(path: str | os.PathLike, text: str, *, overwrite: bool = True) -> Path:
@@ -185,9 +190,7 @@ def atomic_folder(dst: str | os.PathLike) -> Iterator[Path]:
             os.replace(staging, dst)
     except BaseException as err:
         shutil.rmtree(staging, ignore_errors=True)
-        if isinstance(err, WriteFailed) or not isinstance(err, OSError) and "No space" not in str(err):
+        disk_error = isinstance(err, OSError) or "No space" in str(err)  # libraries' own types for a full disk
+        if isinstance(err, WriteFailed) or not disk_error:
             raise
-        failed = WriteFailed(f"could not write {dst} ({getattr(err, 'strerror', None) or err}); "
-                             f"{free_space(dst.parent)}; nothing was written there")
-        failed.errno = getattr(err, "errno", None)
-        raise failed from err
+        raise _write_failed(dst, err) from err
