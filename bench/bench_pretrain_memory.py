@@ -25,7 +25,7 @@ import torch
 def one(arch: str, method: str, batch: int, crop: int, negatives: str, device: str,
         precision: str = "32") -> dict[str, float]:
     from mpinet_hub.pretrain.config import PretrainConfig
-    from mpinet_hub.pretrain.method import MPINetModel
+    from mpinet_hub.pretrain.registry import build_method
     from mpinet_hub.pretrain.views import make_two_views
 
     cfg = PretrainConfig.from_sources(None, method=method, arch=arch, crop=crop, batch_size=batch, queue_size=4096,
@@ -34,7 +34,7 @@ def one(arch: str, method: str, batch: int, crop: int, negatives: str, device: s
     dtype = torch.bfloat16 if precision == "bf16" else None
     if dev.type == "cuda":
         torch.cuda.empty_cache()
-    model = MPINetModel(cfg, 3).to(dev)
+    model = build_method(cfg, 3).to(dev)
     opt = torch.optim.SGD(model.online.parameters(), lr=0.01, momentum=0.9)
     images = torch.rand(batch, 3, crop + crop // 2, crop + crop // 2, device=dev)
     for step in range(2):

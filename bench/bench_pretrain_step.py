@@ -30,7 +30,7 @@ from lightly.models.utils import batch_shuffle, batch_unshuffle, select_most_sim
 
 from mpinet_hub.models import MPINET_ARCHS
 from mpinet_hub.pretrain.config import PretrainConfig
-from mpinet_hub.pretrain.method import MPINetModel
+from mpinet_hub.pretrain.registry import build_method
 from mpinet_hub.pretrain.views import TwoViews, make_two_views
 
 STEPS = (("ours mocov2", "ours", "mocov2"), ("lightly mocov2", "lightly", "mocov2"),
@@ -66,7 +66,7 @@ def time_steps(step, n: int, warmup: int, device: torch.device) -> float:
 def ours(method: str, args, views: TwoViews, device, dtype, channels_last: bool, compile_: bool):
     cfg = PretrainConfig.from_sources(None, method=method, arch=args.arch, crop=args.crop, queue_size=args.queue,
                                       pixel_grid=14, ffl_grid=7)
-    model = MPINetModel(cfg, 3).to(device)
+    model = build_method(cfg, 3).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     if compile_:

@@ -1,1 +1,6 @@
 """Self-supervised pretraining: two views, the MPINet method and its baselines, and the trainer."""
+
+# Importing a method's module registers it (registry.py): one line per module.
+from . import (  # noqa: F401
+    method,
+)

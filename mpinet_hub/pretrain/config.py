@@ -10,24 +10,15 @@ from pathlib import Path
 from typing import Any
 
 from ..settings import SettingsError, coerce_settings, read_yaml
+from .registry import METHODS
 
 __all__ = ["ABLATION_LADDER", "METHODS", "PretrainConfig", "packaged_configs", "resolve_config"]
 
-# The baselines from the same machinery, as a ladder that changes one factor per rung:
+# The baselines from the same machinery (presets registered in method.py), as a ladder that changes one factor
+# per rung:
 #   mocov2 -(+ dense contrast on C5)-> pixcontrast -(C5 -> C4)-> pixcontrast-c4 -(C4 -> C2+C3+C4 fusion)->
 #   mpinet-noffl -(+ FFL)-> mpinet
-# All four share everything else (the cosine EMA schedule included). MoCo v2's own settings (fixed momentum
-# 0.999) stay available as `mocov2-original`. "auto" FFL weight: calibrated on real keys (see method.py).
 ABLATION_LADDER = ("mocov2", "pixcontrast", "pixcontrast-c4", "mpinet-noffl", "mpinet")
-METHODS: dict[str, dict[str, Any]] = {
-    "mocov2": dict(w_ins=1.0, w_pix=0.0, w_ffl=0.0, fusion_levels=["C5"]),
-    "pixcontrast": dict(w_ins=1.0, w_pix=1.0, w_ffl=0.0, fusion_levels=["C5"]),
-    "pixcontrast-c4": dict(w_ins=1.0, w_pix=1.0, w_ffl=0.0, fusion_levels=["C4"]),
-    "mpinet-noffl": dict(w_ins=1.0, w_pix=1.0, w_ffl=0.0, fusion_levels=["C2", "C3", "C4"]),
-    "mpinet": dict(w_ins=1.0, w_pix=1.0, w_ffl="auto", fusion_levels=["C2", "C3", "C4"]),
-    "mocov2-original": dict(w_ins=1.0, w_pix=0.0, w_ffl=0.0, fusion_levels=["C5"], momentum_schedule="fixed",
-                            momentum=0.999),
-}
 
 
 def packaged_configs() -> list[str]:

@@ -20,11 +20,13 @@ import json
 import math
 import statistics
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
 
 from ..checkpoint import load_checkpoint
+from .registry import build_method, method_class
 
 __all__ = ["CHANCE_MARGIN", "COLLAPSED_RANK", "diagnose", "format_diagnosis", "problems"]
 
@@ -63,12 +65,10 @@ def diagnose(run: str | Path, retrieval_windows: int = 256, seed: int = 123) -> 
     real = [r["ins"] for r in records if r["step"] > filled]  # against a random queue ins says nothing
     tail = records[-max(1, len(records) // 10):]
     cosine, rank = _key_spread(queue)
-    weights = {"ins": cfg["w_ins"], "pix": cfg["w_pix"]}
+    weights = method_class(ckpt.get("method") or cfg["method"]).term_weights(SimpleNamespace(**cfg))
     shares: dict[str, float] = {}
-    for r in tail:
-        parts = {k: float(weights[k]) * r[k] for k in weights if k in r}
-        if "ffl" in r:
-            parts["ffl"] = float(r.get("w_ffl", 0.0)) * r["ffl"]
+    for r in tail:  # a weight is a number, or the name of a logged scalar (mpinet's calibrated w_ffl)
+        parts = {k: float(r.get(w, 0.0) if isinstance(w, str) else w) * r[k] for k, w in weights.items() if k in r}
         total = sum(parts.values()) or 1.0
         for k, v in parts.items():
             shares[k] = shares.get(k, 0.0) + v / total / len(tail)
@@ -89,11 +89,10 @@ def _retrieval(ckpt: dict[str, Any], windows: int, seed: int) -> dict[str, Any]:
     """Top-1 view retrieval with the run's online network (queries) and target (keys), and with random weights,
     on the same windows and views drawn from the run's own training images."""
     from .config import PretrainConfig
-    from .method import MPINetModel
     from .trainer import build_pretraining_dataset
     from .views import make_two_views
 
-    saved = {k: v for k, v in ckpt["config"].items() if k != "w_ffl_calibrated"}
+    saved = {k: v for k, v in ckpt["config"].items() if not k.endswith("_calibrated")}
     cfg = PretrainConfig.from_sources(None, **{**saved, "workers": 0})
     try:  # windows drawn by `seed`, not the run's: runs of one study are scored on the same windows
         images = build_pretraining_dataset(dataclasses.replace(cfg, seed=seed))
@@ -110,7 +109,7 @@ def _retrieval(ckpt: dict[str, Any], windows: int, seed: int) -> dict[str, Any]:
     scores = {}
     for name in ("retrieval", "retrieval_random"):
         torch.manual_seed(seed)
-        model = MPINetModel(cfg, batch.shape[1])
+        model = build_method(cfg, batch.shape[1])
         if name == "retrieval":
             model.online.load_state_dict(ckpt["model"])
             model.target.load_state_dict(ckpt["target"])

@@ -7,9 +7,6 @@
 
 from __future__ import annotations
 
-import copy
-import math
-
 import timm
 import torch
 import torch.distributed as dist
@@ -18,9 +15,10 @@ from torch import nn
 from torchvision.ops import roi_align
 
 from ..models import MPINET_ARCHS
+from .base import MomentumMethod
 from .config import PretrainConfig
 from .losses import FocalFrequencyLoss, InfoNCELoss, PixelInfoNCELoss
-from .shuffle_bn import convert_split_batchnorm, shuffled
+from .registry import register_method
 from .views import TwoViews, undo_geometry
 
 __all__ = ["LEVELS", "STRIDES", "MPINetModel", "OnlineNetwork", "cell_centre", "roi_grid"]
@@ -119,27 +117,23 @@ class OnlineNetwork(nn.Module):
         return out
 
 
-class MPINetModel(nn.Module):
-    """Online + EMA target + queue; `forward(views)` returns the loss terms (unweighted) of one step.
-
-    With `shuffle_bn` (every method's default) BatchNorm runs per split of the batch and the target sees a
-    shuffled batch (shuffle_bn.py), so keys and their queries are never normalised together.
-    """
-
-    CHECKPOINT_BUFFERS = ("queue", "queue_ptr", "queue_real", "w_ffl_value", "calibration", "ffl_head_steps")
+# The ablation ladder and MoCo v2 as presets of one implementation (config.ABLATION_LADDER): one factor per rung.
+# All share everything else (the cosine EMA schedule included); MoCo v2's own settings (fixed momentum 0.999)
+# stay available as `mocov2-original`. "auto" FFL weight: calibrated on real keys (`_calibrate_ffl`).
+@register_method("mocov2-original", w_ins=1.0, w_pix=0.0, w_ffl=0.0, fusion_levels=["C5"],
+                 momentum_schedule="fixed", momentum=0.999)
+@register_method("mpinet", w_ins=1.0, w_pix=1.0, w_ffl="auto", fusion_levels=["C2", "C3", "C4"])
+@register_method("mpinet-noffl", w_ins=1.0, w_pix=1.0, w_ffl=0.0, fusion_levels=["C2", "C3", "C4"])
+@register_method("pixcontrast-c4", w_ins=1.0, w_pix=1.0, w_ffl=0.0, fusion_levels=["C4"])
+@register_method("pixcontrast", w_ins=1.0, w_pix=1.0, w_ffl=0.0, fusion_levels=["C5"])
+@register_method("mocov2", w_ins=1.0, w_pix=0.0, w_ffl=0.0, fusion_levels=["C5"])
+class MPINetModel(MomentumMethod):
+    """MPINet and its ladder: `forward(views)` returns the loss terms (unweighted) of one step: `ins`, and `pix`
+    and `ffl` where their weights are not 0."""
 
     def __init__(self, cfg: PretrainConfig, in_chans: int) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.online = OnlineNetwork(cfg, in_chans)
-        if cfg.shuffle_bn:
-            self.online = convert_split_batchnorm(self.online, cfg.bn_splits, cfg.bn_split_samples)
-        self.target = copy.deepcopy(self.online)
-        for p in self.target.parameters():
-            p.requires_grad_(False)
-        self.register_buffer("queue", F.normalize(torch.randn(cfg.queue_size, 128), dim=1))
-        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
-        self.register_buffer("queue_real", torch.zeros((), dtype=torch.long))  # keys enqueued so far, capped at K
+        super().__init__(cfg, OnlineNetwork(cfg, in_chans))
+        self.add_queue("queue", cfg.queue_size)
         self.register_buffer("w_ffl_value", torch.tensor(float(cfg.w_ffl) if cfg.w_ffl != "auto" else -1.0))
         self.register_buffer("calibration", torch.zeros(3))  # sum of L_ins, sum of L_ffl, steps (auto w_ffl)
         self.register_buffer("ffl_head_steps", torch.zeros((), dtype=torch.long))  # head-only steps so far (auto)
@@ -149,45 +143,21 @@ class MPINetModel(nn.Module):
         self._queue_was_real = False
         self._ffl_pending: bool | None = None  # host copy of "auto w_ffl not calibrated yet"; read once, lazily
 
-    def momentum_at(self, step: int, total_steps: int) -> float:
-        if self.cfg.momentum_schedule == "fixed":
-            return self.cfg.momentum
-        m0 = self.cfg.momentum
-        return 1 - (1 - m0) * (math.cos(math.pi * step / max(1, total_steps)) + 1) / 2
+    @classmethod
+    def term_weights(cls, cfg: PretrainConfig) -> dict[str, float | str]:
+        return {"ins": cfg.w_ins, "pix": cfg.w_pix, "ffl": "w_ffl"}
 
-    @torch.no_grad()
-    def update_target(self, momentum: float) -> None:
-        for t, o in zip(self.target.parameters(), self.online.parameters()):
-            t.mul_(momentum).add_(o.detach(), alpha=1 - momentum)
-        for t, o in zip(self.target.buffers(), self.online.buffers()):
-            t.copy_(o)
-
-    @torch.no_grad()
-    def enqueue(self, keys: torch.Tensor) -> None:
-        if dist.is_available() and dist.is_initialized():  # MoCo: keys of every rank enter the queue
-            gathered = [torch.empty_like(keys) for _ in range(dist.get_world_size())]
-            dist.all_gather(gathered, keys)
-            keys = torch.cat(gathered)
-        k = keys.shape[0]
-        size = self.queue.shape[0]
-        idx = (self.queue_ptr + torch.arange(k, device=keys.device)) % size
-        self.queue[idx] = keys.float()
-        self.queue_ptr.copy_((self.queue_ptr + k) % size)
-        self.queue_real.copy_((self.queue_real + k).clamp_max(size))
+    def logged_scalars(self) -> dict[str, float]:
+        return {"w_ffl": self.ffl_weight()}
 
     def forward(self, views: TwoViews, online: nn.Module | None = None) -> dict[str, torch.Tensor]:
-        """`online`: the module to run the online network through (its DDP wrapper under torchrun)."""
         b = views.view1.shape[0]
         x = torch.cat([views.view1, views.view2])
         boxes = torch.cat([views.overlap1, views.overlap2])
         # While `auto` calibrates, the FFL heads learn on C5 without moving the backbone (see `total_loss`).
         calibrating = self._ffl_calibrating()
         on = (online or self.online)(x, boxes, detach_ffl=calibrating)
-        with torch.no_grad():
-            if self.cfg.shuffle_bn:
-                tg = shuffled(lambda x_, boxes_: self.target(x_, boxes_, predict=False), x, boxes)
-            else:
-                tg = self.target(x, boxes, predict=False)
+        tg = self.run_target(lambda x_, boxes_: self.target(x_, boxes_, predict=False), x, boxes)
         geoms = (views.geom1, views.geom2)
         terms: dict[str, torch.Tensor] = {}
         q1, q2 = on["instance"][:b], on["instance"][b:]
@@ -208,8 +178,9 @@ class MPINetModel(nn.Module):
     def _ffl_calibrating(self) -> bool:
         """Whether `auto` w_ffl is still to be calibrated: read from the buffer at the first step (so a resumed run
         sees its checkpoint's value), then tracked on the host."""
-        if self._ffl_pending is None:
-            self._ffl_pending = self.online.use_ffl and float(self.w_ffl_value) < 0
+        if self._ffl_pending is None:  # (on the meta device, `--plan`, there is no value: planned as calibrated)
+            self._ffl_pending = (self.online.use_ffl and not self.w_ffl_value.is_meta
+                                 and float(self.w_ffl_value) < 0)
         return self._ffl_pending
 
     def ffl_weight(self) -> float:

@@ -23,7 +23,7 @@ import torch
 
 from ..settings import SettingsError
 from .config import PretrainConfig
-from .method import MPINetModel
+from .registry import build_method
 from .views import TwoViews, ViewGeometry, make_two_views
 
 __all__ = ["BF16_ACTIVATION_RATIO", "MemoryPlan", "available_memory", "check_step_fits", "largest_batch",
@@ -40,7 +40,7 @@ class MemoryPlan:
     parameters: int  # bytes: online + target (+ their BatchNorm buffers)
     gradients: int
     optimizer: int  # SGD momentum
-    queue: int
+    queue: int  # the method's own buffers: queues of keys
     activations: int  # saved for the backward: backbone, heads and the pixel/instance/FFL losses
     transient: int  # the backward's working buffers (2x the largest saved tensor)
 
@@ -51,7 +51,7 @@ class MemoryPlan:
 
     def render(self) -> str:
         rows = [("parameters (online + target)", self.parameters), ("gradients", self.gradients),
-                ("optimizer state (SGD momentum)", self.optimizer), ("instance queue", self.queue),
+                ("optimizer state (SGD momentum)", self.optimizer), ("queues of keys", self.queue),
                 (f"activations ({self.precision})", self.activations), ("backward working buffers", self.transient),
                 ("total per process", self.total)]
         return "\n".join(f"  {name:<32} {size / GIB:8.2f} GiB" for name, size in rows)
@@ -81,8 +81,7 @@ def plan_memory(cfg: PretrainConfig, in_chans: int = 3, batch: int | None = None
     """Estimated peak memory of one pretraining step of `cfg` at `batch` (default: the configured one)."""
     batch = batch or cfg.batch_size
     with torch.device("meta"):
-        model = MPINetModel(cfg, in_chans)
-    model._ffl_pending = False  # the meta device holds no values to calibrate on
+        model = build_method(cfg, in_chans)
     saved: dict[int, int] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
@@ -94,10 +93,11 @@ def plan_memory(cfg: PretrainConfig, in_chans: int = 3, batch: int | None = None
     half = cfg.precision in ("bf16", "16", "auto")  # auto: bf16 on the GPU being planned for
     ratio = BF16_ACTIVATION_RATIO if half else 1.0
     online = sum(p.numel() * p.element_size() for p in model.online.parameters())
+    own = sum(b.numel() * b.element_size() for b in model.buffers(recurse=False))
     buffers = sum(b.numel() * b.element_size() for b in model.online.buffers())
     return MemoryPlan(batch=batch, precision="bf16" if half else "fp32",
                       parameters=2 * (online + buffers), gradients=online, optimizer=online,
-                      queue=model.queue.numel() * 4, activations=int(sum(saved.values()) * ratio),
+                      queue=own, activations=int(sum(saved.values()) * ratio),
                       transient=int(2 * max(saved.values()) * ratio))
 
 

@@ -45,8 +45,8 @@ from ..training import (
     resolve_precision,
 )
 from .config import PretrainConfig
-from .method import MPINetModel
 from .plan import check_step_fits
+from .registry import build_method
 from .views import PhotometricAugment, make_two_views
 
 __all__ = ["NonFiniteLossError", "Trainer", "build_pretraining_dataset", "pretrain_or_reuse"]
@@ -109,7 +109,7 @@ class Trainer:
         self.total_steps = cfg.steps or max(1, math.ceil((cfg.epochs or 1) * self.batches.per_epoch))
         self.warmup_steps = min(int(cfg.warmup_epochs * self.batches.per_epoch), self.total_steps // 2)
         torch.manual_seed(cfg.seed)
-        self.model = MPINetModel(cfg, self.in_chans).to(self.device)
+        self.model = build_method(cfg, self.in_chans).to(self.device)
         if self.world > 1 and cfg.sync_bn and not cfg.shuffle_bn and self.device.type == "cuda":
             self.model.online = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model.online)
         if cfg.channels_last and self.device.type == "cuda":
@@ -160,11 +160,11 @@ class Trainer:
             "arch": self.cfg.arch,
             "method": self.cfg.method,
             "step": self.step,
-            "config": {**self.cfg.to_dict(), "w_ffl_calibrated": self.model.ffl_weight()},
+            "config": {**self.cfg.to_dict(), **{f"{k}_calibrated": v for k, v in self.model.logged_scalars().items()}},
             "norm": self.norm,
             "model": self.model.online.state_dict(),
             "target": self.model.target.state_dict(),
-            "buffers": {name: getattr(self.model, name) for name in MPINetModel.CHECKPOINT_BUFFERS},
+            "buffers": {name: getattr(self.model, name) for name in self.model.checkpoint_buffers},
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -265,7 +265,7 @@ class Trainer:
             last = {k: float(v.detach()) for k, v in terms.items()} | {"total": float(loss.detach())}
             if self.is_main:
                 record = {"step": self.step, **last, "lr": self.optimizer.param_groups[0]["lr"], "momentum": momentum,
-                          "w_ffl": self.model.ffl_weight(), "images_per_s": rate}
+                          **self.model.logged_scalars(), "images_per_s": rate}
                 if self.step % cfg.log_every == 0 or self.step == self.total_steps:
                     log.write(record)
                 bar.set_postfix({k: f"{v:.3f}" for k, v in last.items()} | {"img/s": f"{rate:.1f}"})
@@ -277,8 +277,9 @@ class Trainer:
                     if self.is_main:
                         prune_checkpoints(self.out / "checkpoints", cfg.keep_last)
                 if self.is_main:
-                    plot_losses(self.out / "log.jsonl", self.out / "loss.png",
-                                weights={"ins": cfg.w_ins, "pix": cfg.w_pix, "ffl": "w_ffl"},
+                    weights = self.model.term_weights(cfg)
+                    plot_losses(self.out / "log.jsonl", self.out / "loss.png", keys=("total", *weights),
+                                weights=weights,
                                 title=f"{cfg.method} {cfg.arch}, batch {cfg.batch_size} ({self.out.name})",
                                 lines={f"ins at chance, ln(K+1) = {math.log(cfg.queue_size + 1):.2f}":
                                        cfg.w_ins * math.log(cfg.queue_size + 1)})

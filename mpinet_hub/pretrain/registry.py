@@ -1,0 +1,43 @@
+"""Pretraining methods by name: each a preset of `PretrainConfig` values over an implementation (a
+`base.MomentumMethod` subclass), registered where it is written, as timm registers its models.
+
+    @register_method("densecl", w_ins=0.5, w_pix=0.5, w_ffl=0.0, fusion_levels=["C5"])
+    class DenseCLModel(MomentumMethod): ...
+
+A new method is a new module whose import is added to `pretrain/__init__.py`; the trainer, `--plan`,
+`mpinet diagnose`, the plots, the CLI choices and `mpinet study` find it here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["METHODS", "build_method", "method_class", "register_method"]
+
+METHODS: dict[str, dict[str, Any]] = {}  # name -> the PretrainConfig values it sets
+_IMPLEMENTATIONS: dict[str, type] = {}
+
+
+def register_method(name: str, **preset: Any) -> Callable[[type], type]:
+    """Class decorator: `name` selects the class with `preset` applied over the config defaults. Stack it to
+    register several presets (an ablation ladder) of one implementation."""
+
+    def register(cls: type) -> type:
+        if name in METHODS:
+            raise ValueError(f"pretraining method {name!r} is registered twice")
+        METHODS[name] = preset
+        _IMPLEMENTATIONS[name] = cls
+        return cls
+
+    return register
+
+
+def method_class(name: str) -> type:
+    """The implementation (a `base.MomentumMethod` subclass) registered under `name`."""
+    return _IMPLEMENTATIONS[name]
+
+
+def build_method(cfg: Any, in_chans: int) -> Any:
+    """The model of `cfg.method` for images of `in_chans` bands."""
+    return method_class(cfg.method)(cfg, in_chans)
