@@ -2,5 +2,6 @@
 
 # Importing a method's module registers it (registry.py): one line per module.
 from . import (  # noqa: F401
+    densecl,
     method,
 )

@@ -1,0 +1,80 @@
+"""DenseCL, the second implementation of the method interface: its matching, its gradients, and a real run
+through the CLI that `mpinet diagnose`, `mpinet export` and timm can read."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import timm
+import torch
+
+from mpinet_hub.checkpoint import load_checkpoint
+from mpinet_hub.data.synth import synth_dataset
+from mpinet_hub.pretrain.config import METHODS, PretrainConfig
+from mpinet_hub.pretrain.densecl import DenseCLModel, most_similar
+from mpinet_hub.pretrain.views import make_two_views
+
+
+def test_each_query_cell_takes_the_key_embedding_at_its_most_similar_key_cell():
+    torch.manual_seed(0)
+    b, c, d, cells = 2, 8, 4, 5
+    key_features = torch.nn.functional.normalize(torch.randn(b, c, cells), dim=1)
+    order = torch.stack([torch.randperm(cells) for _ in range(b)])  # query cell q sees key cell order[q]
+    query_features = torch.gather(key_features, 2, order[:, None, :].expand(-1, c, -1))
+    keys = torch.randn(b, d, cells)
+    picked = most_similar(query_features, key_features, keys)
+    assert torch.equal(picked, torch.gather(keys, 2, order[:, None, :].expand(-1, d, -1)))
+
+
+def test_densecl_is_mocov2_plus_a_dense_term_that_trains_the_dense_head_and_the_backbone():
+    assert METHODS["densecl"] == {"w_ins": 0.5, "w_pix": 0.5, "w_ffl": 0.0, "fusion_levels": ["C5"]}
+    cfg = PretrainConfig.from_sources(None, method="densecl", arch="mpinet_resnet18", patch=96, crop=64,
+                                      batch_size=4, queue_size=16)
+    torch.manual_seed(0)
+    model = DenseCLModel(cfg, 3)
+    views = make_two_views(torch.rand(4, 3, 96, 96), 64, generator=torch.Generator().manual_seed(0))
+    terms = model(views)
+    assert set(terms) == {"ins", "dense"}
+    assert torch.allclose(model.total_loss(terms), 0.5 * terms["ins"] + 0.5 * terms["dense"])
+    terms["dense"].backward()
+    assert model.online.dense_head[0].weight.grad.abs().sum() > 0
+    assert model.online.instance_head[0].weight.grad is None  # the dense term does not reach the global head
+    assert model.online.backbone.conv1.weight.grad.abs().sum() > 0
+    assert int(model.dense_queue_real) == 8  # one mean dense key per view
+    assert {"dense_queue", "dense_queue_ptr", "dense_queue_real"} <= set(model.checkpoint_buffers)
+
+
+@pytest.fixture(scope="module")
+def densecl_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("densecl")
+    synth_dataset("potsdam", tmp / "data", tiles=3, size=192, seed=5)
+    run = tmp / "run"
+    cmd = [sys.executable, "-m", "mpinet_hub.cli", "pretrain", "--method", "densecl", "--dataset", "potsdam",
+           "--data-root", str(tmp / "data"), "--arch", "mpinet_resnet18", "--patch", "96", "--crop", "64",
+           "--batch-size", "4", "--steps", "3", "--queue-size", "16", "--workers", "0", "--device", "cpu",
+           "--out", str(run)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return tmp, run
+
+
+def test_densecl_trains_from_the_cli_and_its_run_is_diagnosed_and_exported(densecl_run):
+    tmp, run = densecl_run
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3] and {"ins", "dense", "total"} <= set(records[-1])
+    assert abs(records[-1]["total"] - 0.5 * (records[-1]["ins"] + records[-1]["dense"])) < 1e-4
+    assert (run / "loss.png").stat().st_size > 1000
+    ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert ckpt["method"] == "densecl" and "dense_queue" in ckpt["buffers"]
+    done = subprocess.run([sys.executable, "-m", "mpinet_hub.cli", "diagnose", str(run), "--windows", "4"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "densecl, 3 steps" in done.stdout and "dense" in done.stdout  # the dense term's share
+    hub = tmp / "hub"
+    done = subprocess.run([sys.executable, "-m", "mpinet_hub.cli", "export", str(run / "checkpoints" / "last.pt"),
+                           str(hub), "--arch", "mpinet_resnet18", "--tag", "potsdam"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    model = timm.create_model(f"local-dir:{hub}", pretrained=True)
+    assert torch.equal(model.state_dict()["layer4.1.conv2.weight"], ckpt["model"]["backbone.layer4.1.conv2.weight"])
