@@ -49,9 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"mpinet-hub {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    common = argparse.ArgumentParser(add_help=False)  # options every command takes, defined once
+    common.add_argument("--debug", action="store_true", help="show full tracebacks")
     for name, (module_name, help_text) in SUBCOMMANDS.items():
         module = importlib.import_module(module_name)
-        p = sub.add_parser(name, help=help_text, description=help_text,
+        p = sub.add_parser(name, help=help_text, description=help_text, parents=[common],
                            formatter_class=HelpFormatter)
         getattr(module, f"add_{name}_arguments")(p)
         p.set_defaults(_run=getattr(module, f"run_{name}"))

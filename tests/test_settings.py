@@ -167,3 +167,17 @@ def test_settings_mistakes_exit_2_in_every_command(tmp_path, capsys):
     assert main(["finetune", "--dataset", "potsdam", "--data-root", root, "--out", str(tmp_path / "f"),
                  "--label-fraction", "2"]) == 2
     assert not any(tmp_path.iterdir())
+
+
+def test_every_command_takes_debug_and_shows_tracebacks_with_it(tmp_path, capsys):
+    from mpinet_hub.cli import SUBCOMMANDS, build_parser, main
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    assert set(commands) == set(SUBCOMMANDS)
+    for name, parser in commands.items():
+        assert any("--debug" in a.option_strings for a in parser._actions), name
+    missing = str(tmp_path / "missing.yaml")
+    assert main(["pretrain", "--config", missing, "--data-root", str(tmp_path)]) == 1  # one line, no traceback
+    assert "Traceback" not in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError):
+        main(["pretrain", "--config", missing, "--data-root", str(tmp_path), "--debug"])

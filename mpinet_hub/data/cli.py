@@ -57,7 +57,6 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
                     help="(Potsdam ships GeoTIFFs, which are read by window already)")
     pr.add_argument("root", help="the data set as released (read only)")
     pr.add_argument("out", help="new folder for the prepared copy (or the one a stopped prepare left)")
-    p.add_argument("--debug", action="store_true", help="show full tracebacks")
 
 
 def run_data(args: argparse.Namespace) -> int:

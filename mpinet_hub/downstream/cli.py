@@ -75,7 +75,6 @@ def add_finetune_arguments(p: argparse.ArgumentParser) -> None:
                      "training patches. Writes RUN/labeled_patches.json, log.jsonl, loss.png, checkpoints/last.pt "
                      "and RUN/model (smp.from_pretrained reloads it offline).")
     _finetune_options(p)
-    p.add_argument("--debug", action="store_true", help="show full tracebacks")
     from .finetune import FinetuneConfig
 
     name_yaml_only(FinetuneConfig, p)
@@ -130,7 +129,6 @@ def add_probe_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mean", type=float, nargs="+", help="per-band normalisation (default: the encoder's)")
     p.add_argument("--std", type=float, nargs="+")
     p.add_argument("--value-max", type=float, help=VALUE_MAX_HELP)
-    p.add_argument("--debug", action="store_true", help="show full tracebacks")
 
 
 def run_probe(args: argparse.Namespace) -> int:
@@ -163,7 +161,6 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--f1-from-precision-recall", action="store_true",
                    help="mmseg/GeoSeg parity: a class never predicted drops out of mF1 instead of counting 0")
     _inference_options(p)
-    p.add_argument("--debug", action="store_true", help="show full tracebacks")
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -190,7 +187,6 @@ def add_predict_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preview", action="store_true", help="also write a colour PNG (OUTPUT.preview.png)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     _inference_options(p)
-    p.add_argument("--debug", action="store_true", help="show full tracebacks")
 
 
 def run_predict(args: argparse.Namespace) -> int:
@@ -243,7 +239,6 @@ def add_compare_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--probe-steps", type=int, default=300, help="optimiser steps of each probe head")
     p.add_argument("--window", type=int, default=512, help="sliding-window side in px")
     p.add_argument("--overlap", type=int, help="default window/4")
-    p.add_argument("--debug", action="store_true", help="show full tracebacks")
 
 
 def run_compare(args: argparse.Namespace) -> int:
@@ -282,7 +277,6 @@ def add_quickstart_arguments(p: argparse.ArgumentParser) -> None:
                    help="fraction of the labeled training patches fine-tuning sees")
     p.add_argument("--seed", type=int, default=d.seed, help="data, pretraining and fine-tuning seed")
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda")
-    p.add_argument("--debug", action="store_true", help="show full tracebacks")
 
 
 def run_quickstart(args: argparse.Namespace) -> int:
@@ -340,7 +334,6 @@ def add_study_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--window", type=int, default=d.window, help="sliding-window side in px")
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda")
     p.add_argument("--workers", type=int, default=d.workers, help="pretraining loader processes")
-    p.add_argument("--debug", action="store_true", help="show full tracebacks")
 
 
 def run_study(args: argparse.Namespace) -> int:

@@ -21,7 +21,6 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--org", default=None, help="Hub organisation for the card's repo id (default: MPINET_HUB_ORG "
                    "or mpinet-hub)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty out_dir")
-    p.add_argument("--debug", action="store_true", help="show full tracebacks")
 
 
 def run_export(args: argparse.Namespace) -> int:
@@ -46,7 +45,6 @@ def add_push_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--private", action="store_true")
     p.add_argument("--allow-unevaluated", action="store_true",
                    help="publish weights whose card carries no downstream metrics (marked as not evaluated)")
-    p.add_argument("--debug", action="store_true", help="show full tracebacks")
 
 
 def run_push(args: argparse.Namespace) -> int:
@@ -61,7 +59,6 @@ def add_verify_arguments(p: argparse.ArgumentParser) -> None:
                      "config.json and the card. TARGET is an export folder, or a Hub repo id, optionally pinned "
                      "to a revision (ORG/NAME@REV), read through the Hugging Face cache (offline if it is there).")
     p.add_argument("target", help="export folder, ORG/NAME or ORG/NAME@REVISION")
-    p.add_argument("--debug", action="store_true", help="show full tracebacks")
 
 
 def run_verify(args: argparse.Namespace) -> int:

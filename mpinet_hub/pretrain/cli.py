@@ -63,7 +63,6 @@ def add_pretrain_arguments(p: argparse.ArgumentParser) -> None:
                    help="print the step's estimated memory (parameters, optimizer, activations) and the largest batch "
                    "that fits --plan-memory, then stop; needs no data and no GPU")
     p.add_argument("--plan-memory", type=float, default=80.0, help="device memory in GiB for --plan (an H100: 80)")
-    p.add_argument("--debug", action="store_true", help="show full tracebacks")
     name_yaml_only(PretrainConfig, p)
 
 
@@ -100,7 +99,6 @@ def add_diagnose_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--windows", type=int, default=256,
                    help="windows of the run's images for view retrieval (0: skip it, read no data)")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
-    p.add_argument("--debug", action="store_true", help="show full tracebacks")
 
 
 def run_diagnose(args: argparse.Namespace) -> int:

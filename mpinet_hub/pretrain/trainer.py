@@ -281,7 +281,8 @@ class Trainer:
                     plot_losses(self.out / "log.jsonl", self.out / "loss.png", keys=("total", *weights),
                                 weights=weights,
                                 title=f"{cfg.method} {cfg.arch}, batch {cfg.batch_size} ({self.out.name})",
-                                lines={f"ins at chance, ln(K+1) = {math.log(cfg.queue_size + 1):.2f}":
+                                lines={("" if cfg.w_ins == 1 else f"{cfg.w_ins:g} x ")
+                                       + f"ins at chance, ln(K+1) = {math.log(cfg.queue_size + 1):.2f}":
                                        cfg.w_ins * math.log(cfg.queue_size + 1)})
         return last
 
