@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["SettingsError", "coerce_settings", "read_yaml"]
+__all__ = ["SettingsError", "changed_settings", "coerce_settings", "read_yaml", "run_field"]
 
 
 class SettingsError(ValueError):
@@ -122,3 +122,37 @@ def name_yaml_only(cls: type, parser: Any) -> None:
     config = next(a for a in parser._actions if a.dest == "config")
     if names:
         config.help += f". YAML-only settings (no flag): {', '.join(names)}"
+
+
+def run_field(default: Any = dataclasses.MISSING, *, may_change: str, **kw: Any) -> Any:
+    """A settings field that is not part of what a run computes, declared where the field is.
+
+    `may_change="resume"`: the run's length or where its data lives (steps, epochs, data_root): a stopped run may
+    be resumed with another value, but a finished run is not reused as a cell under another. `"how"`: where and
+    how it runs and writes (device, workers, out, save_every, ...): free on resume and on reuse. Every other
+    field is the run's identity and must match both times (`changed_settings`).
+    """
+    if may_change not in ("resume", "how"):
+        raise ValueError(f"may_change={may_change!r}: 'resume' or 'how'")
+    return dataclasses.field(default=default, metadata={"may_change": may_change}, **kw)
+
+
+def changed_settings(settings: Any, saved: dict[str, Any], purpose: str) -> list[str]:
+    """The fields of the settings dataclass `settings` in which a run's saved config differs, as "key old -> new".
+
+    `purpose="resume"` (continue a stopped run) leaves out the fields `run_field` marks "resume" or "how";
+    `"reuse"` (count a finished run as a cell) leaves out only "how". Keys the saved config predates are left out;
+    data roots compare as resolved paths (a link to the same folder is the same data).
+    """
+    free = {"resume": ("resume", "how"), "reuse": ("how",)}[purpose]
+    now = dataclasses.asdict(settings)
+
+    def same(key: str) -> bool:
+        if key == "data_root":
+            paths = [[Path(r).resolve() for r in ([v] if isinstance(v, str) else v)] for v in (saved[key], now[key])]
+            return paths[0] == paths[1]
+        return saved[key] == now[key]
+
+    return [f"{f.name} {saved[f.name]!r} -> {now[f.name]!r}" for f in sorted(dataclasses.fields(settings),
+                                                                             key=lambda f: f.name)
+            if f.metadata.get("may_change") not in free and f.name in saved and not same(f.name)]

@@ -100,6 +100,12 @@ def test_finetune_resume_reproduces_the_uninterrupted_run(tmp_path, potsdam_root
         assert torch.allclose(a.float(), b.float(), atol=1e-6), k
     with pytest.raises(ValueError, match="other settings"):
         Finetuner(_cfg(potsdam_root, tmp_path / "b", steps=4, lr=1e-2), resume=True)
+    # every setting that changes what is computed is the run's identity (weight decay and the normalisation were
+    # not, and resumed silently); where it runs and writes is not
+    for changed in ({"weight_decay": 0.1}, {"mean": [0.1, 0.2, 0.3]}, {"precision": "bf16"}):
+        with pytest.raises(ValueError, match=f"other settings \\({next(iter(changed))} "):
+            Finetuner(_cfg(potsdam_root, tmp_path / "b", steps=4, **changed), resume=True)
+    assert Finetuner(_cfg(potsdam_root, tmp_path / "b", steps=6, save_every=3, log_every=2), resume=True).step == 4
 
 
 def test_sliding_window_equals_whole_image_when_the_window_covers_it(finetuned):

@@ -181,3 +181,23 @@ def test_every_command_takes_debug_and_shows_tracebacks_with_it(tmp_path, capsys
     assert "Traceback" not in capsys.readouterr().err
     with pytest.raises(FileNotFoundError):
         main(["pretrain", "--config", missing, "--data-root", str(tmp_path), "--debug"])
+
+
+def test_one_identity_rule_declared_on_the_fields_for_resume_and_reuse(tmp_path):
+    from mpinet_hub.downstream.finetune import FinetuneConfig
+    from mpinet_hub.pretrain.config import PretrainConfig
+    from mpinet_hub.settings import changed_settings
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "data")
+    cfg = PretrainConfig(data_root=[str(tmp_path / "data")], steps=100)
+    saved = cfg.to_dict() | {"steps": 50, "device": "cuda", "workers": 0, "out": "elsewhere"}
+    assert changed_settings(cfg, saved, "resume") == []  # length, device, workers, out: free on resume
+    assert changed_settings(cfg, saved, "reuse") == ["steps 50 -> 100"]  # a 50-step cell is not a 100-step one
+    moved = saved | {"data_root": [str(tmp_path / "link")], "steps": 100}
+    assert changed_settings(cfg, moved, "reuse") == []  # the same folder by another path
+    older = {k: v for k, v in saved.items() if k != "ffl_head_loss"} | {"lr": 0.1}
+    assert changed_settings(cfg, older, "resume") == ["lr 0.1 -> 0.03"]  # keys a checkpoint predates: left out
+    tuned = FinetuneConfig(dataset="potsdam", data_root="d", weight_decay=0.01)
+    assert changed_settings(tuned, tuned.to_dict() | {"weight_decay": 0.0}, "resume") == \
+        ["weight_decay 0.0 -> 0.01"]

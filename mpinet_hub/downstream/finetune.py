@@ -34,7 +34,7 @@ from ..data import IGNORE_INDEX, SegmentationDataset, open_dataset
 from ..models import MPINET_ARCHS
 from ..pretrain.config import resolve_config
 from ..progress import progress
-from ..settings import SettingsError, coerce_settings, read_yaml
+from ..settings import SettingsError, changed_settings, coerce_settings, read_yaml, run_field
 from ..training import (
     AUTOCAST_DTYPES,
     EpochBatches,
@@ -61,35 +61,33 @@ from .model import (
 __all__ = ["FINETUNE_FORMAT", "FinetuneConfig", "Finetuner", "labeled_subset", "patch_ids"]
 
 FINETUNE_FORMAT = "mpinet-hub/finetune/1"
-# Settings that must match for --resume to continue a run rather than start a different one.
-_RUN_IDENTITY = ("dataset", "encoder", "decoder", "label_fraction", "subset_seed", "arch", "bands", "patch", "crop",
-                 "batch_size", "lr", "seed")
 
 
 @dataclass
 class FinetuneConfig:
     dataset: str
-    data_root: str
+    data_root: str = run_field(may_change="resume")
     encoder: str = "random"
     decoder: str = "deeplabv3plus"
     label_fraction: float = 0.01
-    out: str = "runs/finetune"
+    out: str = run_field("runs/finetune", may_change="how")
     arch: str = "mpinet_resnet18"  # for `random` and `imagenet` encoders
     bands: str | None = None  # Potsdam: RGB (default), IRRG, RGBIR, optionally +DSM
     patch: int = 256  # side of the labeled patches cut from the training tiles (the subset's unit)
     crop: int = 256  # side of the random crop of a patch that is trained on
     batch_size: int = 16
-    steps: int = 1000
-    epochs: float | None = None  # passes over the labeled subset; overrides `steps` when given
+    steps: int = run_field(1000, may_change="resume")
+    # passes over the labeled subset; overrides `steps` when given
+    epochs: float | None = run_field(None, may_change="resume")
     lr: float = 1e-4
     weight_decay: float = 0.0
     seed: int = 0
     subset_seed: int = 0
-    workers: int = 0
-    device: str = "auto"
+    workers: int = run_field(0, may_change="how")
+    device: str = run_field("auto", may_change="how")
     precision: str = "32"  # auto | 32 | bf16 | 16
-    save_every: int = 500
-    log_every: int = 1
+    save_every: int = run_field(500, may_change="how")
+    log_every: int = run_field(1, may_change="how")
     mean: list[float] | None = None
     std: list[float] | None = None
     value_max: float | None = None  # pixel value read as 1.0 (e.g. 4095 for 12-bit data); default the dtype's max
@@ -250,7 +248,7 @@ class Finetuner:
         ckpt = load_checkpoint(path, map_location=self.device)
         if ckpt.get("format") != FINETUNE_FORMAT:
             raise ValueError(f"{path} is not a fine-tuning checkpoint")
-        changed = [k for k in _RUN_IDENTITY if ckpt["config"].get(k) != getattr(self.cfg, k)]
+        changed = changed_settings(self.cfg, ckpt["config"], "resume")
         if changed:
             raise ValueError(f"{path} was trained with other settings ({', '.join(changed)}); use a new --out or "
                              "the same settings")

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Collection
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ..settings import SettingsError, coerce_settings, read_yaml
+from ..settings import SettingsError, coerce_settings, read_yaml, run_field
 from .registry import METHODS
 
 __all__ = ["ABLATION_LADDER", "METHODS", "PretrainConfig", "packaged_configs", "resolve_config"]
@@ -44,7 +43,7 @@ def resolve_config(name_or_path: str | Path) -> Path:
 class PretrainConfig:
     # data
     dataset: str = "folder"  # potsdam | loveda | uavid | folder
-    data_root: list[str] = field(default_factory=list)
+    data_root: list[str] = run_field(default_factory=list, may_change="resume")
     bands: str = "RGB"
     patch: int = 256  # side of the windows read from the images
     crop: int = 256  # side of each view
@@ -89,23 +88,23 @@ class PretrainConfig:
     weight_decay: float = 1e-4
     sgd_momentum: float = 0.9
     warmup_epochs: float = 10.0
-    epochs: float | None = 200.0
-    steps: int | None = None  # overrides epochs
+    epochs: float | None = run_field(200.0, may_change="resume")
+    steps: int | None = run_field(None, may_change="resume")  # overrides epochs
     precision: str = "32"  # auto | 32 | bf16 | 16 (auto: bf16 on a GPU that supports it, else 32)
-    compile: bool = False
+    compile: bool = run_field(False, may_change="how")
     channels_last: bool = True
     shuffle_bn: bool = True  # MoCo's shuffling BN: split BN statistics, target batch shuffled (all methods)
     bn_splits: int = 8  # BN splits per process with shuffle_bn, at most ...
     bn_split_samples: int = 32  # ... and fewer where that keeps this many samples per split (MoCo: 32 per GPU)
     sync_bn: bool = True  # SyncBN under DDP on CUDA; only without shuffle_bn (global statistics would leak)
     # run
-    out: str = "runs/pretrain"
-    save_every: int = 1000
-    keep_last: int | None = 5  # periodic checkpoints (step_*.pt) kept, the newest; None: all
-    log_every: int = 1
-    workers: int = 4
+    out: str = run_field("runs/pretrain", may_change="how")
+    save_every: int = run_field(1000, may_change="how")
+    keep_last: int | None = run_field(5, may_change="how")  # periodic checkpoints kept, the newest; None: all
+    log_every: int = run_field(1, may_change="how")
+    workers: int = run_field(4, may_change="how")
     seed: int = 0
-    device: str = "auto"
+    device: str = run_field("auto", may_change="how")
 
     @classmethod
     def from_sources(cls, yaml_path: str | Path | None = None, **overrides: Any) -> PretrainConfig:
@@ -137,17 +136,3 @@ class PretrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-    def differences(self, saved: dict[str, Any], may_differ: Collection[str] = ()) -> list[str]:
-        """The settings in which a checkpoint's config (`saved`) differs from this one, as "key old -> new",
-        leaving out `may_differ` and keys the checkpoint predates. Data roots compare as resolved paths: a link
-        to the same folder is the same data."""
-        now = self.to_dict()
-
-        def same(key: str) -> bool:
-            if key == "data_root":
-                return [Path(r).resolve() for r in saved[key]] == [Path(r).resolve() for r in now[key]]
-            return saved[key] == now[key]
-
-        return [f"{k} {saved[k]!r} -> {now[k]!r}" for k in sorted(now)
-                if k not in may_differ and k in saved and not same(k)]

@@ -25,7 +25,7 @@ from ..data import UnlabeledImages, pretraining_images
 from ..data.potsdam import POTSDAM_BAND_NAMES
 from ..models import MPINET_TAGS, RGB_MEAN, RGB_STD
 from ..progress import progress
-from ..settings import SettingsError
+from ..settings import SettingsError, changed_settings
 from ..training import (
     AUTOCAST_DTYPES,
     EpochBatches,
@@ -80,16 +80,9 @@ class PretrainBatches(StepBatches):
         return torch.stack(images), [(it["meta"]["file"], it["meta"]["window"]) for it in items]
 
 
-# Settings a run may change on --resume: where it runs and how often it writes (and how long it goes on).
-_RESUMABLE = {"out", "workers", "device", "save_every", "log_every", "steps", "epochs", "compile", "data_root",
-              "keep_last"}
-# ... and a finished run reused as a cell (study, compare) only where and how it ran: its length and data count.
-_HOW_IT_RAN = _RESUMABLE - {"steps", "epochs", "data_root"}
-
-
 class Trainer:
-    """`resume` continues OUT's run (refused if a setting other than `_RESUMABLE` changed); `overwrite` starts
-    over in a folder that holds a run. Without either, an existing run in OUT is refused."""
+    """`resume` continues OUT's run (refused if a setting of its identity changed: settings.changed_settings);
+    `overwrite` starts over in a folder that holds a run. Without either, an existing run in OUT is refused."""
 
     def __init__(self, cfg: PretrainConfig, resume: bool = False, overwrite: bool = False) -> None:
         self.cfg = cfg
@@ -183,7 +176,7 @@ class Trainer:
     def _resume(self) -> None:
         path = self.out / "checkpoints" / "last.pt"
         ckpt = load_checkpoint(path, map_location=self.device)
-        changed = self.cfg.differences(ckpt.get("config", {}), may_differ=_RESUMABLE)
+        changed = changed_settings(self.cfg, ckpt.get("config", {}), "resume")
         if changed:
             raise ValueError(f"{path} was trained with other settings ({', '.join(changed)}); resume with the run's "
                              "own settings (its config.yaml) or start a new --out")
@@ -295,7 +288,7 @@ def pretrain_or_reuse(cfg: PretrainConfig) -> tuple[Path, float | None]:
     last = run / "checkpoints" / "last.pt"
     if last.is_file():
         ckpt = load_checkpoint(last)
-        changed = cfg.differences(ckpt["config"], may_differ=_HOW_IT_RAN)
+        changed = changed_settings(cfg, ckpt["config"], "reuse")
         if changed:
             raise SettingsError(f"{run} was pretrained with other settings ({', '.join(changed)}). Give another "
                                 "--out, or the settings that folder was made with.")
