@@ -13,6 +13,7 @@ from PIL import Image
 from mpinet_hub.cli import main
 from mpinet_hub.downstream.probe import ProbeConfig, reestimate_batchnorm, resample_cells, run_probe
 from mpinet_hub.hub import export_weights
+from mpinet_hub.training import RunLock
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +72,14 @@ def test_probe_cli_random_bn_control(blocks_root, tmp_path, capsys):
     assert "mIoU" in capsys.readouterr().out
     cfg = yaml.safe_load((tmp_path / "rbn" / "config.yaml").read_text())
     assert cfg["encoder"] == "random-bn" and cfg["label_fraction"] == 0.5
+    # a probe folder another live process is writing is refused, and left as it was
+    before = sorted(p.name for p in (tmp_path / "rbn").iterdir())
+    with RunLock(tmp_path / "rbn"):
+        code = main(["probe", "random-bn", "--dataset", "folder", "--data-root", str(blocks_root), "--out",
+                     str(tmp_path / "rbn"), "--label-fraction", "0.5", "--steps", "5", "--batch-size", "2",
+                     "--patch", "64", "--window", "128", "--device", "cpu"])
+        assert code == 1 and "is in use by process" in capsys.readouterr().err
+        assert sorted(p.name for p in (tmp_path / "rbn").iterdir()) == sorted([*before, ".lock"])
 
 
 def test_reestimated_batchnorm_matches_the_data_statistics():

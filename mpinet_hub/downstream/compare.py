@@ -19,6 +19,7 @@ from ..data import evaluation_split
 from ..pretrain.config import PretrainConfig
 from ..pretrain.trainer import pretrain_or_reuse
 from ..settings import SettingsError
+from ..training import resume_or_start
 from .evaluate import evaluate, write_json
 from .finetune import FinetuneConfig, Finetuner
 from .plots import label_efficiency_png
@@ -93,8 +94,7 @@ def compare(
             else:
                 cfg = replace(base, encoder=spec, label_fraction=fraction, out=str(run))
                 cfg.validate()
-                resume = (run / "checkpoints" / "last.pt").is_file()
-                model_dir = Finetuner(cfg, resume=resume, overwrite=not resume).train()
+                model_dir = resume_or_start(Finetuner, cfg).train()
                 metrics = evaluate(model_dir, cfg.dataset, cfg.data_root, split=split, out=run / f"eval-{split}",
                                    bands=cfg.bands, device=cfg.device, **(eval_kwargs or {}))
             results.setdefault(name, {})[fraction] = metrics

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 from ..data import IGNORE_INDEX, evaluation_split, open_dataset
 from ..progress import progress
 from ..settings import SettingsError
-from ..training import EpochBatches, RunLog, check_finite, normalisation, plot_losses, resolve_device
+from ..training import EpochBatches, RunLock, RunLog, check_finite, normalisation, plot_losses, resolve_device
 from .evaluate import evaluate_model
 from .finetune import LabeledBatches, labeled_subset, patch_ids
 from .model import SegmentationModelInfo, load_encoder
@@ -174,39 +174,40 @@ def run_probe(cfg: ProbeConfig) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     probe = LinearProbe(backbone, levels, dataset.num_classes).to(device)
     optimizer = torch.optim.Adam([p for p in probe.parameters() if p.requires_grad], lr=cfg.lr)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
-    (out / "labeled_patches.json").write_text(json.dumps(
-        {"dataset": cfg.dataset, "patch": cfg.patch, "label_fraction": cfg.label_fraction,
-         "subset_seed": cfg.subset_seed, "total_patches": len(dataset), "patch_ids": patch_ids(dataset, subset)},
-        indent=1))
-    loader = DataLoader(LabeledBatches(dataset, subset, batches, cfg.patch, cfg.seed, 0, cfg.steps), batch_size=None)
-    probe.train()
-    with (
-        RunLog(out, step=0) as log,
-        progress(total=cfg.steps, unit="step", desc=f"probe {cfg.encoder}") as bar,
-    ):
-        for step, (images, masks) in enumerate(loader, 1):
-            images = (images.to(device) - mean_t) / std_t
-            masks = masks.to(device)
-            loss = F.cross_entropy(probe(images), masks, ignore_index=IGNORE_INDEX, reduction="sum")
-            loss = loss / (masks != IGNORE_INDEX).sum().clamp_min(1)
-            check_finite({"ce": loss}, step, out / "probe.safetensors")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            log.write({"step": step, "ce": float(loss.detach())})
-            bar.set_postfix(ce=f"{float(loss.detach()):.3f}")
-            bar.update(1)
-    plot_losses(out / "log.jsonl", out / "loss.png", keys=("ce",))
-    save_file({k: v.contiguous() for k, v in probe.state_dict().items() if not k.startswith("backbone.")},
-              str(out / "probe.safetensors"))
-    info = SegmentationModelInfo(
-        classes=list(dataset.classes), mean=list(mean), std=list(std),
-        palette=[list(c) for c in dataset.palette] or None, bands=getattr(dataset, "bands", None),
-        value_max=cfg.value_max,
-        provenance={"dataset": cfg.dataset, "encoder": cfg.encoder, "decoder": f"linear probe {'+'.join(cfg.levels)}",
-                    "label_fraction": cfg.label_fraction, "labeled_patches": len(subset), "steps": cfg.steps,
-                    "model_dir": str(out)})
-    return evaluate_model(probe, info, cfg.dataset, cfg.data_root, out, split=split, window=cfg.window,
-                          device=cfg.device, previews=2)
+    with RunLock(out):  # one process writes a probe folder at a time (creates it)
+        (out / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
+        (out / "labeled_patches.json").write_text(json.dumps(
+            {"dataset": cfg.dataset, "patch": cfg.patch, "label_fraction": cfg.label_fraction,
+             "subset_seed": cfg.subset_seed, "total_patches": len(dataset), "patch_ids": patch_ids(dataset, subset)},
+            indent=1))
+        loader = DataLoader(LabeledBatches(dataset, subset, batches, cfg.patch, cfg.seed, 0, cfg.steps),
+                            batch_size=None)
+        probe.train()
+        with (
+            RunLog(out, step=0) as log,
+            progress(total=cfg.steps, unit="step", desc=f"probe {cfg.encoder}") as bar,
+        ):
+            for step, (images, masks) in enumerate(loader, 1):
+                images = (images.to(device) - mean_t) / std_t
+                masks = masks.to(device)
+                loss = F.cross_entropy(probe(images), masks, ignore_index=IGNORE_INDEX, reduction="sum")
+                loss = loss / (masks != IGNORE_INDEX).sum().clamp_min(1)
+                check_finite({"ce": loss}, step, out / "probe.safetensors")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                log.write({"step": step, "ce": float(loss.detach())})
+                bar.set_postfix(ce=f"{float(loss.detach()):.3f}")
+                bar.update(1)
+        plot_losses(out / "log.jsonl", out / "loss.png", keys=("ce",))
+        save_file({k: v.contiguous() for k, v in probe.state_dict().items() if not k.startswith("backbone.")},
+                  str(out / "probe.safetensors"))
+        info = SegmentationModelInfo(
+            classes=list(dataset.classes), mean=list(mean), std=list(std),
+            palette=[list(c) for c in dataset.palette] or None, bands=getattr(dataset, "bands", None),
+            value_max=cfg.value_max,
+            provenance={"dataset": cfg.dataset, "encoder": cfg.encoder,
+                        "decoder": f"linear probe {'+'.join(cfg.levels)}", "label_fraction": cfg.label_fraction,
+                        "labeled_patches": len(subset), "steps": cfg.steps, "model_dir": str(out)})
+        return evaluate_model(probe, info, cfg.dataset, cfg.data_root, out, split=split, window=cfg.window,
+                              device=cfg.device, previews=2)

@@ -21,6 +21,7 @@ from ..data.synth import synth_dataset
 from ..hub.export import export_weights
 from ..pretrain.config import PretrainConfig
 from ..pretrain.trainer import Trainer
+from ..training import resume_or_start
 from .evaluate import evaluate, format_metrics_table
 from .finetune import FinetuneConfig, Finetuner
 
@@ -69,7 +70,7 @@ def _run(s: QuickstartSettings) -> dict:
                                       save_every=s.pretrain_steps, seed=s.seed, device=s.device, warmup_epochs=0,
                                       ffl_head_warmup=5)
     last = pre_run / "checkpoints" / "last.pt"
-    Trainer(cfg, resume=last.is_file(), overwrite=not last.is_file()).train()
+    resume_or_start(Trainer, cfg).train()
     times["pretrain"] = time.perf_counter() - t
 
     t = _stage(3, f"export the backbone as a Hub folder -> {hub}")
@@ -95,8 +96,7 @@ def _run(s: QuickstartSettings) -> dict:
                             steps=s.finetune_steps, lr=1e-3, seed=s.seed, device=s.device,
                             save_every=s.finetune_steps)
         ft.validate()
-        resume = (run / "checkpoints" / "last.pt").is_file()
-        runs[name] = Finetuner(ft, resume=resume, overwrite=not resume).train()
+        runs[name] = resume_or_start(Finetuner, ft).train()
     model_dir = runs["MPINet"]
     times["finetune"] = time.perf_counter() - t
     t = _stage(6, "evaluate whole test tiles (sliding window) under protocol potsdam-mmseg")

@@ -34,6 +34,7 @@ from ..pretrain.config import PretrainConfig
 from ..pretrain.trainer import pretrain_or_reuse
 from ..progress import progress
 from ..settings import SettingsError
+from ..training import resume_or_start
 from .evaluate import evaluate, write_json
 from .finetune import FinetuneConfig, Finetuner
 from .plots import label_efficiency_png
@@ -182,8 +183,7 @@ def _downstream_cell(s: StudySettings, evaluation: str, name: str, spec: str, fr
                              steps=s.finetune_steps, seed=seed, subset_seed=subset_seed, device=s.device,
                              save_every=s.finetune_steps, arch=s.arch, value_max=s.value_max)
         cfg.validate()
-        resume = (cell / "run" / "checkpoints" / "last.pt").is_file()
-        Finetuner(cfg, resume=resume, overwrite=not resume).train()
+        resume_or_start(Finetuner, cfg).train()
         metrics = evaluate(cell / "run", s.dataset, s.data_root, split=s.split, out=cell, device=s.device, previews=1)
     timings.record(cell, time.perf_counter() - start)
     return cell, metrics

@@ -43,6 +43,7 @@ from ..training import (
     prune_checkpoints,
     resolve_device,
     resolve_precision,
+    resume_or_start,
 )
 from .config import PretrainConfig
 from .plan import check_step_fits
@@ -295,5 +296,5 @@ def pretrain_or_reuse(cfg: PretrainConfig) -> tuple[Path, float | None]:
         if ckpt["step"] >= (cfg.steps or 0):
             return run, None
     start = time.perf_counter()
-    Trainer(cfg, resume=last.is_file(), overwrite=not last.is_file()).train()
+    resume_or_start(Trainer, cfg).train()
     return run, time.perf_counter() - start

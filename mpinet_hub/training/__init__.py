@@ -16,6 +16,7 @@ from .run_folder import (
                          claim_run_folder,
                          prune_checkpoints,
                          remove_partial_checkpoints,
+                         resume_or_start,
 )
 from .run_log import RunLog, plot_losses, trim_log
 
@@ -41,5 +42,6 @@ __all__ = [
     "remove_partial_checkpoints",
     "resolve_device",
     "resolve_precision",
+    "resume_or_start",
     "trim_log",
 ]

@@ -6,12 +6,14 @@ import os
 import shutil
 import socket
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 from ..atomic import WriteFailed, free_space, process_alive, remove_orphaned_partials, write_text_atomic
 
 __all__ = ["RUN_FILES", "RunFolderError", "RunLock", "claim_run_folder", "prune_checkpoints",
-           "remove_partial_checkpoints"]
+           "remove_partial_checkpoints", "resume_or_start"]
 
 
 class RunFolderError(RuntimeError):
@@ -37,6 +39,17 @@ def claim_run_folder(out: Path, resume: bool, overwrite: bool = False) -> None:
     for name in present:
         path = out / name
         shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+Runner = TypeVar("Runner")
+
+
+def resume_or_start(runner: Callable[..., Runner], cfg: Any) -> Runner:
+    """`runner(cfg, resume=..., overwrite=...)` (a Trainer or Finetuner) that resumes the run in `cfg.out` where it
+    has a last checkpoint and otherwise starts one there, over what a start stopped before its first checkpoint
+    left: how the commands that file runs as cells of their own folders (study, compare, quickstart) run them."""
+    resume = (Path(cfg.out) / "checkpoints" / "last.pt").is_file()
+    return runner(cfg, resume=resume, overwrite=not resume)
 
 
 class RunLock:
