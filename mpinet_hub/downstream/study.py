@@ -25,6 +25,7 @@ import dataclasses
 import json
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -145,7 +146,8 @@ class _Timings:
 
 
 def _claim(s: StudySettings, out: Path) -> dict[str, Any]:
-    """OUT/study.json: the settings the folder's cells were made with; a re-run must match them."""
+    """OUT/study.json: the settings the folder's cells were made with (a re-run must match them), and the dates
+    the test split was read (`_record_test_read`)."""
     path = out / "study.json"
     now = dataclasses.asdict(s)
     if path.is_file():
@@ -158,19 +160,20 @@ def _claim(s: StudySettings, out: Path) -> dict[str, Any]:
         record = saved | {"settings": now}
     else:
         record = {"settings": now, "test_reads": []}
-    if s.split == "test":
-        record["test_reads"].append(time.strftime("%Y-%m-%d %H:%M:%S"))
     write_json(record, path)
     return record
 
 
 def _downstream_cell(s: StudySettings, evaluation: str, name: str, spec: str, fraction: float, seed: int,
-                     subset_seed: int, out: Path, timings: _Timings) -> tuple[Path, dict[str, Any]]:
+                     subset_seed: int, out: Path, timings: _Timings,
+                     reading: Callable[[], None]) -> tuple[Path, dict[str, Any]]:
+    """The cell's metrics: filed ones are read back; otherwise `reading()` is called, then the cell is computed."""
     band = s.band if evaluation == "probe" else s.split
     cell = out / f"{evaluation}-{band}" / name / f"f{fraction:g}-s{seed}-sub{subset_seed}"
     metrics_path = cell / "metrics.json"
     if metrics_path.is_file():
         return cell, json.loads(metrics_path.read_text())
+    reading()
     start = time.perf_counter()
     if evaluation == "probe":
         metrics = run_probe(ProbeConfig(
@@ -230,6 +233,18 @@ def run_study(s: StudySettings) -> dict[str, Any]:
     downstream = [(e, n, f, i, sub) for e in s.evaluations for n in [*s.methods, *specs] for f in s.fractions
                   for i in range(len(s.seeds)) for sub in s.subset_seeds if not (e == "finetune" and n == "random-bn")]
     cells: dict[str, dict[str, dict[str, list[dict[str, Any]]]]] = {}
+
+    dated = False
+
+    def reading() -> None:
+        """Date the test split's reading once per run, before its first unfiled cell (a re-run that only
+        re-scores filed cells reads nothing new)."""
+        nonlocal dated
+        if s.split == "test" and not dated:
+            record["test_reads"].append(time.strftime("%Y-%m-%d %H:%M:%S"))
+            write_json(record, out / "study.json")
+            dated = True
+
     with progress(total=len(runs) + len(downstream), unit="cell", desc="study") as bar:
         for method, seed, run in runs:
             bar.set_postfix_str(f"pretrain {method} seed {seed}")
@@ -242,7 +257,7 @@ def run_study(s: StudySettings) -> dict[str, Any]:
         for evaluation, name, fraction, i, sub in downstream:
             bar.set_postfix_str(f"{evaluation} {name} {fraction:g} seed {s.seeds[i]} subset {sub}")
             cell, metrics = _downstream_cell(s, evaluation, name, specs[name][i], fraction, s.seeds[i], sub, out,
-                                             timings)
+                                             timings, reading)
             cells.setdefault(evaluation, {}).setdefault(name, {}).setdefault(f"{fraction:g}", []).append({
                 "seed": s.seeds[i], "subset_seed": sub, "value": metric_value(metrics, s.metric),
                 "cell": str(cell), "minutes": timings.minutes(cell)})
