@@ -383,3 +383,26 @@ def test_on_a_busy_cpu_commands_leave_the_busy_cores_to_the_other_work(monkeypat
         assert torch.get_num_threads() == 2  # the user's choice stands
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_one_band_folder_run_says_which_bands_it_read_not_rgb(tmp_path):
+    import numpy as np
+    import rasterio
+    import yaml
+
+    images = tmp_path / "pan"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        with rasterio.open(images / f"t{i}.tif", "w", driver="GTiff", height=96, width=96, count=1,
+                           dtype="uint16") as dst:
+            dst.write(rng.integers(0, 4096, (1, 96, 96), dtype=np.uint16))
+    cfg = PretrainConfig.from_sources(None, dataset="folder", data_root=[str(images)], method="mocov2",
+                                      arch="mpinet_resnet18", patch=64, crop=48, batch_size=2, steps=1, queue_size=8,
+                                      workers=0, out=str(tmp_path / "run"), value_max=4095, mean=[0.5], std=[0.3])
+    Trainer(cfg).train()
+    first = (tmp_path / "run" / "config.yaml").read_text().splitlines()[0]
+    assert first == ("# bands: not used for folder data; this run read 1 band(s) of its files, treated as band1 "
+                     "(checkpoint: norm.bands)")
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["norm"]["bands"] == ["band1"]
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["method"] == "mocov2"  # still YAML

@@ -133,6 +133,13 @@ class Trainer:
             return list(MPINET_TAGS["potsdam"]["band_names"])
         return [f"band{i + 1}" for i in range(self.in_chans)]
 
+    def _bands_note(self) -> str:
+        """config.yaml's first line where `bands` (Potsdam's band product) did not choose the bands read."""
+        if self.cfg.dataset == "potsdam":
+            return ""
+        return (f"# bands: not used for {self.cfg.dataset} data; this run read {self.in_chans} band(s) of its files, "
+                f"treated as {', '.join(self.norm['bands'])} (checkpoint: norm.bands)\n")
+
     def _optimizer(self) -> torch.optim.Optimizer:
         decay, no_decay = [], []
         for name, p in self.model.online.named_parameters():
@@ -209,7 +216,8 @@ class Trainer:
         cfg = self.cfg
         with RunLock(self.out) if self.is_main else nullcontext():
             if self.is_main:
-                (self.out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+                config = self._bands_note() + yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+                (self.out / "config.yaml").write_text(config)
             cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
             workers = min(cfg.workers, cores)  # more loader processes than cores only compete with the step
             if workers < cfg.workers and self.is_main:
