@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["SettingsError", "changed_settings", "coerce_settings", "read_yaml", "run_field"]
+__all__ = ["SettingsError", "added_field", "changed_settings", "coerce_settings", "read_yaml", "run_field"]
 
 
 class SettingsError(ValueError):
@@ -137,15 +137,24 @@ def run_field(default: Any = dataclasses.MISSING, *, may_change: str, **kw: Any)
     return dataclasses.field(default=default, metadata={"may_change": may_change}, **kw)
 
 
+def added_field(default: Any, *, was: Any, **kw: Any) -> Any:
+    """A setting of a run's identity added after runs were made: a saved config without it ran with `was`, and
+    `changed_settings` compares it so (a run made before the key existed is not taken for one made with the new
+    default)."""
+    return dataclasses.field(default=default, metadata={"was": was}, **kw)
+
+
 def changed_settings(settings: Any, saved: dict[str, Any], purpose: str) -> list[str]:
     """The fields of the settings dataclass `settings` in which a run's saved config differs, as "key old -> new".
 
     `purpose="resume"` (continue a stopped run) leaves out the fields `run_field` marks "resume" or "how";
-    `"reuse"` (count a finished run as a cell) leaves out only "how". Keys the saved config predates are left out;
-    data roots compare as resolved paths (a link to the same folder is the same data).
+    `"reuse"` (count a finished run as a cell) leaves out only "how". A key the saved config predates compares as
+    the value its `added_field` says such runs had, and is left out where none is declared; data roots compare as
+    resolved paths (a link to the same folder is the same data).
     """
     free = {"resume": ("resume", "how"), "reuse": ("how",)}[purpose]
     now = dataclasses.asdict(settings)
+    saved = {f.name: f.metadata["was"] for f in dataclasses.fields(settings) if "was" in f.metadata} | saved
 
     def same(key: str) -> bool:
         if key == "data_root":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -196,8 +197,10 @@ def test_one_identity_rule_declared_on_the_fields_for_resume_and_reuse(tmp_path)
     assert changed_settings(cfg, saved, "reuse") == ["steps 50 -> 100"]  # a 50-step cell is not a 100-step one
     moved = saved | {"data_root": [str(tmp_path / "link")], "steps": 100}
     assert changed_settings(cfg, moved, "reuse") == []  # the same folder by another path
-    older = {k: v for k, v in saved.items() if k != "ffl_head_loss"} | {"lr": 0.1}
-    assert changed_settings(cfg, older, "resume") == ["lr 0.1 -> 0.03"]  # keys a checkpoint predates: left out
+    older = {k: v for k, v in saved.items() if k not in ("ffl_head_loss", "ffl_head_warmup")} | {"lr": 0.1}
+    assert changed_settings(cfg, older, "resume") == ["lr 0.1 -> 0.03"]  # keys a checkpoint predates: left out ...
+    log = dataclasses.replace(cfg, ffl_head_loss="log")  # ... unless declared: runs before ffl_head_loss were "raw"
+    assert changed_settings(log, older | {"lr": 0.03}, "resume") == ["ffl_head_loss 'raw' -> 'log'"]
     tuned = FinetuneConfig(dataset="potsdam", data_root="d", weight_decay=0.01)
     assert changed_settings(tuned, tuned.to_dict() | {"weight_decay": 0.0}, "resume") == \
         ["weight_decay 0.0 -> 0.01"]

@@ -8,7 +8,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ..settings import SettingsError, coerce_settings, read_yaml, run_field
+from ..settings import SettingsError, added_field, coerce_settings, read_yaml, run_field
 from .registry import METHODS
 
 __all__ = ["ABLATION_LADDER", "METHODS", "PretrainConfig", "packaged_configs", "resolve_config"]
@@ -62,7 +62,7 @@ class PretrainConfig:
     ffl_head_warmup: int = 50  # ... and the FFL heads have trained this many steps alone (detached from the backbone)
     # what the FFL heads train on during that warmup: "raw", L_ffl itself, whose gradient (L_ffl ~ 0.006) barely
     # moves them; "log", log L_ffl, the same direction at a scale-free size (docs/method.md, FFL weight)
-    ffl_head_loss: str = "raw"
+    ffl_head_loss: str = added_field("raw", was="raw")
     fusion_levels: list[str] = field(default_factory=lambda: ["C2", "C3", "C4"])
     queue_size: int = 8192
     t_ins: float = 0.2
