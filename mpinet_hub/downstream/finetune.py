@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,12 +35,11 @@ from ..pretrain.config import resolve_config
 from ..progress import progress
 from ..settings import SettingsError, changed_settings, coerce_settings, read_yaml, run_field
 from ..training import (
-    AUTOCAST_DTYPES,
     EpochBatches,
     RunLock,
     RunLog,
     StepBatches,
-    check_finite,
+    StepLoop,
     check_finite_state,
     claim_run_folder,
     init_distributed,
@@ -172,7 +170,7 @@ class LabeledBatches(StepBatches):
         return torch.stack(images).contiguous(), torch.stack(masks).contiguous()
 
 
-class Finetuner:
+class Finetuner(StepLoop):
     """Builds the SMP model around the encoder SPEC and trains it on the labeled subset; resumable."""
 
     def __init__(self, cfg: FinetuneConfig, resume: bool = False, overwrite: bool = False) -> None:
@@ -212,6 +210,8 @@ class Finetuner:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "16" and self.device.type == "cuda")
         self.batches = EpochBatches(len(self.subset), cfg.batch_size, cfg.seed, self.rank, self.world)
         self.step = 0
+        self.total_steps, self.save_every, self.log_every = cfg.steps, cfg.save_every, cfg.log_every
+        self.checkpoint_path = self.out / "checkpoints" / "last.pt"
         self.info = SegmentationModelInfo(
             classes=list(self.dataset.classes), mean=list(self.mean), std=list(self.std),
             palette=[list(c) for c in self.dataset.palette] or None, bands=getattr(self.dataset, "bands", "RGB"),
@@ -269,22 +269,22 @@ class Finetuner:
 
     def _train(self) -> Path:
         cfg = self.cfg
-        last_ckpt = self.out / "checkpoints" / "last.pt"
+        last_ckpt = self.checkpoint_path
         if self.is_main:
             (self.out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
             self.write_subset()
         loader = DataLoader(LabeledBatches(self.dataset, self.subset, self.batches, cfg.crop,
                                          cfg.seed * self.world + self.rank, self.step, cfg.steps),
                             batch_size=None, num_workers=cfg.workers, pin_memory=self.device.type == "cuda")
-        mean = torch.tensor(self.mean, device=self.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=self.device).view(1, -1, 1, 1)
+        self._mean = torch.tensor(self.mean, device=self.device).view(1, -1, 1, 1)
+        self._std = torch.tensor(self.std, device=self.device).view(1, -1, 1, 1)
         self.model.train()
         with (
             RunLog(self.out, self.step, enabled=self.is_main) as log,
             progress(total=cfg.steps, initial=self.step, unit="step", desc=f"finetune {Path(cfg.encoder).name}",
                      disable=not self.is_main) as bar,
         ):
-            self._loop(loader, mean, std, last_ckpt, log, bar)
+            self.loop(loader, log, bar)
         self.model.eval()
         model_dir = self.out / "model"
         if self.is_main:
@@ -295,37 +295,22 @@ class Finetuner:
             dist.barrier()  # the model folder exists for every rank once train() returns
         return model_dir
 
-    def _loop(self, loader: DataLoader, mean: torch.Tensor, std: torch.Tensor, last_ckpt: Path, log: RunLog,
-              bar) -> None:
-        cfg = self.cfg
-        autocast_dtype = AUTOCAST_DTYPES.get(self.precision)
-        tick = time.perf_counter()
-        for images, masks in loader:
-            images = (images.to(self.device, non_blocking=True) - mean) / std
-            masks = masks.to(self.device, non_blocking=True)
-            # dropout draws, so a resumed run matches the uninterrupted one
-            torch.manual_seed(cfg.seed * 999_983 + self.step * self.world + self.rank)
-            with torch.autocast(self.device.type, dtype=autocast_dtype or torch.float32,
-                                enabled=autocast_dtype is not None):
-                logits = self.runner(images)
-            # Mean over labeled pixels; a batch of ignore-only pixels gives 0, not NaN.
-            loss = F.cross_entropy(logits.float(), masks, ignore_index=IGNORE_INDEX, reduction="sum")
-            loss = loss / (masks != IGNORE_INDEX).sum().clamp_min(1)
-            check_finite({"ce": loss}, self.step, last_ckpt)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.step += 1
-            now = time.perf_counter()
-            rate = images.shape[0] * self.world / (now - tick)
-            tick = now
-            ce = float(loss.detach())
-            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                log.write({"step": self.step, "ce": ce, "images_per_s": rate})
-            bar.set_postfix({"ce": f"{ce:.3f}", "img/s": f"{rate:.1f}"})
-            bar.update(1)
-            if self.is_main and (self.step % cfg.save_every == 0 or self.step == cfg.steps):
-                check_finite_state(self.model.state_dict(), self.step, last_ckpt)
-                atomic_save(self.state(), last_ckpt)
-                plot_losses(self.out / "log.jsonl", self.out / "loss.png", keys=("ce",))
+    # --- one step (training.StepLoop runs the loop)
+    def compute(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
+        images, masks = batch
+        images = (images.to(self.device, non_blocking=True) - self._mean) / self._std
+        masks = masks.to(self.device, non_blocking=True)
+        # dropout draws, so a resumed run matches the uninterrupted one
+        torch.manual_seed(self.cfg.seed * 999_983 + self.step * self.world + self.rank)
+        with self.autocast():
+            logits = self.runner(images)
+        # Mean over labeled pixels; a batch of ignore-only pixels gives 0, not NaN.
+        loss = F.cross_entropy(logits.float(), masks, ignore_index=IGNORE_INDEX, reduction="sum")
+        loss = loss / (masks != IGNORE_INDEX).sum().clamp_min(1)
+        return loss, {"ce": loss}, images.shape[0]
+
+    def checkpoint(self, final: bool) -> None:
+        if self.is_main:
+            check_finite_state(self.model.state_dict(), self.step, self.checkpoint_path)
+            atomic_save(self.state(), self.checkpoint_path)
+            plot_losses(self.out / "log.jsonl", self.out / "loss.png", keys=("ce",))

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 from ..data import IGNORE_INDEX, evaluation_split, open_dataset
 from ..progress import progress
 from ..settings import SettingsError
-from ..training import EpochBatches, RunLock, RunLog, check_finite, normalisation, plot_losses, resolve_device
+from ..training import EpochBatches, RunLock, RunLog, StepLoop, normalisation, plot_losses, resolve_device
 from .evaluate import evaluate_model
 from .finetune import LabeledBatches, labeled_subset, patch_ids
 from .model import SegmentationModelInfo, load_encoder
@@ -150,6 +150,25 @@ def _backbone(cfg: ProbeConfig, in_chans: int) -> tuple[nn.Module, tuple[float, 
     return backbone, encoder.mean, encoder.std
 
 
+class _ProbeSteps(StepLoop):
+    """The head's training: a plain Adam step a batch (no loss scaling, 32 bits), no checkpoint until the end."""
+
+    def __init__(self, probe: LinearProbe, optimizer: torch.optim.Optimizer, device: torch.device,
+                 mean: torch.Tensor, std: torch.Tensor, steps: int, out: Path) -> None:
+        self.probe, self.optimizer, self.device, self.mean, self.std = probe, optimizer, device, mean, std
+        self.scaler = torch.amp.GradScaler("cuda", enabled=False)
+        self.precision, self.step, self.total_steps, self.save_every, self.log_every = "32", 0, steps, steps, 1
+        self.checkpoint_path = out / "probe.safetensors"
+
+    def compute(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
+        images, masks = batch
+        images = (images.to(self.device) - self.mean) / self.std
+        masks = masks.to(self.device)
+        loss = F.cross_entropy(self.probe(images), masks, ignore_index=IGNORE_INDEX, reduction="sum")
+        loss = loss / (masks != IGNORE_INDEX).sum().clamp_min(1)
+        return loss, {"ce": loss}, images.shape[0]
+
+
 def run_probe(cfg: ProbeConfig) -> dict[str, Any]:
     """Train the probe head on the labeled subset and evaluate whole tiles; returns evaluate's metrics dict."""
     cfg.validate()
@@ -187,18 +206,7 @@ def run_probe(cfg: ProbeConfig) -> dict[str, Any]:
             RunLog(out, step=0) as log,
             progress(total=cfg.steps, unit="step", desc=f"probe {cfg.encoder}") as bar,
         ):
-            for step, (images, masks) in enumerate(loader, 1):
-                images = (images.to(device) - mean_t) / std_t
-                masks = masks.to(device)
-                loss = F.cross_entropy(probe(images), masks, ignore_index=IGNORE_INDEX, reduction="sum")
-                loss = loss / (masks != IGNORE_INDEX).sum().clamp_min(1)
-                check_finite({"ce": loss}, step, out / "probe.safetensors")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                log.write({"step": step, "ce": float(loss.detach())})
-                bar.set_postfix(ce=f"{float(loss.detach()):.3f}")
-                bar.update(1)
+            _ProbeSteps(probe, optimizer, device, mean_t, std_t, cfg.steps, out).loop(loader, log, bar)
         plot_losses(out / "log.jsonl", out / "loss.png", keys=("ce",))
         save_file({k: v.contiguous() for k, v in probe.state_dict().items() if not k.startswith("backbone.")},
                   str(out / "probe.safetensors"))

@@ -27,13 +27,12 @@ from ..models import MPINET_TAGS, RGB_MEAN, RGB_STD
 from ..progress import progress
 from ..settings import SettingsError, changed_settings
 from ..training import (
-    AUTOCAST_DTYPES,
     EpochBatches,
     NonFiniteLossError,
     RunLock,
     RunLog,
     StepBatches,
-    check_finite,
+    StepLoop,
     check_finite_state,
     claim_run_folder,
     init_distributed,
@@ -81,7 +80,7 @@ class PretrainBatches(StepBatches):
         return torch.stack(images), [(it["meta"]["file"], it["meta"]["window"]) for it in items]
 
 
-class Trainer:
+class Trainer(StepLoop):
     """`resume` continues OUT's run (refused if a setting of its identity changed: settings.changed_settings);
     `overwrite` starts over in a folder that holds a run. Without either, an existing run in OUT is refused."""
 
@@ -120,6 +119,8 @@ class Trainer:
         self.precision = resolve_precision(cfg.precision, self.device, announce=self.is_main)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "16" and self.device.type == "cuda")
         self.step = 0
+        self.save_every, self.log_every = cfg.save_every, cfg.log_every
+        self.checkpoint_path = self.out / "checkpoints" / "last.pt"
         if resume:
             self._resume()
         if cfg.compile:
@@ -230,63 +231,49 @@ class Trainer:
                 progress(total=self.total_steps, initial=self.step, disable=not self.is_main, unit="step",
                      desc=f"pretrain {cfg.method}") as bar,
             ):
-                return self._loop(loader, log, bar)
+                return self.loop(loader, log, bar)
 
-    def _loop(self, loader: DataLoader, log: RunLog, bar) -> dict[str, float]:
+    # --- one step (training.StepLoop runs the loop)
+    def compute(self, batch: tuple[torch.Tensor, list]) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
+        images, sources = batch
+        if not torch.isfinite(images).all():
+            bad = [f"{f} window (row, col, h, w) {w}" for (f, w), x in zip(sources, images)
+                   if not torch.isfinite(x).all()]
+            raise NonFiniteLossError(f"step {self.step}: the input batch holds NaN/inf pixels, from "
+                                     f"{'; '.join(bad[:5])}. Fix or mask those files (nodata as a number), then "
+                                     "resume. " + last_good_checkpoint_hint(self.checkpoint_path))
+        images = images.to(self.device, non_blocking=True)
+        if images.dtype == torch.uint8:  # 8-bit windows cross the loader boundary as bytes
+            images = images.float().div_(255)
+        views = self._views(images)
+        with self.autocast():
+            terms = self.model(views, online=self.runner)
+            loss = self.model.total_loss(terms)
+        return loss, {**terms, "total": loss}, images.shape[0]
+
+    def after_step(self) -> None:
+        self.scheduler.step()
+        self.momentum = self.model.momentum_at(self.step, self.total_steps)
+        self.model.update_target(self.momentum)
+
+    def log_fields(self) -> dict[str, float]:
+        return {"lr": self.optimizer.param_groups[0]["lr"], "momentum": self.momentum,
+                **self.model.logged_scalars()}
+
+    def checkpoint(self, final: bool) -> None:
         cfg = self.cfg
-        autocast_dtype = AUTOCAST_DTYPES.get(self.precision)
-        last: dict[str, float] = {}
-        tick = time.perf_counter()
-        for images, sources in loader:
-            if not torch.isfinite(images).all():
-                bad = [f"{f} window (row, col, h, w) {w}" for (f, w), x in zip(sources, images)
-                       if not torch.isfinite(x).all()]
-                raise NonFiniteLossError(f"step {self.step}: the input batch holds NaN/inf pixels, from "
-                                         f"{'; '.join(bad[:5])}. Fix or mask those files (nodata as a number), then "
-                                         "resume. " + last_good_checkpoint_hint(self.out / "checkpoints" / "last.pt"))
-            images = images.to(self.device, non_blocking=True)
-            if images.dtype == torch.uint8:  # 8-bit windows cross the loader boundary as bytes
-                images = images.float().div_(255)
-            views = self._views(images)
-            with torch.autocast(self.device.type, dtype=autocast_dtype or torch.float32,
-                                enabled=autocast_dtype is not None):
-                terms = self.model(views, online=self.runner)
-                loss = self.model.total_loss(terms)
-            check_finite({**terms, "total": loss}, self.step, self.out / "checkpoints" / "last.pt")
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.scheduler.step()
-            momentum = self.model.momentum_at(self.step, self.total_steps)
-            self.model.update_target(momentum)
-            self.step += 1
-            now = time.perf_counter()
-            rate = images.shape[0] * self.world / (now - tick)
-            tick = now
-            last = {k: float(v.detach()) for k, v in terms.items()} | {"total": float(loss.detach())}
+        self.save()
+        if not final:
+            self.save(f"step_{self.step:07d}.pt")
             if self.is_main:
-                record = {"step": self.step, **last, "lr": self.optimizer.param_groups[0]["lr"], "momentum": momentum,
-                          **self.model.logged_scalars(), "images_per_s": rate}
-                if self.step % cfg.log_every == 0 or self.step == self.total_steps:
-                    log.write(record)
-                bar.set_postfix({k: f"{v:.3f}" for k, v in last.items()} | {"img/s": f"{rate:.1f}"})
-                bar.update(1)
-            if self.step % cfg.save_every == 0 or self.step == self.total_steps:
-                self.save()
-                if self.step % cfg.save_every == 0 and self.step != self.total_steps:
-                    self.save(f"step_{self.step:07d}.pt")
-                    if self.is_main:
-                        prune_checkpoints(self.out / "checkpoints", cfg.keep_last)
-                if self.is_main:
-                    weights = self.model.term_weights(cfg)
-                    plot_losses(self.out / "log.jsonl", self.out / "loss.png", keys=("total", *weights),
-                                weights=weights,
-                                title=f"{cfg.method} {cfg.arch}, batch {cfg.batch_size} ({self.out.name})",
-                                lines={("" if cfg.w_ins == 1 else f"{cfg.w_ins:g} x ")
-                                       + f"ins at chance, ln(K+1) = {math.log(cfg.queue_size + 1):.2f}":
-                                       cfg.w_ins * math.log(cfg.queue_size + 1)})
-        return last
+                prune_checkpoints(self.out / "checkpoints", cfg.keep_last)
+        if self.is_main:
+            weights = self.model.term_weights(cfg)
+            plot_losses(self.out / "log.jsonl", self.out / "loss.png", keys=("total", *weights), weights=weights,
+                        title=f"{cfg.method} {cfg.arch}, batch {cfg.batch_size} ({self.out.name})",
+                        lines={("" if cfg.w_ins == 1 else f"{cfg.w_ins:g} x ")
+                               + f"ins at chance, ln(K+1) = {math.log(cfg.queue_size + 1):.2f}":
+                               cfg.w_ins * math.log(cfg.queue_size + 1)})
 
 
 def pretrain_or_reuse(cfg: PretrainConfig) -> tuple[Path, float | None]:

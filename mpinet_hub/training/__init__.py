@@ -9,6 +9,7 @@ CPU.
 from .batches import EpochBatches, StepBatches, normalisation
 from .checks import NonFiniteLossError, check_finite, check_finite_state, last_good_checkpoint_hint
 from .device import AUTOCAST_DTYPES, PRECISIONS, choose_cpu_threads, init_distributed, resolve_device, resolve_precision
+from .engine import StepLoop
 from .run_folder import (
                          RUN_FILES,
                          RunFolderError,
@@ -30,6 +31,7 @@ __all__ = [
     "RunLock",
     "RunLog",
     "StepBatches",
+    "StepLoop",
     "check_finite",
     "check_finite_state",
     "choose_cpu_threads",

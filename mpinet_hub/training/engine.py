@@ -1,0 +1,85 @@
+"""The optimisation loop every training command shares: pretrain, finetune and probe are subclasses.
+
+One step: the subclass's `compute(batch)` gives the loss and the terms to log; a non-finite term stops the run
+naming the step and the last good checkpoint; the (scaled) backward and optimiser step; `after_step()` (a
+scheduler, an EMA target); one log record and one progress update; and every `save_every` steps and at the
+last one, `checkpoint(final)`. The run folder's claim, lock and log are the caller's (run_folder.py, run_log.py).
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checks import check_finite
+from .device import AUTOCAST_DTYPES
+from .run_log import RunLog
+
+__all__ = ["StepLoop"]
+
+
+class StepLoop:
+    """Set by the subclass before `loop`: `optimizer`, `scaler` (a GradScaler, enabled or not), `precision`,
+    `device`, `step` (the step to continue from), `total_steps`, `save_every`, `log_every`, `is_main`, `world`
+    and `checkpoint_path` (named when a run stops on a non-finite loss)."""
+
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    precision: str
+    device: torch.device
+    step: int
+    total_steps: int
+    save_every: int
+    log_every: int
+    is_main: bool = True
+    world: int = 1
+    checkpoint_path: Path
+
+    def compute(self, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
+        """(loss to minimise, terms to check and log by name, images in the batch) of one step's batch."""
+        raise NotImplementedError
+
+    def after_step(self) -> None:
+        """After the optimiser step, before the step count advances."""
+
+    def log_fields(self) -> dict[str, float]:
+        """Fields of the step's log record beside its terms (learning rate, momentum, ...)."""
+        return {}
+
+    def checkpoint(self, final: bool) -> None:
+        """Every `save_every` steps and at the last one (`final`)."""
+
+    def autocast(self) -> AbstractContextManager:
+        """The precision's autocast on the run's device (a no-op at 32 bits)."""
+        dtype = AUTOCAST_DTYPES.get(self.precision)
+        return torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+    def loop(self, loader: Any, log: RunLog, bar: Any) -> dict[str, float]:
+        """Train on `loader`'s batches (one a step, from `step` to `total_steps`); returns the last step's terms."""
+        last: dict[str, float] = {}
+        tick = time.perf_counter()
+        for batch in loader:
+            loss, terms, images = self.compute(batch)
+            check_finite(terms, self.step, self.checkpoint_path)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.after_step()
+            self.step += 1
+            now = time.perf_counter()
+            rate = images * self.world / (now - tick)
+            tick = now
+            last = {k: float(v.detach()) for k, v in terms.items()}
+            if self.is_main:
+                if self.step % self.log_every == 0 or self.step == self.total_steps:
+                    log.write({"step": self.step, **last, **self.log_fields(), "images_per_s": rate})
+                bar.set_postfix({k: f"{v:.3f}" for k, v in last.items()} | {"img/s": f"{rate:.1f}"})
+                bar.update(1)
+            if self.step % self.save_every == 0 or self.step == self.total_steps:
+                self.checkpoint(final=self.step == self.total_steps)
+        return last
