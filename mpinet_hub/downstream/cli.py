@@ -303,8 +303,10 @@ def add_study_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", required=True, choices=list(DATASETS))
     p.add_argument("--data-root", required=True)
     p.add_argument("--out", required=True, help="study folder (cells, results)")
-    p.add_argument("--methods", nargs="*", default=d.methods, choices=list(METHODS),
-                   help="pretraining methods, each pretrained once per seed (none: compare --encoders only)")
+    p.add_argument("--methods", nargs="*", default=d.methods, metavar="METHOD[:KEY=VALUE,...]",
+                   help=f"pretraining methods ({', '.join(METHODS)}), each pretrained once per seed (none: compare "
+                   "--encoders only); a variant METHOD:KEY=VALUE[,KEY=VALUE] changes pretraining settings, to "
+                   "choose one on val (e.g. mpinet mpinet:ffl_calibration_ratio=0.25)")
     p.add_argument("--controls", nargs="*", default=d.controls, choices=list(CONTROLS),
                    help="inits without pretraining; random-bn re-estimates BatchNorm statistics on the data")
     p.add_argument("--encoders", nargs="*", default=[], help=f"more encoders, NAME=SPEC; SPEC is {ENCODER_HELP}")

@@ -30,11 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from ..data import DATASETS, folder_labeled_splits
-from ..pretrain.config import PretrainConfig
+from ..pretrain.config import METHODS, PretrainConfig
 from ..pretrain.trainer import pretrain_or_reuse
 from ..progress import progress
-from ..settings import SettingsError
+from ..settings import SettingsError, coerce_settings
 from ..training import resume_or_start
 from .evaluate import evaluate, write_json
 from .finetune import FinetuneConfig, Finetuner
@@ -57,6 +59,8 @@ class StudySettings:
     dataset: str
     data_root: str
     out: str
+    # pretraining methods, or variants METHOD:KEY=VALUE[,KEY=VALUE] (e.g. mpinet:ffl_calibration_ratio=0.25) to
+    # choose a setting on val: each is pretrained once per seed and compared like the others
     methods: list[str] = field(default_factory=lambda: ["mocov2", "mpinet"])
     controls: list[str] = field(default_factory=lambda: list(CONTROLS))
     encoders: dict[str, str] = field(default_factory=dict)  # NAME -> SPEC, compared like the others
@@ -112,15 +116,36 @@ class StudySettings:
                     if self.split == "val" and "test" in labeled else "")
             raise SettingsError(f"{self.dataset} at {self.data_root} has no labeled {self.split} split "
                                 f"(labeled: {', '.join(labeled)}).{hint}")
-        PretrainConfig.from_sources(self.pretrain_config, **self._pretrain_values(self.methods[0] if self.methods
-                                                                                  else "mocov2", 0, "-"))
+        for entry in self.methods or ["mocov2"]:  # every pretraining cell's settings are valid
+            self.variant(entry)
+            PretrainConfig.from_sources(self.pretrain_config, **self._pretrain_values(entry, 0, "-"))
 
     @property
     def band(self) -> str:
         """The name results are filed under: the split, with "-bn" when BatchNorm is re-estimated for all."""
         return self.split + ("-bn" if self.reestimate_bn else "")
 
+    def variant(self, entry: str) -> tuple[str, dict[str, Any]]:
+        """METHOD[:KEY=VALUE,...] -> (method, pretraining settings it changes over the study's), refusing an unknown
+        method, an unknown setting or one that places the cell (data, method, seed, folder)."""
+        method, _, changes = entry.partition(":")
+        if method not in METHODS:
+            raise SettingsError(f"--methods {entry}: unknown method {method!r}; choose from {', '.join(METHODS)}, "
+                                "optionally as a variant METHOD:KEY=VALUE[,KEY=VALUE]")
+        pairs = [c.partition("=") for c in changes.split(",") if c]
+        if any(not sep or not key for key, sep, _ in pairs):
+            raise SettingsError(f"--methods {entry}: write a variant as METHOD:KEY=VALUE[,KEY=VALUE]")
+        overrides = coerce_settings(PretrainConfig, {key: yaml.safe_load(value) for key, _, value in pairs},
+                                    f"--methods {entry}")
+        own = sorted(set(overrides) & {"dataset", "data_root", "method", "seed", "out"})
+        if own:
+            raise SettingsError(f"--methods {entry}: {', '.join(own)} is set by the study for every cell")
+        return method, overrides
+
     def _pretrain_values(self, method: str, seed: int, out: str) -> dict[str, Any]:
+        if ":" in method:
+            method, overrides = self.variant(method)
+            return self._pretrain_values(method, seed, out) | overrides
         return dict(dataset=self.dataset, data_root=[self.data_root], method=method, arch=self.arch,
                     patch=self.patch, crop=self.crop, batch_size=self.batch_size, steps=self.pretrain_steps,
                     lr=self.lr, queue_size=self.queue_size, warmup_epochs=1, workers=self.workers, seed=seed,
@@ -229,7 +254,7 @@ def run_study(s: StudySettings) -> dict[str, Any]:
     timings = _Timings(out / "timings.json")
     specs: dict[str, list[str]] = {c: [c] * len(s.seeds) for c in s.controls}
     specs |= {name: [spec] * len(s.seeds) for name, spec in s.encoders.items()}
-    runs = [(m, seed, out / "pretrain" / f"{m}-s{seed}") for m in s.methods for seed in s.seeds]
+    runs = [(m, seed, out / "pretrain" / f"{m.replace(':', '+')}-s{seed}") for m in s.methods for seed in s.seeds]
     downstream = [(e, n, f, i, sub) for e in s.evaluations for n in [*s.methods, *specs] for f in s.fractions
                   for i in range(len(s.seeds)) for sub in s.subset_seeds if not (e == "finetune" and n == "random-bn")]
     cells: dict[str, dict[str, dict[str, list[dict[str, Any]]]]] = {}
