@@ -347,9 +347,11 @@ def study_markdown(results: dict[str, Any]) -> str:
                  "Scored on the val split; the test split was "
                  + (f"read on {', '.join(results['test_reads'])}." if results["test_reads"] else "never read."))
     lines = [f"# Does pretraining pay? {s['dataset']} ({s['data_root']}), {results['metric']} (%)", "", test_note, "",
-             f"Pretraining: {s['arch']}, {s['pretrain_steps']} steps x batch {s['batch_size']}, {s['crop']} px views "
-             f"of {s['patch']} px windows, queue {s['queue_size']}, lr {s['lr']} per 256"
-             + (", colour kept" if s["keep_colour"] else "") + f". Probe: {s['probe_steps']} steps"
+             (f"Pretraining: {s['arch']}, {s['pretrain_steps']} steps x batch {s['batch_size']}, {s['crop']} px views "
+              f"of {s['patch']} px windows, queue {s['queue_size']}, lr {s['lr']} per 256"
+              + (", colour kept" if s["keep_colour"] else "") + ". " if s["methods"] else
+              f"No pretraining in this study (encoders: {s['arch']}). ")
+             + f"Probe: {s['probe_steps']} steps"
              + (", BatchNorm re-estimated for every encoder" if s["reestimate_bn"] else "")
              + f"; fine-tuning: {s['finetune_steps']} steps; labeled patches of {s['label_patch']} px. Seeds "
              f"{s['seeds']} (pretraining, head, random weights) x subset seeds {s['subset_seeds']}.", ""]
