@@ -120,6 +120,7 @@ def test_the_test_split_is_read_only_when_asked_and_the_results_say_so(tmp_path,
     assert results["split"] == "test" and len(results["test_reads"]) == 1
     assert "**Scored on the test split**" in (tmp_path / "s" / "results-test.md").read_text()
     assert (tmp_path / "s" / "results-val.md").is_file()  # the val results stay beside them
+    assert "No pretraining in this study" in (tmp_path / "s" / "results-val.md").read_text()  # (methods=[])
     # running it again reads no test cell (all are filed): no second reading is recorded
     again = run_study(_settings(tree_folder, tmp_path / "s", methods=[], seeds=[0], probe_steps=5, split="test"))
     assert again["test_reads"] == results["test_reads"]
