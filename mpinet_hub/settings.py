@@ -150,9 +150,11 @@ def changed_settings(settings: Any, saved: dict[str, Any], purpose: str) -> list
     `purpose="resume"` (continue a stopped run) leaves out the fields `run_field` marks "resume" or "how";
     `"reuse"` (count a finished run as a cell) leaves out only "how". A key the saved config predates compares as
     the value its `added_field` says such runs had, and is left out where none is declared; data roots compare as
-    resolved paths (a link to the same folder is the same data).
+    resolved paths (a link to the same folder is the same data). A settings class may name the fields that have no
+    effect on the run it describes (`inert_settings()`, e.g. the FFL's when its weight is 0): they are left out.
     """
     free = {"resume": ("resume", "how"), "reuse": ("how",)}[purpose]
+    inert = settings.inert_settings() if hasattr(settings, "inert_settings") else set()
     now = dataclasses.asdict(settings)
     saved = {f.name: f.metadata["was"] for f in dataclasses.fields(settings) if "was" in f.metadata} | saved
 
@@ -164,4 +166,5 @@ def changed_settings(settings: Any, saved: dict[str, Any], purpose: str) -> list
 
     return [f"{f.name} {saved[f.name]!r} -> {now[f.name]!r}" for f in sorted(dataclasses.fields(settings),
                                                                              key=lambda f: f.name)
-            if f.metadata.get("may_change") not in free and f.name in saved and not same(f.name)]
+            if f.metadata.get("may_change") not in free and f.name not in inert and f.name in saved
+            and not same(f.name)]

@@ -198,9 +198,14 @@ def test_one_identity_rule_declared_on_the_fields_for_resume_and_reuse(tmp_path)
     moved = saved | {"data_root": [str(tmp_path / "link")], "steps": 100}
     assert changed_settings(cfg, moved, "reuse") == []  # the same folder by another path
     older = {k: v for k, v in saved.items() if k not in ("ffl_head_loss", "ffl_head_warmup")} | {"lr": 0.1}
-    assert changed_settings(cfg, older, "resume") == ["lr 0.1 -> 0.03"]  # keys a checkpoint predates: left out ...
-    log = dataclasses.replace(cfg, ffl_head_loss="log")  # ... unless declared: runs before ffl_head_loss were "raw"
-    assert changed_settings(log, older | {"lr": 0.03}, "resume") == ["ffl_head_loss 'raw' -> 'log'"]
+    # a key the checkpoint predates is left out (ffl_head_warmup) unless declared: runs before ffl_head_loss were "raw"
+    assert changed_settings(cfg, older, "resume") == ["ffl_head_loss 'raw' -> 'log'", "lr 0.1 -> 0.03"]
+    raw = dataclasses.replace(cfg, ffl_head_loss="raw")
+    assert changed_settings(raw, older | {"lr": 0.03}, "resume") == []
+    # settings with no effect on the run are not its identity: the FFL's for a method without the FFL
+    moco = PretrainConfig.from_sources(None, method="mocov2", data_root=[str(tmp_path / "data")])
+    assert changed_settings(moco, moco.to_dict() | {"ffl_head_loss": "raw", "pixel_grid": 7}, "reuse") == []
+    assert changed_settings(moco, moco.to_dict() | {"t_ins": 0.1}, "reuse") == ["t_ins 0.1 -> 0.2"]
     tuned = FinetuneConfig(dataset="potsdam", data_root="d", weight_decay=0.01)
     assert changed_settings(tuned, tuned.to_dict() | {"weight_decay": 0.0}, "resume") == \
         ["weight_decay 0.0 -> 0.01"]

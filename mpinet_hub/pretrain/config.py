@@ -60,9 +60,10 @@ class PretrainConfig:
     ffl_calibration_ratio: float = 0.5  # "auto": w_ffl * mean L_ffl = ratio * mean L_ins ...
     ffl_calibration_steps: int = 10  # ... over this many steps once the queue holds only real keys ...
     ffl_head_warmup: int = 50  # ... and the FFL heads have trained this many steps alone (detached from the backbone)
-    # what the FFL heads train on during that warmup: "raw", L_ffl itself, whose gradient (L_ffl ~ 0.006) barely
-    # moves them; "log", log L_ffl, the same direction at a scale-free size (docs/method.md, FFL weight)
-    ffl_head_loss: str = added_field("raw", was="raw")
+    # what the FFL heads train on during that warmup: "log", log L_ffl, the direction of L_ffl at a scale-free size;
+    # "raw", L_ffl itself (~0.006), whose gradient barely moves them (docs/method.md, FFL weight). Runs made before
+    # this setting existed trained on "raw".
+    ffl_head_loss: str = added_field("log", was="raw")
     fusion_levels: list[str] = field(default_factory=lambda: ["C2", "C3", "C4"])
     queue_size: int = 8192
     t_ins: float = 0.2
@@ -133,6 +134,17 @@ class PretrainConfig:
                 raise SettingsError(f"{key.replace('_', '-')} {getattr(self, key)}: must be at least 1")
         if self.ffl_head_loss not in ("raw", "log"):
             raise SettingsError(f"ffl_head_loss {self.ffl_head_loss!r}: raw or log")
+
+    def inert_settings(self) -> set[str]:
+        """Fields with no effect on this run: the FFL's when its weight is 0, the dense branch's when w_pix is 0
+        (so a changed FFL default does not make a finished MoCo v2 cell a different run)."""
+        fields = {f.name for f in dataclasses.fields(self)}
+        inert = set()
+        if self.w_ffl == 0:
+            inert |= {name for name in fields if name.startswith("ffl_")}
+        if self.w_pix == 0:
+            inert |= {name for name in fields if name.startswith("pixel_")} | {"t_pix", "fusion_levels"}
+        return inert
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
