@@ -2,7 +2,7 @@
 instance loss, for one or more `mpinet pretrain` runs (what `w_ffl: auto` calibrates on, and what it then does).
 
     python bench/plot_ffl.py runs/study-landsat/pretrain/mpinet-s0 runs/ffl-log-landsat-s0 \\
-        --labels "ffl_head_loss raw (default)" "ffl_head_loss log" --out docs/ffl_calibration.png
+        --labels "ffl_head_loss raw" "ffl_head_loss log (the default since 2026-12-02)" --out docs/ffl_calibration.png
 
 Until the weight is fixed, `w_ffl` is logged as 0: the FFL heads train alone on detached C5 and add nothing to
 the total; the dotted line marks the step the weight was fixed.
