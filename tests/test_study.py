@@ -83,6 +83,8 @@ def test_study_calls_the_better_encoder_reuses_cells_and_refuses_other_settings(
     assert set(results["pretraining"]) == {"mocov2-s0", "mocov2-s1", "mocov2-s2"}
     md = (out / "results-val.md").read_text()
     assert "test split was never read" in md and "**random better**" in md
+    values = " / ".join(f"{100 * c['value']:.1f}" for c in cells["random"]["1"])
+    assert f"({values})" in md  # each seed's value, to pair with studies in other folders
     assert (out / "study-val-probe.png").stat().st_size > 5000
     # the probe cells scored the val scenes, not test
     scored = json.loads((out / "probe-val" / "random" / "f1-s0-sub0" / "metrics.json").read_text())

@@ -335,9 +335,11 @@ def _verdicts(cells: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _mean_std(values: list[float]) -> str:
+    """mean ± std, then each seed's value, so that studies in other folders can be paired seed by seed."""
     if len(values) == 1:
         return f"{100 * values[0]:.1f}"
-    return f"{100 * statistics.mean(values):.1f} ± {100 * statistics.stdev(values):.1f}"
+    each = " / ".join(f"{100 * v:.1f}" for v in values)
+    return f"{100 * statistics.mean(values):.1f} ± {100 * statistics.stdev(values):.1f} ({each})"
 
 
 def study_markdown(results: dict[str, Any]) -> str:
@@ -357,7 +359,7 @@ def study_markdown(results: dict[str, Any]) -> str:
              f"{s['seeds']} (pretraining, head, random weights) x subset seeds {s['subset_seeds']}.", ""]
     for evaluation, by_name in results["cells"].items():
         fractions = list(next(iter(by_name.values())))
-        lines += [f"## {evaluation}: mean ± std over seeds", "",
+        lines += [f"## {evaluation}: mean ± std over seeds (each seed's value in brackets)", "",
                   "| encoder | " + " | ".join(f"{100 * float(f):g}% labels" for f in fractions) + " | minutes a cell |",
                   "|---|" + "---|" * (len(fractions) + 1)]
         for name, by_f in by_name.items():
