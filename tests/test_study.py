@@ -148,6 +148,7 @@ def test_a_method_variant_is_pretrained_and_compared_beside_its_method(tmp_path,
     assert saved["lr"] == 0.3 and saved["keep_colour"] is True and saved["method"] == "mocov2"
     assert yaml.safe_load((tmp_path / "v" / "pretrain" / "mocov2-s0" / "config.yaml").read_text())["lr"] == 0.03
     assert set(results["cells"]["probe"]) == {"mocov2", "mocov2:lr=0.3,keep_colour=true"}
+    assert (tmp_path / "v" / "probe-val" / "mocov2+lr=0.3,keep_colour=true" / "f1-s0-sub0" / "metrics.json").is_file()
     for bad, message in (("mocov3", "unknown method 'mocov3'"), ("mocov2:lr", "METHOD:KEY=VALUE"),
                          ("mocov2:lrr=0.3", "did you mean 'lr'"), ("mocov2:seed=3", "seed is set by the study"),
                          ("mocov2:ffl_head_loss=cube", "ffl_head_loss 'cube'")):

@@ -189,12 +189,17 @@ def _claim(s: StudySettings, out: Path) -> dict[str, Any]:
     return record
 
 
+def _folder_name(name: str) -> str:
+    """A method variant's folder: METHOD+KEY=VALUE (":" is not allowed in Windows file names)."""
+    return name.replace(":", "+")
+
+
 def _downstream_cell(s: StudySettings, evaluation: str, name: str, spec: str, fraction: float, seed: int,
                      subset_seed: int, out: Path, timings: _Timings,
                      reading: Callable[[], None]) -> tuple[Path, dict[str, Any]]:
     """The cell's metrics: filed ones are read back; otherwise `reading()` is called, then the cell is computed."""
     band = s.band if evaluation == "probe" else s.split
-    cell = out / f"{evaluation}-{band}" / name / f"f{fraction:g}-s{seed}-sub{subset_seed}"
+    cell = out / f"{evaluation}-{band}" / _folder_name(name) / f"f{fraction:g}-s{seed}-sub{subset_seed}"
     metrics_path = cell / "metrics.json"
     if metrics_path.is_file():
         return cell, json.loads(metrics_path.read_text())
@@ -254,7 +259,7 @@ def run_study(s: StudySettings) -> dict[str, Any]:
     timings = _Timings(out / "timings.json")
     specs: dict[str, list[str]] = {c: [c] * len(s.seeds) for c in s.controls}
     specs |= {name: [spec] * len(s.seeds) for name, spec in s.encoders.items()}
-    runs = [(m, seed, out / "pretrain" / f"{m.replace(':', '+')}-s{seed}") for m in s.methods for seed in s.seeds]
+    runs = [(m, seed, out / "pretrain" / f"{_folder_name(m)}-s{seed}") for m in s.methods for seed in s.seeds]
     downstream = [(e, n, f, i, sub) for e in s.evaluations for n in [*s.methods, *specs] for f in s.fractions
                   for i in range(len(s.seeds)) for sub in s.subset_seeds if not (e == "finetune" and n == "random-bn")]
     cells: dict[str, dict[str, dict[str, list[dict[str, Any]]]]] = {}
