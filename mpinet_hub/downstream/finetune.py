@@ -269,7 +269,6 @@ class Finetuner(StepLoop):
 
     def _train(self) -> Path:
         cfg = self.cfg
-        last_ckpt = self.checkpoint_path
         if self.is_main:
             (self.out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
             self.write_subset()
@@ -288,8 +287,8 @@ class Finetuner(StepLoop):
         self.model.eval()
         model_dir = self.out / "model"
         if self.is_main:
-            if not last_ckpt.is_file():
-                atomic_save(self.state(), last_ckpt)
+            if not self.checkpoint_path.is_file():
+                atomic_save(self.state(), self.checkpoint_path)
             save_segmentation_model(self.model, model_dir, self.info)
         if self.world > 1:
             dist.barrier()  # the model folder exists for every rank once train() returns

@@ -20,7 +20,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import timm
 import torch
 import torch.nn.functional as F
 import yaml
@@ -29,6 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..data import IGNORE_INDEX, evaluation_split, open_dataset
+from ..pretrain.base import feature_backbone
 from ..progress import progress
 from ..settings import SettingsError
 from ..training import EpochBatches, RunLock, RunLog, StepLoop, normalisation, plot_losses, resolve_device
@@ -140,8 +140,7 @@ def _backbone(cfg: ProbeConfig, in_chans: int) -> tuple[nn.Module, tuple[float, 
     if encoder.in_chans != in_chans:
         raise ValueError(f"encoder {cfg.encoder} takes {encoder.in_chans} band(s) but {cfg.dataset} gives {in_chans}")
     torch.manual_seed(cfg.seed)  # random weights of `random`/`random-bn`
-    backbone = timm.create_model(encoder.base_arch, pretrained=False, features_only=True, out_indices=(1, 2, 3, 4),
-                                 in_chans=in_chans)
+    backbone = feature_backbone(encoder.base_arch, in_chans)
     if encoder.state_dict is not None:
         result = backbone.load_state_dict(encoder.state_dict, strict=False)
         if result.missing_keys:

@@ -22,6 +22,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import timm
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -30,7 +31,14 @@ from torch import nn
 from .shuffle_bn import convert_split_batchnorm, shuffled
 from .views import TwoViews
 
-__all__ = ["MomentumMethod"]
+__all__ = ["MomentumMethod", "feature_backbone"]
+
+
+def feature_backbone(base_arch: str, in_chans: int) -> nn.Module:
+    """The encoder a method trains, a probe reads and `mpinet export` releases: timm's `features_only` model of
+    `base_arch` (e.g. resnet50) with C2..C5 (strides 4-32), randomly initialised."""
+    return timm.create_model(base_arch, pretrained=False, features_only=True, out_indices=(1, 2, 3, 4),
+                             in_chans=in_chans)
 
 
 class MomentumMethod(nn.Module):

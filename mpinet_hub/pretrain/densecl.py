@@ -15,13 +15,12 @@ the optimiser and the queue size. Written here because no maintained library shi
 
 from __future__ import annotations
 
-import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..models import MPINET_ARCHS
-from .base import MomentumMethod
+from .base import MomentumMethod, feature_backbone
 from .config import PretrainConfig
 from .losses import InfoNCELoss
 from .registry import register_method
@@ -35,8 +34,7 @@ class DenseCLNetwork(nn.Module):
 
     def __init__(self, cfg: PretrainConfig, in_chans: int) -> None:
         super().__init__()
-        self.backbone = timm.create_model(MPINET_ARCHS[cfg.arch][0], pretrained=False, features_only=True,
-                                          out_indices=(1, 2, 3, 4), in_chans=in_chans)
+        self.backbone = feature_backbone(MPINET_ARCHS[cfg.arch][0], in_chans)
         c5 = self.backbone.feature_info.channels()[-1]
         self.instance_head = nn.Sequential(nn.Linear(c5, c5), nn.ReLU(inplace=True), nn.Linear(c5, 128))
         self.dense_head = nn.Sequential(nn.Conv2d(c5, c5, 1), nn.ReLU(inplace=True), nn.Conv2d(c5, 128, 1))

@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import timm
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -15,7 +14,7 @@ from torch import nn
 from torchvision.ops import roi_align
 
 from ..models import MPINET_ARCHS
-from .base import MomentumMethod
+from .base import MomentumMethod, feature_backbone
 from .config import PretrainConfig
 from .losses import FocalFrequencyLoss, InfoNCELoss, PixelInfoNCELoss
 from .registry import register_method
@@ -83,8 +82,7 @@ class OnlineNetwork(nn.Module):
     def __init__(self, cfg: PretrainConfig, in_chans: int) -> None:
         super().__init__()
         base = MPINET_ARCHS[cfg.arch][0]
-        self.backbone = timm.create_model(base, pretrained=False, features_only=True, out_indices=(1, 2, 3, 4),
-                                          in_chans=in_chans)
+        self.backbone = feature_backbone(base, in_chans)
         chans = self.backbone.feature_info.channels()
         c5 = chans[-1]
         self.levels = [LEVELS[name] for name in cfg.fusion_levels]
