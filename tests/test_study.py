@@ -156,3 +156,16 @@ def test_a_method_variant_is_pretrained_and_compared_beside_its_method(tmp_path,
                      "--methods", bad])
         assert code == 2 and message in capsys.readouterr().err, bad
     assert not (tmp_path / "w").exists()
+
+
+def test_two_studies_sharing_a_folder_keep_each_others_cell_times(tmp_path):
+    """One study process per method into one folder (one per core or GPU): each records its cells' minutes
+    without dropping the other's, which it loaded before they were written."""
+    from mpinet_hub.downstream.study import _Timings
+
+    first, second = _Timings(tmp_path / "timings.json"), _Timings(tmp_path / "timings.json")
+    first.record(tmp_path / "pretrain" / "mpinet-s0", 60.0)
+    second.record(tmp_path / "pretrain" / "mocov2-s0", 120.0)
+    again = _Timings(tmp_path / "timings.json")
+    assert again.minutes(tmp_path / "pretrain" / "mpinet-s0") == 1.0
+    assert again.minutes(tmp_path / "pretrain" / "mocov2-s0") == 2.0

@@ -155,14 +155,18 @@ class StudySettings:
 
 
 class _Timings:
-    """Seconds each cell took, kept in OUT/timings.json so a resumed study still states them."""
+    """Seconds each cell took, kept in OUT/timings.json so a resumed study still states them. The file is re-read
+    before each write: studies run side by side into one folder (one per core or GPU) keep each other's entries."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.seconds: dict[str, float] = json.loads(path.read_text()) if path.is_file() else {}
+        self.seconds: dict[str, float] = self._filed()
+
+    def _filed(self) -> dict[str, float]:
+        return json.loads(self.path.read_text()) if self.path.is_file() else {}
 
     def record(self, cell: Path, seconds: float) -> None:
-        self.seconds[cell.as_posix()] = round(seconds, 1)
+        self.seconds = self._filed() | {cell.as_posix(): round(seconds, 1)}
         write_json(self.seconds, self.path)
 
     def minutes(self, cell: Path) -> float | None:
