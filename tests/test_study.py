@@ -83,6 +83,7 @@ def test_study_calls_the_better_encoder_reuses_cells_and_refuses_other_settings(
     assert set(results["pretraining"]) == {"mocov2-s0", "mocov2-s1", "mocov2-s2"}
     md = (out / "results-val.md").read_text()
     assert "test split was never read" in md and "**random better**" in md
+    assert "probe, 100% labels, blind: **does not pay**" in md  # the answer, above the verdicts
     values = " / ".join(f"{100 * c['value']:.1f}" for c in cells["random"]["1"])
     assert f"({values})" in md  # each seed's value, to pair with studies in other folders
     assert (out / "study-val-probe.png").stat().st_size > 5000
@@ -169,3 +170,25 @@ def test_two_studies_sharing_a_folder_keep_each_others_cell_times(tmp_path):
     again = _Timings(tmp_path / "timings.json")
     assert again.minutes(tmp_path / "pretrain" / "mpinet-s0") == 1.0
     assert again.minutes(tmp_path / "pretrain" / "mocov2-s0") == 2.0
+
+
+def test_the_answer_says_per_label_budget_whether_each_pretrained_encoder_pays():
+    from mpinet_hub.downstream.study import _verdicts, answer_lines
+
+    def cells(values):
+        return [{"seed": i, "subset_seed": 0, "value": v} for i, v in enumerate(values)]
+
+    by_name = {"good": {"0.1": cells([0.50, 0.51, 0.52])}, "bad": {"0.1": cells([0.20, 0.21, 0.22])},
+               "tie": {"0.1": cells([0.42, 0.38, 0.40])},
+               "random": {"0.1": cells([0.30, 0.31, 0.30])}, "random-bn": {"0.1": cells([0.40, 0.41, 0.40])}}
+    results = {"cells": {"probe": by_name}, "verdicts": _verdicts({"probe": by_name}),
+               "settings": {"controls": ["random", "random-bn"]},
+               "pretraining": {"good-s0": {"warnings": []}, "tie-s0": {"warnings": ["the instance loss never left"]}}}
+    text = "\n".join(answer_lines(results))
+    assert "probe, 10% labels, good: **pays**" in text
+    assert "probe, 10% labels, bad: **does not pay**" in text and "random-bn better" in text
+    assert "probe, 10% labels, tie: not shown: not better than every control" in text
+    assert "random +9.7 (tie better), random-bn -0.3 (no verdict)" in text
+    assert "1 of 2 pretraining runs warn" in text
+    results["settings"]["controls"] = []
+    assert "No control in this study" in "\n".join(answer_lines(results))

@@ -43,7 +43,7 @@ from .finetune import FinetuneConfig, Finetuner
 from .plots import label_efficiency_png
 from .probe import ProbeConfig, run_probe
 
-__all__ = ["CONTROLS", "StudySettings", "paired_verdict", "run_study", "study_markdown"]
+__all__ = ["CONTROLS", "StudySettings", "answer_lines", "paired_verdict", "run_study", "study_markdown"]
 
 CONTROLS = ("random", "random-bn")
 EVALUATIONS = ("probe", "finetune")
@@ -343,6 +343,39 @@ def _verdicts(cells: dict[str, Any]) -> list[dict[str, Any]]:
     return found
 
 
+def answer_lines(results: dict[str, Any]) -> list[str]:
+    """The study's answer, one line per (evaluation, label fraction, pretrained or given encoder): it **pays** when
+    it is called better than every control by the rule, **does not pay** when a control is called better than it,
+    and is not shown otherwise (with its mean gap to each control); then how many pretraining runs warn."""
+    controls = [c for c in results["settings"]["controls"] if any(c in by_name for by_name in
+                                                                  results["cells"].values())]
+    if not controls:
+        return ["No control in this study (--controls random random-bn): nothing to say whether pretraining pays."]
+    lines = []
+    for evaluation, by_name in results["cells"].items():
+        for name in (n for n in by_name if n not in controls):
+            for fraction in by_name[name]:
+                against = {v["b"] if v["a"] == name else v["a"]: v for v in results["verdicts"]
+                           if v["evaluation"] == evaluation and v["fraction"] == fraction and name in (v["a"], v["b"])
+                           and {v["a"], v["b"]} & set(controls) - {name}}
+                gaps = ", ".join(f"{c} {100 * (1 if against[c]['a'] == name else -1) * against[c]['mean_diff']:+.1f}"
+                                 f" ({against[c]['winner'] + ' better' if against[c]['winner'] else 'no verdict'})"
+                                 for c in controls if c in against)
+                if against and all(v["winner"] == name for v in against.values()):
+                    call = "**pays**: better than every control by the rule"
+                elif any(v["winner"] in controls for v in against.values()):
+                    call = "**does not pay**: a control is better by the rule"
+                else:
+                    call = "not shown: not better than every control by the rule"
+                lines.append(f"- {evaluation}, {100 * float(fraction):g}% labels, {name}: {call}; mean gap to "
+                             f"{gaps}.")
+    runs = results["pretraining"]
+    warned = sum(bool(d["warnings"]) for d in runs.values())
+    if warned:
+        lines.append(f"- {warned} of {len(runs)} pretraining runs warn that they learned little (diagnostics below).")
+    return lines
+
+
 def _mean_std(values: list[float]) -> str:
     """mean ± std, then each seed's value, so that studies in other folders can be paired seed by seed."""
     if len(values) == 1:
@@ -377,7 +410,7 @@ def study_markdown(results: dict[str, Any]) -> str:
             cost = f"{statistics.mean(minutes):.1f}" if minutes else "-"
             lines.append(f"| {name} | " + " | ".join(row) + f" | {cost} |")
         lines.append("")
-    lines += ["## Verdicts", "",
+    lines += ["## Answer", "", *answer_lines(results), "", "## Verdicts", "",
               "Rule: A is called better than B when it is ahead on every paired (seed, subset seed) cell and the mean "
               "gap is more than twice the larger of the two standard deviations.", "",
               "| evaluation | labels | A | B | A - B per seed | mean | 2 x larger std | verdict |",
