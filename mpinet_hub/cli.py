@@ -28,6 +28,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "quickstart": ("mpinet_hub.downstream.cli", "The whole pipeline on a synthetic Potsdam set in a few minutes"),
     "configs": ("mpinet_hub.pretrain.cli", "List the recipes installed with the package (`--config NAME`)"),
 }
+# the commands that compute on a device, and so take --device
+ON_A_DEVICE = {"pretrain", "finetune", "probe", "evaluate", "predict", "compare", "study", "quickstart"}
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -51,10 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     common = argparse.ArgumentParser(add_help=False)  # options every command takes, defined once
     common.add_argument("--debug", action="store_true", help="show full tracebacks")
+    on_device = argparse.ArgumentParser(add_help=False)
+    # None: not given, so each command's settings (and a pretraining --config) keep their own default, auto
+    on_device.add_argument("--device", help="auto (a GPU when there is one, else the CPU), cpu or cuda "
+                           "(default: auto)")
     for name, (module_name, help_text) in SUBCOMMANDS.items():
         module = importlib.import_module(module_name)
-        p = sub.add_parser(name, help=help_text, description=help_text, parents=[common],
-                           formatter_class=HelpFormatter)
+        p = sub.add_parser(name, help=help_text, description=help_text, formatter_class=HelpFormatter,
+                           parents=[common, on_device] if name in ON_A_DEVICE else [common])
         getattr(module, f"add_{name}_arguments")(p)
         p.set_defaults(_run=getattr(module, f"run_{name}"))
     return parser

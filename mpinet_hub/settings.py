@@ -110,8 +110,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def settings_from_args(cls: type, args: Any) -> dict[str, Any]:
-    """Every field of the settings dataclass `cls` that the parsed `args` carry a flag for (None: not given)."""
-    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    """Every field of the settings dataclass `cls` that the parsed `args` give a value for (a flag left at None is
+    not given, so the field keeps its default)."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}
 
 
 def name_yaml_only(cls: type, parser: Any) -> None:

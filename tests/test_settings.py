@@ -184,6 +184,25 @@ def test_every_command_takes_debug_and_shows_tracebacks_with_it(tmp_path, capsys
         main(["pretrain", "--config", missing, "--data-root", str(tmp_path), "--debug"])
 
 
+def test_every_command_that_computes_takes_one_device_option_that_defaults_to_auto():
+    """Before: --device was written in seven places, with three defaults shown three ways."""
+    from mpinet_hub.cli import build_parser
+    from mpinet_hub.downstream.probe import ProbeConfig
+    from mpinet_hub.settings import settings_from_args
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    device = {name: next(a for a in p._actions if "--device" in a.option_strings)
+              for name, p in commands.items() if any("--device" in a.option_strings for a in p._actions)}
+    assert set(device) == {"pretrain", "finetune", "probe", "evaluate", "predict", "compare", "study", "quickstart"}
+    assert len({id(a) for a in device.values()}) == 1 and "(default: auto)" in device["probe"].help
+    # not given: each command's settings keep their own default; given: it reaches them
+    args = commands["probe"].parse_args(["random", "--dataset", "potsdam", "--data-root", "r", "--out", "o"])
+    assert ProbeConfig(**settings_from_args(ProbeConfig, args)).device == "auto"
+    args = commands["probe"].parse_args(["random", "--dataset", "potsdam", "--data-root", "r", "--out", "o",
+                                         "--device", "cpu"])
+    assert ProbeConfig(**settings_from_args(ProbeConfig, args)).device == "cpu"
+
+
 def test_one_identity_rule_declared_on_the_fields_for_resume_and_reuse(tmp_path):
     from mpinet_hub.downstream.finetune import FinetuneConfig
     from mpinet_hub.pretrain.config import PretrainConfig

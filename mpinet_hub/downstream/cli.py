@@ -43,7 +43,6 @@ def _finetune_options(p: argparse.ArgumentParser, with_encoder: bool = True) -> 
     p.add_argument("--seed", type=int, help="training seed")
     p.add_argument("--subset-seed", type=int, help="seed of the labeled subset (keep it fixed across encoders)")
     p.add_argument("--workers", type=int, help="data-loading processes")
-    p.add_argument("--device", help="auto, cpu, cuda")
     p.add_argument("--precision", choices=PRECISIONS, help="auto: bf16 on a GPU that supports it, else fp32")
     p.add_argument("--save-every", type=int, help="steps between checkpoints")
     p.add_argument("--mean", type=float, nargs="+", help="per-band normalisation (default: the encoder's)")
@@ -64,7 +63,6 @@ def _inference_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int,
                    help="windows per forward pass (default 8 on GPU; on CPU 4 up to 256 px windows, 1 from 363 px: "
                    "larger batches overflow the caches there, docs/benchmarks.md)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda")
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="auto: bf16 on a GPU that supports it, else fp32")
 
@@ -125,7 +123,6 @@ def add_probe_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", help="evaluation split (default: test if it has labels, else val)")
     p.add_argument("--arch", choices=list(MPINET_ARCHS), default=d.arch, help="for random, random-bn, imagenet")
     p.add_argument("--window", type=int, default=d.window, help="sliding-window side in px")
-    p.add_argument("--device", default=d.device, help="auto, cpu, cuda")
     p.add_argument("--mean", type=float, nargs="+", help="per-band normalisation (default: the encoder's)")
     p.add_argument("--std", type=float, nargs="+")
     p.add_argument("--value-max", type=float, help=VALUE_MAX_HELP)
@@ -135,12 +132,7 @@ def run_probe(args: argparse.Namespace) -> int:
     from .evaluate import format_metrics_table
     from .probe import ProbeConfig, run_probe
 
-    cfg = ProbeConfig(args.encoder, args.dataset, args.data_root, args.out, label_fraction=args.label_fraction,
-                      levels=list(args.levels), steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                      patch=args.patch, seed=args.seed, subset_seed=args.subset_seed, split=args.split,
-                      arch=args.arch, window=args.window, device=args.device, mean=args.mean, std=args.std,
-                      value_max=args.value_max)
-    result = run_probe(cfg)
+    result = run_probe(ProbeConfig(**settings_from_args(ProbeConfig, args)))
     print(format_metrics_table(result))
     print(f"written: {Path(result['out']) / 'metrics.json'}, confusion.png, previews/"
           + (f"; model card updated with these results: {result['card']}" if result["card"] else ""))
@@ -276,15 +268,12 @@ def add_quickstart_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--label-fraction", type=float, default=d.label_fraction,
                    help="fraction of the labeled training patches fine-tuning sees")
     p.add_argument("--seed", type=int, default=d.seed, help="data, pretraining and fine-tuning seed")
-    p.add_argument("--device", default=d.device, help="auto, cpu, cuda")
 
 
 def run_quickstart(args: argparse.Namespace) -> int:
     from .quickstart import QuickstartSettings, quickstart
 
-    quickstart(QuickstartSettings(out=args.out, tiles=args.tiles, size=args.size, pretrain_steps=args.pretrain_steps,
-                                  finetune_steps=args.finetune_steps, label_fraction=args.label_fraction,
-                                  seed=args.seed, device=args.device))
+    quickstart(QuickstartSettings(**settings_from_args(QuickstartSettings, args)))
     return 0
 
 
@@ -334,7 +323,6 @@ def add_study_arguments(p: argparse.ArgumentParser) -> None:
                    help="probe: re-estimate BatchNorm statistics on the data for every encoder, not only random-bn")
     p.add_argument("--finetune-steps", type=int, default=d.finetune_steps, help="DeepLabV3+ fine-tuning steps")
     p.add_argument("--window", type=int, default=d.window, help="sliding-window side in px")
-    p.add_argument("--device", default=d.device, help="auto, cpu, cuda")
     p.add_argument("--workers", type=int, default=d.workers, help="pretraining loader processes")
 
 

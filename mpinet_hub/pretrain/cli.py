@@ -45,7 +45,6 @@ def add_pretrain_arguments(p: argparse.ArgumentParser) -> None:
                    help="start over in an OUT that holds a run (deletes the run's own files: checkpoints/, log.jsonl, "
                    "loss.png, config.yaml; nothing else)")
     p.add_argument("--seed", type=int, help=_default("seed"))
-    p.add_argument("--device", help=_default("device", "auto, cpu, cuda"))
     p.add_argument("--precision", choices=PRECISIONS,
                    help=_default("precision", "auto: bf16 on a GPU that supports it, else fp32"))
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the backbone")

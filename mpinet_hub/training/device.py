@@ -36,10 +36,10 @@ def init_distributed(device: str) -> tuple[int, int]:
     return rank, world
 
 
-def resolve_device(want: str) -> torch.device:
-    """`auto` -> cuda when there is one, else cpu; under torchrun, cuda means this process's LOCAL_RANK GPU.
-    On a CPU, the thread count is chosen by `choose_cpu_threads`."""
-    if want == "auto":
+def resolve_device(want: str | None) -> torch.device:
+    """`auto` (or None, not given) -> cuda when there is one, else cpu; under torchrun, cuda means this process's
+    LOCAL_RANK GPU. On a CPU, the thread count is chosen by `choose_cpu_threads`."""
+    if want in (None, "auto"):
         want = "cuda" if torch.cuda.is_available() else "cpu"
     if want == "cuda":
         local = int(os.environ.get("LOCAL_RANK", 0))
