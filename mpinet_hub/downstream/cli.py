@@ -96,6 +96,16 @@ def run_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_metrics(result: dict) -> int:
+    """The metrics table of an evaluate or probe result, and the files it wrote."""
+    from .evaluate import format_metrics_table
+
+    print(format_metrics_table(result))
+    print(f"written: {Path(result['out']) / 'metrics.json'}, confusion.png, previews/"
+          + (f"; model card updated with these results: {result['card']}" if result["card"] else ""))
+    return 0
+
+
 # --- probe
 def add_probe_arguments(p: argparse.ArgumentParser) -> None:
     from .probe import LEVELS, ProbeConfig
@@ -129,14 +139,10 @@ def add_probe_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_probe(args: argparse.Namespace) -> int:
-    from .evaluate import format_metrics_table
     from .probe import ProbeConfig, run_probe
 
     result = run_probe(ProbeConfig(**settings_from_args(ProbeConfig, args)))
-    print(format_metrics_table(result))
-    print(f"written: {Path(result['out']) / 'metrics.json'}, confusion.png, previews/"
-          + (f"; model card updated with these results: {result['card']}" if result["card"] else ""))
-    return 0
+    return _print_metrics(result)
 
 
 # --- evaluate
@@ -156,16 +162,13 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate, format_metrics_table
+    from .evaluate import evaluate
 
     result = evaluate(args.model, args.dataset, args.data_root, split=args.split, protocol=args.protocol,
                       out=args.out, window=args.window, overlap=args.overlap, batch_size=args.batch_size,
                       previews=args.previews, device=args.device, precision=args.precision, bands=args.bands,
                       f1_from_precision_recall=args.f1_from_precision_recall)
-    print(format_metrics_table(result))
-    print(f"written: {Path(result['out']) / 'metrics.json'}, confusion.png, previews/"
-          + (f"; model card updated with these results: {result['card']}" if result["card"] else ""))
-    return 0
+    return _print_metrics(result)
 
 
 # --- predict
