@@ -351,24 +351,26 @@ def answer_lines(results: dict[str, Any]) -> list[str]:
                                                                   results["cells"].values())]
     if not controls:
         return ["No control in this study (--controls random random-bn): nothing to say whether pretraining pays."]
+    verdict = {(v["evaluation"], v["fraction"], frozenset((v["a"], v["b"]))): v for v in results["verdicts"]}
     lines = []
     for evaluation, by_name in results["cells"].items():
         for name in (n for n in by_name if n not in controls):
             for fraction in by_name[name]:
-                against = {v["b"] if v["a"] == name else v["a"]: v for v in results["verdicts"]
-                           if v["evaluation"] == evaluation and v["fraction"] == fraction and name in (v["a"], v["b"])
-                           and {v["a"], v["b"]} & set(controls) - {name}}
-                gaps = ", ".join(f"{c} {100 * (1 if against[c]['a'] == name else -1) * against[c]['mean_diff']:+.1f}"
-                                 f" ({against[c]['winner'] + ' better' if against[c]['winner'] else 'no verdict'})"
-                                 for c in controls if c in against)
-                if against and all(v["winner"] == name for v in against.values()):
+                against = {c: verdict[key] for c in controls
+                           if (key := (evaluation, fraction, frozenset((name, c)))) in verdict}
+                gaps = ", ".join(f"{c} {100 * v['mean_diff'] * (1 if v['a'] == name else -1):+.1f} "
+                                 f"({v['winner'] + ' better' if v['winner'] else 'no verdict'})"
+                                 for c, v in against.items())
+                if not against:
+                    call = "not shown: no control was scored at this label fraction"
+                elif all(v["winner"] == name for v in against.values()):
                     call = "**pays**: better than every control by the rule"
                 elif any(v["winner"] in controls for v in against.values()):
                     call = "**does not pay**: a control is better by the rule"
                 else:
                     call = "not shown: not better than every control by the rule"
-                lines.append(f"- {evaluation}, {100 * float(fraction):g}% labels, {name}: {call}; mean gap to "
-                             f"{gaps}.")
+                lines.append(f"- {evaluation}, {100 * float(fraction):g}% labels, {name}: {call}"
+                             + (f"; mean gap to {gaps}." if gaps else "."))
     runs = results["pretraining"]
     warned = sum(bool(d["warnings"]) for d in runs.values())
     if warned:
