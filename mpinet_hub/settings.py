@@ -115,6 +115,16 @@ def settings_from_args(cls: type, args: Any) -> dict[str, Any]:
     return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}
 
 
+def default_help(cls: type, key: str, text: str = "") -> str:
+    """Help text ending with the field's default, read from the settings dataclass `cls` so that the two cannot
+    drift (the flags themselves default to None, so that a --config file can set them)."""
+    return f"{text} (default: {_field(cls, key).default} unless --config sets it)".strip()
+
+
+def _field(cls: type, key: str) -> dataclasses.Field:
+    return next(f for f in dataclasses.fields(cls) if f.name == key)
+
+
 def name_yaml_only(cls: type, parser: Any) -> None:
     """Append to the help of `parser`'s --config the fields of `cls` that have no flag there, so that every
     setting is reachable and the help says how."""

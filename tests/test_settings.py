@@ -154,6 +154,24 @@ def test_every_setting_is_a_flag_or_named_yaml_only_in_the_help(command, setting
         assert f.name in flags or f.name in named.split(", "), f"{settings}.{f.name}: no flag, not named in --config"
 
 
+@pytest.mark.parametrize("command,settings", [("pretrain", "PretrainConfig"), ("finetune", "FinetuneConfig")])
+def test_every_flag_shows_its_settings_default_read_from_the_settings(command, settings):
+    """Before: finetune's help wrote its defaults by hand (and gave none for --precision, whose default is 32)."""
+    import dataclasses
+
+    from mpinet_hub.cli import build_parser
+    from mpinet_hub.downstream.finetune import FinetuneConfig
+    from mpinet_hub.pretrain.config import PretrainConfig
+
+    cls = {"PretrainConfig": PretrainConfig, "FinetuneConfig": FinetuneConfig}[settings]
+    parser = build_parser()._subparsers._group_actions[0].choices[command]
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)  # a False default: the flag is the setting
+                if f.default not in (dataclasses.MISSING, None) and f.default is not False}
+    for action in parser._actions:
+        if action.dest in defaults and action.dest != "device":  # --device: one option for every command
+            assert f"(default: {defaults[action.dest]} unless --config sets it)" in (action.help or ""), action.dest
+
+
 def test_settings_mistakes_exit_2_in_every_command(tmp_path, capsys):
     """Before: probe's and compare's settings mistakes raised ValueError (exit 1), pretrain's SettingsError (2)."""
     from mpinet_hub.cli import main

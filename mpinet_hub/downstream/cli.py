@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import functools
 from pathlib import Path
 
 from ..data import DATASETS, VALUE_MAX_HELP
 from ..metrics import PROTOCOLS
 from ..models import MPINET_ARCHS
 from ..pretrain.config import METHODS
-from ..settings import name_yaml_only, settings_from_args
+from ..settings import default_help, name_yaml_only, settings_from_args
 from ..training import PRECISIONS, resolve_device
 from .model import DECODERS
 
@@ -19,32 +20,39 @@ ENCODER_HELP = ("a registered tag (mpinet_resnet50.potsdam), an export folder, a
 
 
 def _finetune_options(p: argparse.ArgumentParser, with_encoder: bool = True) -> None:
+    from .finetune import FinetuneConfig
+
+    default = functools.partial(default_help, FinetuneConfig)
     p.add_argument("--config", help="YAML with any of these settings (flags override it) or of those named here")
     p.add_argument("--dataset", choices=list(DATASETS))
     p.add_argument("--data-root", help="the folder the release archives unpack into")
     if with_encoder:
-        p.add_argument("--encoder", help=ENCODER_HELP + " (default random)")
-        p.add_argument("--label-fraction", type=float, help="fraction of the labeled training patches to train on "
-                       "(default 0.01, i.e. 1%%; at least one patch; the share used is printed and carded)")
-        p.add_argument("--out", help="run folder")
+        p.add_argument("--encoder", help=default("encoder", ENCODER_HELP))
+        p.add_argument("--label-fraction", type=float, help=default(
+            "label_fraction", "fraction of the labeled training patches to train on (0.01 is 1%%; at least one "
+            "patch; the share used is printed and carded)"))
+        p.add_argument("--out", help=default("out", "run folder"))
         p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
         p.add_argument("--overwrite", action="store_true",
                        help="start over in an OUT that holds a run (deletes the run's own files: checkpoints/, "
                        "log.jsonl, loss.png, config.yaml, labeled_patches.json, model/)")
-    p.add_argument("--decoder", choices=list(DECODERS), help="SMP decoder (default deeplabv3plus)")
-    p.add_argument("--arch", choices=list(MPINET_ARCHS), help="architecture of random/imagenet encoders")
+    p.add_argument("--decoder", choices=list(DECODERS), help=default("decoder", "SMP decoder"))
+    p.add_argument("--arch", choices=list(MPINET_ARCHS),
+                   help=default("arch", "architecture of random/imagenet encoders"))
     p.add_argument("--bands", help="Potsdam bands: RGB (default), IRRG, RGBIR, optionally +DSM")
-    p.add_argument("--patch", type=int, help="side of the labeled patches (the subset's unit; default 256)")
-    p.add_argument("--crop", type=int, help="side of the random training crops (default 256)")
-    p.add_argument("--batch-size", type=int, help="per process (default 16)")
-    p.add_argument("--steps", type=int, help="optimiser steps (default 1000)")
+    p.add_argument("--patch", type=int, help=default("patch", "side of the labeled patches (the subset's unit)"))
+    p.add_argument("--crop", type=int, help=default("crop", "side of the random training crops"))
+    p.add_argument("--batch-size", type=int, help=default("batch_size", "per process"))
+    p.add_argument("--steps", type=int, help=default("steps", "optimiser steps"))
     p.add_argument("--epochs", type=float, help="passes over the labeled subset (overrides --steps)")
-    p.add_argument("--lr", type=float, help="Adam learning rate (default 1e-4)")
-    p.add_argument("--seed", type=int, help="training seed")
-    p.add_argument("--subset-seed", type=int, help="seed of the labeled subset (keep it fixed across encoders)")
-    p.add_argument("--workers", type=int, help="data-loading processes")
-    p.add_argument("--precision", choices=PRECISIONS, help="auto: bf16 on a GPU that supports it, else fp32")
-    p.add_argument("--save-every", type=int, help="steps between checkpoints")
+    p.add_argument("--lr", type=float, help=default("lr", "Adam learning rate"))
+    p.add_argument("--seed", type=int, help=default("seed", "training seed"))
+    p.add_argument("--subset-seed", type=int,
+                   help=default("subset_seed", "seed of the labeled subset (keep it fixed across encoders)"))
+    p.add_argument("--workers", type=int, help=default("workers", "data-loading processes"))
+    p.add_argument("--precision", choices=PRECISIONS,
+                   help=default("precision", "auto: bf16 on a GPU that supports it, else fp32"))
+    p.add_argument("--save-every", type=int, help=default("save_every", "steps between checkpoints"))
     p.add_argument("--mean", type=float, nargs="+", help="per-band normalisation (default: the encoder's)")
     p.add_argument("--std", type=float, nargs="+")
     p.add_argument("--value-max", type=float, help=VALUE_MAX_HELP)

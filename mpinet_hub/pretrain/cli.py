@@ -3,31 +3,28 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import functools
 
 from ..data import DATASETS, VALUE_MAX_HELP
 from ..models import MPINET_ARCHS
-from ..settings import name_yaml_only, settings_from_args
+from ..settings import default_help, name_yaml_only, settings_from_args
 from ..training import PRECISIONS
 from .config import METHODS, PretrainConfig, packaged_configs
 
-_DEFAULTS = {f.name: f.default for f in dataclasses.fields(PretrainConfig) if f.default is not dataclasses.MISSING}
-
-
-def _default(key: str, text: str = "") -> str:
-    """Help text with the built-in default (flags are None so that a --config file can set them)."""
-    return f"{text} (default: {_DEFAULTS[key]} unless --config sets it)".strip()
+_default = functools.partial(default_help, PretrainConfig)
 
 
 def add_pretrain_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML with any of the settings below (flags override it) or of those named "
                    f"at the end, or a packaged recipe by name: {', '.join(packaged_configs())}")
     p.add_argument("--dataset", choices=list(DATASETS),
-                   help="a data set's training images (labels unused), or `folder` for your own rasters")
+                   help=_default("dataset", "a data set's training images (labels unused), or `folder` for your "
+                                 "own rasters"))
     p.add_argument("--data-root", nargs="+", help="data set root, or files/folders/globs for --dataset folder")
-    p.add_argument("--method", choices=list(METHODS), help="mpinet (default) or a baseline from the same machinery")
+    p.add_argument("--method", choices=list(METHODS),
+                   help=_default("method", "mpinet or a baseline from the same machinery"))
     p.add_argument("--arch", choices=list(MPINET_ARCHS), help=_default("arch"))
-    p.add_argument("--bands", help="Potsdam bands: RGB, IRRG or RGBIR")
+    p.add_argument("--bands", help=_default("bands", "Potsdam bands: RGB, IRRG or RGBIR"))
     p.add_argument("--patch", type=int, help=_default("patch", "side of the windows read from the images"))
     p.add_argument("--crop", type=int, help=_default("crop", "side of each view"))
     p.add_argument("--batch-size", type=int, help=_default("batch_size", "per process"))
