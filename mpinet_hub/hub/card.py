@@ -15,15 +15,13 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ..models import MPINET_TAGS
 
-__all__ = ["MODEL_INFO_FILE", "TAG_FACTS", "card_front_matter", "eval_results", "metrics_markdown", "render_card",
+__all__ = ["MODEL_INFO_FILE", "card_front_matter", "eval_results", "metrics_markdown", "render_card",
            "segmentation_card"]
 
 MODEL_INFO_FILE = "mpinet.json"  # beside SMP's config.json: what the model expects and what it was trained on
 
 TEMPLATE = "model_card.md"
 TAGS = ["timm", "remote-sensing", "self-supervised-learning", "semantic-segmentation", "mpinet"]
-# What each tag's data set is, and the terms its weights inherit from it: the models' one tag table.
-TAG_FACTS = MPINET_TAGS
 
 
 def card_licence(facts: dict[str, Any]) -> dict[str, str]:
@@ -40,7 +38,7 @@ def eval_results(tag: str, results: list[dict[str, Any]]) -> list[EvalResult]:
         for metric in ("mIoU", "OA", "mF1"):
             out.append(EvalResult(
                 task_type="semantic-segmentation", task_name="Semantic segmentation (fine-tuned)",
-                dataset_type=r.get("dataset", tag), dataset_name=TAG_FACTS.get(r.get("dataset", tag), {}).get(
+                dataset_type=r.get("dataset", tag), dataset_name=MPINET_TAGS.get(r.get("dataset", tag), {}).get(
                     "data_name", str(r.get("dataset", tag))), dataset_split=r.get("split"),
                 metric_type=metric.lower(), metric_name=f"{metric} ({r.get('protocol', '-')} protocol{labels})",
                 metric_value=round(float(r[metric]), 2)))
@@ -91,7 +89,7 @@ def _fmt(x: Any) -> str:
 def render_card(tag: str, **fields: Any) -> str:
     """The card of an export of `tag`. `fields`: arch, base_arch, repo_id, sha256, bands, in_chans, mean, std, crop,
     recipe, run_description, metrics (a list of metrics.json dicts); a missing one raises KeyError."""
-    facts = TAG_FACTS[tag]
+    facts = MPINET_TAGS[tag]
     results = fields.get("metrics") or []
     data = ModelCardData(
         library_name="timm", pipeline_tag="image-feature-extraction", tags=TAGS, model_name=f"{fields['arch']}.{tag}",
@@ -118,8 +116,8 @@ def card_front_matter(text: str) -> dict[str, Any]:
 def _licence(dataset: str, encoder: str) -> tuple[dict[str, str], str]:
     """Card licence fields and a sentence for a model trained on `dataset` labels from `encoder`'s weights: the
     data's terms, and the encoder's pretraining data's terms where its tag names another data set."""
-    terms = [TAG_FACTS[d] for d in dict.fromkeys([dataset] + [t for t in TAG_FACTS if f".{t}" in encoder])
-             if d in TAG_FACTS]
+    terms = [MPINET_TAGS[d] for d in dict.fromkeys([dataset] + [t for t in MPINET_TAGS if f".{t}" in encoder])
+             if d in MPINET_TAGS]
     if not terms:
         return {"license": "other", "license_name": "see-training-data"}, (
             "the terms of the labeled data it was trained on (your own data: yours to state), and of the "
@@ -147,7 +145,7 @@ def segmentation_card(name: str, provenance: dict[str, Any], classes: list[str],
     lines = [
         f"# {name}", "",
         f"A {provenance.get('decoder')} segmentation model fine-tuned by `mpinet finetune` on "
-        f"{TAG_FACTS.get(dataset, {}).get('data_name', dataset)} with "
+        f"{MPINET_TAGS.get(dataset, {}).get('data_name', dataset)} with "
         + (f"{100 * fraction:.3g}% of the labeled patches ({provenance.get('labeled_patches')}"
            + (f" of {total}" if total else "") + " patches)"
            if isinstance(fraction, (int, float)) else "its labeled patches")
