@@ -1,4 +1,5 @@
-"""Every way in of HUB.md, offline, against weights exported by `mpinet export`."""
+"""Every way of loading weights that the README lists (timm names, hf-hub:, local-dir:, SMP, torch.hub),
+offline, against weights exported by `mpinet export`."""
 
 import argparse
 import json
