@@ -355,6 +355,11 @@ def test_diagnose_warns_when_the_instance_loss_stays_at_chance_or_the_keys_colla
     assert collapsed["key_effective_rank"] < 2 and any("collapsed" in p for p in problems(collapsed))
     assert main(["diagnose", str(run), "--windows", "0"]) == 0
     assert "warning: the keys collapsed" in capsys.readouterr().out
+    ckpt["method"] = ckpt["config"]["method"] = "swav"  # a run of a version that knows more methods
+    torch.save(ckpt, ckpt_path)
+    assert main(["diagnose", str(run), "--windows", "0"]) == 2  # one line, not a KeyError traceback
+    err = capsys.readouterr().err
+    assert "'swav'" in err and "mocov2" in err and "Traceback" not in err
 
 
 def test_on_a_busy_cpu_commands_leave_the_busy_cores_to_the_other_work(monkeypatch, capsys):

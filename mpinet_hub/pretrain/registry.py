@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from ..settings import SettingsError
+
 __all__ = ["METHODS", "build_method", "method_class", "register_method"]
 
 METHODS: dict[str, dict[str, Any]] = {}  # name -> the PretrainConfig values it sets
@@ -34,7 +36,11 @@ def register_method(name: str, **preset: Any) -> Callable[[type], type]:
 
 
 def method_class(name: str) -> type:
-    """The implementation (a `base.MomentumMethod` subclass) registered under `name`."""
+    """The implementation (a `base.MomentumMethod` subclass) registered under `name`; an unknown name (a run
+    made by a version that knows more methods) is a SettingsError naming the known ones."""
+    if name not in _IMPLEMENTATIONS:
+        raise SettingsError(f"pretraining method {name!r} is not known to this version of mpinet-hub (it knows "
+                            f"{', '.join(METHODS)}); a run made with it needs the version that made it")
     return _IMPLEMENTATIONS[name]
 
 
