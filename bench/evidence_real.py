@@ -2,7 +2,7 @@
 
     pip install -e . && python bench/evidence_real.py                        # both sets, val split (the default)
     python bench/evidence_real.py --sets landsat --reestimate-bn            # BatchNorm re-estimated for every encoder
-    python bench/evidence_real.py --methods mocov2 mpinet mpinet:keep_colour=true   # a setting chosen on val
+    python bench/evidence_real.py --methods mpinet mpinet:keep_colour=false       # a setting chosen on val
     python bench/evidence_real.py --split test                              # once, at the end: reads the test split
     python bench/evidence_real.py --report-only                             # rebuild docs/evidence.md from results
 
@@ -43,7 +43,7 @@ def study_settings(name: str, a: argparse.Namespace) -> StudySettings:
     metric, _ = SETS[name]
     return StudySettings(dataset="folder", data_root=str(a.work / name), out=str(a.work / f"study-{name}"),
                          metric=metric, methods=a.methods, controls=a.controls, seeds=a.seeds, split=a.split,
-                         reestimate_bn=a.reestimate_bn, keep_colour=a.keep_colour, device=a.device)
+                         reestimate_bn=a.reestimate_bn, device=a.device)
 
 
 def _study_minutes(study: Path) -> float:
@@ -90,7 +90,7 @@ def main() -> None:
                    help="data (WORK/SET) and studies (WORK/study-SET) (default: %(default)s)")
     defaults = StudySettings(dataset="folder", data_root="", out="")
     p.add_argument("--methods", nargs="*", default=defaults.methods, metavar="METHOD[:KEY=VALUE,...]",
-                   help="as mpinet study's; a variant chooses a setting on val, e.g. mpinet:keep_colour=true "
+                   help="as mpinet study's; a variant chooses a setting on val, e.g. mpinet:keep_colour=false "
                         "(default: %(default)s)")
     p.add_argument("--controls", nargs="*", default=defaults.controls, help="(default: %(default)s)")
     p.add_argument("--seeds", type=int, nargs="+", default=defaults.seeds, help="(default: %(default)s)")
@@ -98,7 +98,6 @@ def main() -> None:
                    help="choose settings on val; read test once, at the end (default: %(default)s)")
     p.add_argument("--reestimate-bn", action="store_true",
                    help="probe with BatchNorm statistics re-estimated for every encoder (filed under SPLIT-bn)")
-    p.add_argument("--keep-colour", action="store_true", help="pretraining: no hue jitter, no grayscale")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto (default: %(default)s)")
     p.add_argument("--docs", type=Path, default=REPO / "docs", help="where evidence.md goes (default: the repo's)")
     p.add_argument("--report-only", action="store_true", help="only rebuild docs/evidence.md from finished studies")

@@ -380,3 +380,17 @@ def test_ffl_heads_can_train_on_a_scale_free_loss_during_the_warmup():
         assert torch.allclose(grads["log"][name], expected, rtol=1e-3, atol=1e-6), name
     with pytest.raises(ValueError, match="ffl_head_loss 'square': raw or log"):
         _cfg(method="mpinet", ffl_head_loss="square")
+
+
+def test_pretraining_keeps_rgb_colour_by_default_and_no_keep_colour_restores_moco_v2_jitter():
+    """keep_colour was chosen on the val band of two real sets (bench/evidence_notes.md, round 3): the default
+    since then; --no-keep-colour (YAML keep_colour: false) gives MoCo v2's hue jitter and grayscale back."""
+    from mpinet_hub.cli import build_parser
+    from mpinet_hub.pretrain.config import PretrainConfig
+    from mpinet_hub.settings import settings_from_args
+
+    assert PretrainConfig.keep_colour is True
+    parser = build_parser()
+    for flags, want in [([], None), (["--keep-colour"], True), (["--no-keep-colour"], False)]:
+        args = parser.parse_args(["pretrain", "--data-root", "d", *flags])
+        assert settings_from_args(PretrainConfig, args).get("keep_colour") is want, flags

@@ -141,15 +141,15 @@ def test_a_finished_study_is_re_scored_with_batchnorm_re_estimated_beside_the_fi
 
 
 def test_a_method_variant_is_pretrained_and_compared_beside_its_method(tmp_path, tree_folder, capsys):
-    s = _settings(tree_folder, tmp_path / "v", methods=["mocov2", "mocov2:lr=0.3,keep_colour=true"], controls=[],
+    s = _settings(tree_folder, tmp_path / "v", methods=["mocov2", "mocov2:lr=0.3,keep_colour=false"], controls=[],
                   seeds=[0], probe_steps=5)
     results = run_study(s)
-    variant = tmp_path / "v" / "pretrain" / "mocov2+lr=0.3,keep_colour=true-s0"
+    variant = tmp_path / "v" / "pretrain" / "mocov2+lr=0.3,keep_colour=false-s0"
     saved = yaml.safe_load((variant / "config.yaml").read_text())
-    assert saved["lr"] == 0.3 and saved["keep_colour"] is True and saved["method"] == "mocov2"
+    assert saved["lr"] == 0.3 and saved["keep_colour"] is False and saved["method"] == "mocov2"
     assert yaml.safe_load((tmp_path / "v" / "pretrain" / "mocov2-s0" / "config.yaml").read_text())["lr"] == 0.03
-    assert set(results["cells"]["probe"]) == {"mocov2", "mocov2:lr=0.3,keep_colour=true"}
-    assert (tmp_path / "v" / "probe-val" / "mocov2+lr=0.3,keep_colour=true" / "f1-s0-sub0" / "metrics.json").is_file()
+    assert set(results["cells"]["probe"]) == {"mocov2", "mocov2:lr=0.3,keep_colour=false"}
+    assert (tmp_path / "v" / "probe-val" / "mocov2+lr=0.3,keep_colour=false" / "f1-s0-sub0" / "metrics.json").is_file()
     for bad, message in (("mocov3", "unknown method 'mocov3'"), ("mocov2:lr", "METHOD:KEY=VALUE"),
                          ("mocov2:lrr=0.3", "did you mean 'lr'"), ("mocov2:seed=3", "seed is set by the study"),
                          ("mocov2:ffl_head_loss=cube", "ffl_head_loss 'cube'")):

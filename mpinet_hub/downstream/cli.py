@@ -325,7 +325,6 @@ def add_study_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--crop", type=int, default=d.crop, help="pretraining view px (128: C5 holds 4x4 cells)")
     p.add_argument("--queue-size", type=int, default=d.queue_size, help="instance negatives K")
     p.add_argument("--lr", type=float, default=d.lr, help="pretraining lr per 256 images")
-    p.add_argument("--keep-colour", action="store_true", help="pretraining: no hue jitter, no grayscale")
     p.add_argument("--bands", default=d.bands, help="Potsdam bands")
     p.add_argument("--value-max", type=float, help=VALUE_MAX_HELP)
     p.add_argument("--label-patch", type=int, default=d.label_patch, help="labeled patch px (the subset's unit)")

@@ -79,7 +79,6 @@ class StudySettings:
     crop: int = 128  # C5 of a 128 px view is 4x4 cells: smaller views leave the deep terms 1-4 values
     queue_size: int = 256
     lr: float = 0.03
-    keep_colour: bool = False
     bands: str = "RGB"
     value_max: float | None = None
     # downstream
@@ -150,7 +149,7 @@ class StudySettings:
                     patch=self.patch, crop=self.crop, batch_size=self.batch_size, steps=self.pretrain_steps,
                     lr=self.lr, queue_size=self.queue_size, warmup_epochs=1, workers=self.workers, seed=seed,
                     out=out, save_every=max(50, self.pretrain_steps // 4), device=self.device,
-                    keep_colour=self.keep_colour or None, bands=self.bands if self.dataset == "potsdam" else None,
+                    bands=self.bands if self.dataset == "potsdam" else None,
                     value_max=self.value_max)
 
 
@@ -394,8 +393,7 @@ def study_markdown(results: dict[str, Any]) -> str:
                  + (f"read on {', '.join(results['test_reads'])}." if results["test_reads"] else "never read."))
     lines = [f"# Does pretraining pay? {s['dataset']} ({s['data_root']}), {results['metric']} (%)", "", test_note, "",
              (f"Pretraining: {s['arch']}, {s['pretrain_steps']} steps x batch {s['batch_size']}, {s['crop']} px views "
-              f"of {s['patch']} px windows, queue {s['queue_size']}, lr {s['lr']} per 256"
-              + (", colour kept" if s["keep_colour"] else "") + ". " if s["methods"] else
+              f"of {s['patch']} px windows, queue {s['queue_size']}, lr {s['lr']} per 256. " if s["methods"] else
               f"No pretraining in this study (encoders: {s['arch']}). ")
              + f"Probe: {s['probe_steps']} steps"
              + (", BatchNorm re-estimated for every encoder" if s["reestimate_bn"] else "")

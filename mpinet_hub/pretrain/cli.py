@@ -48,9 +48,10 @@ def add_pretrain_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mean", type=float, nargs="+", help="per-band normalisation (default: ImageNet for RGB)")
     p.add_argument("--std", type=float, nargs="+")
     p.add_argument("--value-max", type=float, help=VALUE_MAX_HELP)
-    p.add_argument("--keep-colour", action="store_true", default=None,
+    p.add_argument("--keep-colour", action=argparse.BooleanOptionalAction, default=None,
                    help=_default("keep_colour", "RGB views get brightness and contrast jitter only (what other band "
-                                 "sets get): no saturation/hue jitter and no grayscale, so the encoder may use colour"))
+                                 "sets get): no saturation/hue jitter and no grayscale, so the encoder may use colour; "
+                                 "--no-keep-colour gives MoCo v2's colour jitter and grayscale"))
     p.add_argument("--windows-per-file", type=int,
                    help=_default("windows_per_file", "windows of a batch drawn from one file in a row; a PNG/JPEG is "
                                  "decoded whole for each file drawn, so 4-8 multiply the loader's speed on PNG data "
