@@ -37,11 +37,12 @@ def test_yaml_numbers_written_as_strings_are_read_as_their_declared_types(tmp_pa
     ("lr: fast\n", "lr: 'fast' is not a float"),
     ("batch_size: 16.5\n", "batch_size: 16.5 is not a int"),
     ("photometric: maybe\n", "photometric: 'maybe' is not a bool"),
+    ("method: mocov3\n", "recipe.yaml: unknown method 'mocov3'; choose one of .*mpinet"),
 ])
 def test_a_setting_that_does_not_fit_is_refused_with_its_key_and_the_type_wanted(tmp_path, text, message):
     with pytest.raises(SettingsError, match=message):
         PretrainConfig.from_sources(_yaml(tmp_path, text))
-    if "photometric" not in text:  # a pretraining setting only
+    if "photometric" not in text and "method" not in text:  # a pretraining setting only
         with pytest.raises(SettingsError, match=message):
             FinetuneConfig.from_sources(_yaml(tmp_path, text), dataset="potsdam", data_root="/x")
 
@@ -186,6 +187,15 @@ def test_settings_mistakes_exit_2_in_every_command(tmp_path, capsys):
     assert main(["finetune", "--dataset", "potsdam", "--data-root", root, "--out", str(tmp_path / "f"),
                  "--label-fraction", "2"]) == 2
     assert not any(tmp_path.iterdir())
+
+
+def test_an_unknown_method_in_a_recipe_is_a_settings_mistake_exit_2(tmp_path, capsys):
+    """Before: a ValueError, exit 1, unlike every other setting a recipe gets wrong."""
+    from mpinet_hub.cli import main
+
+    recipe = _yaml(tmp_path, "method: mocov3\n")
+    assert main(["pretrain", "--config", str(recipe), "--data-root", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert "unknown method 'mocov3'" in capsys.readouterr().err and not (tmp_path / "o").exists()
 
 
 def test_every_command_takes_debug_and_shows_tracebacks_with_it(tmp_path, capsys):

@@ -119,7 +119,8 @@ class PretrainConfig:
         overrides = coerce_settings(cls, {k: v for k, v in overrides.items() if v is not None}, "options")
         method = overrides.get("method", values.get("method", cls.method))
         if method not in METHODS:
-            raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+            source = "options" if "method" in overrides else str(yaml_path)
+            raise SettingsError(f"{source}: unknown method {method!r}; choose one of {', '.join(METHODS)}")
         cfg = cls(**{**METHODS[method], **values, **overrides})
         cfg.validate()
         return cfg
