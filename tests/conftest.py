@@ -57,6 +57,32 @@ def exported_potsdam(tmp_path_factory, backbone_state, hf_home) -> Path:
 
 
 @pytest.fixture
+def read_only_folder(tmp_path):
+    """A folder this process cannot write to: mode 0555, and where that does not bind (root), a real read-only
+    tmpfs mounted on it; skipped with the reason when neither is possible."""
+    import shutil
+    import subprocess
+
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    folder.chmod(0o555)
+    mounted = False
+    if os.access(folder, os.W_OK):
+        mounted = shutil.which("mount") is not None and subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(folder)], capture_output=True).returncode == 0
+        if not mounted:
+            folder.chmod(0o755)
+            pytest.skip("running as root, who writes through mode 0555, and a read-only mount is not permitted")
+    try:
+        assert not os.access(folder, os.W_OK)
+        yield folder
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+        folder.chmod(0o755)
+
+
+@pytest.fixture
 def full_disk(tmp_path):
     """A real, nearly full file system: a 1 MiB tmpfs mounted at tmp_path/"full", filled up to `leave` bytes by
     `fill(leave)` (its filler sits in a subfolder). Needs root (mount); skipped with the reason otherwise."""

@@ -209,21 +209,21 @@ def test_torn_weights_end_in_one_line(tmp_path, capsys):
     assert not (tmp_path / "hub").exists()
 
 
-def test_predict_into_a_read_only_folder_ends_in_one_line_before_loading(run, tmp_path, capsys):
-    locked = tmp_path / "locked"
-    locked.mkdir()
-    locked.chmod(0o555)
-    try:
-        if os.access(locked, os.W_OK):
-            pytest.skip("running as a user who can write anywhere (root)")
-        src = tmp_path / "in.png"
-        from PIL import Image
+def test_predict_into_a_read_only_folder_ends_in_one_line_before_loading(run, read_only_folder, tmp_path, capsys):
+    src = tmp_path / "in.png"
+    from PIL import Image
 
-        Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(src)
-        assert main(["predict", str(run), str(src), str(locked / "out.png")]) == 2
-        assert "not writable" in capsys.readouterr().err
-    finally:
-        locked.chmod(0o755)
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(src)
+    assert main(["predict", str(run), str(src), str(read_only_folder / "out.png")]) == 2
+    assert "not writable" in capsys.readouterr().err
+    assert not any(read_only_folder.iterdir())
+
+
+def test_pretrain_into_a_read_only_folder_ends_in_one_line(data, read_only_folder, capsys):
+    assert _pretrain(data, read_only_folder / "run", "--steps", "1") == 2
+    err = capsys.readouterr().err
+    assert f"could not create the run folder {read_only_folder / 'run'}" in err and "Traceback" not in err
+    assert not any(read_only_folder.iterdir())
 
 
 def test_unusable_yaml_ends_in_one_line_with_exit_2(data, tmp_path, capsys):
