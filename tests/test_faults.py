@@ -76,6 +76,34 @@ def test_resume_log_has_each_step_once(data, run, tmp_path):
     assert steps == [1, 2, 3, 4]
 
 
+def test_a_run_killed_by_sigkill_resumes_from_its_last_checkpoint_with_each_step_logged_once(data, tmp_path):
+    """The real thing the simulated cases above stand for: a pretraining process killed with SIGKILL (no handler
+    runs) leaves its lock and perhaps a torn checkpoint; `--resume` takes the lock as stale and continues."""
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    args = ["pretrain", "--dataset", "potsdam", "--data-root", str(data), "--arch", "mpinet_resnet18", "--method",
+            "mocov2", "--patch", "96", "--crop", "64", "--batch-size", "4", "--queue-size", "16", "--workers", "0",
+            "--device", "cpu", "--out", str(out), "--save-every", "1", "--steps", "1000"]
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; from mpinet_hub.cli import main; sys.exit(main())",
+                             *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline, second = time.monotonic() + 300, out / "checkpoints" / "step_0000002.pt"
+    while not second.is_file() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    assert (out / ".lock").is_file()  # nothing ran at the kill to remove it
+    killed_at = torch.load(out / "checkpoints" / "last.pt", weights_only=True)["step"]
+    assert 2 <= killed_at < 12
+    assert _pretrain(data, out, "--steps", "12", "--resume") == 0
+    steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 13))
+    assert not (out / ".lock").exists() and not list((out / "checkpoints").glob(".*partial*"))
+    assert torch.load(out / "checkpoints" / "last.pt", weights_only=True)["step"] == 12
+
+
 def test_second_writer_is_refused_and_a_stale_lock_is_taken_over(data, run, tmp_path, capsys):
     import socket
 
