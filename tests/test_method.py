@@ -97,7 +97,7 @@ def test_real_backbone_cells_sit_where_roi_grid_samples_them(arch):
 
 
 def test_photometric_augment_decides_by_band_names_not_count():
-    kinds = {names: [type(m).__name__ for m in PhotometricAugment(list(names), 64).aug]
+    kinds = {names: [type(m).__name__ for m in PhotometricAugment(list(names), 64, keep_colour=False).aug]
              for names in (("R", "G", "B"), ("IR", "R", "G"), ("R", "G", "B", "IR"))}
     assert "ColorJitter" in kinds[("R", "G", "B")] and "RandomGrayscale" in kinds[("R", "G", "B")]
     for names in (("IR", "R", "G"), ("R", "G", "B", "IR")):  # IRRG: three bands, but no hue or saturation
@@ -107,16 +107,16 @@ def test_photometric_augment_decides_by_band_names_not_count():
         PhotometricAugment(3, 64)
 
 
-def test_keep_colour_leaves_rgb_hue_alone_and_the_default_does_not():
+def test_the_default_keeps_rgb_hue_and_keep_colour_false_does_not():
     torch.manual_seed(0)
     green = torch.zeros(64, 3, 16, 16)
     green[:, 1] = 0.6
     green[:, 0] = green[:, 2] = 0.2
-    default = PhotometricAugment(["R", "G", "B"], 16)(green).mean((2, 3))
-    kept = PhotometricAugment(["R", "G", "B"], 16, keep_colour=True)(green).mean((2, 3))
+    jittered = PhotometricAugment(["R", "G", "B"], 16, keep_colour=False)(green).mean((2, 3))
+    kept = PhotometricAugment(["R", "G", "B"], 16)(green).mean((2, 3))
     assert (kept[:, 1] > kept[:, 0] + 0.05).all() and (kept[:, 1] > kept[:, 2] + 0.05).all()  # still green
     assert not torch.allclose(kept, green.mean((2, 3)))  # but brightness/contrast did change
-    assert ((default[:, 1] - default[:, 0]).abs() < 1e-3).any()  # grayscale (p 0.2) took the colour of some
+    assert ((jittered[:, 1] - jittered[:, 0]).abs() < 1e-3).any()  # grayscale (p 0.2) took the colour of some
 
 
 @pytest.mark.parametrize("names", [("IR", "R", "G"), ("R", "G", "B", "IR"), ("R", "G", "B", "IR", "DSM")])

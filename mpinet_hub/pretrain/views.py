@@ -193,16 +193,16 @@ class MultibandJitter(nn.Module):
 
 
 class PhotometricAugment(nn.Module):
-    """MoCo v2's colour augmentations, batched with per-sample parameters (kornia), on any device.
+    """Photometric augmentation of pretraining views, batched with per-sample parameters (kornia), on any device.
 
-    Chosen by band names, not band count (IRRG has three bands but no hue): RGB gets colour jitter
-    (0.4, 0.4, 0.4, 0.1) p=0.8, grayscale p=0.2, Gaussian blur p=0.5; every other band set (IRRG, RGBIR,
-    +DSM, multispectral) gets `MultibandJitter`'s brightness and contrast of the same strength, p=0.8, and
-    the same blur. `keep_colour=True` gives RGB that treatment too (no saturation/hue jitter, no grayscale), so
-    colour stays a cue the encoder may use; `enabled=False` turns every photometric change off.
+    Chosen by band names, not band count (IRRG has three bands but no hue): every band set gets
+    `MultibandJitter`'s brightness and contrast (0.4, p=0.8) and Gaussian blur (p=0.5); with `keep_colour=False`,
+    RGB gets MoCo v2's colour jitter (0.4, 0.4, 0.4, 0.1) p=0.8 and grayscale p=0.2 instead, which teach the
+    encoder to ignore colour. The default keeps colour, as `PretrainConfig.keep_colour` does;
+    `enabled=False` turns every photometric change off.
     """
 
-    def __init__(self, band_names: Sequence[str], out: int, enabled: bool = True, keep_colour: bool = False) -> None:
+    def __init__(self, band_names: Sequence[str], out: int, enabled: bool = True, keep_colour: bool = True) -> None:
         super().__init__()
         if isinstance(band_names, int):
             raise TypeError("PhotometricAugment takes the band names (e.g. ['R', 'G', 'B']), not a band count")
