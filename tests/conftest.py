@@ -56,20 +56,31 @@ def exported_potsdam(tmp_path_factory, backbone_state, hf_home) -> Path:
     return out
 
 
+def _mount_tmpfs(at: Path, options: str) -> bool:
+    """Mount a tmpfs with `options` at `at`; False where mounting is not permitted (not root, no mount)."""
+    import shutil
+    import subprocess
+
+    return shutil.which("mount") is not None and subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(at)], capture_output=True).returncode == 0
+
+
+def _unmount(at: Path) -> None:
+    import subprocess
+
+    subprocess.run(["umount", "-l", str(at)], capture_output=True)
+
+
 @pytest.fixture
 def read_only_folder(tmp_path):
     """A folder this process cannot write to: mode 0555, and where that does not bind (root), a real read-only
     tmpfs mounted on it; skipped with the reason when neither is possible."""
-    import shutil
-    import subprocess
-
     folder = tmp_path / "locked"
     folder.mkdir()
     folder.chmod(0o555)
     mounted = False
     if os.access(folder, os.W_OK):
-        mounted = shutil.which("mount") is not None and subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(folder)], capture_output=True).returncode == 0
+        mounted = _mount_tmpfs(folder, "ro,size=64k")
         if not mounted:
             folder.chmod(0o755)
             pytest.skip("running as root, who writes through mode 0555, and a read-only mount is not permitted")
@@ -78,7 +89,7 @@ def read_only_folder(tmp_path):
         yield folder
     finally:
         if mounted:
-            subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+            _unmount(folder)
         folder.chmod(0o755)
 
 
@@ -86,13 +97,9 @@ def read_only_folder(tmp_path):
 def full_disk(tmp_path):
     """A real, nearly full file system: a 1 MiB tmpfs mounted at tmp_path/"full", filled up to `leave` bytes by
     `fill(leave)` (its filler sits in a subfolder). Needs root (mount); skipped with the reason otherwise."""
-    import shutil
-    import subprocess
-
     mount = tmp_path / "full"
     mount.mkdir()
-    if shutil.which("mount") is None or subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True).returncode != 0:
+    if not _mount_tmpfs(mount, "size=1m"):
         pytest.skip("a real full disk needs a tmpfs mount (root); not available here")
 
     def fill(leave: int = 0) -> Path:
@@ -108,4 +115,4 @@ def full_disk(tmp_path):
     try:
         yield fill
     finally:
-        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+        _unmount(mount)

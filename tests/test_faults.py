@@ -27,10 +27,14 @@ def data(tmp_path_factory):
     return root
 
 
+def _pretrain_args(data, out, *extra) -> list[str]:
+    return ["pretrain", "--dataset", "potsdam", "--data-root", str(data), "--arch", "mpinet_resnet18",
+            "--method", "mocov2", "--patch", "96", "--crop", "64", "--batch-size", "4", "--queue-size", "16",
+            "--workers", "0", "--device", "cpu", "--out", str(out), *extra]
+
+
 def _pretrain(data, out, *extra):
-    return main(["pretrain", "--dataset", "potsdam", "--data-root", str(data), "--arch", "mpinet_resnet18",
-                 "--method", "mocov2", "--patch", "96", "--crop", "64", "--batch-size", "4", "--queue-size", "16",
-                 "--workers", "0", "--device", "cpu", "--out", str(out), *extra])
+    return main(_pretrain_args(data, out, *extra))
 
 
 @pytest.fixture(scope="module")
@@ -83,9 +87,7 @@ def test_a_run_killed_by_sigkill_resumes_from_its_last_checkpoint_with_each_step
     import time
 
     out = tmp_path / "run"
-    args = ["pretrain", "--dataset", "potsdam", "--data-root", str(data), "--arch", "mpinet_resnet18", "--method",
-            "mocov2", "--patch", "96", "--crop", "64", "--batch-size", "4", "--queue-size", "16", "--workers", "0",
-            "--device", "cpu", "--out", str(out), "--save-every", "1", "--steps", "1000"]
+    args = _pretrain_args(data, out, "--save-every", "1", "--steps", "1000")
     proc = subprocess.Popen([sys.executable, "-c", "import sys; from mpinet_hub.cli import main; sys.exit(main())",
                              *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
