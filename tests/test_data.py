@@ -214,6 +214,23 @@ def test_unlabeled_images_weighted_reproducible(tmp_path):
         UnlabeledImages([tmp_path / "nope*.tif"], patch_size=32)
 
 
+def test_window_overlap_is_what_the_sampler_draws(tmp_path):
+    """How distinct the pretraining windows are, from the file sizes alone: the share of a window's area a second
+    random window covers on average equals that of the sampler's own draws; files apart share nothing."""
+    write_tif(tmp_path / "wide.tif", np.zeros((3, 60, 150), np.uint8))
+    write_tif(tmp_path / "square.tif", np.zeros((3, 90, 90), np.uint8))
+    ds = UnlabeledImages([tmp_path], patch_size=40, seed=0, length=4000)
+    windows = [(it["meta"]["file"], it["meta"]["window"]) for it in (ds[i] for i in range(len(ds)))]
+    shared = []
+    for (fa, (ra, ca, h, w)), (fb, (rb, cb, _, _)) in zip(windows[::2], windows[1::2]):
+        rows, cols = max(0, h - abs(ra - rb)), max(0, w - abs(ca - cb))
+        shared.append(rows * cols / (h * w) if fa == fb else 0.0)
+    assert ds.window_overlap() == pytest.approx(np.mean(shared), abs=0.02)
+    assert ds.distinct_windows() == pytest.approx((60 * 150 + 90 * 90) / 40**2)
+    one = UnlabeledImages([tmp_path / "square.tif"], patch_size=90)
+    assert one.window_overlap() == 1.0 and one.distinct_windows() == 1.0  # one position: every window the same
+
+
 def test_pretraining_images_use_the_train_split(synth_root):
     files = pretraining_images("potsdam", synth_root / "potsdam")
     assert [f.name for f in files] == [f"top_potsdam_{t}_RGB.tif" for t in ("2_10", "2_11", "2_12", "4_12")]

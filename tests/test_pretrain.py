@@ -15,6 +15,7 @@ from torchvision.ops import roi_align
 
 from mpinet_hub.checkpoint import load_checkpoint
 from mpinet_hub.data.synth import synth_dataset
+from mpinet_hub.data.unlabeled import UnlabeledImages, pretraining_images
 from mpinet_hub.hub import export_weights
 from mpinet_hub.pretrain.config import PretrainConfig
 from mpinet_hub.pretrain.losses import FocalFrequencyLoss, InfoNCELoss, PixelInfoNCELoss
@@ -360,6 +361,33 @@ def test_diagnose_warns_when_the_instance_loss_stays_at_chance_or_the_keys_colla
     assert main(["diagnose", str(run), "--windows", "0"]) == 2  # one line, not a KeyError traceback
     err = capsys.readouterr().err
     assert "'swav'" in err and "mocov2" in err and "Traceback" not in err
+
+
+def test_diagnose_says_when_the_imagery_holds_fewer_distinct_windows_than_a_batch(tmp_path, potsdam_root, capsys):
+    """A run whose negatives are views of the same ground (one small scene: landsat's train band) is told so, with
+    the figures, at the end of pretraining and by diagnose; a run with more imagery than a batch is not."""
+    from mpinet_hub.cli import main
+    from mpinet_hub.pretrain.diagnose import diagnose, problems
+
+    run = tmp_path / "run"
+    assert main(["pretrain", "--dataset", "potsdam", "--data-root", str(potsdam_root), "--method", "mocov2",
+                 "--arch", "mpinet_resnet18", "--patch", "96", "--crop", "64", "--batch-size", "4", "--steps", "2",
+                 "--queue-size", "8", "--workers", "0", "--out", str(run)]) == 0
+    d = diagnose(run, retrieval_windows=0)
+    images = UnlabeledImages(pretraining_images("potsdam", potsdam_root), patch_size=96)
+    assert d["distinct_windows"] == pytest.approx(images.distinct_windows())
+    assert d["window_overlap"] == pytest.approx(images.window_overlap())
+    few = d | {"distinct_windows": 4.2, "window_overlap": 0.35, "batch_size": 32}
+    assert any("4 non-overlapping 96 px windows, fewer than a batch of 32" in p and "35%" in p for p in problems(few))
+    assert not any("non-overlapping" in p for p in problems(d | {"distinct_windows": 500.0}))
+    capsys.readouterr()
+    assert main(["diagnose", str(run), "--windows", "0"]) == 0
+    assert f"about {d['distinct_windows']:.0f} non-overlapping 96 px windows" in capsys.readouterr().out
+    ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    ckpt["config"]["data_root"] = [str(tmp_path / "gone")]  # the run's images moved away: no figures, no error
+    torch.save(ckpt, run / "checkpoints" / "last.pt")
+    gone = diagnose(run, retrieval_windows=0)
+    assert gone["distinct_windows"] is None and "not readable" in gone["imagery_note"]
 
 
 def test_on_a_busy_cpu_commands_leave_the_busy_cores_to_the_other_work(monkeypatch, capsys):

@@ -1,6 +1,7 @@
 """`mpinet study` on a tiny labeled folder: verdicts by the stated rule, refused reuse, val by default."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -86,6 +87,8 @@ def test_study_calls_the_better_encoder_reuses_cells_and_refuses_other_settings(
     assert "probe, 100% labels, blind: **does not pay**" in md  # the answer, above the verdicts
     values = " / ".join(f"{100 * c['value']:.1f}" for c in cells["random"]["1"])
     assert f"({values})" in md  # each seed's value, to pair with studies in other folders
+    # each pretraining run says how many windows its images hold: six 64 px images, 48 px windows
+    assert re.search(r"\| mocov2-s0 \| [\d.]+ \| [\d.]+ \| [\d.]+ \| [\d.]+ \| 11 \(11%\) \|", md), md
     assert (out / "study-val-probe.png").stat().st_size > 5000
     # the probe cells scored the val scenes, not test
     scored = json.loads((out / "probe-val" / "random" / "f1-s0-sub0" / "metrics.json").read_text())

@@ -99,6 +99,23 @@ class UnlabeledImages(Dataset):
         total = sum(i.height * i.width for i in self.infos)
         self.length = length or max(1, total // (patch_size * patch_size))
 
+    def distinct_windows(self) -> float:
+        """The imagery's area in windows (total area / patch area): how many windows it holds without overlap."""
+        return sum(i.height * i.width for i in self.infos) / self.patch_size**2
+
+    def window_overlap(self) -> float:
+        """The share of a window's area that a second window drawn like it covers, on average: windows from two
+        files share nothing, windows from one file overlap as their offsets allow (rows and columns independent,
+        each uniform over the file's positions). Near 0 on a large collection; on one small scene the instance task's
+        negatives are views of the same ground. Exact for this sampler; written here because it is its own."""
+        def along(side: int) -> float:  # mean shared share of one axis: offsets d = |a - b|, a, b uniform on 0..L
+            positions = side - self.patch_size + 1
+            d = np.arange(positions)
+            p_d = np.where(d == 0, 1.0, 2.0 * (positions - d)) / positions**2
+            return float((np.clip(self.patch_size - d, 0, None) * p_d).sum() / self.patch_size)
+
+        return float(sum(w * w * along(i.height) * along(i.width) for w, i in zip(self.weights, self.infos)))
+
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 

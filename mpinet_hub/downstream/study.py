@@ -423,10 +423,13 @@ def study_markdown(results: dict[str, Any]) -> str:
                      f"{100 * v['mean_diff']:+.1f} | {threshold} | {verdict} |")
     if results["pretraining"]:
         lines += ["", "## Pretraining diagnostics (`mpinet diagnose RUN`)", "",
-                  "| run | minutes | ins, last 10% | chance ln(K+1) | key effective rank | warnings |",
-                  "|---|---|---|---|---|---|"]
+                  "| run | minutes | ins, last 10% | chance ln(K+1) | key effective rank | windows the images hold "
+                  "(mean overlap) | warnings |",
+                  "|---|---|---|---|---|---|---|"]
         for name, d in results["pretraining"].items():
             minutes = "-" if d["minutes"] is None else f"{d['minutes']:.1f}"
+            windows = ("-" if d.get("distinct_windows") is None else
+                       f"{d['distinct_windows']:.0f} ({100 * d['window_overlap']:.0f}%)")
             lines.append(f"| {name} | {minutes} | {d['ins_last10pct']:.2f} | {d['chance']:.2f} | "
-                         f"{d['key_effective_rank']:.1f} | {'; '.join(d['warnings']) or '-'} |")
+                         f"{d['key_effective_rank']:.1f} | {windows} | {'; '.join(d['warnings']) or '-'} |")
     return "\n".join(lines) + "\n"

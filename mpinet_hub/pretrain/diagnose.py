@@ -6,6 +6,9 @@ From the run folder alone (log.jsonl, checkpoints/last.pt, and the run's own ima
   that; a run whose `ins` ends within `CHANCE_MARGIN` nats of it has learned almost nothing of the task;
 - the spread of the last queue of keys: mean cosine and effective rank (exp of the entropy of the normalised
   singular values, out of 128): a rank of a few dimensions is dimensional collapse;
+- how distinct the windows are: the images' area in windows and the share of a window's area a second random
+  window covers on average (the instance task's negatives are views of the same ground when a batch draws more
+  windows than the images hold);
 - view retrieval: each window's second view found among `windows` keys from the first views, with the run's
   networks and with random weights (chance 1/windows);
 - the share of each weighted term in the total over the last tenth of the steps.
@@ -21,12 +24,16 @@ import math
 import statistics
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..checkpoint import load_checkpoint
 from .registry import build_method, method_class
+
+if TYPE_CHECKING:
+    from ..data.unlabeled import UnlabeledImages
+    from .config import PretrainConfig
 
 __all__ = ["CHANCE_MARGIN", "COLLAPSED_RANK", "diagnose", "format_diagnosis", "problems"]
 
@@ -54,7 +61,8 @@ def _key_spread(keys: torch.Tensor) -> tuple[float, float]:
 
 
 def diagnose(run: str | Path, retrieval_windows: int = 256, seed: int = 123) -> dict[str, Any]:
-    """The figures above for a pretraining run; `retrieval_windows=0` skips retrieval (no data read)."""
+    """The figures above for a pretraining run; `retrieval_windows=0` skips retrieval (only the images' sizes are
+    read)."""
     run = Path(run)
     records = _log_records(run)
     ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
@@ -79,25 +87,35 @@ def diagnose(run: str | Path, retrieval_windows: int = 256, seed: int = 123) -> 
         "key_mean_cosine": cosine, "key_effective_rank": rank, "term_shares": shares,
         "w_ffl": cfg.get("w_ffl_calibrated"),
     }
+    try:  # windows drawn by `seed`, not the run's: runs of one study are scored on the same windows
+        settings, images = _run_images(ckpt, seed)
+    except (OSError, ValueError) as err:
+        return result | {"distinct_windows": None, "window_overlap": None, "imagery_note": f"images not readable: "
+                         f"{err}"} | ({"retrieval": None, "retrieval_random": None} if retrieval_windows else {})
+    result |= {"distinct_windows": images.distinct_windows(), "window_overlap": images.window_overlap(),
+               "patch": settings.patch, "batch_size": settings.batch_size}
     if retrieval_windows:
-        result |= _retrieval(ckpt, retrieval_windows, seed)
+        result |= _retrieval(ckpt, settings, images, retrieval_windows, seed)
     return result
 
 
-@torch.no_grad()
-def _retrieval(ckpt: dict[str, Any], windows: int, seed: int) -> dict[str, Any]:
-    """Top-1 view retrieval with the run's online network (queries) and target (keys), and with random weights,
-    on the same windows and views drawn from the run's own training images."""
+def _run_images(ckpt: dict[str, Any], seed: int) -> tuple[PretrainConfig, UnlabeledImages]:
+    """(the run's settings, its training images drawn by `seed`); raises OSError/ValueError when they moved."""
     from .config import PretrainConfig
     from .trainer import build_pretraining_dataset
-    from .views import make_two_views
 
     saved = {k: v for k, v in ckpt["config"].items() if not k.endswith("_calibrated")}
     cfg = PretrainConfig.from_sources(None, **{**saved, "workers": 0})
-    try:  # windows drawn by `seed`, not the run's: runs of one study are scored on the same windows
-        images = build_pretraining_dataset(dataclasses.replace(cfg, seed=seed))
-    except (OSError, ValueError) as err:
-        return {"retrieval": None, "retrieval_random": None, "retrieval_note": f"images not readable: {err}"}
+    return cfg, build_pretraining_dataset(dataclasses.replace(cfg, seed=seed))
+
+
+@torch.no_grad()
+def _retrieval(ckpt: dict[str, Any], cfg: PretrainConfig, images: UnlabeledImages, windows: int,
+               seed: int) -> dict[str, Any]:
+    """Top-1 view retrieval with the run's online network (queries) and target (keys), and with random weights,
+    on the same windows and views drawn from the run's own training images."""
+    from .views import make_two_views
+
     windows = min(windows, len(images))
     items = [images[i]["image"] for i in range(windows)]  # 8-bit files give bytes (keep_uint8)
     batch = torch.stack([x.float() / 255 if x.dtype == torch.uint8 else x.float() for x in items])
@@ -133,6 +151,11 @@ def problems(d: dict[str, Any]) -> list[str]:
     if d["key_effective_rank"] < min(COLLAPSED_RANK, (min(d["queue_size"], 128) - 1) / 4):
         out.append(f"the keys collapsed: they span about {d['key_effective_rank']:.1f} of 128 dimensions (mean "
                    f"cosine {d['key_mean_cosine']:.2f}). Try a lower --lr, fewer steps, or more varied images.")
+    if d.get("distinct_windows") is not None and d["distinct_windows"] < d["batch_size"]:
+        out.append(f"the images hold about {d['distinct_windows']:.0f} non-overlapping {d['patch']} px windows, fewer "
+                   f"than a batch of {d['batch_size']}: two random windows share {100 * d['window_overlap']:.0f}% of "
+                   "their area on average, so the instance task's negatives are views of the same ground. Give more "
+                   "images, or a smaller --patch.")
     if d.get("retrieval") is not None and d["retrieval"] <= d["retrieval_random"]:
         out.append(f"view retrieval {d['retrieval']:.3f} is no better than random weights' "
                    f"{d['retrieval_random']:.3f}: the encoder does not tell two views of a window from others.")
@@ -148,11 +171,15 @@ def format_diagnosis(d: dict[str, Any]) -> str:
              "  share of the total, last 10% of steps: "
              + ", ".join(f"{k} {100 * v:.0f}%" for k, v in d["term_shares"].items())
              + (f" (w_ffl {d['w_ffl']:.3g})" if d.get("w_ffl") else "")]
+    if d.get("distinct_windows") is not None:
+        lines.append(f"  images: about {d['distinct_windows']:.0f} non-overlapping {d['patch']} px windows (a batch "
+                     f"draws {d['batch_size']}); two random windows share {100 * d['window_overlap']:.0f}% of their "
+                     "area on average")
+    elif d.get("imagery_note"):
+        lines.append(f"  images: {d['imagery_note']} (no view retrieval)")
     if d.get("retrieval") is not None:
         lines.append(f"  view retrieval top-1: {d['retrieval']:.3f}, random weights {d['retrieval_random']:.3f}, "
                      f"chance {1 / d['retrieval_windows']:.3f} ({d['retrieval_windows']} windows)")
-    elif d.get("retrieval_note"):
-        lines.append(f"  view retrieval skipped: {d['retrieval_note']}")
     found = problems(d)
     lines += [f"  warning: {p}" for p in found] or ["  no warning: the instance branch left chance and the keys "
                                                      "did not collapse"]
