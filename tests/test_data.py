@@ -340,6 +340,34 @@ def test_pretraining_on_a_labeled_folder_reads_train_images_only(tmp_path):
     assert all(i.path.parent.name == "images" and i.path.parent.parent.name == "train" for i in images.infos)
 
 
+def test_more_roots_add_unlabeled_imagery_but_never_a_scored_split(tmp_path):
+    """Roots after the first are more imagery for pretraining, for a named data set too (they were ignored without a
+    word); an image of a labeled root's val or test split among them is refused, naming it: pretraining must not
+    see the ground that is scored."""
+    from mpinet_hub.pretrain.config import PretrainConfig
+    from mpinet_hub.pretrain.trainer import build_pretraining_dataset
+
+    _labeled_folder(tmp_path / "root")
+    write_tif(tmp_path / "more" / "scene.tif", np.zeros((3, 64, 64), np.uint8))
+    synth_dataset("potsdam", tmp_path / "potsdam", tiles=3, size=64, seed=0)
+    for dataset, root in (("folder", tmp_path / "root"), ("potsdam", tmp_path / "potsdam")):
+        alone = build_pretraining_dataset(PretrainConfig.from_sources(
+            None, dataset=dataset, data_root=[str(root)], patch=16))
+        more = build_pretraining_dataset(PretrainConfig.from_sources(
+            None, dataset=dataset, data_root=[str(root), str(tmp_path / "more")], patch=16))
+        assert [i.path for i in more.infos] == [i.path for i in alone.infos] + [tmp_path / "more" / "scene.tif"]
+    leak = PretrainConfig.from_sources(None, dataset="folder", data_root=[str(tmp_path / "root"), str(tmp_path)],
+                                       patch=16)  # the folder above the labeled one: its val image too
+    with pytest.raises(DataError, match=r"c\.png: an image of .*root's val split"):
+        build_pretraining_dataset(leak)
+    train = set(pretraining_images("potsdam", tmp_path / "potsdam"))
+    scored = [p for p in (tmp_path / "potsdam").rglob("*_RGB.tif") if p not in train]
+    assert train and scored, "the synthetic Potsdam set has train and test tiles"
+    with pytest.raises(DataError, match="test split"):
+        build_pretraining_dataset(PretrainConfig.from_sources(
+            None, dataset="potsdam", data_root=[str(tmp_path / "potsdam"), str(scored[0])], patch=16))
+
+
 def test_data_check_and_stats_on_a_labeled_folder(tmp_path, capsys):
     import json
 

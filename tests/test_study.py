@@ -119,6 +119,29 @@ def test_a_finished_pretraining_cell_made_with_other_settings_is_refused(tmp_pat
         pretrain_or_reuse(PretrainConfig.from_sources(None, **values, lr=0.3))
 
 
+def test_a_study_pretrains_on_more_unlabeled_imagery_and_says_so(tmp_path, tree_folder, capsys):
+    """A user's many unlabeled images and few labels: --unlabeled adds imagery to every pretraining cell (the probes
+    and random-bn still read the labeled train split), the results say it, and a path that is not there, or that
+    holds an image of the scored split, is refused before anything runs."""
+    extra = tmp_path / "unlabeled"
+    extra.mkdir()
+    for i in range(3):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (96, 96, 3), np.uint8)).save(extra / f"u{i}.png")
+    s = _settings(tree_folder, tmp_path / "s", seeds=[0], unlabeled=[str(extra)])
+    results = run_study(s)
+    saved = yaml.safe_load((tmp_path / "s" / "pretrain" / "mocov2-s0" / "config.yaml").read_text())
+    assert saved["data_root"] == [str(tree_folder), str(extra)]
+    without = (6 * 64 * 64) / 48**2
+    assert results["pretraining"]["mocov2-s0"]["distinct_windows"] == pytest.approx(without + 3 * 96 * 96 / 48**2)
+    assert f"the train split and {extra}" in (tmp_path / "s" / "results-val.md").read_text()
+    for bad, says, exit_code in ((tmp_path / "nowhere", "nowhere: no such file, folder or glob", 2),
+                                 (tree_folder / "val" / "images", "an image of", 1)):
+        code = main(["study", "--dataset", "folder", "--data-root", str(tree_folder), "--out", str(tmp_path / "t"),
+                     "--methods", "mocov2", "--unlabeled", str(bad)])
+        assert code == exit_code and says in capsys.readouterr().err
+        assert not (tmp_path / "t").exists()  # refused before the study folder is made
+
+
 def test_the_test_split_is_read_only_when_asked_and_the_results_say_so(tmp_path, tree_folder):
     s = _settings(tree_folder, tmp_path / "s", methods=[], seeds=[0], probe_steps=5)
     assert run_study(s)["test_reads"] == []

@@ -17,7 +17,7 @@ from .potsdam import POTSDAM_SPLITS, Potsdam
 from .raster import DataError, Window, grid_windows, raster_info, read_window, window_starts
 from .synth import synth_loveda, synth_potsdam, synth_uavid
 from .uavid import UAVid
-from .unlabeled import UnlabeledImages, pretraining_images
+from .unlabeled import UnlabeledImages, image_files, pretraining_images
 
 
 @dataclass(frozen=True)
@@ -44,11 +44,15 @@ DATASET_SPECS: dict[str, DatasetSpec] = {
 DATASETS = {name: spec.reader for name, spec in DATASET_SPECS.items()}
 
 
+def labeled_splits(name: str, root: str | Path) -> tuple[str, ...]:
+    """The splits of a data set with labels (a labeled folder's: those with masks/)."""
+    return folder_labeled_splits(root) if name == "folder" else DATASETS[name].labeled_splits
+
+
 def evaluation_split(name: str, root: str | Path) -> str:
     """The split a data set is evaluated on by default: test where it has labels, else val (LoveDA and UAVid
     publish no test labels; a labeled folder may or may not have test masks)."""
-    labeled = folder_labeled_splits(root) if name == "folder" else DATASETS[name].labeled_splits
-    return "test" if "test" in labeled else "val"
+    return "test" if "test" in labeled_splits(name, root) else "val"
 
 
 def open_dataset(
@@ -84,6 +88,8 @@ __all__ = [
     "encode_colour_label",
     "evaluation_split",
     "grid_windows",
+    "image_files",
+    "labeled_splits",
     "open_dataset",
     "pretraining_images",
     "raster_info",

@@ -14,9 +14,30 @@ from torch.utils.data import Dataset
 from .base import check_value_max, to_unit_float, window_tuple
 from .raster import DataError, Window, raster_info, read_window, value_warnings
 
-__all__ = ["UnlabeledImages", "pretraining_images"]
+__all__ = ["UnlabeledImages", "image_files", "pretraining_images"]
 
 _SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+
+
+def image_files(paths_or_globs: str | Path | list[str | Path]) -> list[Path]:
+    """The GeoTIFF/PNG/JPEG files of files, folders (searched recursively) and glob patterns, in order."""
+    if isinstance(paths_or_globs, (str, Path)):
+        paths_or_globs = [paths_or_globs]
+    files: list[Path] = []
+    for entry in paths_or_globs:
+        p = Path(entry)
+        if p.is_dir():
+            files += sorted(f for f in p.rglob("*") if f.suffix.lower() in _SUFFIXES)
+        elif p.is_file():
+            files.append(p)
+        else:
+            matched = sorted(Path(m) for m in glob.glob(str(entry), recursive=True))
+            if not matched:
+                raise DataError(f"{entry}: no such file, folder or matching glob")
+            files += [f for f in matched if f.suffix.lower() in _SUFFIXES]
+    if not files:
+        raise DataError(f"no GeoTIFF/PNG/JPEG images found in {', '.join(map(str, paths_or_globs))}")
+    return files
 
 
 class UnlabeledImages(Dataset):
@@ -45,22 +66,7 @@ class UnlabeledImages(Dataset):
     def __init__(self, paths_or_globs: str | Path | list[str | Path], patch_size: int = 256,
                  bands: list[int] | None = None, length: int | None = None, seed: int = 0,
                  keep_uint8: bool = False, value_max: float | None = None, windows_per_file: int = 1) -> None:
-        if isinstance(paths_or_globs, (str, Path)):
-            paths_or_globs = [paths_or_globs]
-        files: list[Path] = []
-        for entry in paths_or_globs:
-            p = Path(entry)
-            if p.is_dir():
-                files += sorted(f for f in p.rglob("*") if f.suffix.lower() in _SUFFIXES)
-            elif p.is_file():
-                files.append(p)
-            else:
-                matched = sorted(Path(m) for m in glob.glob(str(entry), recursive=True))
-                if not matched:
-                    raise DataError(f"{entry}: no such file, folder or matching glob")
-                files += [f for f in matched if f.suffix.lower() in _SUFFIXES]
-        if not files:
-            raise DataError(f"no GeoTIFF/PNG/JPEG images found in {', '.join(map(str, paths_or_globs))}")
+        files = image_files(paths_or_globs)
         self.patch_size = patch_size
         if windows_per_file < 1:
             raise ValueError(f"windows_per_file={windows_per_file}: give 1 (every window from a file of its own "
@@ -146,11 +152,12 @@ class UnlabeledImages(Dataset):
         return {"image": torch.from_numpy(image), "meta": {"file": str(info.path), "window": window_tuple(window)}}
 
 
-def pretraining_images(dataset: str, root: str | Path, bands: str = "RGB") -> list[Path]:
-    """Image files of a data set's training split (labels unused), for `UnlabeledImages`."""
+def pretraining_images(dataset: str, root: str | Path, bands: str = "RGB", split: str = "train") -> list[Path]:
+    """Image files of a data set's training split (labels unused), for `UnlabeledImages`; of another split, to make
+    sure pretraining does not read the ground that is scored."""
     from . import open_dataset
 
-    ds = open_dataset(dataset, root, "train", bands=bands)
+    ds = open_dataset(dataset, root, split, bands=bands)
     if any(len(s.images) > 1 for s in ds.scenes):
         raise ValueError("pretraining reads one file per scene; use bands without +DSM")
     return [s.images[0][0] for s in ds.scenes]

@@ -318,6 +318,10 @@ def add_study_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default=d.split, help="split the cells are scored on; test only once, at the end")
     p.add_argument("--metric", default=d.metric, help="mIoU, OA, mF1, or IoU:CLASS for one class (e.g. IoU:road)")
     p.add_argument("--arch", choices=list(MPINET_ARCHS), default=d.arch, help="encoder of every cell")
+    p.add_argument("--unlabeled", nargs="+", default=d.unlabeled, metavar="PATH",
+                   help="more imagery for pretraining only (files, folders, globs), beside the train split's images: "
+                   "your unlabeled scenes. Probes, fine-tuning and random-bn still read the labeled train split; "
+                   "an image of the scored splits is refused")
     p.add_argument("--pretrain-config", help="YAML or packaged recipe under the pretraining settings below")
     p.add_argument("--pretrain-steps", type=int, default=d.pretrain_steps, help="pretraining steps per cell")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="pretraining batch")

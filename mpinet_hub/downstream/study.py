@@ -22,6 +22,7 @@ pair by the rule in `verdict`) and OUT/study-SPLIT-EVALUATION.png.
 from __future__ import annotations
 
 import dataclasses
+import glob
 import json
 import statistics
 import time
@@ -32,9 +33,9 @@ from typing import Any
 
 import yaml
 
-from ..data import DATASETS, folder_labeled_splits
+from ..data import DATASETS, labeled_splits
 from ..pretrain.config import METHODS, PretrainConfig
-from ..pretrain.trainer import pretrain_or_reuse
+from ..pretrain.trainer import pretrain_or_reuse, pretraining_paths
 from ..progress import progress
 from ..settings import SettingsError, coerce_settings
 from ..training import resume_or_start
@@ -72,6 +73,8 @@ class StudySettings:
     metric: str = "mIoU"  # mIoU | OA | mF1 | IoU:CLASS (one class's IoU)
     arch: str = "mpinet_resnet18"
     # pretraining (PretrainConfig fields; `pretrain_config` is a YAML or packaged recipe under them)
+    # more imagery for pretraining only (files, folders, globs): many unlabeled images beside few labeled ones
+    unlabeled: list[str] = field(default_factory=list)
     pretrain_config: str | None = None
     pretrain_steps: int = 200
     batch_size: int = 32
@@ -108,16 +111,20 @@ class StudySettings:
             raise SettingsError(f"encoder name(s) {', '.join(sorted(clash))} clash with a method or control")
         if self.metric not in ("mIoU", "OA", "mF1") and not self.metric.startswith("IoU:"):
             raise SettingsError(f"--metric {self.metric}: mIoU, OA, mF1 or IoU:CLASS (e.g. IoU:tree)")
-        labeled = folder_labeled_splits(self.data_root) if self.dataset == "folder" else \
-            DATASETS[self.dataset].labeled_splits
+        labeled = labeled_splits(self.dataset, self.data_root)
         if self.split not in labeled:
             hint = (" Pass --split test to score on the test split (the results will say that test was read)."
                     if self.split == "val" and "test" in labeled else "")
             raise SettingsError(f"{self.dataset} at {self.data_root} has no labeled {self.split} split "
                                 f"(labeled: {', '.join(labeled)}).{hint}")
+        missing = [u for u in self.unlabeled if not Path(u).exists() and not glob.glob(u, recursive=True)]
+        if missing:
+            raise SettingsError(f"--unlabeled {' '.join(missing)}: no such file, folder or glob")
         for entry in self.methods or ["mocov2"]:  # every pretraining cell's settings are valid
             self.variant(entry)
-            PretrainConfig.from_sources(self.pretrain_config, **self._pretrain_values(entry, 0, "-"))
+            cfg = PretrainConfig.from_sources(self.pretrain_config, **self._pretrain_values(entry, 0, "-"))
+        if self.methods and self.unlabeled:
+            pretraining_paths(cfg)  # no image of a scored split among the unlabeled imagery
 
     @property
     def band(self) -> str:
@@ -145,7 +152,7 @@ class StudySettings:
         if ":" in method:
             method, overrides = self.variant(method)
             return self._pretrain_values(method, seed, out) | overrides
-        return dict(dataset=self.dataset, data_root=[self.data_root], method=method, arch=self.arch,
+        return dict(dataset=self.dataset, data_root=[self.data_root, *self.unlabeled], method=method, arch=self.arch,
                     patch=self.patch, crop=self.crop, batch_size=self.batch_size, steps=self.pretrain_steps,
                     lr=self.lr, queue_size=self.queue_size, warmup_epochs=1, workers=self.workers, seed=seed,
                     out=out, save_every=max(50, self.pretrain_steps // 4), device=self.device,
@@ -393,7 +400,9 @@ def study_markdown(results: dict[str, Any]) -> str:
                  + (f"read on {', '.join(results['test_reads'])}." if results["test_reads"] else "never read."))
     lines = [f"# Does pretraining pay? {s['dataset']} ({s['data_root']}), {results['metric']} (%)", "", test_note, "",
              (f"Pretraining: {s['arch']}, {s['pretrain_steps']} steps x batch {s['batch_size']}, {s['crop']} px views "
-              f"of {s['patch']} px windows, queue {s['queue_size']}, lr {s['lr']} per 256. " if s["methods"] else
+              f"of {s['patch']} px windows from the train split"
+              + "".join(f" and {u}" for u in s.get("unlabeled", [])) + f", queue {s['queue_size']}, lr {s['lr']} "
+              "per 256. " if s["methods"] else
               f"No pretraining in this study (encoders: {s['arch']}). ")
              + f"Probe: {s['probe_steps']} steps"
              + (", BatchNorm re-estimated for every encoder" if s["reestimate_bn"] else "")

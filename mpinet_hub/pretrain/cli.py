@@ -20,7 +20,9 @@ def add_pretrain_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", choices=list(DATASETS),
                    help=_default("dataset", "a data set's training images (labels unused), or `folder` for your "
                                  "own rasters"))
-    p.add_argument("--data-root", nargs="+", help="data set root, or files/folders/globs for --dataset folder")
+    p.add_argument("--data-root", nargs="+", help="the data set's root (its train images are read), then any "
+                   "more unlabeled imagery: files, folders, globs (with --dataset folder, any mix of labeled folders "
+                   "and imagery); an image of a labeled root's val or test split is refused")
     p.add_argument("--method", choices=list(METHODS),
                    help=_default("method", "mpinet or a baseline from the same machinery"))
     p.add_argument("--arch", choices=list(MPINET_ARCHS), help=_default("arch"))

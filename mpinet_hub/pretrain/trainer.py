@@ -21,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from ..checkpoint import CHECKPOINT_FORMAT, atomic_save, load_checkpoint
-from ..data import UnlabeledImages, pretraining_images
+from ..data import DataError, UnlabeledImages, image_files, labeled_splits, pretraining_images
 from ..data.potsdam import POTSDAM_BAND_NAMES
 from ..models import MPINET_TAGS, RGB_MEAN, RGB_STD
 from ..progress import progress
@@ -49,18 +49,36 @@ from .plan import check_step_fits
 from .registry import build_method
 from .views import PhotometricAugment, make_two_views
 
-__all__ = ["NonFiniteLossError", "Trainer", "build_pretraining_dataset", "pretrain_or_reuse"]
+__all__ = ["NonFiniteLossError", "Trainer", "build_pretraining_dataset", "pretrain_or_reuse", "pretraining_paths"]
 
 
 def build_pretraining_dataset(cfg: PretrainConfig) -> UnlabeledImages:
+    """The windows pretraining reads: a labeled data set's train images (never its labels), and from the roots after
+    the first (any root of `folder` without classes.yaml) more unlabeled imagery. No image of a labeled root's
+    other splits may be among them (DataError naming it): pretraining must not see the ground that is scored."""
     if not cfg.data_root:
         raise ValueError("no --data-root given")
-    if cfg.dataset == "folder":  # a labeled folder (classes.yaml) gives its train images, never its masks
-        paths = [Path(r) / "train" / "images" if (Path(r) / "classes.yaml").is_file() else r for r in cfg.data_root]
+    return UnlabeledImages(pretraining_paths(cfg), patch_size=cfg.patch, seed=cfg.seed, keep_uint8=True,
+                           value_max=cfg.value_max, windows_per_file=cfg.windows_per_file)
+
+
+def pretraining_paths(cfg: PretrainConfig) -> list[str | Path]:
+    """The files, folders and globs `build_pretraining_dataset` reads, checked as its docstring says."""
+    if cfg.dataset == "folder":
+        labeled = [r for r in cfg.data_root if (Path(r) / "classes.yaml").is_file()]
+        paths = [Path(r) / "train" / "images" if r in labeled else r for r in cfg.data_root]
     else:
-        paths = pretraining_images(cfg.dataset, cfg.data_root[0], bands=cfg.bands)
-    return UnlabeledImages(paths, patch_size=cfg.patch, seed=cfg.seed, keep_uint8=True, value_max=cfg.value_max,
-                           windows_per_file=cfg.windows_per_file)
+        labeled = cfg.data_root[:1]
+        paths = [*pretraining_images(cfg.dataset, labeled[0], bands=cfg.bands), *cfg.data_root[1:]]
+    read = {f.resolve() for f in image_files(paths)} if len(cfg.data_root) > 1 else set()
+    for root in labeled if read else []:
+        for split in (s for s in labeled_splits(cfg.dataset, root) if s != "train"):
+            for image in pretraining_images(cfg.dataset, root, bands=cfg.bands, split=split):
+                if image.resolve() in read:
+                    raise DataError(f"{image}: an image of {root}'s {split} split is in the pretraining imagery; "
+                                    "pretraining must not see the ground that is scored. Leave it out of the extra "
+                                    "roots (give the labeled folder itself: its train images are read).")
+    return paths
 
 
 class PretrainBatches(StepBatches):
