@@ -1,11 +1,11 @@
 """`mpinet study`: does pretraining pay on this data set, at this label budget? Seeds, controls and a stated rule.
 
 For each pretraining method and seed, a pretraining cell (OUT/pretrain/METHOD-sSEED) on the data set's training
-images; beside them the two inits without pretraining, `random` and `random-bn` (random weights whose BatchNorm
-statistics are re-estimated on the training images, so a gain over it is not just BatchNorm statistics), and any
-`NAME=SPEC` encoders given. Every encoder is probed (frozen features, linear head) and/or fine-tuned at every
-label fraction, per (seed, subset seed): the seed draws the pretraining, the head and the random weights; the
-subset seed draws the labeled patches, so the two sources of spread stay apart.
+images and any `unlabeled` imagery; beside them the two inits without pretraining, `random` and `random-bn` (random
+weights whose BatchNorm statistics are re-estimated on the training images, so a gain over it is not just BatchNorm
+statistics), and any `NAME=SPEC` encoders given. Every encoder is probed (frozen features, linear head) and/or
+fine-tuned at every label fraction, per (seed, subset seed): the seed draws the pretraining, the head and the random
+weights; the subset seed draws the labeled patches, so the two sources of spread stay apart.
 
 The cells are scored on the val split by default. The test split is read only with `split="test"`, and the
 results then say so, with the date of every such reading (OUT/study.json): choose settings on val, read test
@@ -123,8 +123,8 @@ class StudySettings:
         for entry in self.methods or ["mocov2"]:  # every pretraining cell's settings are valid
             self.variant(entry)
             cfg = PretrainConfig.from_sources(self.pretrain_config, **self._pretrain_values(entry, 0, "-"))
-        if self.methods and self.unlabeled:
-            pretraining_paths(cfg)  # no image of a scored split among the unlabeled imagery
+        if self.methods and self.unlabeled:  # every cell reads the same roots: no image of a scored split
+            pretraining_paths(cfg)
 
     @property
     def band(self) -> str:
