@@ -369,18 +369,20 @@ def test_diagnose_says_when_the_imagery_holds_fewer_distinct_windows_than_a_batc
     from mpinet_hub.cli import main
     from mpinet_hub.pretrain.diagnose import diagnose, problems
 
-    run = tmp_path / "run"
+    run = tmp_path / "run"  # two 192 px train tiles: 8 windows of 96 px, fewer than a batch of 12
     assert main(["pretrain", "--dataset", "potsdam", "--data-root", str(potsdam_root), "--method", "mocov2",
-                 "--arch", "mpinet_resnet18", "--patch", "96", "--crop", "64", "--batch-size", "4", "--steps", "2",
-                 "--queue-size", "8", "--workers", "0", "--out", str(run)]) == 0
+                 "--arch", "mpinet_resnet18", "--patch", "96", "--crop", "64", "--batch-size", "12", "--steps", "2",
+                 "--queue-size", "24", "--workers", "0", "--out", str(run)]) == 0
+    said = capsys.readouterr()
+    assert "warning: the images hold about 8 non-overlapping 96 px windows, fewer than a batch of 12" in said.err
+    assert "fewer than a batch of 12" in said.out  # said before the first step, and again at the end
     d = diagnose(run, retrieval_windows=0)
     images = UnlabeledImages(pretraining_images("potsdam", potsdam_root), patch_size=96)
-    assert d["distinct_windows"] == pytest.approx(images.distinct_windows())
+    assert d["distinct_windows"] == pytest.approx(images.distinct_windows()) == pytest.approx(8.0)
     assert d["window_overlap"] == pytest.approx(images.window_overlap())
     few = d | {"distinct_windows": 4.2, "window_overlap": 0.35, "batch_size": 32}
     assert any("4 non-overlapping 96 px windows, fewer than a batch of 32" in p and "35%" in p for p in problems(few))
     assert not any("non-overlapping" in p for p in problems(d | {"distinct_windows": 500.0}))
-    capsys.readouterr()
     assert main(["diagnose", str(run), "--windows", "0"]) == 0
     assert f"about {d['distinct_windows']:.0f} non-overlapping 96 px windows" in capsys.readouterr().out
     ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from ..data.unlabeled import UnlabeledImages
     from .config import PretrainConfig
 
-__all__ = ["CHANCE_MARGIN", "COLLAPSED_RANK", "diagnose", "format_diagnosis", "problems"]
+__all__ = ["CHANCE_MARGIN", "COLLAPSED_RANK", "diagnose", "few_windows", "format_diagnosis", "problems"]
 
 CHANCE_MARGIN = 0.1  # nats below ln(K+1) that the instance loss must reach to count as learning
 COLLAPSED_RANK = 8.0  # effective rank of the keys (of 128) below which they count as collapsed (a quarter of
@@ -138,6 +138,16 @@ def _retrieval(ckpt: dict[str, Any], cfg: PretrainConfig, images: UnlabeledImage
     return scores | {"retrieval_windows": windows}
 
 
+def few_windows(distinct: float, overlap: float, patch: int, batch: int) -> str | None:
+    """The warning for images that hold fewer windows than a batch draws, with what to try; None when they hold
+    enough. `distinct`, `overlap`: `UnlabeledImages.distinct_windows()` and `.window_overlap()`."""
+    if distinct >= batch:
+        return None
+    return (f"the images hold about {distinct:.0f} non-overlapping {patch} px windows, fewer than a batch of {batch}: "
+            f"two random windows share {100 * overlap:.0f}% of their area on average, so the instance task's "
+            "negatives are views of the same ground. Give more images, or a smaller --patch.")
+
+
 def problems(d: dict[str, Any]) -> list[str]:
     """Plain warnings for a diagnosis, each with what to try; empty when nothing looks wrong."""
     out = []
@@ -151,11 +161,9 @@ def problems(d: dict[str, Any]) -> list[str]:
     if d["key_effective_rank"] < min(COLLAPSED_RANK, (min(d["queue_size"], 128) - 1) / 4):
         out.append(f"the keys collapsed: they span about {d['key_effective_rank']:.1f} of 128 dimensions (mean "
                    f"cosine {d['key_mean_cosine']:.2f}). Try a lower --lr, fewer steps, or more varied images.")
-    if d.get("distinct_windows") is not None and d["distinct_windows"] < d["batch_size"]:
-        out.append(f"the images hold about {d['distinct_windows']:.0f} non-overlapping {d['patch']} px windows, fewer "
-                   f"than a batch of {d['batch_size']}: two random windows share {100 * d['window_overlap']:.0f}% of "
-                   "their area on average, so the instance task's negatives are views of the same ground. Give more "
-                   "images, or a smaller --patch.")
+    if d.get("distinct_windows") is not None and (text := few_windows(d["distinct_windows"], d["window_overlap"],
+                                                                      d["patch"], d["batch_size"])):
+        out.append(text)
     if d.get("retrieval") is not None and d["retrieval"] <= d["retrieval_random"]:
         out.append(f"view retrieval {d['retrieval']:.3f} is no better than random weights' "
                    f"{d['retrieval_random']:.3f}: the encoder does not tell two views of a window from others.")

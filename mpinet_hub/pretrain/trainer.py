@@ -45,6 +45,7 @@ from ..training import (
     resume_or_start,
 )
 from .config import PretrainConfig
+from .diagnose import few_windows
 from .plan import check_step_fits
 from .registry import build_method
 from .views import PhotometricAugment, make_two_views
@@ -241,6 +242,9 @@ class Trainer(StepLoop):
             workers = min(cfg.workers, cores)  # more loader processes than cores only compete with the step
             if workers < cfg.workers and self.is_main:
                 print(f"--workers {cfg.workers}: {workers} used, one per core of this machine", file=sys.stderr)
+            few = few_windows(self.images.distinct_windows(), self.images.window_overlap(), cfg.patch, cfg.batch_size)
+            if few and self.is_main:  # said before the first step, when it still costs nothing
+                print(f"warning: {few}", file=sys.stderr)
             loader = DataLoader(PretrainBatches(self.images, self.batches, self.step, self.total_steps),
                                 batch_size=None, shuffle=False, num_workers=workers, persistent_workers=False,
                                 pin_memory=self.device.type == "cuda")
