@@ -392,6 +392,32 @@ def test_diagnose_says_when_the_imagery_holds_fewer_distinct_windows_than_a_batc
     assert gone["distinct_windows"] is None and "not readable" in gone["imagery_note"]
 
 
+def test_diagnose_measures_each_terms_gradient_on_the_backbone(tmp_path, potsdam_root, capsys):
+    """Which term moves the encoder: the gradient norm of each weighted term on the backbone, for one batch. The FFL
+    weight doubled doubles its norm and leaves the others'; a term of weight 0 has none."""
+    from mpinet_hub.cli import main
+    from mpinet_hub.pretrain.diagnose import diagnose
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("w_ffl: 10.0\n")
+    run = tmp_path / "run"
+    assert main(["pretrain", "--config", str(recipe), "--dataset", "potsdam", "--data-root", str(potsdam_root),
+                 "--method", "mpinet", "--arch", "mpinet_resnet18", "--patch", "96", "--crop", "64", "--batch-size",
+                 "4", "--steps", "2", "--queue-size", "8", "--workers", "0", "--out", str(run)]) == 0
+    first = diagnose(run, retrieval_windows=4)["backbone_gradients"]
+    assert set(first) == {"ins", "pix", "ffl"} and all(v > 0 for v in first.values())
+    ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    ckpt["buffers"]["w_ffl_value"].fill_(20.0)
+    torch.save(ckpt, run / "checkpoints" / "last.pt")
+    doubled = diagnose(run, retrieval_windows=4)["backbone_gradients"]
+    assert doubled["ffl"] == pytest.approx(2 * first["ffl"], rel=1e-4)
+    assert doubled["ins"] == pytest.approx(first["ins"], rel=1e-4) and doubled["pix"] == pytest.approx(first["pix"],
+                                                                                                      rel=1e-4)
+    capsys.readouterr()
+    assert main(["diagnose", str(run), "--windows", "4"]) == 0
+    assert f"gradient norm on the backbone, one batch: ins {first['ins']:.3g}" in capsys.readouterr().out
+
+
 def test_on_a_busy_cpu_commands_leave_the_busy_cores_to_the_other_work(monkeypatch, capsys):
     """With another job on the cores, torch's default threads ran a step up to 10x slower than one thread."""
     import mpinet_hub.training.device as training

@@ -11,7 +11,8 @@ From the run folder alone (log.jsonl, checkpoints/last.pt, and the run's own ima
   windows than the images hold);
 - view retrieval: each window's second view found among `windows` keys from the first views, with the run's
   networks and with random weights (chance 1/windows);
-- the share of each weighted term in the total over the last tenth of the steps.
+- the share of each weighted term in the total over the last tenth of the steps, and the norm of each weighted
+  term's gradient on the backbone for one batch (with retrieval): which term moves the encoder.
 
 The thresholds are rules of thumb read off the studies in docs/evidence.md, not guarantees.
 """
@@ -33,7 +34,9 @@ from .registry import build_method, method_class
 
 if TYPE_CHECKING:
     from ..data.unlabeled import UnlabeledImages
+    from .base import MomentumMethod
     from .config import PretrainConfig
+    from .views import TwoViews
 
 __all__ = ["CHANCE_MARGIN", "COLLAPSED_RANK", "diagnose", "few_windows", "format_diagnosis", "problems"]
 
@@ -96,6 +99,7 @@ def diagnose(run: str | Path, retrieval_windows: int = 256, seed: int = 123) -> 
                "patch": settings.patch, "batch_size": settings.batch_size}
     if retrieval_windows:
         result |= _retrieval(ckpt, settings, images, retrieval_windows, seed)
+        result["backbone_gradients"] = _backbone_gradients(ckpt, settings, images, seed)
     return result
 
 
@@ -109,33 +113,65 @@ def _run_images(ckpt: dict[str, Any], seed: int) -> tuple[PretrainConfig, Unlabe
     return cfg, build_pretraining_dataset(dataclasses.replace(cfg, seed=seed))
 
 
-@torch.no_grad()
-def _retrieval(ckpt: dict[str, Any], cfg: PretrainConfig, images: UnlabeledImages, windows: int,
-               seed: int) -> dict[str, Any]:
-    """Top-1 view retrieval with the run's online network (queries) and target (keys), and with random weights,
-    on the same windows and views drawn from the run's own training images."""
+def _views(ckpt: dict[str, Any], cfg: PretrainConfig, images: UnlabeledImages, windows: int, seed: int) -> TwoViews:
+    """Two normalised views (no photometric jitter) of each of the first `windows` windows drawn by `seed`."""
     from .views import make_two_views
 
-    windows = min(windows, len(images))
     items = [images[i]["image"] for i in range(windows)]  # 8-bit files give bytes (keep_uint8)
     batch = torch.stack([x.float() / 255 if x.dtype == torch.uint8 else x.float() for x in items])
     views = make_two_views(batch, cfg.crop, generator=torch.Generator().manual_seed(seed))
     norm = ckpt.get("norm") or {}
     mean = torch.tensor(norm.get("mean") or [0.0] * batch.shape[1]).view(1, -1, 1, 1)
     std = torch.tensor(norm.get("std") or [1.0] * batch.shape[1]).view(1, -1, 1, 1)
-    v1, v2 = (views.view1 - mean) / std, (views.view2 - mean) / std
+    views.view1, views.view2 = (views.view1 - mean) / std, (views.view2 - mean) / std
+    return views
+
+
+def _model(ckpt: dict[str, Any] | None, cfg: PretrainConfig, bands: int, seed: int) -> MomentumMethod:
+    """The run's method with its weights and buffers (queue, calibrated weight, ...), or random weights (None)."""
+    torch.manual_seed(seed)
+    model = build_method(cfg, bands)
+    if ckpt is not None:
+        model.online.load_state_dict(ckpt["model"])
+        model.target.load_state_dict(ckpt["target"])
+        for name, value in ckpt["buffers"].items():
+            getattr(model, name).copy_(value)
+    return model
+
+
+@torch.no_grad()
+def _retrieval(ckpt: dict[str, Any], cfg: PretrainConfig, images: UnlabeledImages, windows: int,
+               seed: int) -> dict[str, Any]:
+    """Top-1 view retrieval with the run's online network (queries) and target (keys), and with random weights,
+    on the same windows and views drawn from the run's own training images."""
+    windows = min(windows, len(images))
+    views = _views(ckpt, cfg, images, windows, seed)
     scores = {}
-    for name in ("retrieval", "retrieval_random"):
-        torch.manual_seed(seed)
-        model = build_method(cfg, batch.shape[1])
-        if name == "retrieval":
-            model.online.load_state_dict(ckpt["model"])
-            model.target.load_state_dict(ckpt["target"])
-        model.eval()
-        q = model.online(v1, views.overlap1)["instance"]
-        k = model.target(v2, views.overlap2, predict=False)["instance"]
+    for name, weights in (("retrieval", ckpt), ("retrieval_random", None)):
+        model = _model(weights, cfg, views.view1.shape[1], seed).eval()
+        q = model.online(views.view1, views.overlap1)["instance"]
+        k = model.target(views.view2, views.overlap2, predict=False)["instance"]
         scores[name] = float(((q @ k.t()).argmax(1) == torch.arange(windows)).float().mean())
     return scores | {"retrieval_windows": windows}
+
+
+def _backbone_gradients(ckpt: dict[str, Any], cfg: PretrainConfig, images: UnlabeledImages,
+                        seed: int) -> dict[str, float]:
+    """The norm of each weighted term's gradient on the backbone, for one batch of the run's size at its last
+    step (views without photometric jitter): which term moves the encoder, which a term's share of the loss value
+    does not say (a flat term may hold much of the value and little of the gradient)."""
+    views = _views(ckpt, cfg, images, min(cfg.batch_size, len(images)), seed)
+    model = _model(ckpt, cfg, views.view1.shape[1], seed).train()
+    terms = model(views)
+    scalars = model.logged_scalars()
+    params = list(model.online.backbone.parameters())
+    norms = {}
+    for name, weight in model.term_weights(cfg).items():
+        weight = float(scalars[weight] if isinstance(weight, str) else weight)
+        if name in terms and weight:
+            grads = torch.autograd.grad(weight * terms[name], params, retain_graph=True, allow_unused=True)
+            norms[name] = float(torch.sqrt(sum((g.float() ** 2).sum() for g in grads if g is not None)))
+    return norms
 
 
 def few_windows(distinct: float, overlap: float, patch: int, batch: int) -> str | None:
@@ -185,6 +221,9 @@ def format_diagnosis(d: dict[str, Any]) -> str:
                      "area on average")
     elif d.get("imagery_note"):
         lines.append(f"  images: {d['imagery_note']} (no view retrieval)")
+    if d.get("backbone_gradients"):
+        lines.append("  gradient norm on the backbone, one batch: " + ", ".join(
+            f"{k} {v:.3g}" for k, v in d["backbone_gradients"].items()))
     if d.get("retrieval") is not None:
         lines.append(f"  view retrieval top-1: {d['retrieval']:.3f}, random weights {d['retrieval_random']:.3f}, "
                      f"chance {1 / d['retrieval_windows']:.3f} ({d['retrieval_windows']} windows)")
