@@ -116,9 +116,9 @@ class UnlabeledImages(Dataset):
         negatives are views of the same ground. Exact for this sampler; written here because it is its own."""
         def along(side: int) -> float:  # mean shared share of one axis: offsets d = |a - b|, a, b uniform on 0..L
             positions = side - self.patch_size + 1
-            d = np.arange(positions)
+            d = np.arange(min(positions, self.patch_size))  # offsets of a patch or more share nothing
             p_d = np.where(d == 0, 1.0, 2.0 * (positions - d)) / positions**2
-            return float((np.clip(self.patch_size - d, 0, None) * p_d).sum() / self.patch_size)
+            return float(((self.patch_size - d) * p_d).sum() / self.patch_size)
 
         return float(sum(w * w * along(i.height) * along(i.width) for w, i in zip(self.weights, self.infos)))
 

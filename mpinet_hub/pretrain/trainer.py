@@ -71,15 +71,18 @@ def pretraining_paths(cfg: PretrainConfig) -> list[str | Path]:
     else:
         labeled = cfg.data_root[:1]
         paths = [*pretraining_images(cfg.dataset, labeled[0], bands=cfg.bands), *cfg.data_root[1:]]
-    read = {f.resolve() for f in image_files(paths)} if len(cfg.data_root) > 1 else set()
-    for root in labeled if read else []:
+    if len(cfg.data_root) == 1:  # one root: its own train split, nothing to check
+        return paths
+    files = image_files(paths)  # expanded once: UnlabeledImages takes the files as they are
+    read = {f.resolve() for f in files}
+    for root in labeled:
         for split in (s for s in labeled_splits(cfg.dataset, root) if s != "train"):
             for image in pretraining_images(cfg.dataset, root, bands=cfg.bands, split=split):
                 if image.resolve() in read:
                     raise DataError(f"{image}: an image of {root}'s {split} split is in the pretraining imagery; "
                                     "pretraining must not see the ground that is scored. Leave it out of the extra "
                                     "roots (give the labeled folder itself: its train images are read).")
-    return paths
+    return files
 
 
 class PretrainBatches(StepBatches):
@@ -242,9 +245,9 @@ class Trainer(StepLoop):
             workers = min(cfg.workers, cores)  # more loader processes than cores only compete with the step
             if workers < cfg.workers and self.is_main:
                 print(f"--workers {cfg.workers}: {workers} used, one per core of this machine", file=sys.stderr)
-            few = few_windows(self.images.distinct_windows(), self.images.window_overlap(), cfg.patch, cfg.batch_size)
-            if few and self.is_main:  # said before the first step, when it still costs nothing
-                print(f"warning: {few}", file=sys.stderr)
+            if self.is_main and (few := few_windows(self.images.distinct_windows(), self.images.window_overlap(),
+                                                    cfg.patch, cfg.batch_size)):
+                print(f"warning: {few}", file=sys.stderr)  # before the first step, when it still costs nothing
             loader = DataLoader(PretrainBatches(self.images, self.batches, self.step, self.total_steps),
                                 batch_size=None, shuffle=False, num_workers=workers, persistent_workers=False,
                                 pin_memory=self.device.type == "cuda")
