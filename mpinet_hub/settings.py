@@ -8,6 +8,7 @@ an unknown key is refused with the closest valid name.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 import types
@@ -17,7 +18,8 @@ from typing import Any
 
 import yaml
 
-__all__ = ["SettingsError", "added_field", "changed_settings", "coerce_settings", "read_yaml", "run_field"]
+__all__ = ["SettingsError", "add_settings_arguments", "changed_settings", "coerce_settings", "field_default",
+           "read_yaml", "setting", "settings_from_args"]
 
 
 class SettingsError(ValueError):
@@ -34,10 +36,10 @@ def _coerce(value: Any, tp: Any) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        exact = [a for a in args if a is not type(None) and typing.get_origin(a) is None and type(value) is a]
-        if exact:  # float | str: "auto" stays a string, 0.5 stays a float
+        if any(type(value) is a for a in args if a is not str):  # int | float: 2.0 stays a float
             return value
-        for candidate in (a for a in args if a is not type(None)):
+        # text last, so float | str reads "0.25" (a flag) as a number and "auto" as text
+        for candidate in sorted((a for a in args if a is not type(None)), key=lambda a: a is str):
             try:
                 return _coerce(value, candidate)
             except (TypeError, ValueError):
@@ -109,58 +111,87 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return values
 
 
-def settings_from_args(cls: type, args: Any) -> dict[str, Any]:
-    """Every field of the settings dataclass `cls` that the parsed `args` give a value for (a flag left at None is
-    not given, so the field keeps its default)."""
-    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}
+def setting(default: Any = dataclasses.MISSING, *, help: str = "", may_change: str | None = None,
+            was: Any = dataclasses.MISSING, choices: Any = None, nargs: str | None = None) -> Any:
+    """A settings field, declared once with everything the command line, resume and reuse need to know of it.
 
-
-def default_help(cls: type, key: str, text: str = "") -> str:
-    """Help text ending with the field's default, read from the settings dataclass `cls` so that the two cannot
-    drift (the flags themselves default to None, so that a --config file can set them)."""
-    return f"{text} (default: {_field(cls, key).default} unless --config sets it)".strip()
-
-
-def _field(cls: type, key: str) -> dataclasses.Field:
-    return next(f for f in dataclasses.fields(cls) if f.name == key)
-
-
-def name_yaml_only(cls: type, parser: Any) -> None:
-    """Append to the help of `parser`'s --config the fields of `cls` that have no flag there, so that every
-    setting is reachable and the help says how."""
-    flagged = {a.dest for a in parser._actions}
-    names = [f.name for f in dataclasses.fields(cls) if f.name not in flagged]
-    config = next(a for a in parser._actions if a.dest == "config")
-    if names:
-        config.help += f". YAML-only settings (no flag): {', '.join(names)}"
-
-
-def run_field(default: Any = dataclasses.MISSING, *, may_change: str, **kw: Any) -> Any:
-    """A settings field that is not part of what a run computes, declared where the field is.
-
-    `may_change="resume"`: the run's length or where its data lives (steps, epochs, data_root): a stopped run may
-    be resumed with another value, but a finished run is not reused as a cell under another. `"how"`: where and
-    how it runs and writes (device, workers, out, save_every, ...): free on resume and on reuse. Every other
-    field is the run's identity and must match both times (`changed_settings`).
+    `help`: its flag's help (`add_settings_arguments` appends the default). `choices`: the values a flag accepts.
+    `nargs`: "*" for a list flag that may be given empty (`--methods` alone: none). A list default is copied
+    per instance. `may_change="resume"`: the run's length or where its data lives (steps, epochs, data_root): a
+    stopped run may be resumed with another value, but a finished run is not reused as a cell under another;
+    `"how"`: where and how it runs and writes (device, workers, out, ...): free on resume and on reuse; unset: the
+    run's identity, which must match both times (`changed_settings`). `was`: for a setting of the run's identity
+    added after runs were made, the value a saved config without it ran with, so such a run is not taken for one
+    made with the new default.
     """
-    if may_change not in ("resume", "how"):
+    if may_change not in (None, "resume", "how"):
         raise ValueError(f"may_change={may_change!r}: 'resume' or 'how'")
-    return dataclasses.field(default=default, metadata={"may_change": may_change}, **kw)
+    metadata = {"help": help, "may_change": may_change, "choices": choices, "nargs": nargs}
+    if was is not dataclasses.MISSING:
+        metadata["was"] = was
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
 
 
-def added_field(default: Any, *, was: Any, **kw: Any) -> Any:
-    """A setting of a run's identity added after runs were made: a saved config without it ran with `was`, and
-    `changed_settings` compares it so (a run made before the key existed is not taken for one made with the new
-    default)."""
-    return dataclasses.field(default=default, metadata={"was": was}, **kw)
+def field_default(f: dataclasses.Field) -> Any:
+    """A field's default value (a list default made by its factory); MISSING when it has none."""
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def _flag_type(tp: Any) -> tuple[Any, str | None]:
+    """The argparse `type` and `nargs` of an annotation: X | None -> X, list[X] -> (X, "+"), unions of two value
+    types -> str (`coerce_settings` then reads it, e.g. w_ffl: 0.5 or "auto")."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return _flag_type(args[0]) if len(args) == 1 else (str, None)
+    if typing.get_origin(tp) is list:
+        return args[0], "+"
+    return tp, None
+
+
+def add_settings_arguments(parser: Any, cls: type, *, positional: tuple[str, ...] = (), config: bool = False,
+                           skip: tuple[str, ...] = ()) -> None:
+    """A flag for every field of the settings dataclass `cls` (`--batch-size` for batch_size), typed from its
+    annotation, its help from `setting(help=...)` ending with the default read from the field, so the two cannot
+    drift. Every flag defaults to None, "not given", so `settings_from_args` passes only what was given and the
+    settings (or a --config file, `config=True`) keep their own defaults. Fields without a default are required
+    (unless a --config file may give them); `positional` ones are positional arguments; `skip` ones the caller
+    adds itself."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        tp, nargs = _flag_type(hints[f.name])
+        kw: dict[str, Any] = {"help": f.metadata.get("help", "")}
+        default = field_default(f)
+        if default not in (dataclasses.MISSING, None, [], {}):
+            shown = " ".join(map(str, default)) if isinstance(default, list) else default
+            kw["help"] = f"{kw['help']} (default: {shown}{' unless --config sets it' if config else ''})".strip()
+        if tp is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        else:
+            kw |= {"type": tp, "nargs": f.metadata.get("nargs") or nargs, "choices": f.metadata.get("choices")}
+        if f.name in positional:
+            parser.add_argument(f.name, **kw)
+        else:
+            required = default is dataclasses.MISSING and not config
+            parser.add_argument(f"--{f.name.replace('_', '-')}", default=None, required=required, **kw)
+
+
+def settings_from_args(cls: type, args: Any) -> dict[str, Any]:
+    """Every field of the settings dataclass `cls` that the parsed `args` give a value for, read as its declared
+    type (a flag left at None is not given, so the field keeps its default)."""
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}
+    return coerce_settings(cls, given, "options")
 
 
 def changed_settings(settings: Any, saved: dict[str, Any], purpose: str) -> list[str]:
     """The fields of the settings dataclass `settings` in which a run's saved config differs, as "key old -> new".
 
-    `purpose="resume"` (continue a stopped run) leaves out the fields `run_field` marks "resume" or "how";
+    `purpose="resume"` (continue a stopped run) leaves out the fields `setting` marks "resume" or "how";
     `"reuse"` (count a finished run as a cell) leaves out only "how". A key the saved config predates compares as
-    the value its `added_field` says such runs had, and is left out where none is declared; data roots compare as
+    the value its `setting(was=...)` says such runs had, and is left out where none is declared; data roots compare as
     resolved paths (a link to the same folder is the same data). A settings class may name the fields that have no
     effect on the run it describes (`inert_settings()`, e.g. the FFL's when its weight is 0): they are left out.
     """

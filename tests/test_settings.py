@@ -134,43 +134,64 @@ print(json.dumps({"module": mpinet_hub.__file__, "configs": packaged_configs(),
     assert list(site.glob("mpinet_hub/weights_cards/*.md")), "the card template is missing from the wheel"
 
 
-@pytest.mark.parametrize("command,settings", [("pretrain", "PretrainConfig"), ("finetune", "FinetuneConfig"),
-                                              ("study", "StudySettings")])
-def test_every_setting_is_a_flag_or_named_yaml_only_in_the_help(command, settings):
-    """Before: 31 of 56 pretraining settings had no flag while --config's help said "any of the settings below",
-    and finetune's claim that every setting had a flag was false for weight_decay and log_every."""
-    import dataclasses
-
-    from mpinet_hub.cli import build_parser
+def _settings_of(name: str) -> type:
     from mpinet_hub.downstream.finetune import FinetuneConfig
+    from mpinet_hub.downstream.probe import ProbeConfig
+    from mpinet_hub.downstream.quickstart import QuickstartSettings
     from mpinet_hub.downstream.study import StudySettings
     from mpinet_hub.pretrain.config import PretrainConfig
 
-    cls = {"PretrainConfig": PretrainConfig, "FinetuneConfig": FinetuneConfig, "StudySettings": StudySettings}[settings]
-    parser = build_parser()._subparsers._group_actions[0].choices[command]
-    flags = {a.dest for a in parser._actions}
-    config_help = next((a.help for a in parser._actions if a.dest == "config"), "")
-    named = config_help.split("YAML-only settings (no flag): ")[-1] if "YAML-only" in config_help else ""
-    for f in dataclasses.fields(cls):
-        assert f.name in flags or f.name in named.split(", "), f"{settings}.{f.name}: no flag, not named in --config"
+    return {"pretrain": PretrainConfig, "finetune": FinetuneConfig, "probe": ProbeConfig, "study": StudySettings,
+            "quickstart": QuickstartSettings}[name]
 
 
-@pytest.mark.parametrize("command,settings", [("pretrain", "PretrainConfig"), ("finetune", "FinetuneConfig")])
-def test_every_flag_shows_its_settings_default_read_from_the_settings(command, settings):
-    """Before: finetune's help wrote its defaults by hand (and gave none for --precision, whose default is 32)."""
+SETTINGS_COMMANDS = ["pretrain", "finetune", "probe", "study", "quickstart"]
+
+
+@pytest.mark.parametrize("command", SETTINGS_COMMANDS)
+def test_every_setting_is_a_flag_whose_help_shows_the_default_read_from_the_settings(command):
+    """The flags are made from the settings: before, 31 of 56 pretraining settings had no flag (named YAML-only),
+    probe's bn_batches could not be set at all, and defaults were shown three ways."""
     import dataclasses
 
     from mpinet_hub.cli import build_parser
-    from mpinet_hub.downstream.finetune import FinetuneConfig
-    from mpinet_hub.pretrain.config import PretrainConfig
+    from mpinet_hub.settings import field_default
 
-    cls = {"PretrainConfig": PretrainConfig, "FinetuneConfig": FinetuneConfig}[settings]
     parser = build_parser()._subparsers._group_actions[0].choices[command]
-    defaults = {f.name: f.default for f in dataclasses.fields(cls)  # a False default: the flag is the setting
-                if f.default not in (dataclasses.MISSING, None) and f.default is not False}
-    for action in parser._actions:
-        if action.dest in defaults and action.dest != "device":  # --device: one option for every command
-            assert f"(default: {defaults[action.dest]} unless --config sets it)" in (action.help or ""), action.dest
+    actions = {a.dest: a for a in parser._actions}
+    config = " unless --config sets it" if "config" in actions else ""
+    for f in dataclasses.fields(_settings_of(command)):
+        assert f.name in actions, f"{command}: {f.name} has no flag"
+        default = field_default(f)
+        if f.name == "device" or default in (dataclasses.MISSING, None, [], {}):
+            continue  # --device: one option for every command, on the parent parser
+        shown = " ".join(map(str, default)) if isinstance(default, list) else default
+        assert f"(default: {shown}{config})" in actions[f.name].help, (command, f.name)
+        assert actions[f.name].help.split(" (default")[0], f"{command}: {f.name} has no help"
+
+
+def test_a_flag_reaches_its_setting_as_the_declared_type():
+    """Every field's flag is typed from its annotation: a union reads as the field's own type, booleans have
+    --no- forms, lists take several values, and what is not given keeps the settings' (or the recipe's) value."""
+    from mpinet_hub.cli import build_parser
+    from mpinet_hub.pretrain.config import PretrainConfig
+    from mpinet_hub.settings import settings_from_args
+
+    pretrain = build_parser()._subparsers._group_actions[0].choices["pretrain"]
+
+    def config(*flags: str) -> PretrainConfig:
+        args = pretrain.parse_args(["--data-root", "r", *flags])
+        return PretrainConfig.from_sources(args.config, **settings_from_args(PretrainConfig, args))
+
+    cfg = config("--w-ffl", "0.25", "--no-shuffle-bn", "--fusion-levels", "C3", "C4", "--pixel-anchors", "16",
+                 "--ffl-head-loss", "raw", "--crop-scale", "0.5", "1")
+    assert (cfg.w_ffl, cfg.shuffle_bn, cfg.fusion_levels, cfg.pixel_anchors) == (0.25, False, ["C3", "C4"], 16)
+    assert (cfg.ffl_head_loss, cfg.crop_scale) == ("raw", [0.5, 1.0])
+    assert config("--w-ffl", "auto").w_ffl == "auto" and config().shuffle_bn is True
+    recipe = config("--config", "mpinet_resnet50_potsdam")
+    assert config("--config", "mpinet_resnet50_potsdam", "--lr", "0.1").lr == 0.1 != recipe.lr
+    with pytest.raises(SystemExit):
+        config("--ffl-head-loss", "cubic")
 
 
 def test_settings_mistakes_exit_2_in_every_command(tmp_path, capsys):
@@ -186,6 +207,8 @@ def test_settings_mistakes_exit_2_in_every_command(tmp_path, capsys):
     assert "given twice" in capsys.readouterr().err
     assert main(["finetune", "--dataset", "potsdam", "--data-root", root, "--out", str(tmp_path / "f"),
                  "--label-fraction", "2"]) == 2
+    assert main(["finetune", "--data-root", root, "--out", str(tmp_path / "f")]) == 2  # was ValueError, exit 1
+    assert "--dataset is required" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
 
 

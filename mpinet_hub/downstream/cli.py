@@ -3,66 +3,27 @@
 from __future__ import annotations
 
 import argparse
-import functools
 from pathlib import Path
 
-from ..data import DATASETS, VALUE_MAX_HELP
+from ..data import DATASETS
 from ..metrics import PROTOCOLS
-from ..models import MPINET_ARCHS
 from ..pretrain.config import METHODS
-from ..settings import default_help, name_yaml_only, settings_from_args
+from ..settings import add_settings_arguments, settings_from_args
 from ..training import PRECISIONS, resolve_device
-from .model import DECODERS
-
-ENCODER_HELP = ("a registered tag (mpinet_resnet50.potsdam), an export folder, a pretraining run folder or its "
-                "checkpoints/last.pt, hf-hub:ORG/NAME, local-dir:PATH, "
-                "`random` or `imagenet` (optionally random:ARCH / imagenet:ARCH)")
+from .model import ENCODER_HELP
 
 
-def _finetune_options(p: argparse.ArgumentParser, with_encoder: bool = True) -> None:
+def _finetune_options(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
     from .finetune import FinetuneConfig
 
-    default = functools.partial(default_help, FinetuneConfig)
-    p.add_argument("--config", help="YAML with any of these settings (flags override it) or of those named here")
-    p.add_argument("--dataset", choices=list(DATASETS))
-    p.add_argument("--data-root", help="the folder the release archives unpack into")
-    if with_encoder:
-        p.add_argument("--encoder", help=default("encoder", ENCODER_HELP))
-        p.add_argument("--label-fraction", type=float, help=default(
-            "label_fraction", "fraction of the labeled training patches to train on (0.01 is 1%%; at least one "
-            "patch; the share used is printed and carded)"))
-        p.add_argument("--out", help=default("out", "run folder"))
-        p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
-        p.add_argument("--overwrite", action="store_true",
-                       help="start over in an OUT that holds a run (deletes the run's own files: checkpoints/, "
-                       "log.jsonl, loss.png, config.yaml, labeled_patches.json, model/)")
-    p.add_argument("--decoder", choices=list(DECODERS), help=default("decoder", "SMP decoder"))
-    p.add_argument("--arch", choices=list(MPINET_ARCHS),
-                   help=default("arch", "architecture of random/imagenet encoders"))
-    p.add_argument("--bands", help="Potsdam bands: RGB (default), IRRG, RGBIR, optionally +DSM")
-    p.add_argument("--patch", type=int, help=default("patch", "side of the labeled patches (the subset's unit)"))
-    p.add_argument("--crop", type=int, help=default("crop", "side of the random training crops"))
-    p.add_argument("--batch-size", type=int, help=default("batch_size", "per process"))
-    p.add_argument("--steps", type=int, help=default("steps", "optimiser steps"))
-    p.add_argument("--epochs", type=float, help="passes over the labeled subset (overrides --steps)")
-    p.add_argument("--lr", type=float, help=default("lr", "Adam learning rate"))
-    p.add_argument("--seed", type=int, help=default("seed", "training seed"))
-    p.add_argument("--subset-seed", type=int,
-                   help=default("subset_seed", "seed of the labeled subset (keep it fixed across encoders)"))
-    p.add_argument("--workers", type=int, help=default("workers", "data-loading processes"))
-    p.add_argument("--precision", choices=PRECISIONS,
-                   help=default("precision", "auto: bf16 on a GPU that supports it, else fp32"))
-    p.add_argument("--save-every", type=int, help=default("save_every", "steps between checkpoints"))
-    p.add_argument("--mean", type=float, nargs="+", help="per-band normalisation (default: the encoder's)")
-    p.add_argument("--std", type=float, nargs="+")
-    p.add_argument("--value-max", type=float, help=VALUE_MAX_HELP)
+    p.add_argument("--config", help="YAML with any of these settings (flags override it)")
+    add_settings_arguments(p, FinetuneConfig, config=True, skip=("device", *skip))
 
 
 def _finetune_config(args: argparse.Namespace, **fixed):
     from .finetune import FinetuneConfig
 
-    values = settings_from_args(FinetuneConfig, args) | fixed  # YAML-only fields come from --config alone
-    return FinetuneConfig.from_sources(args.config, **values)
+    return FinetuneConfig.from_sources(args.config, **settings_from_args(FinetuneConfig, args) | fixed)
 
 
 def _inference_options(p: argparse.ArgumentParser) -> None:
@@ -80,10 +41,11 @@ def add_finetune_arguments(p: argparse.ArgumentParser) -> None:
     p.description = ("Fine-tune an SMP decoder with an encoder SPEC on a fixed, seeded fraction of the labeled "
                      "training patches. Writes RUN/labeled_patches.json, log.jsonl, loss.png, checkpoints/last.pt "
                      "and RUN/model (smp.from_pretrained reloads it offline).")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over in an OUT that holds a run (deletes the run's own files: checkpoints/, "
+                   "log.jsonl, loss.png, config.yaml, labeled_patches.json, model/)")
     _finetune_options(p)
-    from .finetune import FinetuneConfig
-
-    name_yaml_only(FinetuneConfig, p)
 
 
 def run_finetune(args: argparse.Namespace) -> int:
@@ -116,34 +78,12 @@ def _print_metrics(result: dict) -> int:
 
 # --- probe
 def add_probe_arguments(p: argparse.ArgumentParser) -> None:
-    from .probe import LEVELS, ProbeConfig
+    from .probe import ProbeConfig
 
-    d = ProbeConfig("", "", "", "")
     p.description = ("Frozen-feature linear probe: the backbone frozen, LEVELS upsampled to stride 4 and concatenated, "
                      "a normalised 1x1 classifier trained on the same seeded labeled subset as `finetune`, whole tiles "
                      "evaluated by sliding window -> RUN/metrics.json (evaluate's schema).")
-    p.add_argument("encoder", help=ENCODER_HELP + "; or random-bn[:ARCH]: random weights, BatchNorm statistics "
-                   "re-estimated on the training images (the control)")
-    p.add_argument("--dataset", required=True, choices=list(DATASETS))
-    p.add_argument("--data-root", required=True)
-    p.add_argument("--out", required=True, help="run folder")
-    p.add_argument("--label-fraction", type=float, default=d.label_fraction,
-                   help="fraction of the labeled training patches, e.g. 0.01 for 1%%")
-    p.add_argument("--levels", nargs="+", choices=LEVELS, default=d.levels,
-                   help="encoder levels upsampled to stride 4 and concatenated")
-    p.add_argument("--steps", type=int, default=d.steps, help="optimiser steps of the head")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="labeled patches per step")
-    p.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate of the head")
-    p.add_argument("--patch", type=int, default=d.patch, help="side of the labeled patches (the subset's unit)")
-    p.add_argument("--seed", type=int, default=d.seed, help="head initialisation, batch order, random weights")
-    p.add_argument("--subset-seed", type=int, default=d.subset_seed,
-                   help="seed of the labeled subset (keep it fixed across encoders)")
-    p.add_argument("--split", help="evaluation split (default: test if it has labels, else val)")
-    p.add_argument("--arch", choices=list(MPINET_ARCHS), default=d.arch, help="for random, random-bn, imagenet")
-    p.add_argument("--window", type=int, default=d.window, help="sliding-window side in px")
-    p.add_argument("--mean", type=float, nargs="+", help="per-band normalisation (default: the encoder's)")
-    p.add_argument("--std", type=float, nargs="+")
-    p.add_argument("--value-max", type=float, help=VALUE_MAX_HELP)
+    add_settings_arguments(p, ProbeConfig, positional=("encoder",), skip=("device",))
 
 
 def run_probe(args: argparse.Namespace) -> int:
@@ -224,7 +164,7 @@ def run_predict(args: argparse.Namespace) -> int:
 def add_compare_arguments(p: argparse.ArgumentParser) -> None:
     p.description = ("Label-efficiency table: fine-tune + evaluate every encoder at every label fraction, then "
                      "write OUT/results.md, results.json and label_efficiency.png. Finished cells are reused.")
-    _finetune_options(p, with_encoder=False)
+    _finetune_options(p, skip=("encoder", "label_fraction", "out"))
     p.add_argument("--out", required=True, help="comparison folder")
     p.add_argument("--encoders", nargs="*", default=["random"], help=f"NAME=SPEC or SPEC; SPEC is {ENCODER_HELP}")
     p.add_argument("--pretrain", nargs="*", default=["mocov2", "mpinet"], choices=list(METHODS),
@@ -267,18 +207,10 @@ def run_compare(args: argparse.Namespace) -> int:
 def add_quickstart_arguments(p: argparse.ArgumentParser) -> None:
     from .quickstart import QuickstartSettings
 
-    d = QuickstartSettings()
     p.description = ("The whole pipeline on the embedded default (a synthetic Potsdam-format set): synth -> "
                      "pretrain -> export -> load through timm -> fine-tune on few labels -> evaluate. A few minutes "
                      "on a 2-core CPU.")
-    p.add_argument("--out", default=d.out, help="folder for every artifact")
-    p.add_argument("--tiles", type=int, default=d.tiles, help="synthetic tiles written")
-    p.add_argument("--size", type=int, default=d.size, help="tile side in px")
-    p.add_argument("--pretrain-steps", type=int, default=d.pretrain_steps, help="MPINet pretraining steps")
-    p.add_argument("--finetune-steps", type=int, default=d.finetune_steps, help="fine-tuning steps")
-    p.add_argument("--label-fraction", type=float, default=d.label_fraction,
-                   help="fraction of the labeled training patches fine-tuning sees")
-    p.add_argument("--seed", type=int, default=d.seed, help="data, pretraining and fine-tuning seed")
+    add_settings_arguments(p, QuickstartSettings, skip=("device",))
 
 
 def run_quickstart(args: argparse.Namespace) -> int:
@@ -290,9 +222,8 @@ def run_quickstart(args: argparse.Namespace) -> int:
 
 # --- study
 def add_study_arguments(p: argparse.ArgumentParser) -> None:
-    from .study import CONTROLS, EVALUATIONS, StudySettings
+    from .study import StudySettings
 
-    d = StudySettings("", "", "")
     p.description = ("Does pretraining pay on this data set, at this label budget? Pretrains each --methods once per "
                      "seed, probes and/or fine-tunes every encoder (and the controls random, random-bn) at every "
                      "label fraction per (seed, subset seed), and calls each pair by a stated rule: ahead on every "
@@ -300,51 +231,17 @@ def add_study_arguments(p: argparse.ArgumentParser) -> None:
                      "(the results then say test was read). Resumable: finished cells are reused, and a folder made "
                      "with other settings is refused. Writes OUT/results-SPLIT.md/.json and study-SPLIT-*.png "
                      "(SPLIT-bn with --reestimate-bn).")
-    p.add_argument("--dataset", required=True, choices=list(DATASETS))
-    p.add_argument("--data-root", required=True)
-    p.add_argument("--out", required=True, help="study folder (cells, results)")
-    p.add_argument("--methods", nargs="*", default=d.methods, metavar="METHOD[:KEY=VALUE,...]",
-                   help=f"pretraining methods ({', '.join(METHODS)}), each pretrained once per seed (none: compare "
-                   "--encoders only); a variant METHOD:KEY=VALUE[,KEY=VALUE] changes pretraining settings, to "
-                   "choose one on val (e.g. mpinet mpinet:ffl_calibration_ratio=0.25)")
-    p.add_argument("--controls", nargs="*", default=d.controls, choices=list(CONTROLS),
-                   help="inits without pretraining; random-bn re-estimates BatchNorm statistics on the data")
-    p.add_argument("--encoders", nargs="*", default=[], help=f"more encoders, NAME=SPEC; SPEC is {ENCODER_HELP}")
-    p.add_argument("--seeds", type=int, nargs="+", default=d.seeds, help="pretraining, head and random-weight seeds")
-    p.add_argument("--subset-seeds", type=int, nargs="+", default=d.subset_seeds, help="labeled-subset seeds")
-    p.add_argument("--fractions", type=float, nargs="+", default=d.fractions, help="label fractions")
-    p.add_argument("--evaluations", nargs="+", default=d.evaluations, choices=list(EVALUATIONS),
-                   help="frozen-feature linear probe and/or DeepLabV3+ fine-tuning")
-    p.add_argument("--split", default=d.split, help="split the cells are scored on; test only once, at the end")
-    p.add_argument("--metric", default=d.metric, help="mIoU, OA, mF1, or IoU:CLASS for one class (e.g. IoU:road)")
-    p.add_argument("--arch", choices=list(MPINET_ARCHS), default=d.arch, help="encoder of every cell")
-    p.add_argument("--unlabeled", nargs="+", default=d.unlabeled, metavar="PATH",
-                   help="more imagery for pretraining only (files, folders, globs), beside the train split's images: "
-                   "your unlabeled scenes. Probes, fine-tuning and random-bn still read the labeled train split; "
-                   "an image of the scored splits is refused")
-    p.add_argument("--pretrain-config", help="YAML or packaged recipe under the pretraining settings below")
-    p.add_argument("--pretrain-steps", type=int, default=d.pretrain_steps, help="pretraining steps per cell")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="pretraining batch")
-    p.add_argument("--patch", type=int, default=d.patch, help="pretraining window px")
-    p.add_argument("--crop", type=int, default=d.crop, help="pretraining view px (128: C5 holds 4x4 cells)")
-    p.add_argument("--queue-size", type=int, default=d.queue_size, help="instance negatives K")
-    p.add_argument("--lr", type=float, default=d.lr, help="pretraining lr per 256 images")
-    p.add_argument("--bands", default=d.bands, help="Potsdam bands")
-    p.add_argument("--value-max", type=float, help=VALUE_MAX_HELP)
-    p.add_argument("--label-patch", type=int, default=d.label_patch, help="labeled patch px (the subset's unit)")
-    p.add_argument("--probe-steps", type=int, default=d.probe_steps, help="optimiser steps of each probe head")
-    p.add_argument("--reestimate-bn", action="store_true",
-                   help="probe: re-estimate BatchNorm statistics on the data for every encoder, not only random-bn")
-    p.add_argument("--finetune-steps", type=int, default=d.finetune_steps, help="DeepLabV3+ fine-tuning steps")
-    p.add_argument("--window", type=int, default=d.window, help="sliding-window side in px")
-    p.add_argument("--workers", type=int, default=d.workers, help="pretraining loader processes")
+    add_settings_arguments(p, StudySettings, skip=("device", "encoders"))
+    encoders = StudySettings.__dataclass_fields__["encoders"]
+    p.add_argument("--encoders", nargs="*", metavar="NAME=SPEC", help=encoders.metadata["help"])
 
 
 def run_study(args: argparse.Namespace) -> int:
     from .compare import parse_encoders
     from .study import StudySettings, run_study
 
-    settings = StudySettings(**settings_from_args(StudySettings, args) | {"encoders": parse_encoders(args.encoders)})
+    encoders = parse_encoders(args.encoders or [])
+    settings = StudySettings(**settings_from_args(StudySettings, args) | {"encoders": encoders})
     run_study(settings)
     out, band = Path(args.out), settings.band
     print((out / f"results-{band}.md").read_text())

@@ -29,12 +29,13 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from ..checkpoint import atomic_save, load_checkpoint
-from ..data import IGNORE_INDEX, SegmentationDataset, open_dataset
+from ..data import DATASETS, IGNORE_INDEX, VALUE_MAX_HELP, SegmentationDataset, open_dataset
 from ..models import MPINET_ARCHS
 from ..pretrain.config import resolve_config
 from ..progress import progress
-from ..settings import SettingsError, changed_settings, coerce_settings, read_yaml, run_field
+from ..settings import SettingsError, changed_settings, coerce_settings, read_yaml, setting
 from ..training import (
+    PRECISIONS,
     EpochBatches,
     RunLock,
     RunLog,
@@ -50,6 +51,7 @@ from ..training import (
 )
 from .model import (
     DECODERS,
+    ENCODER_HELP,
     SegmentationModelInfo,
     build_segmentation_model,
     load_encoder,
@@ -63,32 +65,33 @@ FINETUNE_FORMAT = "mpinet-hub/finetune/1"
 
 @dataclass
 class FinetuneConfig:
-    dataset: str
-    data_root: str = run_field(may_change="resume")
-    encoder: str = "random"
-    decoder: str = "deeplabv3plus"
-    label_fraction: float = 0.01
-    out: str = run_field("runs/finetune", may_change="how")
-    arch: str = "mpinet_resnet18"  # for `random` and `imagenet` encoders
-    bands: str | None = None  # Potsdam: RGB (default), IRRG, RGBIR, optionally +DSM
-    patch: int = 256  # side of the labeled patches cut from the training tiles (the subset's unit)
-    crop: int = 256  # side of the random crop of a patch that is trained on
-    batch_size: int = 16
-    steps: int = run_field(1000, may_change="resume")
-    # passes over the labeled subset; overrides `steps` when given
-    epochs: float | None = run_field(None, may_change="resume")
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    seed: int = 0
-    subset_seed: int = 0
-    workers: int = run_field(0, may_change="how")
-    device: str = run_field("auto", may_change="how")
-    precision: str = "32"  # auto | 32 | bf16 | 16
-    save_every: int = run_field(500, may_change="how")
-    log_every: int = run_field(1, may_change="how")
-    mean: list[float] | None = None
-    std: list[float] | None = None
-    value_max: float | None = None  # pixel value read as 1.0 (e.g. 4095 for 12-bit data); default the dtype's max
+    dataset: str = setting(choices=DATASETS, help="a named data set, or `folder` for your own labeled folders")
+    data_root: str = setting(may_change="resume", help="the folder the release archives unpack into")
+    encoder: str = setting("random", help=ENCODER_HELP)
+    decoder: str = setting("deeplabv3plus", choices=DECODERS, help="SMP decoder")
+    label_fraction: float = setting(0.01, help="fraction of the labeled training patches to train on (0.01 is 1%%; at "
+                                    "least one patch; the share used is printed and carded)")
+    out: str = setting("runs/finetune", may_change="how", help="run folder")
+    arch: str = setting("mpinet_resnet18", choices=MPINET_ARCHS, help="architecture of random/imagenet encoders")
+    bands: str | None = setting(None, help="Potsdam bands: RGB (default), IRRG, RGBIR, optionally +DSM")
+    patch: int = setting(256, help="side of the labeled patches cut from the training tiles (the subset's unit)")
+    crop: int = setting(256, help="side of the random training crop of a patch")
+    batch_size: int = setting(16, help="per process")
+    steps: int = setting(1000, may_change="resume", help="optimiser steps")
+    epochs: float | None = setting(None, may_change="resume", help="passes over the labeled subset (overrides "
+                                   "--steps)")
+    lr: float = setting(1e-4, help="Adam learning rate")
+    weight_decay: float = setting(0.0, help="Adam weight decay")
+    seed: int = setting(0, help="training seed")
+    subset_seed: int = setting(0, help="seed of the labeled subset (keep it fixed across encoders)")
+    workers: int = setting(0, may_change="how", help="data-loading processes")
+    device: str = setting("auto", may_change="how", help="auto, cpu or cuda")
+    precision: str = setting("32", choices=PRECISIONS, help="auto: bf16 on a GPU that supports it, else fp32")
+    save_every: int = setting(500, may_change="how", help="steps between checkpoints")
+    log_every: int = setting(1, may_change="how", help="steps between log lines")
+    mean: list[float] | None = setting(None, help="per-band normalisation (default: the encoder's)")
+    std: list[float] | None = setting(None, help="per-band normalisation (default: the encoder's)")
+    value_max: float | None = setting(None, help=VALUE_MAX_HELP)
 
     @classmethod
     def from_sources(cls, path: str | Path | None = None, **overrides: Any) -> FinetuneConfig:
@@ -97,7 +100,7 @@ class FinetuneConfig:
         values.update(coerce_settings(cls, {k: v for k, v in overrides.items() if v is not None}, "options"))
         for required in ("dataset", "data_root"):
             if not values.get(required):
-                raise ValueError(f"--{required.replace('_', '-')} is required")
+                raise SettingsError(f"--{required.replace('_', '-')} is required")
         cfg = cls(**values)
         cfg.validate()
         return cfg

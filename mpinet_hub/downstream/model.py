@@ -28,6 +28,7 @@ from ..models import MPINET_ARCHS, RGB_MEAN, RGB_STD
 
 __all__ = [
     "DECODERS",
+    "ENCODER_HELP",
     "MODEL_INFO_FILE",
     "write_segmentation_card",
     "EncoderSpec",
@@ -40,6 +41,9 @@ __all__ = [
 
 
 # Every SMP architecture, by the name `smp.create_model` takes (so a new SMP release brings its new decoders).
+ENCODER_HELP = ("a registered tag (mpinet_resnet50.potsdam), an export folder, a pretraining run folder or its "
+                "checkpoints/last.pt, hf-hub:ORG/NAME, local-dir:PATH, `random` or `imagenet` (optionally "
+                "random:ARCH / imagenet:ARCH)")
 DECODERS = tuple(sorted(name.lower() for name, obj in vars(smp).items() if isinstance(obj, type)
                         and issubclass(obj, SegmentationModel) and obj is not SegmentationModel))
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +27,15 @@ from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..data import IGNORE_INDEX, evaluation_split, open_dataset
+from ..data import DATASETS, IGNORE_INDEX, VALUE_MAX_HELP, evaluation_split, open_dataset
+from ..models import MPINET_ARCHS
 from ..pretrain.base import feature_backbone
 from ..progress import progress
-from ..settings import SettingsError
+from ..settings import SettingsError, setting
 from ..training import EpochBatches, RunLock, RunLog, StepLoop, normalisation, plot_losses, resolve_device
 from .evaluate import evaluate_model
 from .finetune import LabeledBatches, labeled_subset, patch_ids
-from .model import SegmentationModelInfo, load_encoder
+from .model import ENCODER_HELP, SegmentationModelInfo, load_encoder
 
 __all__ = ["LEVELS", "LinearProbe", "ProbeConfig", "reestimate_batchnorm", "resample_cells", "run_probe"]
 
@@ -43,27 +44,29 @@ LEVELS = ("C2", "C3", "C4", "C5")
 
 @dataclass
 class ProbeConfig:
-    encoder: str
-    dataset: str
-    data_root: str
-    out: str
-    label_fraction: float = 0.01
-    levels: list[str] = field(default_factory=lambda: list(LEVELS))
-    steps: int = 300
-    batch_size: int = 16
-    lr: float = 1e-3
-    patch: int = 256
-    seed: int = 0
-    subset_seed: int = 0
-    split: str | None = None  # default: test if it has labels, else val
-    arch: str = "mpinet_resnet18"  # for random / random-bn / imagenet
-    bn_batches: int = 20  # random-bn: batches of training windows the statistics are estimated on
-    reestimate_bn: bool = False  # re-estimate BatchNorm statistics for any encoder, as random-bn does
-    window: int = 512
-    device: str = "auto"
-    mean: list[float] | None = None
-    std: list[float] | None = None
-    value_max: float | None = None  # pixel value read as 1.0 (e.g. 4095 for 12-bit data); default the dtype's max
+    encoder: str = setting(help=ENCODER_HELP + "; or random-bn[:ARCH]: random weights, BatchNorm statistics "
+                           "re-estimated on the training images (the control)")
+    dataset: str = setting(choices=DATASETS, help="a named data set, or `folder` for your own labeled folders")
+    data_root: str = setting(help="the folder the release archives unpack into")
+    out: str = setting(help="run folder")
+    label_fraction: float = setting(0.01, help="fraction of the labeled training patches, e.g. 0.01 for 1%%")
+    levels: list[str] = setting(list(LEVELS), choices=LEVELS, help="encoder levels upsampled to stride 4 and "
+                                "concatenated")
+    steps: int = setting(300, help="optimiser steps of the head")
+    batch_size: int = setting(16, help="labeled patches per step")
+    lr: float = setting(1e-3, help="Adam learning rate of the head")
+    patch: int = setting(256, help="side of the labeled patches (the subset's unit)")
+    seed: int = setting(0, help="head initialisation, batch order, random weights")
+    subset_seed: int = setting(0, help="seed of the labeled subset (keep it fixed across encoders)")
+    split: str | None = setting(None, help="evaluation split (default: test if it has labels, else val)")
+    arch: str = setting("mpinet_resnet18", choices=MPINET_ARCHS, help="for random, random-bn, imagenet")
+    bn_batches: int = setting(20, help="random-bn: batches of training windows the statistics are estimated on")
+    reestimate_bn: bool = setting(False, help="re-estimate BatchNorm statistics for any encoder, as random-bn does")
+    window: int = setting(512, help="sliding-window side in px")
+    device: str = setting("auto", help="auto, cpu or cuda")
+    mean: list[float] | None = setting(None, help="per-band normalisation (default: the encoder's)")
+    std: list[float] | None = setting(None, help="per-band normalisation (default: the encoder's)")
+    value_max: float | None = setting(None, help=VALUE_MAX_HELP)
 
     def validate(self) -> None:
         unknown = [lv for lv in self.levels if lv not in LEVELS]

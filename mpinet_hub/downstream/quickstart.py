@@ -21,6 +21,7 @@ from ..data.synth import synth_dataset
 from ..hub.export import export_weights
 from ..pretrain.config import PretrainConfig
 from ..pretrain.trainer import Trainer
+from ..settings import setting
 from ..training import resume_or_start
 from .evaluate import evaluate, format_metrics_table
 from .finetune import FinetuneConfig, Finetuner
@@ -30,14 +31,14 @@ __all__ = ["QuickstartSettings", "quickstart"]
 
 @dataclass
 class QuickstartSettings:
-    out: str = "quickstart"
-    tiles: int = 6  # synthetic Potsdam tiles (4 train, 2 test)
-    size: int = 256  # tile side in px
-    pretrain_steps: int = 30
-    finetune_steps: int = 60
-    label_fraction: float = 0.25
-    seed: int = 0
-    device: str = "auto"
+    out: str = setting("quickstart", help="folder for every artifact")
+    tiles: int = setting(6, help="synthetic Potsdam tiles written (4 train, 2 test)")
+    size: int = setting(256, help="tile side in px")
+    pretrain_steps: int = setting(30, help="MPINet pretraining steps")
+    finetune_steps: int = setting(60, help="fine-tuning steps")
+    label_fraction: float = setting(0.25, help="fraction of the labeled training patches fine-tuning sees")
+    seed: int = setting(0, help="data, pretraining and fine-tuning seed")
+    device: str = setting("auto", help="auto, cpu or cuda")
 
 
 def _stage(n: int, text: str) -> float:

@@ -27,20 +27,22 @@ import json
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from ..data import DATASETS, labeled_splits
+from ..data import DATASETS, VALUE_MAX_HELP, labeled_splits
+from ..models import MPINET_ARCHS
 from ..pretrain.config import METHODS, PretrainConfig
 from ..pretrain.trainer import pretrain_or_reuse, pretraining_paths
 from ..progress import progress
-from ..settings import SettingsError, coerce_settings
+from ..settings import SettingsError, changed_settings, coerce_settings, setting
 from ..training import resume_or_start
 from .evaluate import evaluate, write_json
 from .finetune import FinetuneConfig, Finetuner
+from .model import ENCODER_HELP
 from .plots import label_efficiency_png
 from .probe import ProbeConfig, run_probe
 
@@ -49,49 +51,52 @@ __all__ = ["CONTROLS", "StudySettings", "answer_lines", "paired_verdict", "run_s
 CONTROLS = ("random", "random-bn")
 EVALUATIONS = ("probe", "finetune")
 
-# settings a study folder may be re-run with: which cells to add, where and how they run, how results are read
-# (re-estimated BatchNorm files its probe cells and results under their own band, "val-bn")
-_MAY_DIFFER = {"methods", "controls", "encoders", "seeds", "subset_seeds", "fractions", "evaluations", "split",
-               "reestimate_bn", "metric", "device", "workers", "out"}
-
-
+# may_change="how": what a study folder may be re-run with (which cells to add, where and how they run, how results
+# are read; re-estimated BatchNorm files its probe cells and results under their own band, "val-bn")
 @dataclass
 class StudySettings:
-    dataset: str
-    data_root: str
-    out: str
-    # pretraining methods, or variants METHOD:KEY=VALUE[,KEY=VALUE] (e.g. mpinet:ffl_calibration_ratio=0.25) to
-    # choose a setting on val: each is pretrained once per seed and compared like the others
-    methods: list[str] = field(default_factory=lambda: ["mocov2", "mpinet"])
-    controls: list[str] = field(default_factory=lambda: list(CONTROLS))
-    encoders: dict[str, str] = field(default_factory=dict)  # NAME -> SPEC, compared like the others
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # pretraining, head and random-weight seeds
-    subset_seeds: list[int] = field(default_factory=lambda: [0])  # labeled-subset seeds
-    fractions: list[float] = field(default_factory=lambda: [0.1])
-    evaluations: list[str] = field(default_factory=lambda: ["probe"])  # probe and/or finetune
-    split: str = "val"
-    metric: str = "mIoU"  # mIoU | OA | mF1 | IoU:CLASS (one class's IoU)
-    arch: str = "mpinet_resnet18"
+    dataset: str = setting(choices=DATASETS, help="a named data set, or `folder` for your own labeled folders")
+    data_root: str = setting(help="the labeled data set's root")
+    out: str = setting(may_change="how", help="study folder (cells, results)")
+    methods: list[str] = setting(["mocov2", "mpinet"], may_change="how", nargs="*", help=(
+        "pretraining methods, each pretrained once per seed (none: compare --encoders only); a variant "
+        "METHOD:KEY=VALUE[,KEY=VALUE] changes pretraining settings, to choose one on val (e.g. mpinet "
+        "mpinet:ffl_calibration_ratio=0.25)"))
+    controls: list[str] = setting(list(CONTROLS), may_change="how", nargs="*", choices=CONTROLS,
+                                  help="inits without pretraining; random-bn re-estimates BatchNorm statistics on the "
+                                  "data")
+    encoders: dict[str, str] = setting({}, may_change="how", help=f"more encoders, NAME=SPEC; SPEC is {ENCODER_HELP}")
+    seeds: list[int] = setting([0, 1, 2], may_change="how", help="pretraining, head and random-weight seeds")
+    subset_seeds: list[int] = setting([0], may_change="how", help="labeled-subset seeds")
+    fractions: list[float] = setting([0.1], may_change="how", help="label fractions")
+    evaluations: list[str] = setting(["probe"], may_change="how", choices=EVALUATIONS,
+                                     help="frozen-feature linear probe and/or DeepLabV3+ fine-tuning")
+    split: str = setting("val", may_change="how", help="split the cells are scored on; test only once, at the end")
+    metric: str = setting("mIoU", may_change="how", help="mIoU, OA, mF1, or IoU:CLASS for one class (e.g. IoU:road)")
+    arch: str = setting("mpinet_resnet18", choices=MPINET_ARCHS, help="encoder of every cell")
     # pretraining (PretrainConfig fields; `pretrain_config` is a YAML or packaged recipe under them)
-    # more imagery for pretraining only (files, folders, globs): many unlabeled images beside few labeled ones
-    unlabeled: list[str] = field(default_factory=list)
-    pretrain_config: str | None = None
-    pretrain_steps: int = 200
-    batch_size: int = 32
-    patch: int = 160
-    crop: int = 128  # C5 of a 128 px view is 4x4 cells: smaller views leave the deep terms 1-4 values
-    queue_size: int = 256
-    lr: float = 0.03
-    bands: str = "RGB"
-    value_max: float | None = None
+    unlabeled: list[str] = setting([], help="more imagery for pretraining only (files, folders, globs), beside the "
+                                   "train split's images: your unlabeled scenes. Probes, fine-tuning and random-bn "
+                                   "still read the labeled train split; an image of the scored splits is refused")
+    pretrain_config: str | None = setting(None, help="YAML or packaged recipe under the pretraining settings below")
+    pretrain_steps: int = setting(200, help="pretraining steps per cell")
+    batch_size: int = setting(32, help="pretraining batch")
+    patch: int = setting(160, help="pretraining window px")
+    crop: int = setting(128, help="pretraining view px (C5 of a 128 px view is 4x4 cells: smaller views leave the "
+                        "deep terms 1-4 values)")
+    queue_size: int = setting(256, help="instance negatives K")
+    lr: float = setting(0.03, help="pretraining lr per 256 images")
+    bands: str = setting("RGB", help="Potsdam bands")
+    value_max: float | None = setting(None, help=VALUE_MAX_HELP)
     # downstream
-    label_patch: int = 96
-    probe_steps: int = 300
-    reestimate_bn: bool = False  # probe: re-estimate BatchNorm statistics on the data for every encoder
-    finetune_steps: int = 200
-    window: int = 512
-    device: str = "auto"
-    workers: int = 0
+    label_patch: int = setting(96, help="labeled patch px (the subset's unit)")
+    probe_steps: int = setting(300, help="optimiser steps of each probe head")
+    reestimate_bn: bool = setting(False, may_change="how", help="probe: re-estimate BatchNorm statistics on the "
+                                  "data for every encoder, not only random-bn")
+    finetune_steps: int = setting(200, help="DeepLabV3+ fine-tuning steps")
+    window: int = setting(512, help="sliding-window side in px")
+    device: str = setting("auto", may_change="how", help="auto, cpu or cuda")
+    workers: int = setting(0, may_change="how", help="pretraining loader processes")
 
     def validate(self) -> None:
         if self.dataset not in DATASETS:
@@ -187,8 +192,7 @@ def _claim(s: StudySettings, out: Path) -> dict[str, Any]:
     now = dataclasses.asdict(s)
     if path.is_file():
         saved = json.loads(path.read_text())
-        changed = [f"{k} {saved['settings'][k]!r} -> {now[k]!r}" for k in sorted(now)
-                   if k not in _MAY_DIFFER and k in saved["settings"] and saved["settings"][k] != now[k]]
+        changed = changed_settings(s, saved["settings"], "reuse")
         if changed:
             raise SettingsError(f"{out} holds a study made with other settings ({'; '.join(changed)}); its cells "
                                 "would be filed under this command. Give another --out, or that study's settings.")

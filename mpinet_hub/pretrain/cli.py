@@ -3,66 +3,23 @@
 from __future__ import annotations
 
 import argparse
-import functools
 
-from ..data import DATASETS, VALUE_MAX_HELP
-from ..models import MPINET_ARCHS
-from ..settings import default_help, name_yaml_only, settings_from_args
-from ..training import PRECISIONS
-from .config import METHODS, PretrainConfig, packaged_configs
-
-_default = functools.partial(default_help, PretrainConfig)
+from ..settings import add_settings_arguments, settings_from_args
+from .config import PretrainConfig, packaged_configs
 
 
 def add_pretrain_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML with any of the settings below (flags override it) or of those named "
-                   f"at the end, or a packaged recipe by name: {', '.join(packaged_configs())}")
-    p.add_argument("--dataset", choices=list(DATASETS),
-                   help=_default("dataset", "a data set's training images (labels unused), or `folder` for your "
-                                 "own rasters"))
-    p.add_argument("--data-root", nargs="+", help="the data set's root (its train images are read), then any "
-                   "more unlabeled imagery: files, folders, globs (with --dataset folder, any mix of labeled folders "
-                   "and imagery); an image of a labeled root's val or test split is refused")
-    p.add_argument("--method", choices=list(METHODS),
-                   help=_default("method", "mpinet or a baseline from the same machinery"))
-    p.add_argument("--arch", choices=list(MPINET_ARCHS), help=_default("arch"))
-    p.add_argument("--bands", help=_default("bands", "Potsdam bands: RGB, IRRG or RGBIR"))
-    p.add_argument("--patch", type=int, help=_default("patch", "side of the windows read from the images"))
-    p.add_argument("--crop", type=int, help=_default("crop", "side of each view"))
-    p.add_argument("--batch-size", type=int, help=_default("batch_size", "per process"))
-    p.add_argument("--epochs", type=float, help=_default("epochs"))
-    p.add_argument("--steps", type=int, help="overrides --epochs")
-    p.add_argument("--lr", type=float, help=_default("lr", "learning rate per 256 images (scaled by the global batch)"))
-    p.add_argument("--queue-size", type=int, help=_default("queue_size", "instance negatives K"))
-    p.add_argument("--workers", type=int, help=_default("workers", "data-loading processes"))
-    p.add_argument("--out", help=_default("out", "run folder (config.yaml, log.jsonl, loss.png, checkpoints/)"))
-    p.add_argument("--save-every", type=int, help=_default("save_every", "steps between checkpoints"))
-    p.add_argument("--keep-last", type=int, help=_default("keep_last", "keep only the newest N periodic checkpoints "
-                                                          "(step_*.pt); last.pt is always kept"))
+    p.add_argument("--config", help="YAML with any of the settings below (flags override it), or a packaged recipe "
+                   f"by name: {', '.join(packaged_configs())}")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
     p.add_argument("--overwrite", action="store_true",
                    help="start over in an OUT that holds a run (deletes the run's own files: checkpoints/, log.jsonl, "
                    "loss.png, config.yaml; nothing else)")
-    p.add_argument("--seed", type=int, help=_default("seed"))
-    p.add_argument("--precision", choices=PRECISIONS,
-                   help=_default("precision", "auto: bf16 on a GPU that supports it, else fp32"))
-    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the backbone")
-    p.add_argument("--mean", type=float, nargs="+", help="per-band normalisation (default: ImageNet for RGB)")
-    p.add_argument("--std", type=float, nargs="+")
-    p.add_argument("--value-max", type=float, help=VALUE_MAX_HELP)
-    p.add_argument("--keep-colour", action=argparse.BooleanOptionalAction, default=None,
-                   help=_default("keep_colour", "RGB views get brightness and contrast jitter only (what other band "
-                                 "sets get): no saturation/hue jitter and no grayscale, so the encoder may use colour; "
-                                 "--no-keep-colour gives MoCo v2's colour jitter and grayscale"))
-    p.add_argument("--windows-per-file", type=int,
-                   help=_default("windows_per_file", "windows of a batch drawn from one file in a row; a PNG/JPEG is "
-                                 "decoded whole for each file drawn, so 4-8 multiply the loader's speed on PNG data "
-                                 "you have not `mpinet data prepare`d (docs/benchmarks.md)"))
     p.add_argument("--plan", action="store_true",
                    help="print the step's estimated memory (parameters, optimizer, activations) and the largest batch "
                    "that fits --plan-memory, then stop; needs no data and no GPU")
     p.add_argument("--plan-memory", type=float, default=80.0, help="device memory in GiB for --plan (an H100: 80)")
-    name_yaml_only(PretrainConfig, p)
+    add_settings_arguments(p, PretrainConfig, config=True, skip=("device",))
 
 
 def run_pretrain(args: argparse.Namespace) -> int:

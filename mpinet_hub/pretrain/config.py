@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ..settings import SettingsError, added_field, coerce_settings, read_yaml, run_field
+from ..data import DATASETS, VALUE_MAX_HELP
+from ..models import MPINET_ARCHS
+from ..settings import SettingsError, coerce_settings, read_yaml, setting
+from ..training import PRECISIONS
 from .registry import METHODS
 
 __all__ = ["ABLATION_LADDER", "METHODS", "PretrainConfig", "packaged_configs", "resolve_config"]
@@ -42,72 +45,85 @@ def resolve_config(name_or_path: str | Path) -> Path:
 @dataclass
 class PretrainConfig:
     # data
-    dataset: str = "folder"  # potsdam | loveda | uavid | folder
-    data_root: list[str] = run_field(default_factory=list, may_change="resume")
-    bands: str = "RGB"
-    patch: int = 256  # side of the windows read from the images
-    crop: int = 256  # side of each view
-    mean: list[float] | None = None  # per band; default: the tag's (ImageNet statistics for RGB)
-    std: list[float] | None = None
-    value_max: float | None = None  # pixel value read as 1.0 (e.g. 4095 for 12-bit data); default the dtype's max
-    windows_per_file: int = 1  # windows of a batch drawn from one file in a row: for PNG/JPEG not `data prepare`d
+    dataset: str = setting("folder", choices=DATASETS, help="a data set's training images (labels unused), or "
+                           "`folder` for your own rasters")
+    data_root: list[str] = setting([], may_change="resume", help="the data set's root (its train images are read), "
+                                   "then any more unlabeled imagery: files, folders, globs (with --dataset folder, any "
+                                   "mix of labeled folders and imagery); an image of a labeled root's val or test "
+                                   "split is refused")
+    bands: str = setting("RGB", help="Potsdam bands: RGB, IRRG or RGBIR")
+    patch: int = setting(256, help="side of the windows read from the images")
+    crop: int = setting(256, help="side of each view")
+    mean: list[float] | None = setting(None, help="per-band normalisation (default: the tag's; ImageNet for RGB)")
+    std: list[float] | None = setting(None, help="per-band normalisation (default: the tag's; ImageNet for RGB)")
+    value_max: float | None = setting(None, help=VALUE_MAX_HELP)
+    windows_per_file: int = setting(1, help="windows of a batch drawn from one file in a row; a PNG/JPEG is decoded "
+                                    "whole for each file drawn, so 4-8 multiply the loader's speed on PNG data you "
+                                    "have not `mpinet data prepare`d (docs/benchmarks.md)")
     # method
-    method: str = "mpinet"
-    arch: str = "mpinet_resnet50"
-    w_ins: float = 1.0
-    w_pix: float = 1.0
-    w_ffl: float | str = "auto"
-    ffl_calibration_ratio: float = 0.5  # "auto": w_ffl * mean L_ffl = ratio * mean L_ins ...
-    ffl_calibration_steps: int = 10  # ... over this many steps once the queue holds only real keys ...
-    ffl_head_warmup: int = 50  # ... and the FFL heads have trained this many steps alone (detached from the backbone)
-    # what the FFL heads train on during that warmup: "log", log L_ffl, the direction of L_ffl at a scale-free size;
-    # "raw", L_ffl itself (~0.006), whose gradient barely moves them (docs/method.md, FFL weight). Runs made before
-    # this setting existed trained on "raw".
-    ffl_head_loss: str = added_field("log", was="raw")
-    fusion_levels: list[str] = field(default_factory=lambda: ["C2", "C3", "C4"])
-    queue_size: int = 8192
-    t_ins: float = 0.2
-    t_pix: float = 0.3
-    pixel_grid: int = 14
-    pixel_anchors: int | None = None  # anchor cells per image (None: all)
-    pixel_negatives: str = "other-images"  # other-images | all-cells (see losses/pixel_info_nce.py)
-    pixel_num_negatives: int | None = 4096  # shared negatives per step, memory linear in the batch; None: all
-    ffl_grid: int = 7
-    ffl_alpha: float = 1.0
-    ffl_patch_factor: int = 1
-    ffl_log_matrix: bool = False
-    ffl_batch_matrix: bool = False
-    momentum_schedule: str = "cosine"  # cosine (PixPro: m0 -> 1) | fixed (MoCo v2)
-    momentum: float = 0.99
-    min_overlap: float = 0.1
-    crop_scale: list[float] = field(default_factory=lambda: [0.2, 1.0])
-    photometric: bool = True
-    # RGB: brightness/contrast jitter only, no saturation/hue jitter, no grayscale (chosen on the val band of two
-    # real sets; False gives MoCo v2's colour jitter)
-    keep_colour: bool = True
+    method: str = setting("mpinet", choices=METHODS, help="mpinet or a baseline from the same machinery; its preset "
+                          "sets the method settings below, which flags and --config override")
+    arch: str = setting("mpinet_resnet50", choices=MPINET_ARCHS, help="the encoder")
+    w_ins: float = setting(1.0, help="weight of the instance (MoCo) loss")
+    w_pix: float = setting(1.0, help="weight of the multi-scale pixel contrastive loss")
+    w_ffl: float | str = setting("auto", help="weight of the focal frequency loss, or auto: calibrated so that "
+                                 "w_ffl x mean L_ffl = ffl-calibration-ratio x mean L_ins")
+    ffl_calibration_ratio: float = setting(0.5, help="auto w_ffl: the FFL term's size as a share of the instance "
+                                           "term's (chosen on the val band of two real sets)")
+    ffl_calibration_steps: int = setting(10, help="auto w_ffl: steps averaged, once the queue holds only real keys "
+                                         "and the FFL heads have warmed up")
+    ffl_head_warmup: int = setting(50, help="steps the FFL heads train alone, detached from the backbone")
+    ffl_head_loss: str = setting("log", was="raw", choices=("log", "raw"), help="what the FFL heads train on during "
+                                 "that warmup: log L_ffl (its direction at a scale-free size) or raw L_ffl (~0.006, "
+                                 "whose gradient barely moves them; docs/method.md, FFL weight)")
+    fusion_levels: list[str] = setting(["C2", "C3", "C4"], help="levels fused for the pixel contrast")
+    queue_size: int = setting(8192, help="instance negatives K")
+    t_ins: float = setting(0.2, help="instance InfoNCE temperature")
+    t_pix: float = setting(0.3, help="pixel InfoNCE temperature")
+    pixel_grid: int = setting(14, help="cells per side the fused features are pooled to for the pixel contrast")
+    pixel_anchors: int | None = setting(None, help="anchor cells per image (default: all)")
+    pixel_negatives: str = setting("other-images", choices=("other-images", "all-cells"),
+                                   help="the pixel contrast's negatives: cells of other images, or every other cell")
+    pixel_num_negatives: int | None = setting(4096, help="shared negatives per step (memory linear in the batch)")
+    ffl_grid: int = setting(7, help="cells per side of the features the FFL compares")
+    ffl_alpha: float = setting(1.0, help="focal frequency loss: exponent of the spectrum weight")
+    ffl_patch_factor: int = setting(1, help="focal frequency loss: patches per side")
+    ffl_log_matrix: bool = setting(False, help="focal frequency loss: log-scaled spectrum weight")
+    ffl_batch_matrix: bool = setting(False, help="focal frequency loss: spectrum weight from the whole batch")
+    momentum_schedule: str = setting("cosine", choices=("cosine", "fixed"),
+                                     help="EMA momentum of the target encoder: cosine (m0 -> 1) or fixed (MoCo v2)")
+    momentum: float = setting(0.99, help="EMA momentum (the cosine schedule's start)")
+    min_overlap: float = setting(0.1, help="least share of a view the other view must cover")
+    crop_scale: list[float] = setting([0.2, 1.0], help="area range of the random resized crops")
+    photometric: bool = setting(True, help="photometric jitter of the views")
+    keep_colour: bool = setting(True, help="RGB views get brightness and contrast jitter only (what other band "
+                                "sets get): no saturation/hue jitter and no grayscale, so the encoder may use colour; "
+                                "--no-keep-colour gives MoCo v2's colour jitter and grayscale")
     # optimisation
-    batch_size: int = 256
-    lr: float = 0.03  # per 256 images; scaled by the global batch
-    weight_decay: float = 1e-4
-    sgd_momentum: float = 0.9
-    warmup_epochs: float = 10.0
-    epochs: float | None = run_field(200.0, may_change="resume")
-    steps: int | None = run_field(None, may_change="resume")  # overrides epochs
-    precision: str = "32"  # auto | 32 | bf16 | 16 (auto: bf16 on a GPU that supports it, else 32)
-    compile: bool = run_field(False, may_change="how")
-    channels_last: bool = True
-    shuffle_bn: bool = True  # MoCo's shuffling BN: split BN statistics, target batch shuffled (all methods)
-    bn_splits: int = 8  # BN splits per process with shuffle_bn, at most ...
-    bn_split_samples: int = 32  # ... and fewer where that keeps this many samples per split (MoCo: 32 per GPU)
-    sync_bn: bool = True  # SyncBN under DDP on CUDA; only without shuffle_bn (global statistics would leak)
+    batch_size: int = setting(256, help="per process")
+    lr: float = setting(0.03, help="learning rate per 256 images (scaled by the global batch)")
+    weight_decay: float = setting(1e-4, help="SGD weight decay")
+    sgd_momentum: float = setting(0.9, help="SGD momentum")
+    warmup_epochs: float = setting(10.0, help="linear warmup of the learning rate")
+    epochs: float | None = setting(200.0, may_change="resume", help="passes over the windows the images hold")
+    steps: int | None = setting(None, may_change="resume", help="optimiser steps (overrides --epochs)")
+    precision: str = setting("32", choices=PRECISIONS, help="auto: bf16 on a GPU that supports it, else fp32")
+    compile: bool = setting(False, may_change="how", help="torch.compile the backbone")
+    channels_last: bool = setting(True, help="channels-last memory format")
+    shuffle_bn: bool = setting(True, help="MoCo's shuffling BN: split BN statistics, target batch shuffled")
+    bn_splits: int = setting(8, help="shuffle-bn: BN splits per process, at most ...")
+    bn_split_samples: int = setting(32, help="... and fewer where that keeps this many samples a split")
+    sync_bn: bool = setting(True, help="SyncBN under DDP on CUDA, only without shuffle-bn")
     # run
-    out: str = run_field("runs/pretrain", may_change="how")
-    save_every: int = run_field(1000, may_change="how")
-    keep_last: int | None = run_field(5, may_change="how")  # periodic checkpoints kept, the newest; None: all
-    log_every: int = run_field(1, may_change="how")
-    workers: int = run_field(4, may_change="how")
-    seed: int = 0
-    device: str = run_field("auto", may_change="how")
+    out: str = setting("runs/pretrain", may_change="how", help="run folder (config.yaml, log.jsonl, loss.png, "
+                       "checkpoints/)")
+    save_every: int = setting(1000, may_change="how", help="steps between checkpoints")
+    keep_last: int | None = setting(5, may_change="how", help="keep only the newest N periodic checkpoints "
+                                    "(step_*.pt); last.pt is always kept")
+    log_every: int = setting(1, may_change="how", help="steps between log lines")
+    workers: int = setting(4, may_change="how", help="data-loading processes")
+    seed: int = setting(0, help="seed of the weights, views and batches")
+    device: str = setting("auto", may_change="how", help="auto (a GPU when there is one, else the CPU), cpu or cuda")
 
     @classmethod
     def from_sources(cls, yaml_path: str | Path | None = None, **overrides: Any) -> PretrainConfig:
