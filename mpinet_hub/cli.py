@@ -23,13 +23,12 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "probe": ("mpinet_hub.downstream.cli", "Frozen-feature linear probe of an encoder on a seeded label fraction"),
     "evaluate": ("mpinet_hub.downstream.cli", "Whole-tile sliding-window evaluation by a named metric protocol"),
     "predict": ("mpinet_hub.downstream.cli", "Class maps for GeoTIFF/PNG inputs (CRS and transform kept)"),
-    "compare": ("mpinet_hub.downstream.cli", "Label-efficiency table: encoders x label fractions, markdown + plot"),
     "study": ("mpinet_hub.downstream.cli", "Does pretraining pay here? Methods x seeds x controls, verdicts by rule"),
     "quickstart": ("mpinet_hub.downstream.cli", "The whole pipeline on a synthetic Potsdam set in a few minutes"),
     "configs": ("mpinet_hub.pretrain.cli", "List the recipes installed with the package (`--config NAME`)"),
 }
 # the commands that compute on a device, and so take --device
-ON_A_DEVICE = {"pretrain", "finetune", "probe", "evaluate", "predict", "compare", "study", "quickstart"}
+ON_A_DEVICE = {"pretrain", "finetune", "probe", "evaluate", "predict", "study", "quickstart"}
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

@@ -255,26 +255,6 @@ def test_predict_bad_inputs_leave_nothing_behind(finetuned, tmp_path, capsys):
         assert written.mode == "P" and written.size == (50, 40)
 
 
-def test_compare_writes_the_table_and_reuses_finished_cells(tmp_path, potsdam_root, exported_potsdam):
-    base = _cfg(potsdam_root, tmp_path / "cmp", steps=2)
-    from mpinet_hub.downstream.compare import compare
-
-    results = compare(base, {"random": "random", "pretrained": str(exported_potsdam)}, [0.25, 0.5], tmp_path / "cmp",
-                      eval_kwargs={"window": 64, "overlap": 0})
-    assert set(results) == {"random", "pretrained"} and all(set(r) == {0.25, 0.5} for r in results.values())
-    table = (tmp_path / "cmp" / "results.md").read_text()
-    assert "| encoder | 25% labels | 50% labels |" in table
-    row = next(line for line in table.splitlines() if line.startswith("| pretrained |"))
-    assert f"{results['pretrained'][0.5]['mIoU']:.2f}" in row
-    assert (tmp_path / "cmp" / "label_efficiency.png").stat().st_size > 0
-    cell = tmp_path / "cmp" / "runs" / "random" / "fraction-0.25" / "eval-test" / "metrics.json"
-    stamp = cell.stat().st_mtime_ns
-    compare(base, {"random": "random"}, [0.25], tmp_path / "cmp", eval_kwargs={"window": 64, "overlap": 0})
-    assert cell.stat().st_mtime_ns == stamp  # reused, not re-run
-    summary = json.loads((tmp_path / "cmp" / "results.json").read_text())
-    assert summary["results"]["random"]["0.25"]["metrics"] == str(cell)  # a reused cell still names its file
-
-
 def test_export_card_carries_evaluate_metrics(finetuned, potsdam_root, tmp_path, backbone_state):
     _, model_dir = finetuned
     result = evaluate(model_dir, "potsdam", potsdam_root, out=tmp_path / "eval", window=64, overlap=0,
@@ -311,7 +291,7 @@ def test_quickstart_end_to_end(tmp_path, capsys):
     assert (out / "finetune" / "model" / "config.json").is_file()
 
 
-def test_cli_finetune_evaluate_and_compare_with_pretraining(tmp_path, potsdam_root, capsys):
+def test_cli_finetune_and_evaluate(tmp_path, potsdam_root, capsys):
     common = ["--dataset", "potsdam", "--data-root", str(potsdam_root), "--patch", "64", "--crop", "64",
               "--batch-size", "2", "--steps", "1", "--device", "cpu"]
     run = tmp_path / "ft"
@@ -325,21 +305,6 @@ def test_cli_finetune_evaluate_and_compare_with_pretraining(tmp_path, potsdam_ro
     assert main(["evaluate", str(run), "--dataset", "potsdam", "--data-root", str(potsdam_root),
                  "--protocol", "loveda"]) == 1
     assert "not one of potsdam's" in capsys.readouterr().err
-    cmp = tmp_path / "cmp"
-    assert main(["compare", *common, "--out", str(cmp), "--encoders", "random", "--pretrain", "mocov2",
-                 "--pretrain-steps", "2", "--pretrain-batch-size", "4", "--pretrain-crop", "48",
-                 "--fractions", "0.1", "--window", "64"]) == 0
-    # the pretraining run itself is the encoder: no export, so no card claims a data set's licence for it
-    assert (cmp / "pretrain" / "mocov2" / "checkpoints" / "last.pt").is_file()
-    assert not (cmp / "pretrain" / "mocov2" / "hub").exists()
-    results = json.loads((cmp / "results.json").read_text())["results"]
-    assert set(results) == {"random", "mocov2"}
-    assert results["mocov2"]["0.1"]["encoder"] == str(cmp / "pretrain" / "mocov2")
-    # a finished pretraining cell is not reused under other settings (it was, without a word)
-    assert main(["compare", *common, "--out", str(cmp), "--encoders", "random", "--pretrain", "mocov2",
-                 "--pretrain-steps", "2", "--pretrain-batch-size", "4", "--pretrain-crop", "32",
-                 "--fractions", "0.1", "--window", "64"]) == 2
-    assert "crop 48 -> 32" in capsys.readouterr().err
 
 
 class _FailsOnSecondWindow(torch.nn.Module):
@@ -463,19 +428,6 @@ def test_finetune_ddp_two_gloo_processes(tmp_path, potsdam_root):
     assert json.loads((out / "labeled_patches.json").read_text())["patch_ids"] == \
         json.loads(single.write_subset().read_text())["patch_ids"]
     assert smp.from_pretrained(str(out / "model")) is not None
-
-
-def test_compare_probe_protocol_writes_its_own_table(tmp_path, potsdam_root, capsys):
-    common = ["--dataset", "potsdam", "--data-root", str(potsdam_root), "--patch", "64", "--crop", "64",
-              "--batch-size", "2", "--steps", "2", "--device", "cpu", "--window", "64", "--overlap", "0"]
-    assert main(["compare", *common, "--out", str(tmp_path / "cmp"), "--encoders", "random", "random-bn",
-                 "--pretrain", "--fractions", "0.5", "--protocol", "probe", "--probe-steps", "2"]) == 0
-    summary = json.loads((tmp_path / "cmp" / "results_probe.json").read_text())
-    assert summary["evaluation"] == "probe" and set(summary["results"]) == {"random", "random-bn"}
-    cell = tmp_path / "cmp" / "runs" / "random-bn" / "probe-fraction-0.5" / "metrics.json"
-    assert json.loads(cell.read_text())["encoder"] == "random-bn"
-    assert "linear probe" in (tmp_path / "cmp" / "results_probe.md").read_text()
-    assert not (tmp_path / "cmp" / "results.md").exists()  # no fine-tuning table was asked for
 
 
 @pytest.mark.parametrize("leave", [0, 4096, 6000])

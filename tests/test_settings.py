@@ -195,15 +195,16 @@ def test_a_flag_reaches_its_setting_as_the_declared_type():
 
 
 def test_settings_mistakes_exit_2_in_every_command(tmp_path, capsys):
-    """Before: probe's and compare's settings mistakes raised ValueError (exit 1), pretrain's SettingsError (2)."""
+    """Before: probe's and compare's (now the study's) settings mistakes raised ValueError (exit 1), pretrain's
+    SettingsError (2)."""
     from mpinet_hub.cli import main
 
     root = str(tmp_path / "nowhere")
     assert main(["probe", "random", "--dataset", "potsdam", "--data-root", root, "--out", str(tmp_path / "p"),
                  "--batch-size", "1"]) == 2
     assert "--batch-size must be at least 2" in capsys.readouterr().err
-    assert main(["compare", "--dataset", "potsdam", "--data-root", root, "--out", str(tmp_path / "c"),
-                 "--encoders", "random", "random", "--pretrain"]) == 2
+    assert main(["study", "--dataset", "potsdam", "--data-root", root, "--out", str(tmp_path / "c"),
+                 "--encoders", "random", "random", "--methods"]) == 2
     assert "given twice" in capsys.readouterr().err
     assert main(["finetune", "--dataset", "potsdam", "--data-root", root, "--out", str(tmp_path / "f"),
                  "--label-fraction", "2"]) == 2
@@ -244,7 +245,7 @@ def test_every_command_that_computes_takes_one_device_option_that_defaults_to_au
     commands = build_parser()._subparsers._group_actions[0].choices
     device = {name: next(a for a in p._actions if "--device" in a.option_strings)
               for name, p in commands.items() if any("--device" in a.option_strings for a in p._actions)}
-    assert set(device) == {"pretrain", "finetune", "probe", "evaluate", "predict", "compare", "study", "quickstart"}
+    assert set(device) == {"pretrain", "finetune", "probe", "evaluate", "predict", "study", "quickstart"}
     assert len({id(a) for a in device.values()}) == 1 and "(default: auto)" in device["probe"].help
     # not given: each command's settings keep their own default; given: it reaches them
     args = commands["probe"].parse_args(["random", "--dataset", "potsdam", "--data-root", "r", "--out", "o"])

@@ -2,6 +2,7 @@
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -183,6 +184,29 @@ def test_a_method_variant_is_pretrained_and_compared_beside_its_method(tmp_path,
                      "--methods", bad])
         assert code == 2 and message in capsys.readouterr().err, bad
     assert not (tmp_path / "w").exists()
+
+
+def test_fine_tuning_cells_start_from_a_recipe_under_the_studys_settings_and_are_reused(tmp_path, tree_folder):
+    """What `mpinet compare` did (fine-tune every encoder at every label fraction with a chosen decoder and
+    recipe) is the study's finetune evaluation: a recipe sets what the study does not, a finished cell is reused,
+    and a recipe that does not fit is refused before the folder is made."""
+    recipe = tmp_path / "unet.yaml"
+    recipe.write_text("decoder: unet\nlr: 0.001\nsteps: 999\n")
+    settings = _settings(tree_folder, tmp_path / "study", methods=[], seeds=[0], evaluations=["finetune"],
+                         finetune_steps=2, finetune_config=str(recipe))
+    results = run_study(settings)
+    cell = Path(results["cells"]["finetune"]["random"]["1"][0]["cell"])
+    saved = yaml.safe_load((cell / "run" / "config.yaml").read_text())
+    assert (saved["decoder"], saved["lr"], saved["steps"]) == ("unet", 0.001, 2)  # the study's steps win
+    assert json.loads((cell / "metrics.json").read_text())["mIoU"] >= 0
+    stamp = (cell / "metrics.json").stat().st_mtime_ns
+    run_study(settings)
+    assert (cell / "metrics.json").stat().st_mtime_ns == stamp  # reused, not re-run
+    (tmp_path / "bad.yaml").write_text("decoder: nosuch\n")
+    with pytest.raises(SettingsError, match="unknown decoder 'nosuch'"):
+        run_study(_settings(tree_folder, tmp_path / "other", methods=[], seeds=[0], evaluations=["finetune"],
+                            finetune_config=str(tmp_path / "bad.yaml")))
+    assert not (tmp_path / "other").exists()
 
 
 def test_two_studies_sharing_a_folder_keep_each_others_cell_times(tmp_path):

@@ -5,7 +5,8 @@
     inference.py  sliding-window logits, blended, streamed row band by row band
     evaluate.py   whole-tile metrics by protocol -> metrics.json, confusion.png, previews
     predict.py    GeoTIFF in -> class GeoTIFF out
-    compare.py    encoders x label fractions -> results.md + plot
+    probe.py      frozen-feature linear probe
+    study.py      methods x seeds x controls x label fractions, verdicts by a stated rule
     quickstart.py the whole pipeline on the embedded default
 """
 

@@ -1,4 +1,4 @@
-"""`mpinet finetune`, `probe`, `evaluate`, `predict`, `compare` and `quickstart`."""
+"""`mpinet finetune`, `probe`, `evaluate`, `predict`, `study` and `quickstart`."""
 
 from __future__ import annotations
 
@@ -7,23 +7,8 @@ from pathlib import Path
 
 from ..data import DATASETS
 from ..metrics import PROTOCOLS
-from ..pretrain.config import METHODS
 from ..settings import add_settings_arguments, settings_from_args
 from ..training import PRECISIONS, resolve_device
-from .model import ENCODER_HELP
-
-
-def _finetune_options(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
-    from .finetune import FinetuneConfig
-
-    p.add_argument("--config", help="YAML with any of these settings (flags override it)")
-    add_settings_arguments(p, FinetuneConfig, config=True, skip=("device", *skip))
-
-
-def _finetune_config(args: argparse.Namespace, **fixed):
-    from .finetune import FinetuneConfig
-
-    return FinetuneConfig.from_sources(args.config, **settings_from_args(FinetuneConfig, args) | fixed)
 
 
 def _inference_options(p: argparse.ArgumentParser) -> None:
@@ -38,6 +23,8 @@ def _inference_options(p: argparse.ArgumentParser) -> None:
 
 # --- finetune
 def add_finetune_arguments(p: argparse.ArgumentParser) -> None:
+    from .finetune import FinetuneConfig
+
     p.description = ("Fine-tune an SMP decoder with an encoder SPEC on a fixed, seeded fraction of the labeled "
                      "training patches. Writes RUN/labeled_patches.json, log.jsonl, loss.png, checkpoints/last.pt "
                      "and RUN/model (smp.from_pretrained reloads it offline).")
@@ -45,13 +32,14 @@ def add_finetune_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="start over in an OUT that holds a run (deletes the run's own files: checkpoints/, "
                    "log.jsonl, loss.png, config.yaml, labeled_patches.json, model/)")
-    _finetune_options(p)
+    p.add_argument("--config", help="YAML with any of these settings (flags override it), or a packaged recipe")
+    add_settings_arguments(p, FinetuneConfig, config=True, skip=("device",))
 
 
 def run_finetune(args: argparse.Namespace) -> int:
-    from .finetune import Finetuner
+    from .finetune import FinetuneConfig, Finetuner
 
-    cfg = _finetune_config(args)
+    cfg = FinetuneConfig.from_sources(args.config, **settings_from_args(FinetuneConfig, args))
     tuner = Finetuner(cfg, resume=args.resume, overwrite=args.overwrite)
     if tuner.is_main:
         print(f"{len(tuner.subset)} of {len(tuner.dataset)} labeled patches "
@@ -160,49 +148,6 @@ def run_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-# --- compare
-def add_compare_arguments(p: argparse.ArgumentParser) -> None:
-    p.description = ("Label-efficiency table: fine-tune + evaluate every encoder at every label fraction, then "
-                     "write OUT/results.md, results.json and label_efficiency.png. Finished cells are reused.")
-    _finetune_options(p, skip=("encoder", "label_fraction", "out"))
-    p.add_argument("--out", required=True, help="comparison folder")
-    p.add_argument("--encoders", nargs="*", default=["random"], help=f"NAME=SPEC or SPEC; SPEC is {ENCODER_HELP}")
-    p.add_argument("--pretrain", nargs="*", default=["mocov2", "mpinet"], choices=list(METHODS),
-                   help="pretrain these methods on the data set's training images first and compare them too "
-                   "(default: mocov2 mpinet; `--pretrain` with no name skips pretraining)")
-    p.add_argument("--pretrain-config", help="YAML for that pretraining (e.g. configs/mpinet_resnet50_potsdam.yaml)")
-    p.add_argument("--pretrain-steps", type=int, help="pretraining steps (overrides the YAML's epochs)")
-    p.add_argument("--pretrain-batch-size", type=int)
-    p.add_argument("--pretrain-crop", type=int)
-    p.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.05, 0.1, 1.0],
-                   help="label fractions, one cell per encoder and fraction")
-    p.add_argument("--split", help="evaluation split (default: test where it has labels, else val)")
-    p.add_argument("--protocol", choices=["finetune", "probe", "both"], default="finetune",
-                   help="fine-tune each cell, linear-probe it with the backbone frozen (results_probe.*), or both")
-    p.add_argument("--probe-steps", type=int, default=300, help="optimiser steps of each probe head")
-    p.add_argument("--window", type=int, default=512, help="sliding-window side in px")
-    p.add_argument("--overlap", type=int, help="default window/4")
-
-
-def run_compare(args: argparse.Namespace) -> int:
-    from .compare import compare, parse_encoders
-
-    base = _finetune_config(args, out=args.out)
-    pretrain = {"config": args.pretrain_config, "dataset": base.dataset, "data_root": [base.data_root],
-                "arch": base.arch, "bands": base.bands, "patch": base.patch, "steps": args.pretrain_steps,
-                "batch_size": args.pretrain_batch_size, "crop": args.pretrain_crop, "device": base.device,
-                "seed": base.seed, "workers": base.workers}
-    for evaluation in ("finetune", "probe") if args.protocol == "both" else (args.protocol,):
-        compare(base, parse_encoders(args.encoders), args.fractions, args.out, split=args.split,
-                pretrain_methods=tuple(args.pretrain), pretrain=pretrain,
-                eval_kwargs={"window": args.window, "overlap": args.overlap}, evaluation=evaluation,
-                probe_steps=args.probe_steps)
-        suffix = "_probe" if evaluation == "probe" else ""
-        print((Path(args.out) / f"results{suffix}.md").read_text())
-        print(f"written: {Path(args.out) / f'results{suffix}.md'}, results{suffix}.json, label_efficiency{suffix}.png")
-    return 0
-
-
 # --- quickstart
 def add_quickstart_arguments(p: argparse.ArgumentParser) -> None:
     from .quickstart import QuickstartSettings
@@ -237,8 +182,7 @@ def add_study_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_study(args: argparse.Namespace) -> int:
-    from .compare import parse_encoders
-    from .study import StudySettings, run_study
+    from .study import StudySettings, parse_encoders, run_study
 
     encoders = parse_encoders(args.encoders or [])
     settings = StudySettings(**settings_from_args(StudySettings, args) | {"encoders": encoders})

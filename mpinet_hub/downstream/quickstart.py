@@ -118,6 +118,6 @@ def _run(s: QuickstartSettings) -> dict:
                         ("metrics.json, confusion.png, previews/", Path(metrics["out"]))):
         print(f"  {label:<56} {path}")
     print("\nSeconds per stage: " + ", ".join(f"{k} {v:.0f}" for k, v in times.items()))
-    print("Next: `mpinet compare` for the label-efficiency table, `mpinet predict` on your own GeoTIFFs.")
+    print("Next: `mpinet study` to ask whether pretraining pays on your data, `mpinet predict` on your own GeoTIFFs.")
     metrics["stage_seconds"] = times
     return metrics

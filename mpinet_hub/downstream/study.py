@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import glob
 import json
+import re
 import statistics
 import time
 from collections.abc import Callable
@@ -46,10 +47,23 @@ from .model import ENCODER_HELP
 from .plots import label_efficiency_png
 from .probe import ProbeConfig, run_probe
 
-__all__ = ["CONTROLS", "StudySettings", "answer_lines", "paired_verdict", "run_study", "study_markdown"]
+__all__ = ["CONTROLS", "StudySettings", "answer_lines", "paired_verdict", "parse_encoders", "run_study",
+           "study_markdown"]
 
 CONTROLS = ("random", "random-bn")
 EVALUATIONS = ("probe", "finetune")
+
+def parse_encoders(specs: list[str]) -> dict[str, str]:
+    """["random", "mpinet=runs/hub"] -> {"random": "random", "mpinet": "runs/hub"}; names are unique."""
+    encoders: dict[str, str] = {}
+    for item in specs:
+        name, sep, spec = item.partition("=")
+        if not sep:
+            name, spec = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(item).name or item), item
+        if name in encoders:
+            raise SettingsError(f"encoder name {name!r} given twice; name them NAME=SPEC")
+        encoders[name] = spec
+    return encoders
 
 # may_change="how": what a study folder may be re-run with (which cells to add, where and how they run, how results
 # are read; re-estimated BatchNorm files its probe cells and results under their own band, "val-bn")
@@ -93,7 +107,9 @@ class StudySettings:
     probe_steps: int = setting(300, help="optimiser steps of each probe head")
     reestimate_bn: bool = setting(False, may_change="how", help="probe: re-estimate BatchNorm statistics on the "
                                   "data for every encoder, not only random-bn")
-    finetune_steps: int = setting(200, help="DeepLabV3+ fine-tuning steps")
+    finetune_steps: int = setting(200, help="fine-tuning steps")
+    finetune_config: str | None = setting(None, help="YAML or packaged fine-tuning recipe (decoder, lr, precision, "
+                                          "...) under the fine-tuning cells' settings (default: DeepLabV3+)")
     window: int = setting(512, help="sliding-window side in px")
     device: str = setting("auto", may_change="how", help="auto, cpu or cuda")
     workers: int = setting(0, may_change="how", help="pretraining loader processes")
@@ -125,6 +141,8 @@ class StudySettings:
         missing = [u for u in self.unlabeled if not Path(u).exists() and not glob.glob(u, recursive=True)]
         if missing:
             raise SettingsError(f"--unlabeled {' '.join(missing)}: no such file, folder or glob")
+        if "finetune" in self.evaluations:
+            self.finetune_cell_config("random", self.fractions[0], 0, 0, "-")
         for entry in self.methods or ["mocov2"]:  # every pretraining cell's settings are valid
             self.variant(entry)
             cfg = PretrainConfig.from_sources(self.pretrain_config, **self._pretrain_values(entry, 0, "-"))
@@ -164,6 +182,15 @@ class StudySettings:
                     bands=self.bands if self.dataset == "potsdam" else None,
                     value_max=self.value_max)
 
+
+    def finetune_cell_config(self, encoder: str, fraction: float, seed: int, subset_seed: int,
+                             out: str) -> FinetuneConfig:
+        """A fine-tuning cell's settings: `finetune_config`'s recipe under the study's own."""
+        return FinetuneConfig.from_sources(
+            self.finetune_config, dataset=self.dataset, data_root=self.data_root, encoder=encoder, out=out,
+            label_fraction=fraction, patch=self.label_patch, crop=self.label_patch, batch_size=8,
+            steps=self.finetune_steps, seed=seed, subset_seed=subset_seed, device=self.device,
+            save_every=self.finetune_steps, arch=self.arch, value_max=self.value_max)
 
 class _Timings:
     """Seconds each cell took, kept in OUT/timings.json so a resumed study still states them. The file is re-read
@@ -225,11 +252,7 @@ def _downstream_cell(s: StudySettings, evaluation: str, name: str, spec: str, fr
             seed=seed, subset_seed=subset_seed, split=s.split, arch=s.arch, window=s.window, device=s.device,
             value_max=s.value_max, reestimate_bn=s.reestimate_bn))
     else:
-        cfg = FinetuneConfig(dataset=s.dataset, data_root=s.data_root, encoder=spec, label_fraction=fraction,
-                             out=str(cell / "run"), patch=s.label_patch, crop=s.label_patch, batch_size=8,
-                             steps=s.finetune_steps, seed=seed, subset_seed=subset_seed, device=s.device,
-                             save_every=s.finetune_steps, arch=s.arch, value_max=s.value_max)
-        cfg.validate()
+        cfg = s.finetune_cell_config(spec, fraction, seed, subset_seed, str(cell / "run"))
         resume_or_start(Finetuner, cfg).train()
         metrics = evaluate(cell / "run", s.dataset, s.data_root, split=s.split, out=cell, device=s.device, previews=1)
     timings.record(cell, time.perf_counter() - start)

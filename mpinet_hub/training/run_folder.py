@@ -47,7 +47,7 @@ Runner = TypeVar("Runner")
 def resume_or_start(runner: Callable[..., Runner], cfg: Any) -> Runner:
     """`runner(cfg, resume=..., overwrite=...)` (a Trainer or Finetuner) that resumes the run in `cfg.out` where it
     has a last checkpoint and otherwise starts one there, over what a start stopped before its first checkpoint
-    left: how the commands that file runs as cells of their own folders (study, compare, quickstart) run them."""
+    left: how the commands that file runs as cells of their own folders (study, quickstart) run them."""
     resume = (Path(cfg.out) / "checkpoints" / "last.pt").is_file()
     return runner(cfg, resume=resume, overwrite=not resume)
 
