@@ -151,15 +151,19 @@ def _flag_type(tp: Any) -> tuple[Any, str | None]:
 
 
 def add_settings_arguments(parser: Any, cls: type, *, positional: tuple[str, ...] = (), config: bool = False,
-                           skip: tuple[str, ...] = ()) -> None:
+                           skip: tuple[str, ...] = (), sections: dict[str, str] | None = None) -> None:
     """A flag for every field of the settings dataclass `cls` (`--batch-size` for batch_size), typed from its
     annotation, its help from `setting(help=...)` ending with the default read from the field, so the two cannot
     drift. Every flag defaults to None, "not given", so `settings_from_args` passes only what was given and the
-    settings (or a --config file, `config=True`) keep their own defaults. Fields without a default are required
-    (unless a --config file may give them); `positional` ones are positional arguments; `skip` ones the caller
-    adds itself."""
+    settings (or a --config file, which overrides the defaults shown) keep their own values. Fields without a
+    default are required, unless `config=True` says a --config file may give them; `positional` ones are positional
+    arguments; `skip` ones the caller adds itself. `sections` (first field -> title) groups the flags under headings
+    in --help, in field order."""
     hints = typing.get_type_hints(cls)
+    group = parser
     for f in dataclasses.fields(cls):
+        if f.name in (sections or {}):
+            group = parser.add_argument_group(sections[f.name])
         if f.name in skip:
             continue
         tp, nargs = _flag_type(hints[f.name])
@@ -167,16 +171,16 @@ def add_settings_arguments(parser: Any, cls: type, *, positional: tuple[str, ...
         default = field_default(f)
         if default not in (dataclasses.MISSING, None, [], {}):
             shown = " ".join(map(str, default)) if isinstance(default, list) else default
-            kw["help"] = f"{kw['help']} (default: {shown}{' unless --config sets it' if config else ''})".strip()
+            kw["help"] = f"{kw['help']} (default: {shown})".strip()
         if tp is bool:
             kw["action"] = argparse.BooleanOptionalAction
         else:
             kw |= {"type": tp, "nargs": f.metadata.get("nargs") or nargs, "choices": f.metadata.get("choices")}
         if f.name in positional:
-            parser.add_argument(f.name, **kw)
+            group.add_argument(f.name, **kw)
         else:
             required = default is dataclasses.MISSING and not config
-            parser.add_argument(f"--{f.name.replace('_', '-')}", default=None, required=required, **kw)
+            group.add_argument(f"--{f.name.replace('_', '-')}", default=None, required=required, **kw)
 
 
 def settings_from_args(cls: type, args: Any) -> dict[str, Any]:

@@ -32,7 +32,8 @@ def add_finetune_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="start over in an OUT that holds a run (deletes the run's own files: checkpoints/, "
                    "log.jsonl, loss.png, config.yaml, labeled_patches.json, model/)")
-    p.add_argument("--config", help="YAML with any of these settings (flags override it), or a packaged recipe")
+    p.add_argument("--config", help="YAML with any of the settings below, or a packaged recipe by name (`mpinet "
+                   "configs`); it overrides the defaults shown, and flags override it")
     add_settings_arguments(p, FinetuneConfig, config=True, skip=("device",))
 
 
@@ -176,7 +177,8 @@ def add_study_arguments(p: argparse.ArgumentParser) -> None:
                      "(the results then say test was read). Resumable: finished cells are reused, and a folder made "
                      "with other settings is refused. Writes OUT/results-SPLIT.md/.json and study-SPLIT-*.png "
                      "(SPLIT-bn with --reestimate-bn).")
-    add_settings_arguments(p, StudySettings, skip=("device", "encoders"))
+    add_settings_arguments(p, StudySettings, skip=("device", "encoders"), sections={
+        "dataset": "what is compared", "unlabeled": "pretraining cells", "label_patch": "probe and fine-tuning cells"})
     encoders = StudySettings.__dataclass_fields__["encoders"]
     p.add_argument("--encoders", nargs="*", metavar="NAME=SPEC", help=encoders.metadata["help"])
 

@@ -9,8 +9,8 @@ from .config import PretrainConfig, packaged_configs
 
 
 def add_pretrain_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML with any of the settings below (flags override it), or a packaged recipe "
-                   f"by name: {', '.join(packaged_configs())}")
+    p.add_argument("--config", help="YAML with any of the settings below, or a packaged recipe by name: "
+                   f"{', '.join(packaged_configs())}; it overrides the defaults shown, and flags override it")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
     p.add_argument("--overwrite", action="store_true",
                    help="start over in an OUT that holds a run (deletes the run's own files: checkpoints/, log.jsonl, "
@@ -19,7 +19,9 @@ def add_pretrain_arguments(p: argparse.ArgumentParser) -> None:
                    help="print the step's estimated memory (parameters, optimizer, activations) and the largest batch "
                    "that fits --plan-memory, then stop; needs no data and no GPU")
     p.add_argument("--plan-memory", type=float, default=80.0, help="device memory in GiB for --plan (an H100: 80)")
-    add_settings_arguments(p, PretrainConfig, config=True, skip=("device",))
+    add_settings_arguments(p, PretrainConfig, config=True, skip=("device",), sections={
+        "dataset": "data", "method": "method (its preset sets these; flags and --config override it)",
+        "batch_size": "optimisation", "out": "run folder"})
 
 
 def run_pretrain(args: argparse.Namespace) -> int:

@@ -61,8 +61,7 @@ class PretrainConfig:
                                     "whole for each file drawn, so 4-8 multiply the loader's speed on PNG data you "
                                     "have not `mpinet data prepare`d (docs/benchmarks.md)")
     # method
-    method: str = setting("mpinet", choices=METHODS, help="mpinet or a baseline from the same machinery; its preset "
-                          "sets the method settings below, which flags and --config override")
+    method: str = setting("mpinet", choices=METHODS, help="mpinet or a baseline from the same machinery")
     arch: str = setting("mpinet_resnet50", choices=MPINET_ARCHS, help="the encoder")
     w_ins: float = setting(1.0, help="weight of the instance (MoCo) loss")
     w_pix: float = setting(1.0, help="weight of the multi-scale pixel contrastive loss")
