@@ -53,6 +53,7 @@ __all__ = ["CONTROLS", "StudySettings", "answer_lines", "paired_verdict", "parse
 CONTROLS = ("random", "random-bn")
 EVALUATIONS = ("probe", "finetune")
 
+
 def parse_encoders(specs: list[str]) -> dict[str, str]:
     """["random", "mpinet=runs/hub"] -> {"random": "random", "mpinet": "runs/hub"}; names are unique."""
     encoders: dict[str, str] = {}
@@ -64,6 +65,7 @@ def parse_encoders(specs: list[str]) -> dict[str, str]:
             raise SettingsError(f"encoder name {name!r} given twice; name them NAME=SPEC")
         encoders[name] = spec
     return encoders
+
 
 # may_change="how": what a study folder may be re-run with (which cells to add, where and how they run, how results
 # are read; re-estimated BatchNorm files its probe cells and results under their own band, "val-bn")
@@ -182,7 +184,6 @@ class StudySettings:
                     bands=self.bands if self.dataset == "potsdam" else None,
                     value_max=self.value_max)
 
-
     def finetune_cell_config(self, encoder: str, fraction: float, seed: int, subset_seed: int,
                              out: str) -> FinetuneConfig:
         """A fine-tuning cell's settings: `finetune_config`'s recipe under the study's own."""
@@ -191,6 +192,7 @@ class StudySettings:
             label_fraction=fraction, patch=self.label_patch, crop=self.label_patch, batch_size=8,
             steps=self.finetune_steps, seed=seed, subset_seed=subset_seed, device=self.device,
             save_every=self.finetune_steps, arch=self.arch, value_max=self.value_max)
+
 
 class _Timings:
     """Seconds each cell took, kept in OUT/timings.json so a resumed study still states them. The file is re-read
