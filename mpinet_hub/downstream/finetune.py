@@ -52,6 +52,7 @@ from ..training import (
 from .model import (
     DECODERS,
     ENCODER_HELP,
+    NORMALISATION_HELP,
     SegmentationModelInfo,
     build_segmentation_model,
     load_encoder,
@@ -89,8 +90,8 @@ class FinetuneConfig:
     precision: str = setting("32", choices=PRECISIONS, help="auto: bf16 on a GPU that supports it, else fp32")
     save_every: int = setting(500, may_change="how", help="steps between checkpoints")
     log_every: int = setting(1, may_change="how", help="steps between log lines")
-    mean: list[float] | None = setting(None, help="per-band normalisation (default: the encoder's)")
-    std: list[float] | None = setting(None, help="per-band normalisation (default: the encoder's)")
+    mean: list[float] | None = setting(None, help=NORMALISATION_HELP)
+    std: list[float] | None = setting(None, help=NORMALISATION_HELP)
     value_max: float | None = setting(None, help=VALUE_MAX_HELP)
 
     @classmethod

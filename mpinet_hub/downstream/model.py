@@ -29,6 +29,7 @@ from ..models import MPINET_ARCHS, RGB_MEAN, RGB_STD
 __all__ = [
     "DECODERS",
     "ENCODER_HELP",
+    "NORMALISATION_HELP",
     "MODEL_INFO_FILE",
     "write_segmentation_card",
     "EncoderSpec",
@@ -40,10 +41,11 @@ __all__ = [
 ]
 
 
-# Every SMP architecture, by the name `smp.create_model` takes (so a new SMP release brings its new decoders).
 ENCODER_HELP = ("a registered tag (mpinet_resnet50.potsdam), an export folder, a pretraining run folder or its "
                 "checkpoints/last.pt, hf-hub:ORG/NAME, local-dir:PATH, `random` or `imagenet` (optionally "
                 "random:ARCH / imagenet:ARCH)")
+NORMALISATION_HELP = "per-band normalisation (default: the encoder's)"
+# Every SMP architecture, by the name `smp.create_model` takes (so a new SMP release brings its new decoders).
 DECODERS = tuple(sorted(name.lower() for name, obj in vars(smp).items() if isinstance(obj, type)
                         and issubclass(obj, SegmentationModel) and obj is not SegmentationModel))
 

@@ -35,7 +35,7 @@ from ..settings import SettingsError, setting
 from ..training import EpochBatches, RunLock, RunLog, StepLoop, normalisation, plot_losses, resolve_device
 from .evaluate import evaluate_model
 from .finetune import LabeledBatches, labeled_subset, patch_ids
-from .model import ENCODER_HELP, SegmentationModelInfo, load_encoder
+from .model import ENCODER_HELP, NORMALISATION_HELP, SegmentationModelInfo, load_encoder
 
 __all__ = ["LEVELS", "LinearProbe", "ProbeConfig", "reestimate_batchnorm", "resample_cells", "run_probe"]
 
@@ -64,8 +64,8 @@ class ProbeConfig:
     reestimate_bn: bool = setting(False, help="re-estimate BatchNorm statistics for any encoder, as random-bn does")
     window: int = setting(512, help="sliding-window side in px")
     device: str = setting("auto", help="auto, cpu or cuda")
-    mean: list[float] | None = setting(None, help="per-band normalisation (default: the encoder's)")
-    std: list[float] | None = setting(None, help="per-band normalisation (default: the encoder's)")
+    mean: list[float] | None = setting(None, help=NORMALISATION_HELP)
+    std: list[float] | None = setting(None, help=NORMALISATION_HELP)
     value_max: float | None = setting(None, help=VALUE_MAX_HELP)
 
     def validate(self) -> None:
