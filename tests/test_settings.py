@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -90,18 +90,24 @@ def test_progress_prints_lines_to_a_log_file_and_a_bar_to_a_terminal():
     assert "\r" in tty.getvalue()  # the usual redrawn bar
 
 
-def test_an_installed_wheel_carries_its_recipes_cards_and_typed_settings(tmp_path):
-    """Build the wheel and install it into a folder of its own (no checkout on the path): recipes by name, the
-    card template and typed settings must come from the installed files."""
+def test_an_installed_wheel_carries_every_module_recipe_and_card(tmp_path):
+    """Build the wheel and install it as users do (not `pip install -e`, whose finder serves the checkout and hides
+    a module the wheel lacks) into a fresh virtual environment that reuses this one's dependencies; then the
+    installed `mpinet` must show pretrain's help and pretrain two steps, and recipes and the card template must
+    come from the installed files."""
     import shutil
     import subprocess
     import sys
+    import sysconfig
+    import venv
+
+    from mpinet_hub.data.synth import synth_dataset
 
     from .conftest import REPO_ROOT
 
-    source, wheels, site = tmp_path / "source", tmp_path / "wheels", tmp_path / "site"
+    source, wheels, env_dir = tmp_path / "source", tmp_path / "wheels", tmp_path / "venv"
     source.mkdir()
-    for name in ("pyproject.toml", "README.md", "LICENSE"):
+    for name in ("pyproject.toml", "setup.py", "README.md", "LICENSE"):
         shutil.copy2(REPO_ROOT / name, source / name)
     for name in ("mpinet_hub", "configs", "weights_cards"):
         shutil.copytree(REPO_ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
@@ -110,27 +116,39 @@ def test_an_installed_wheel_carries_its_recipes_cards_and_typed_settings(tmp_pat
     subprocess.run(pip + ["wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(source)],
                    check=True, capture_output=True, cwd=tmp_path)
     (wheel,) = wheels.glob("mpinet_hub-*.whl")
-    subprocess.run(pip + ["install", "--no-deps", "--target", str(site), str(wheel)], check=True, capture_output=True)
-    code = """
-import json, sys
-import mpinet_hub
-from mpinet_hub.cli import main
-from mpinet_hub.hub.card import render_card
-from mpinet_hub.pretrain.config import PretrainConfig, packaged_configs, resolve_config
-cfg = PretrainConfig.from_sources("mpinet_resnet50_potsdam", lr="3e-2", batch_size="16")
-print(json.dumps({"module": mpinet_hub.__file__, "configs": packaged_configs(),
-                  "path": str(resolve_config("mpinet_resnet50_potsdam")), "lr": cfg.lr, "batch": cfg.batch_size}))
-"""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PYTHONPATH": str(site)}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
-    assert done.returncode == 0, done.stderr
-    found = json.loads(done.stdout.strip().splitlines()[-1])
-    assert found["module"].startswith(str(site)) and found["path"].startswith(str(site))
-    assert "mpinet_resnet50_potsdam" in found["configs"] and len(found["configs"]) >= 3
-    assert (found["lr"], found["batch"]) == (0.03, 16)
-    listed = subprocess.run([sys.executable, "-m", "mpinet_hub", "configs"], capture_output=True, text=True,
-                            env=env, cwd=tmp_path)
-    assert listed.returncode == 0 and "mpinet_resnet50_potsdam" in listed.stdout
+    venv.create(env_dir, with_pip=False)
+    python = env_dir / "bin" / "python"
+    site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                               check=True, capture_output=True, text=True).stdout.strip())
+    # the dependencies as a plain path entry: this environment's .pth files (the editable finder) are not run there
+    deps = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    (site / "dependencies.pth").write_text("\n".join(sorted(deps)) + "\n")
+    subprocess.run(pip + ["--python", str(python), "install", "--no-deps", "--no-index", str(wheel)], check=True,
+                   capture_output=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env["PATH"] = f"{env_dir / 'bin'}:{env.get('PATH', '')}"
+
+    def installed(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(list(args), capture_output=True, text=True, env=env, cwd=tmp_path)
+
+    where = installed(str(python), "-c", "import mpinet_hub, sys; print(mpinet_hub.__file__)")
+    assert where.returncode == 0 and where.stdout.strip().startswith(str(site)), where.stdout + where.stderr
+    shipped = {p.parent.relative_to(site).as_posix() for p in (site / "mpinet_hub").rglob("__init__.py")}
+    expected = {p.parent.relative_to(REPO_ROOT).as_posix() for p in (REPO_ROOT / "mpinet_hub").rglob("__init__.py")}
+    assert expected <= shipped, f"the wheel lacks {sorted(expected - shipped)}"
+    mpinet = str(env_dir / "bin" / "mpinet")
+    helped = installed(mpinet, "pretrain", "--help")
+    assert helped.returncode == 0 and "--method" in helped.stdout, helped.stderr
+    listed = installed(mpinet, "configs")
+    assert listed.returncode == 0 and "mpinet_resnet50_potsdam" in listed.stdout, listed.stderr
+    data = tmp_path / "data"
+    synth_dataset("potsdam", data, tiles=2, size=96, seed=0)
+    trained = installed(mpinet, "pretrain", "--dataset", "potsdam", "--data-root", str(data), "--arch",
+                        "mpinet_resnet18", "--method", "mocov2", "--patch", "64", "--crop", "48", "--batch-size", "4",
+                        "--queue-size", "8", "--workers", "0", "--device", "cpu", "--steps", "2", "--out",
+                        str(tmp_path / "run"))
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
     assert list(site.glob("mpinet_hub/weights_cards/*.md")), "the card template is missing from the wheel"
 
 
