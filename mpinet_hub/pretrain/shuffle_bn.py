@@ -38,13 +38,14 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm2d whose training statistics are computed per split of the batch: at most `num_splits`, and
     fewer where that keeps `min_samples` per split (never fewer than two: one split would be the whole batch).
 
-    Which samples share a split follows the memory layout, so that no copy is made: in a contiguous (NCHW)
-    batch sample i falls in split i % splits (the splits folded into the channels, one BatchNorm call); in a
-    channels_last batch the splits are consecutive blocks (one call per block, each still channels_last).
-    Folding a channels_last batch would copy it to NCHW and back at every layer: 1.9x the step of a
-    ResNet-50 on an H200 (docs/benchmarks.md). The grouping itself does not matter, since the target's batch
-    is shuffled before it is split. Running statistics are updated with the mean over splits. In eval mode it
-    is plain BatchNorm2d.
+    The splits are consecutive blocks of the batch on every memory layout (one BatchNorm call per block; a block
+    of a channels_last batch stays channels_last, so no copy to NCHW and back is made at every layer). Blocks,
+    because the grouping matters for the online network: its batch is cat(view1, view2), so with two or more
+    blocks the two views of an image never share a split, and a query's statistics never carry its positive's
+    input. (Folding the splits into the channels, sample i in split i % splits, put both views of every image in
+    one split whenever the batch was a multiple of the splits: a leak the instance loss can exploit.) The
+    target's batch is shuffled before it is split (`shuffled`). Running statistics are updated with the mean over
+    splits. In eval mode it is plain BatchNorm2d.
     """
 
     def __init__(self, num_features: int, num_splits: int, min_samples: int = 1, **kw) -> None:
@@ -53,20 +54,10 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
         self.min_samples = min_samples
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, c, h, w = x.shape
+        n = x.shape[0]
         splits = split_count(n, min(self.num_splits, max(2, n // self.min_samples)))
         if not self.training or splits == 1:
             return super().forward(x)
-        if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-            return self._blocks(x, splits)
-        running_mean = self.running_mean.repeat(splits)
-        running_var = self.running_var.repeat(splits)
-        out = F.batch_norm(x.reshape(n // splits, c * splits, h, w), running_mean, running_var,
-                           self.weight.repeat(splits), self.bias.repeat(splits), True, self.momentum, self.eps)
-        self._update_running(running_mean.view(splits, c), running_var.view(splits, c))
-        return out.reshape(n, c, h, w)
-
-    def _blocks(self, x: torch.Tensor, splits: int) -> torch.Tensor:
         means, variances, outs = [], [], []
         for block in x.chunk(splits):
             mean, var = self.running_mean.clone(), self.running_var.clone()
