@@ -12,7 +12,8 @@ import yaml
 from PIL import Image
 
 from mpinet_hub.cli import main
-from mpinet_hub.downstream.study import StudySettings, paired_verdict, run_study
+from mpinet_hub.downstream.paired import paired_verdict
+from mpinet_hub.downstream.study import StudySettings, run_study
 from mpinet_hub.hub import export_weights
 from mpinet_hub.pretrain.config import PretrainConfig
 from mpinet_hub.pretrain.trainer import pretrain_or_reuse
@@ -62,13 +63,55 @@ def _settings(root, out, **kw) -> StudySettings:
     return StudySettings(**{**values, **kw})
 
 
-def test_paired_verdict_needs_every_seed_ahead_and_twice_the_larger_spread():
-    assert paired_verdict([0.5, 0.52, 0.51], [0.4, 0.41, 0.40])["verdict"] == "A"
+def test_t_quantile_matches_the_tables():
+    from mpinet_hub.downstream.paired import t_quantile
+
+    for df, expected in ((1, 12.7062), (2, 4.3027), (4, 2.7764), (9, 2.2622), (29, 2.0452)):
+        assert t_quantile(0.975, df) == pytest.approx(expected, abs=1e-4)
+
+
+def test_paired_verdict_is_a_t_interval_on_the_paired_differences():
+    ahead = paired_verdict([0.5, 0.52, 0.51], [0.4, 0.41, 0.40])
+    assert ahead["verdict"] == "A" and ahead["low"] > 0 and ahead["pairs"] == 3
     assert paired_verdict([0.4, 0.41, 0.40], [0.5, 0.52, 0.51])["verdict"] == "B"
-    assert paired_verdict([0.5, 0.38, 0.51], [0.4, 0.41, 0.40])["verdict"] == "no verdict"  # behind on one seed
-    wide = paired_verdict([0.50, 0.60, 0.70], [0.40, 0.50, 0.60])  # ahead by .10 each time, std .10: not twice
-    assert wide["verdict"] == "no verdict" and wide["threshold"] == pytest.approx(0.2)
+    # ahead by .10 on every seed while each arm spreads by .10: the pairing sees a sure gap (the old rule did not)
+    wide = paired_verdict([0.50, 0.60, 0.70], [0.40, 0.50, 0.61])
+    assert wide["verdict"] == "A" and wide["sd"] == pytest.approx(0.00577, abs=1e-4)
+    # the forest gap of docs/evidence.md at three seeds: +3.2 / +0.9 / +1.6 -> mean 1.9, interval [-1.0, 4.8]
+    forest = paired_verdict([0.032, 0.009, 0.016], [0.0, 0.0, 0.0])
+    assert forest["verdict"] == "no verdict" and forest["low"] == pytest.approx(-0.0100, abs=5e-4)
+    assert 4 <= forest["seeds_needed"] <= 6
     assert paired_verdict([0.5], [0.4])["verdict"] == "no verdict: one seed"
+    # cells of one seed (two subset seeds) share its pretraining: one pair per seed, not two
+    grouped = paired_verdict([0.5, 0.6, 0.5, 0.6], [0.4, 0.4, 0.45, 0.45], seeds=[0, 0, 1, 1])
+    assert grouped["pairs"] == 2 and grouped["cells"] == 4 and grouped["diffs"] == pytest.approx([0.15, 0.1])
+
+
+def _called(gap: float, n: int, draws: int, rng) -> float:
+    """Share of `draws` simulated studies (n seeds, paired noise sd 1) in which either arm is called better."""
+    calls = 0
+    for _ in range(draws):
+        noise = rng.normal(0, 1, n)
+        calls += paired_verdict(list(gap + noise), [0.0] * n)["verdict"] != "no verdict"
+    return calls / draws
+
+
+def test_the_false_positive_rate_on_null_pairs_is_at_most_the_nominal_level():
+    rng = np.random.default_rng(0)
+    for n in (3, 5, 10):
+        rate = _called(0.0, n, 3000, rng)
+        assert rate <= 0.05 + 3 * (0.05 * 0.95 / 3000) ** 0.5, (n, rate)
+
+
+def test_a_small_true_gap_is_called_at_ten_seeds_and_not_at_three():
+    """A gap of one noise sd: the old rule (every seed ahead and the gap over twice the larger std) called it less
+    often as seeds were added; the interval calls it more often, and usually at 10 seeds."""
+    rng = np.random.default_rng(1)
+    at_three, at_ten = _called(1.0, 3, 1500, rng), _called(1.0, 10, 1500, rng)
+    assert at_three < 0.35 and at_ten > 0.7
+    seeds = [0.9, 1.8, -0.2, 1.4, 0.6, 2.1, 0.3, 1.1, 1.7, 0.5]  # one draw: gap 1, sd about 0.7
+    assert paired_verdict(seeds[:3], [0.0] * 3)["verdict"] == "no verdict"
+    assert paired_verdict(seeds, [0.0] * 10)["verdict"] == "A"
 
 
 def test_study_calls_the_better_encoder_reuses_cells_and_refuses_other_settings(tmp_path, tree_folder,
@@ -238,7 +281,7 @@ def test_the_answer_says_per_label_budget_whether_each_pretrained_encoder_pays()
     assert "probe, 10% labels, good: **pays**" in text
     assert "probe, 10% labels, bad: **does not pay**" in text and "random-bn better" in text
     assert "probe, 10% labels, tie: not shown: not better than every control" in text
-    assert "random +9.7 (tie better), random-bn -0.3 (no verdict)" in text
+    assert "random +9.7 [+3.4, +15.9] (tie better), random-bn -0.3 [-6.6, +5.9] (no verdict)" in text
     assert "1 of 2 pretraining runs warn" in text
     results["settings"]["controls"] = []
     assert "No control in this study" in "\n".join(answer_lines(results))

@@ -6,7 +6,8 @@
     evaluate.py   whole-tile metrics by protocol -> metrics.json, confusion.png, previews
     predict.py    GeoTIFF in -> class GeoTIFF out
     probe.py      frozen-feature linear probe
-    study.py      methods x seeds x controls x label fractions, verdicts by a stated rule
+    study.py      methods x seeds x controls x label fractions, verdicts by a paired interval
+    paired.py     the paired t interval over seeds that calls a comparison
     quickstart.py the whole pipeline on the embedded default
 """
 

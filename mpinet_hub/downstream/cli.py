@@ -172,8 +172,9 @@ def add_study_arguments(p: argparse.ArgumentParser) -> None:
 
     p.description = ("Does pretraining pay on this data set, at this label budget? Pretrains each --methods once per "
                      "seed, probes and/or fine-tunes every encoder (and the controls random, random-bn) at every "
-                     "label fraction per (seed, subset seed), and calls each pair by a stated rule: ahead on every "
-                     "paired seed and by more than twice the larger std. Scored on val; --split test only at the end "
+                     "label fraction per (seed, subset seed), and calls each pair by the 95% t interval of its mean "
+                     "paired difference over seeds (better when the interval excludes 0; more seeds narrow it). "
+                     "Scored on val; --split test only at the end "
                      "(the results then say test was read). Resumable: finished cells are reused, and a folder made "
                      "with other settings is refused. Writes OUT/results-SPLIT.md/.json and study-SPLIT-*.png "
                      "(SPLIT-bn with --reestimate-bn).")

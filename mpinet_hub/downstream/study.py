@@ -1,4 +1,4 @@
-"""`mpinet study`: does pretraining pay on this data set, at this label budget? Seeds, controls and a stated rule.
+"""`mpinet study`: does pretraining pay on this data set, at this label budget? Seeds, controls, paired intervals.
 
 For each pretraining method and seed, a pretraining cell (OUT/pretrain/METHOD-sSEED) on the data set's training
 images and any `unlabeled` imagery; beside them the two inits without pretraining, `random` and `random-bn` (random
@@ -15,8 +15,8 @@ Resumable: every cell is a folder with its metrics; a finished cell is reused, a
 settings other than those it was made with (naming them), as does a finished pretraining cell, so no number is
 ever filed under a command that did not make it.
 
-Writes OUT/results.json, OUT/results-SPLIT.md (mean +- std, the paired difference per seed, a verdict for each
-pair by the rule in `verdict`) and OUT/study-SPLIT-EVALUATION.png.
+Writes OUT/results.json, OUT/results-SPLIT.md (mean +- std, the paired difference per seed with its 95% interval,
+a verdict for each pair by `paired.paired_verdict`) and OUT/study-SPLIT-EVALUATION.png.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ from ..training import resume_or_start
 from .evaluate import evaluate, write_json
 from .finetune import FinetuneConfig, Finetuner
 from .model import ENCODER_HELP
+from .paired import paired_verdict
 from .plots import label_efficiency_png
 from .probe import ProbeConfig, run_probe
 
@@ -271,24 +272,6 @@ def metric_value(metrics: dict[str, Any], metric: str) -> float:
     return metrics[metric] / 100
 
 
-def paired_verdict(a: list[float], b: list[float]) -> dict[str, Any]:
-    """The rule a gap must pass to be called: A over B when A is ahead on every paired seed AND the mean gap is
-    more than twice the larger of the two standard deviations (and the same for B over A); otherwise no verdict.
-    `a`, `b`: the values of the same (seed, subset seed) cells, in the same order."""
-    diffs = [x - y for x, y in zip(a, b)]
-    mean = statistics.mean(diffs)
-    if len(diffs) < 2:
-        return {"diffs": diffs, "mean_diff": mean, "threshold": None, "verdict": "no verdict: one seed"}
-    threshold = 2 * max(statistics.stdev(a), statistics.stdev(b))
-    if all(d > 0 for d in diffs) and mean > threshold:
-        verdict = "A"
-    elif all(d < 0 for d in diffs) and -mean > threshold:
-        verdict = "B"
-    else:
-        verdict = "no verdict"
-    return {"diffs": diffs, "mean_diff": mean, "threshold": threshold, "verdict": verdict}
-
-
 def run_study(s: StudySettings) -> dict[str, Any]:
     """Run (or resume) every cell, then write results.json, results-SPLIT.md and the plot; returns the results."""
     s.validate()
@@ -359,7 +342,8 @@ def _pair_key(cell: dict[str, Any]) -> tuple[int, int]:
 
 
 def _verdicts(cells: dict[str, Any]) -> list[dict[str, Any]]:
-    """`paired_verdict` for every pair of encoders at every fraction both have, paired by (seed, subset seed)."""
+    """`paired_verdict` for every pair of encoders at every fraction both have, on the (seed, subset seed) cells
+    both have, one pair per seed."""
     found = []
     for evaluation, by_name in cells.items():
         names = list(by_name)
@@ -371,7 +355,7 @@ def _verdicts(cells: dict[str, Any]) -> list[dict[str, Any]]:
                     pa = {_pair_key(c): c["value"] for c in by_name[a][fraction]}
                     pb = {_pair_key(c): c["value"] for c in by_name[b][fraction]}
                     shared = [k for k in pa if k in pb]
-                    v = paired_verdict([pa[k] for k in shared], [pb[k] for k in shared])
+                    v = paired_verdict([pa[k] for k in shared], [pb[k] for k in shared], [k[0] for k in shared])
                     winner = {"A": a, "B": b}.get(v["verdict"])
                     found.append({"evaluation": evaluation, "fraction": fraction, "a": a, "b": b, **v,
                                   "pairs": shared, "winner": winner})
@@ -380,8 +364,9 @@ def _verdicts(cells: dict[str, Any]) -> list[dict[str, Any]]:
 
 def answer_lines(results: dict[str, Any]) -> list[str]:
     """The study's answer, one line per (evaluation, label fraction, pretrained or given encoder): it **pays** when
-    it is called better than every control by the rule, **does not pay** when a control is called better than it,
-    and is not shown otherwise (with its mean gap to each control); then how many pretraining runs warn."""
+    it is called better than every control (`paired.paired_verdict`), **does not pay** when a control is called
+    better than it, and is not shown otherwise (with its mean gap to each control); then how many pretraining
+    runs warn."""
     controls = [c for c in results["settings"]["controls"] if any(c in by_name for by_name in
                                                                   results["cells"].values())]
     if not controls:
@@ -393,17 +378,17 @@ def answer_lines(results: dict[str, Any]) -> list[str]:
             for fraction in by_name[name]:
                 against = {c: verdict[key] for c in controls
                            if (key := (evaluation, fraction, frozenset((name, c)))) in verdict}
-                gaps = ", ".join(f"{c} {100 * v['mean_diff'] * (1 if v['a'] == name else -1):+.1f} "
+                gaps = ", ".join(f"{c} {_signed_gap(v, name)} "
                                  f"({v['winner'] + ' better' if v['winner'] else 'no verdict'})"
                                  for c, v in against.items())
                 if not against:
                     call = "not shown: no control was scored at this label fraction"
                 elif all(v["winner"] == name for v in against.values()):
-                    call = "**pays**: better than every control by the rule"
+                    call = "**pays**: better than every control (95% interval above 0)"
                 elif any(v["winner"] in controls for v in against.values()):
-                    call = "**does not pay**: a control is better by the rule"
+                    call = "**does not pay**: a control is better (95% interval below 0)"
                 else:
-                    call = "not shown: not better than every control by the rule"
+                    call = "not shown: not better than every control (an interval holds 0)"
                 lines.append(f"- {evaluation}, {100 * float(fraction):g}% labels, {name}: {call}"
                              + (f"; mean gap to {gaps}." if gaps else "."))
     runs = results["pretraining"]
@@ -411,6 +396,13 @@ def answer_lines(results: dict[str, Any]) -> list[str]:
     if warned:
         lines.append(f"- {warned} of {len(runs)} pretraining runs warn that they learned little (diagnostics below).")
     return lines
+
+
+def _signed_gap(v: dict[str, Any], name: str) -> str:
+    """A verdict's mean gap and interval, in points, as `name` minus the other encoder."""
+    sign = 1 if v["a"] == name else -1
+    ends = [] if v["low"] is None else sorted(100 * sign * e for e in (v["low"], v["high"]))
+    return f"{100 * sign * v['mean_diff']:+.1f}" + (f" [{ends[0]:+.1f}, {ends[1]:+.1f}]" if ends else "")
 
 
 def _mean_std(values: list[float]) -> str:
@@ -449,16 +441,20 @@ def study_markdown(results: dict[str, Any]) -> str:
             lines.append(f"| {name} | " + " | ".join(row) + f" | {cost} |")
         lines.append("")
     lines += ["## Answer", "", *answer_lines(results), "", "## Verdicts", "",
-              "Rule: A is called better than B when it is ahead on every paired (seed, subset seed) cell and the mean "
-              "gap is more than twice the larger of the two standard deviations.", "",
-              "| evaluation | labels | A | B | A - B per seed | mean | 2 x larger std | verdict |",
-              "|---|---|---|---|---|---|---|---|"]
+              "Rule: the mean of the paired differences A - B over seeds (a seed's subset seeds averaged, since they "
+              "share its pretraining), with its 95% t interval; A is called better when the interval lies above 0, B "
+              "when below. *Seeds to separate*: how many seeds would make the interval exclude 0 if the gap and its "
+              "seed-to-seed spread stayed as observed.", "",
+              "| evaluation | labels | A | B | A - B per seed | mean [95% interval] | pairs | seeds to separate | "
+              "verdict |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for v in results["verdicts"]:
         diffs = " / ".join(f"{100 * d:+.1f}" for d in v["diffs"])
-        threshold = "-" if v["threshold"] is None else f"{100 * v['threshold']:.1f}"
+        interval = "" if v["low"] is None else f" [{100 * v['low']:+.1f}, {100 * v['high']:+.1f}]"
+        needed = "-" if v["seeds_needed"] is None else str(v["seeds_needed"])
         verdict = f"**{v['winner']} better**" if v["winner"] else v["verdict"]
         lines.append(f"| {v['evaluation']} | {100 * float(v['fraction']):g}% | {v['a']} | {v['b']} | {diffs} | "
-                     f"{100 * v['mean_diff']:+.1f} | {threshold} | {verdict} |")
+                     f"{100 * v['mean_diff']:+.1f}{interval} | {v['pairs']} | {needed} | {verdict} |")
     if results["pretraining"]:
         lines += ["", "## Pretraining diagnostics (`mpinet diagnose RUN`)", "",
                   "| run | minutes | ins, last 10% | chance ln(K+1) | key effective rank | windows the images hold "
