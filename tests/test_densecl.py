@@ -28,9 +28,9 @@ def test_each_query_cell_takes_the_key_embedding_at_its_most_similar_key_cell():
 
 
 def test_densecl_is_mocov2_plus_a_dense_term_that_trains_the_dense_head_and_the_backbone():
-    assert METHODS["densecl"] == {"w_ins": 0.5, "w_pix": 0.5, "w_ffl": 0.0, "fusion_levels": ["C5"]}
+    assert METHODS["densecl"]["w_ins"] == METHODS["densecl"]["w_pix"] == 0.5
     cfg = PretrainConfig.from_sources(None, method="densecl", arch="mpinet_resnet18", patch=96, crop=64,
-                                      batch_size=4, queue_size=16)
+                                      batch_size=4, queue_size=16, dense_warmup_steps=0)
     torch.manual_seed(0)
     model = DenseCLModel(cfg, 3)
     views = make_two_views(torch.rand(4, 3, 96, 96), 64, generator=torch.Generator().manual_seed(0))
@@ -45,6 +45,30 @@ def test_densecl_is_mocov2_plus_a_dense_term_that_trains_the_dense_head_and_the_
     assert {"dense_queue", "dense_queue_ptr", "dense_queue_real"} <= set(model.checkpoint_buffers)
 
 
+def test_the_dense_term_is_off_for_its_warmup_steps_and_the_count_survives_a_checkpoint():
+    """DenseCL's authors keep the dense weight at 0 for the first iterations, so that correspondences are not
+    matched by a random network: the instance term carries the whole weight (lambda = 0) until then."""
+    assert PretrainConfig.from_sources(None, method="densecl").dense_warmup_steps > 0  # the preset warms up
+    cfg = PretrainConfig.from_sources(None, method="densecl", arch="mpinet_resnet18", patch=96, crop=64,
+                                      batch_size=4, queue_size=16, dense_warmup_steps=2)
+    torch.manual_seed(0)
+    model = DenseCLModel(cfg, 3)
+    views = make_two_views(torch.rand(4, 3, 96, 96), 64, generator=torch.Generator().manual_seed(0))
+    for step in range(3):
+        model.zero_grad()
+        terms = model(views)
+        total = model.total_loss(terms)
+        if step < 2:
+            assert torch.allclose(total, terms["ins"])  # (w_ins + w_pix) x ins, dense weight 0
+            total.backward()
+            assert model.online.dense_head[0].weight.grad is None or not model.online.dense_head[0].weight.grad.any()
+        else:
+            assert torch.allclose(total, 0.5 * terms["ins"] + 0.5 * terms["dense"])
+    assert int(model.dense_steps) == 3 and "dense_steps" in model.checkpoint_buffers
+    old_run = PretrainConfig.__dataclass_fields__["dense_warmup_steps"].metadata
+    assert old_run.get("was") == 0  # a DenseCL run made before the warmup existed is not taken for one with it
+
+
 @pytest.fixture(scope="module")
 def densecl_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("densecl")
@@ -53,7 +77,7 @@ def densecl_run(tmp_path_factory):
     cmd = [sys.executable, "-m", "mpinet_hub.cli", "pretrain", "--method", "densecl", "--dataset", "potsdam",
            "--data-root", str(tmp / "data"), "--arch", "mpinet_resnet18", "--patch", "96", "--crop", "64",
            "--batch-size", "4", "--steps", "3", "--queue-size", "16", "--workers", "0", "--device", "cpu",
-           "--out", str(run)]
+           "--dense-warmup-steps", "1", "--out", str(run)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     return tmp, run
@@ -63,6 +87,7 @@ def test_densecl_trains_from_the_cli_and_its_run_is_diagnosed_and_exported(dense
     tmp, run = densecl_run
     records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3] and {"ins", "dense", "total"} <= set(records[-1])
+    assert abs(records[0]["total"] - records[0]["ins"]) < 1e-4  # the warmup step: dense weight 0
     assert abs(records[-1]["total"] - 0.5 * (records[-1]["ins"] + records[-1]["dense"])) < 1e-4
     assert (run / "loss.png").stat().st_size > 1000
     ckpt = load_checkpoint(run / "checkpoints" / "last.pt")

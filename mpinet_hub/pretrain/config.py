@@ -75,6 +75,9 @@ class PretrainConfig:
     ffl_head_loss: str = setting("log", was="raw", choices=("log", "raw"), help="what the FFL heads train on during "
                                  "that warmup: log L_ffl (its direction at a scale-free size) or raw L_ffl (~0.006, "
                                  "whose gradient barely moves them; docs/method.md, FFL weight)")
+    dense_warmup_steps: int = setting(0, was=0, help="DenseCL: first steps with the dense term's weight at 0 (the "
+                                      "instance term weighted w_ins + w_pix), so that a random network's matches "
+                                      "do not steer the start, as DenseCL's authors do for their first iterations")
     fusion_levels: list[str] = setting(["C2", "C3", "C4"], help="levels fused for the pixel contrast")
     queue_size: int = setting(8192, help="instance negatives K")
     t_ins: float = setting(0.2, help="instance InfoNCE temperature")
@@ -143,6 +146,7 @@ class PretrainConfig:
     def validate(self) -> None:
         """Refuse settings that would fail later (or silently never save), naming the setting."""
         at_least = {"batch_size": 2, "save_every": 1, "log_every": 1, "queue_size": 1, "patch": 8, "crop": 8,
+                    "dense_warmup_steps": 0,
                     "bn_splits": 1, "bn_split_samples": 1, "pixel_grid": 1, "ffl_grid": 1, "windows_per_file": 1}
         for key, low in at_least.items():
             if getattr(self, key) < low:
@@ -161,7 +165,8 @@ class PretrainConfig:
         if self.w_ffl == 0:
             inert |= {name for name in fields if name.startswith("ffl_")}
         if self.w_pix == 0:
-            inert |= {name for name in fields if name.startswith("pixel_")} | {"t_pix", "fusion_levels"}
+            inert |= {name for name in fields if name.startswith("pixel_")} | {"t_pix", "fusion_levels",
+                                                                               "dense_warmup_steps"}
         return inert
 
     def to_dict(self) -> dict[str, Any]:
