@@ -285,3 +285,15 @@ def test_the_answer_says_per_label_budget_whether_each_pretrained_encoder_pays()
     assert "1 of 2 pretraining runs warn" in text
     results["settings"]["controls"] = []
     assert "No control in this study" in "\n".join(answer_lines(results))
+
+
+@pytest.mark.parametrize("repeated", [dict(seeds=[0, 1, 0]), dict(seeds=[0, 0]), dict(subset_seeds=[0, 0]),
+                                      dict(fractions=[0.1, 0.1]), dict(methods=["mocov2", "mocov2"])])
+def test_a_value_given_twice_is_refused_before_the_folder_is_made(tmp_path, tree_folder, repeated, capsys):
+    """`--seeds 0 1 0` once reported seed 0's cell twice in the mean, the spread and the verdicts (exit 0)."""
+    out = tmp_path / "s"
+    flags = [f"--{k.replace('_', '-')}" for k in repeated]
+    args = ["study", "--dataset", "folder", "--data-root", str(tree_folder), "--out", str(out), "--device", "cpu",
+            flags[0], *map(str, next(iter(repeated.values())))]
+    assert main(args) == 2
+    assert "given twice" in capsys.readouterr().err and not out.exists()

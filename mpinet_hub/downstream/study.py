@@ -75,8 +75,9 @@ class StudySettings:
     dataset: str = setting(choices=DATASETS, help="a named data set, or `folder` for your own labeled folders")
     data_root: str = setting(help="the labeled data set's root")
     out: str = setting(may_change="how", help="study folder (cells, results)")
-    methods: list[str] = setting(["mocov2", "mpinet"], may_change="how", nargs="*", help=(
-        "pretraining methods, each pretrained once per seed (none: compare --encoders only); a variant "
+    methods: list[str] = setting(["mocov2", "densecl", "mpinet"], may_change="how", nargs="*", help=(
+        "pretraining methods, each pretrained once per seed (none: compare --encoders only): by default MPINet "
+        "beside MoCo v2 and DenseCL, the closest published instance and dense baselines; a variant "
         "METHOD:KEY=VALUE[,KEY=VALUE] changes pretraining settings, to choose one on val (e.g. mpinet "
         "mpinet:ffl_calibration_ratio=0.25)"))
     controls: list[str] = setting(list(CONTROLS), may_change="how", nargs="*", choices=CONTROLS,
@@ -128,6 +129,12 @@ class StudySettings:
             raise SettingsError(f"--evaluations {' '.join(self.evaluations)}: choose from {' '.join(EVALUATIONS)}")
         if not self.seeds or not self.subset_seeds or not self.fractions:
             raise SettingsError("give at least one --seeds, --subset-seeds and --fractions value")
+        for name in ("methods", "seeds", "subset_seeds", "fractions", "controls", "evaluations"):
+            values = getattr(self, name)
+            twice = sorted({str(v) for v in values if values.count(v) > 1})
+            if twice:  # a repeated value would be counted as another seed (or cell) in every mean and interval
+                raise SettingsError(f"--{name.replace('_', '-')} {' '.join(map(str, values))}: "
+                                    f"{', '.join(twice)} given twice; give each once")
         if any(not 0 < f <= 1 for f in self.fractions):
             raise SettingsError(f"--fractions {self.fractions}: each in (0, 1], e.g. 0.1 for 10%")
         clash = set(self.encoders) & (set(self.methods) | set(self.controls))
