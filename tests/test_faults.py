@@ -379,3 +379,62 @@ def test_export_on_a_real_full_disk_fails_in_one_line_and_a_good_export_is_group
         os.umask(old)
     assert (tmp_path / "shared").stat().st_mode & 0o777 == 0o775
     assert (tmp_path / "shared" / "model.safetensors").stat().st_mode & 0o777 == 0o664
+
+
+def _start_pretrain(args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", "import sys; from mpinet_hub.cli import main; sys.exit(main())",
+                             *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, seconds: float = 300) -> None:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not path.is_file() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert path.is_file(), f"{path} never appeared"
+
+
+def test_overwrite_refuses_a_folder_a_live_run_is_writing_and_deletes_nothing(data, tmp_path, capsys):
+    """A second process with --overwrite once deleted a live run's checkpoints before taking the lock, and the live
+    run died (`could not write .../step_0000004.pt`). The lock is now taken before anything is deleted."""
+    out = tmp_path / "run"
+    live = _start_pretrain(_pretrain_args(data, out, "--save-every", "1", "--steps", "40"))
+    try:
+        _wait_for(out / "checkpoints" / "step_0000001.pt", live)
+        assert _pretrain(data, out, "--steps", "3", "--overwrite") == 1
+        err = capsys.readouterr().err
+        assert f"in use by process {live.pid}" in err, err
+        assert (out / "checkpoints" / "last.pt").is_file() and (out / "config.yaml").is_file()
+    finally:
+        live.terminate() if live.poll() is None else None
+        live.wait()
+    assert "could not write" not in live.stderr.read()
+
+
+def test_a_probe_killed_mid_run_reruns_to_the_end_with_the_same_command(tmp_path):
+    """A SIGKILL mid-probe once left a folder that no rerun could finish: the log was trimmed to no rows and the
+    empty rewrite was refused as a full disk."""
+    import signal
+
+    root = tmp_path / "data"
+    synth_dataset("potsdam", root, tiles=3, size=128, seed=2)
+    out = tmp_path / "probe"
+    def args(steps: int) -> list[str]:
+        return ["probe", "random", "--dataset", "potsdam", "--data-root", str(root), "--out", str(out),
+                "--label-fraction", "1", "--steps", str(steps), "--batch-size", "2", "--patch", "64", "--window",
+                "128", "--device", "cpu"]
+
+    proc = _start_pretrain(args(4000))
+    _wait_for(out / "log.jsonl", proc)
+    import time
+
+    deadline = time.monotonic() + 120
+    while (out / "log.jsonl").stat().st_size < 200 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert main(args(5)) == 0
+    steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5] and (out / "metrics.json").is_file()

@@ -37,7 +37,6 @@ from ..settings import SettingsError, changed_settings, coerce_settings, read_ya
 from ..training import (
     PRECISIONS,
     EpochBatches,
-    RunLock,
     RunLog,
     StepBatches,
     StepLoop,
@@ -182,8 +181,17 @@ class Finetuner(StepLoop):
         self.out = Path(cfg.out)
         self.rank, self.world = init_distributed(cfg.device)
         self.is_main = self.rank == 0
-        if self.is_main:
-            claim_run_folder(self.out, resume, overwrite)
+        # the lock first: nothing of a folder another live process writes is deleted (--overwrite) or read
+        self.lock = claim_run_folder(self.out, resume, overwrite) if self.is_main else None
+        try:
+            self._build(resume)
+        except BaseException:
+            if self.lock is not None:
+                self.lock.abandon()
+            raise
+
+    def _build(self, resume: bool) -> None:
+        cfg = self.cfg
         self.device = resolve_device(cfg.device)
         self.dataset = open_dataset(cfg.dataset, cfg.data_root, "train", bands=cfg.bands, patch_size=cfg.patch,
                                     value_max=cfg.value_max)
@@ -268,7 +276,7 @@ class Finetuner(StepLoop):
 
         Under torchrun every process trains on its shard of each step's batches; only rank 0 writes.
         """
-        with RunLock(self.out) if self.is_main else nullcontext():
+        with self.lock if self.is_main else nullcontext():
             return self._train()
 
     def _train(self) -> Path:

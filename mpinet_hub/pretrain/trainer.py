@@ -29,7 +29,6 @@ from ..settings import SettingsError, changed_settings
 from ..training import (
     EpochBatches,
     NonFiniteLossError,
-    RunLock,
     RunLog,
     StepBatches,
     StepLoop,
@@ -112,8 +111,17 @@ class Trainer(StepLoop):
         self.rank, self.world = init_distributed(cfg.device)
         self.device = resolve_device(cfg.device)
         self.is_main = self.rank == 0
-        if self.is_main:
-            claim_run_folder(self.out, resume, overwrite)
+        # the lock first: nothing of a folder another live process writes is deleted (--overwrite) or read
+        self.lock = claim_run_folder(self.out, resume, overwrite) if self.is_main else None
+        try:
+            self._build(resume)
+        except BaseException:
+            if self.lock is not None:
+                self.lock.abandon()
+            raise
+
+    def _build(self, resume: bool) -> None:
+        cfg = self.cfg
         self.images = build_pretraining_dataset(cfg)
         self.in_chans = self.images.num_bands
         check_step_fits(cfg, self.in_chans, self.device)
@@ -237,7 +245,7 @@ class Trainer(StepLoop):
     def train(self) -> dict[str, float]:
         """Train to the configured step count; holds OUT's lock while it writes there."""
         cfg = self.cfg
-        with RunLock(self.out) if self.is_main else nullcontext():
+        with self.lock if self.is_main else nullcontext():
             if self.is_main:
                 config = self._bands_note() + yaml.safe_dump(cfg.to_dict(), sort_keys=False)
                 (self.out / "config.yaml").write_text(config)

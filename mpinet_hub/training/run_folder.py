@@ -23,22 +23,29 @@ class RunFolderError(RuntimeError):
 RUN_FILES = ("checkpoints", "log.jsonl", "tensorboard", "loss.png", "config.yaml", "labeled_patches.json", "model")
 
 
-def claim_run_folder(out: Path, resume: bool, overwrite: bool = False) -> None:
-    """Refuse to start a new run over an existing one: `resume` continues it, `overwrite` deletes its run files
-    (`RUN_FILES`, nothing else) first. A folder without them is free."""
-    present = [name for name in RUN_FILES if (out / name).exists()]
-    if resume:
-        if not (out / "checkpoints" / "last.pt").is_file():
-            raise RunFolderError(f"{out}: nothing to resume (no checkpoints/last.pt); drop --resume to start a run")
-        return
-    if not present:
-        return
-    if not overwrite:
-        raise RunFolderError(f"{out} already holds a run ({', '.join(present)}); pass --resume to continue it, "
-                             "--overwrite to start over (deletes those files), or choose another --out")
-    for name in present:
-        path = out / name
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
+def claim_run_folder(out: Path, resume: bool, overwrite: bool = False) -> RunLock:
+    """Lock `out` (a folder another live process writes is refused, naming it), then refuse to start a new run
+    over an existing one: `resume` continues it, `overwrite` deletes its run files (`RUN_FILES`, nothing else).
+    A folder without them is free. Returns the held lock, for the run to release when it ends; on a refusal the
+    lock is released and a folder this call created is removed."""
+    lock = RunLock(out)
+    try:
+        present = [name for name in RUN_FILES if (out / name).exists()]
+        if resume:
+            if not (out / "checkpoints" / "last.pt").is_file():
+                raise RunFolderError(f"{out}: nothing to resume (no checkpoints/last.pt); drop --resume to start a "
+                                     "run")
+        elif present and not overwrite:
+            raise RunFolderError(f"{out} already holds a run ({', '.join(present)}); pass --resume to continue it, "
+                                 "--overwrite to start over (deletes those files), or choose another --out")
+        else:
+            for name in present:
+                path = out / name
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+    except BaseException:
+        lock.abandon()
+        raise
+    return lock
 
 
 Runner = TypeVar("Runner")
@@ -59,6 +66,7 @@ class RunLock:
 
     def __init__(self, out: Path) -> None:
         self.path = out / ".lock"
+        self.created_folder = not out.exists()
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as err:
@@ -98,6 +106,16 @@ class RunLock:
         if getattr(self, "held", False):
             self.path.unlink(missing_ok=True)
             self.held = False
+
+    def abandon(self) -> None:
+        """Release, and remove the folder if taking the lock created it and nothing was written there since: a
+        refused or failed start leaves no output behind."""
+        self.release()
+        if self.created_folder:
+            try:
+                self.path.parent.rmdir()
+            except OSError:
+                pass
 
     def __enter__(self) -> RunLock:
         return self

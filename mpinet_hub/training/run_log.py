@@ -17,7 +17,9 @@ def trim_log(path: Path, step: int) -> None:
         return
     lines = path.read_text().splitlines()
     kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
-    if len(kept) != len(lines):
+    if not kept:  # a run started over from step 0 (a probe rerun after a kill) keeps no row
+        path.unlink()
+    elif len(kept) != len(lines):
         write_text_atomic(path, "".join(line + "\n" for line in kept))
 
 
