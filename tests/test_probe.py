@@ -2,6 +2,7 @@
 random-bn re-estimates BatchNorm only, and resampling keeps cells where the backbone put them."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -72,6 +73,11 @@ def test_probe_cli_random_bn_control(blocks_root, tmp_path, capsys):
     assert "mIoU" in capsys.readouterr().out
     cfg = yaml.safe_load((tmp_path / "rbn" / "config.yaml").read_text())
     assert cfg["encoder"] == "random-bn" and cfg["label_fraction"] == 0.5
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "rbn" / "probe.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask  # was 0600
+    subset = json.loads((tmp_path / "rbn" / "labeled_patches.json").read_text())
+    assert subset["split"] == "train" and "bands" in subset  # the same record as fine-tuning writes
     # a probe folder another live process is writing is refused, and left as it was
     before = sorted(p.name for p in (tmp_path / "rbn").iterdir())
     with RunLock(tmp_path / "rbn"):

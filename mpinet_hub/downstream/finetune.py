@@ -28,6 +28,7 @@ import yaml
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from ..atomic import write_text_atomic
 from ..checkpoint import atomic_save, load_checkpoint
 from ..data import DATASETS, IGNORE_INDEX, VALUE_MAX_HELP, SegmentationDataset, open_dataset
 from ..models import MPINET_ARCHS
@@ -173,6 +174,21 @@ class LabeledBatches(StepBatches):
         return torch.stack(images).contiguous(), torch.stack(masks).contiguous()
 
 
+def write_labeled_patches(out: Path, name: str, dataset: Any, subset: list[int], patch: int, label_fraction: float,
+                          subset_seed: int, bands: Any) -> Path:
+    """OUT/labeled_patches.json: which patches of the train split a fine-tuning or probe run learned from (the
+    same for every encoder at a fraction and subset seed). A run resumed on data that now gives other patches is
+    refused."""
+    path = out / "labeled_patches.json"
+    ids = patch_ids(dataset, subset)
+    record = {"dataset": name, "split": "train", "bands": bands, "patch": patch, "label_fraction": label_fraction,
+              "subset_seed": subset_seed, "total_patches": len(dataset), "patch_ids": ids}
+    if path.is_file() and json.loads(path.read_text())["patch_ids"] != ids:
+        raise ValueError(f"{path} lists other patches than this data set gives now; the data changed since the "
+                         "run started. Use a new --out.")
+    return write_text_atomic(path, json.dumps(record, indent=1))
+
+
 class Finetuner(StepLoop):
     """Builds the SMP model around the encoder SPEC and trains it on the labeled subset; resumable."""
 
@@ -238,17 +254,8 @@ class Finetuner(StepLoop):
 
     # --- run folder
     def write_subset(self) -> Path:
-        path = self.out / "labeled_patches.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        ids = patch_ids(self.dataset, self.subset)
-        record = {"dataset": self.cfg.dataset, "split": "train", "bands": self.info.bands, "patch": self.cfg.patch,
-                  "label_fraction": self.cfg.label_fraction, "subset_seed": self.cfg.subset_seed,
-                  "total_patches": len(self.dataset), "patch_ids": ids}
-        if path.is_file() and json.loads(path.read_text())["patch_ids"] != ids:
-            raise ValueError(f"{path} lists other patches than this data set gives now; the data changed since the "
-                             "run started. Use a new --out.")
-        path.write_text(json.dumps(record, indent=1))
-        return path
+        return write_labeled_patches(self.out, self.cfg.dataset, self.dataset, self.subset, self.cfg.patch,
+                                     self.cfg.label_fraction, self.cfg.subset_seed, self.info.bands)
 
     def state(self) -> dict[str, Any]:
         return {"format": FINETUNE_FORMAT, "step": self.step, "config": self.cfg.to_dict(),
@@ -282,7 +289,7 @@ class Finetuner(StepLoop):
     def _train(self) -> Path:
         cfg = self.cfg
         if self.is_main:
-            (self.out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            write_text_atomic(self.out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
             self.write_subset()
         loader = DataLoader(LabeledBatches(self.dataset, self.subset, self.batches, cfg.crop,
                                          cfg.seed * self.world + self.rank, self.step, cfg.steps),

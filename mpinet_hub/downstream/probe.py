@@ -14,7 +14,6 @@ confusion.png, previews/.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ..atomic import atomic_output, write_text_atomic
 from ..data import DATASETS, IGNORE_INDEX, VALUE_MAX_HELP, evaluation_split, open_dataset
 from ..models import MPINET_ARCHS
 from ..pretrain.base import feature_backbone
@@ -34,7 +34,7 @@ from ..progress import progress
 from ..settings import SettingsError, setting
 from ..training import EpochBatches, RunLock, RunLog, StepLoop, normalisation, plot_losses, resolve_device
 from .evaluate import evaluate_model
-from .finetune import LabeledBatches, labeled_subset, patch_ids
+from .finetune import LabeledBatches, labeled_subset, write_labeled_patches
 from .model import ENCODER_HELP, NORMALISATION_HELP, SegmentationModelInfo, load_encoder
 
 __all__ = ["LEVELS", "LinearProbe", "ProbeConfig", "reestimate_batchnorm", "resample_cells", "run_probe"]
@@ -196,11 +196,9 @@ def run_probe(cfg: ProbeConfig) -> dict[str, Any]:
     probe = LinearProbe(backbone, levels, dataset.num_classes).to(device)
     optimizer = torch.optim.Adam([p for p in probe.parameters() if p.requires_grad], lr=cfg.lr)
     with RunLock(out):  # one process writes a probe folder at a time (creates it)
-        (out / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
-        (out / "labeled_patches.json").write_text(json.dumps(
-            {"dataset": cfg.dataset, "patch": cfg.patch, "label_fraction": cfg.label_fraction,
-             "subset_seed": cfg.subset_seed, "total_patches": len(dataset), "patch_ids": patch_ids(dataset, subset)},
-            indent=1))
+        write_text_atomic(out / "config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
+        write_labeled_patches(out, cfg.dataset, dataset, subset, cfg.patch, cfg.label_fraction, cfg.subset_seed,
+                              getattr(dataset, "bands", None))
         loader = DataLoader(LabeledBatches(dataset, subset, batches, cfg.patch, cfg.seed, 0, cfg.steps),
                             batch_size=None)
         probe.train()
@@ -210,8 +208,9 @@ def run_probe(cfg: ProbeConfig) -> dict[str, Any]:
         ):
             _ProbeSteps(probe, optimizer, device, mean_t, std_t, cfg.steps, out).loop(loader, log, bar)
         plot_losses(out / "log.jsonl", out / "loss.png", keys=("ce",))
-        save_file({k: v.contiguous() for k, v in probe.state_dict().items() if not k.startswith("backbone.")},
-                  str(out / "probe.safetensors"))
+        with atomic_output(out / "probe.safetensors") as tmp:  # the user's file mode, never a torn file
+            save_file({k: v.contiguous() for k, v in probe.state_dict().items() if not k.startswith("backbone.")},
+                      str(tmp))
         info = SegmentationModelInfo(
             classes=list(dataset.classes), mean=list(mean), std=list(std),
             palette=[list(c) for c in dataset.palette] or None, bands=getattr(dataset, "bands", None),

@@ -34,6 +34,7 @@ from typing import Any
 
 import yaml
 
+from ..atomic import write_text_atomic
 from ..data import DATASETS, VALUE_MAX_HELP, labeled_splits
 from ..models import MPINET_ARCHS
 from ..pretrain.config import METHODS, PretrainConfig
@@ -331,7 +332,7 @@ def run_study(s: StudySettings) -> dict[str, Any]:
                "test_reads": record["test_reads"], "cells": cells, "pretraining": diagnostics,
                "verdicts": _verdicts(cells)}
     write_json(results, out / f"results-{s.band}.json")
-    (out / f"results-{s.band}.md").write_text(study_markdown(results))
+    write_text_atomic(out / f"results-{s.band}.md", study_markdown(results))
     for evaluation, by_name in cells.items():
         means = {n: {float(f): statistics.mean(c["value"] * 100 for c in cs) for f, cs in by_f.items()}
                  for n, by_f in by_name.items()}

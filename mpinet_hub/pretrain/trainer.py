@@ -20,6 +20,7 @@ import yaml
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from ..atomic import write_text_atomic
 from ..checkpoint import CHECKPOINT_FORMAT, atomic_save, load_checkpoint
 from ..data import DataError, UnlabeledImages, image_files, labeled_splits, pretraining_images
 from ..data.potsdam import POTSDAM_BAND_NAMES
@@ -248,7 +249,7 @@ class Trainer(StepLoop):
         with self.lock if self.is_main else nullcontext():
             if self.is_main:
                 config = self._bands_note() + yaml.safe_dump(cfg.to_dict(), sort_keys=False)
-                (self.out / "config.yaml").write_text(config)
+                write_text_atomic(self.out / "config.yaml", config)
             cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
             workers = min(cfg.workers, cores)  # more loader processes than cores only compete with the step
             if workers < cfg.workers and self.is_main:
