@@ -195,7 +195,8 @@ def changed_settings(settings: Any, saved: dict[str, Any], purpose: str) -> list
 
     `purpose="resume"` (continue a stopped run) leaves out the fields `setting` marks "resume" or "how";
     `"reuse"` (count a finished run as a cell) leaves out only "how". A key the saved config predates compares as
-    the value its `setting(was=...)` says such runs had, and is left out where none is declared; data roots compare as
+    the value its `setting(was=...)` says such runs had, and counts as changed where none is declared (such a run
+    is never taken for one made with the setting); data roots compare as
     resolved paths (a link to the same folder is the same data). A settings class may name the fields that have no
     effect on the run it describes (`inert_settings()`, e.g. the FFL's when its weight is 0): they are left out.
     """
@@ -210,7 +211,8 @@ def changed_settings(settings: Any, saved: dict[str, Any], purpose: str) -> list
             return paths[0] == paths[1]
         return saved[key] == now[key]
 
-    return [f"{f.name} {saved[f.name]!r} -> {now[f.name]!r}" for f in sorted(dataclasses.fields(settings),
-                                                                             key=lambda f: f.name)
-            if f.metadata.get("may_change") not in free and f.name not in inert and f.name in saved
-            and not same(f.name)]
+    return [f"{f.name} {saved[f.name]!r} -> {now[f.name]!r}" if f.name in saved else
+            f"{f.name} (not recorded: made by an earlier version) -> {now[f.name]!r}"
+            for f in sorted(dataclasses.fields(settings), key=lambda f: f.name)
+            if f.metadata.get("may_change") not in free and f.name not in inert
+            and (f.name not in saved or not same(f.name))]

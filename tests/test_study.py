@@ -297,3 +297,63 @@ def test_a_value_given_twice_is_refused_before_the_folder_is_made(tmp_path, tree
             flags[0], *map(str, next(iter(repeated.values())))]
     assert main(args) == 2
     assert "given twice" in capsys.readouterr().err and not out.exists()
+
+
+def test_an_encoder_spec_changed_under_its_name_is_never_reused(tmp_path, tree_folder):
+    """`--encoders x=random`, then the same study with `x=random-bn`: the random cell was reused as random-bn."""
+    out = tmp_path / "s"
+    run_study(_settings(tree_folder, out, methods=[], controls=[], encoders={"x": "random"}, seeds=[0],
+                        probe_steps=5))
+    with pytest.raises(SettingsError, match="'random' -> 'random-bn'"):
+        run_study(_settings(tree_folder, out, methods=[], controls=[], encoders={"x": "random-bn"}, seeds=[0],
+                            probe_steps=5))
+
+
+def test_a_fine_tuning_recipe_changed_on_disk_is_not_reused(tmp_path, tree_folder):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("decoder: unet\nlr: 0.01\n")
+    settings = dict(methods=[], controls=["random"], seeds=[0], evaluations=["finetune"], finetune_steps=2,
+                    finetune_config=str(recipe))
+    run_study(_settings(tree_folder, tmp_path / "s", **settings))
+    recipe.write_text("decoder: unet\nlr: 0.02\n")
+    with pytest.raises(SettingsError, match="lr 0.01 -> 0.02"):
+        run_study(_settings(tree_folder, tmp_path / "s", **settings))
+
+
+def test_a_damaged_cell_is_computed_again_and_named(tmp_path, tree_folder, capsys):
+    out = tmp_path / "s"
+    first = run_study(_settings(tree_folder, out, methods=[], seeds=[0], probe_steps=5))
+    metrics = out / "probe-val" / "random" / "f1-s0-sub0" / "metrics.json"
+    for damage in ('{"mIoU": 1', "", "{}"):
+        metrics.write_text(damage)
+        again = run_study(_settings(tree_folder, out, methods=[], seeds=[0], probe_steps=5))
+        value = again["cells"]["probe"]["random"]["1"][0]["value"]
+        assert value == first["cells"]["probe"]["random"]["1"][0]["value"]  # computed again, the same
+        assert f"{metrics.parent}: metrics.json is damaged" in capsys.readouterr().err
+
+
+def test_a_recipe_cannot_change_a_methods_identity(tmp_path):
+    """A --pretrain-config recipe with w_pix once turned mocov2 into a pixel method, and the release recipe turned
+    mocov2-original's fixed 0.999 momentum into the cosine schedule, silently."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("w_pix: 1.0\nlr: 0.1\n")
+    with pytest.raises(SettingsError, match="w_pix"):
+        PretrainConfig.from_sources(recipe, method="mocov2")
+    with pytest.raises(SettingsError, match="momentum_schedule"):
+        PretrainConfig.from_sources("mpinet_resnet50_potsdam", method="mocov2-original")
+    assert PretrainConfig.from_sources(recipe, method="mpinet").lr == 0.1  # mpinet's own w_pix is 1.0: no clash
+    assert PretrainConfig.from_sources("mpinet_resnet50_potsdam").method == "mpinet"  # the recipe's own method
+
+
+def test_an_identity_setting_a_saved_run_did_not_record_is_not_taken_as_matching():
+    """A run made before `ffl_head_warmup` existed was accepted under any value of it."""
+    import dataclasses
+
+    from mpinet_hub.settings import changed_settings
+
+    cfg = PretrainConfig.from_sources(None, method="mpinet", arch="mpinet_resnet18")
+    saved = dataclasses.asdict(cfg)
+    del saved["ffl_head_warmup"]
+    assert any(c.startswith("ffl_head_warmup") for c in changed_settings(cfg, saved, "reuse"))
+    del saved["dense_warmup_steps"]  # declared with was=0: compared as 0, the same as mpinet's
+    assert not any(c.startswith("dense_warmup_steps") for c in changed_settings(cfg, saved, "reuse"))

@@ -48,7 +48,7 @@ class ProbeConfig:
                            "re-estimated on the training images (the control)")
     dataset: str = setting(choices=DATASETS, help="a named data set, or `folder` for your own labeled folders")
     data_root: str = setting(help="the folder the release archives unpack into")
-    out: str = setting(help="run folder")
+    out: str = setting(may_change="how", help="run folder")
     label_fraction: float = setting(0.01, help="fraction of the labeled training patches, e.g. 0.01 for 1%%")
     levels: list[str] = setting(list(LEVELS), choices=LEVELS, help="encoder levels upsampled to stride 4 and "
                                 "concatenated")
@@ -63,7 +63,7 @@ class ProbeConfig:
     bn_batches: int = setting(20, help="random-bn: batches of training windows the statistics are estimated on")
     reestimate_bn: bool = setting(False, help="re-estimate BatchNorm statistics for any encoder, as random-bn does")
     window: int = setting(512, help="sliding-window side in px")
-    device: str = setting("auto", help="auto, cpu or cuda")
+    device: str = setting("auto", may_change="how", help="auto, cpu or cuda")
     mean: list[float] | None = setting(None, help=NORMALISATION_HELP)
     std: list[float] | None = setting(None, help=NORMALISATION_HELP)
     value_max: float | None = setting(None, help=VALUE_MAX_HELP)

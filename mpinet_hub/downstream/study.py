@@ -26,6 +26,7 @@ import glob
 import json
 import re
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -249,25 +250,55 @@ def _folder_name(name: str) -> str:
 def _downstream_cell(s: StudySettings, evaluation: str, name: str, spec: str, fraction: float, seed: int,
                      subset_seed: int, out: Path, timings: _Timings,
                      reading: Callable[[], None]) -> tuple[Path, dict[str, Any]]:
-    """The cell's metrics: filed ones are read back; otherwise `reading()` is called, then the cell is computed."""
+    """The cell's metrics: filed ones are read back when the cell's recorded settings (its config.yaml: the encoder
+    spec, the probe's or the fine-tuning recipe's resolved values) are this command's, and refused naming the
+    difference when not; a damaged metrics file is said and the cell computed again. Otherwise `reading()` is
+    called, then the cell is computed."""
     band = s.band if evaluation == "probe" else s.split
     cell = out / f"{evaluation}-{band}" / _folder_name(name) / f"f{fraction:g}-s{seed}-sub{subset_seed}"
-    metrics_path = cell / "metrics.json"
-    if metrics_path.is_file():
-        return cell, json.loads(metrics_path.read_text())
-    reading()
-    start = time.perf_counter()
     if evaluation == "probe":
-        metrics = run_probe(ProbeConfig(
+        cfg: ProbeConfig | FinetuneConfig = ProbeConfig(
             spec, s.dataset, s.data_root, str(cell), label_fraction=fraction, steps=s.probe_steps, patch=s.label_patch,
             seed=seed, subset_seed=subset_seed, split=s.split, arch=s.arch, window=s.window, device=s.device,
-            value_max=s.value_max, reestimate_bn=s.reestimate_bn))
+            value_max=s.value_max, reestimate_bn=s.reestimate_bn)
+        record = cell / "config.yaml"
     else:
         cfg = s.finetune_cell_config(spec, fraction, seed, subset_seed, str(cell / "run"))
+        record = cell / "run" / "config.yaml"
+    metrics_path = cell / "metrics.json"
+    if metrics_path.is_file():
+        saved = yaml.safe_load(record.read_text()) if record.is_file() else {}
+        if name in s.methods:  # the study's own pretraining cell, checked by pretrain_or_reuse; the study may move
+            saved["encoder"] = spec
+        changed = changed_settings(cfg, saved, "reuse")
+        if changed:
+            raise SettingsError(f"{cell} was computed with other settings ({'; '.join(changed)}); it is not reused "
+                                f"under this command. Give another --out, another encoder name, or delete {cell}.")
+        metrics = _filed_metrics(metrics_path, s.metric)
+        if metrics is not None:
+            return cell, metrics
+    reading()
+    start = time.perf_counter()
+    if isinstance(cfg, ProbeConfig):
+        metrics = run_probe(cfg)
+    else:
         resume_or_start(Finetuner, cfg).train()
         metrics = evaluate(cell / "run", s.dataset, s.data_root, split=s.split, out=cell, device=s.device, previews=1)
     timings.record(cell, time.perf_counter() - start)
     return cell, metrics
+
+
+def _filed_metrics(path: Path, metric: str) -> dict[str, Any] | None:
+    """A cell's metrics.json, or None (said on stderr) when it is damaged: truncated, empty, or without the
+    metric."""
+    try:
+        metrics = json.loads(path.read_text())
+        metrics["per_class"] if metric.startswith("IoU:") else metrics[metric]
+        return metrics
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        print(f"{path.parent}: metrics.json is damaged ({type(err).__name__}: {err}); computing the cell again",
+              file=sys.stderr)
+        return None
 
 
 def metric_value(metrics: dict[str, Any], metric: str) -> float:

@@ -129,7 +129,9 @@ class PretrainConfig:
 
     @classmethod
     def from_sources(cls, yaml_path: str | Path | None = None, **overrides: Any) -> PretrainConfig:
-        """Defaults < method preset < YAML file < explicit overrides (None means 'not given')."""
+        """Defaults < method preset < YAML file < explicit overrides (None means 'not given'). A method chosen
+        over a recipe that is not its own (it names another method, or none) keeps every value its preset sets: a
+        recipe that sets one otherwise is refused, naming the key."""
         values: dict[str, Any] = {}
         if yaml_path:
             path = resolve_config(yaml_path)
@@ -139,7 +141,15 @@ class PretrainConfig:
         if method not in METHODS:
             source = "options" if "method" in overrides else str(yaml_path)
             raise SettingsError(f"{source}: unknown method {method!r}; choose one of {', '.join(METHODS)}")
-        cfg = cls(**{**METHODS[method], **values, **overrides})
+        preset = METHODS[method]
+        if "method" in overrides and values.get("method") != method:  # a method chosen over a recipe not its own
+            clash = sorted(k for k in preset if k in values and k not in overrides and values[k] != preset[k])
+            if clash:
+                raise SettingsError(
+                    f"{yaml_path}: sets {', '.join(f'{k} {values[k]!r}' for k in clash)}, which the method {method} "
+                    f"fixes at {', '.join(f'{preset[k]!r}' for k in clash)}: a recipe cannot change what a method "
+                    "is. Drop the key from the recipe, or give it as a flag (a study: a variant METHOD:KEY=VALUE)")
+        cfg = cls(**{**preset, **values, **overrides})
         cfg.validate()
         return cfg
 
