@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 from collections.abc import Sequence
 
 from . import __version__
@@ -73,6 +74,11 @@ def _library_errors() -> tuple[type[BaseException], ...]:
     return yaml.YAMLError, SafetensorError
 
 
+def _one_line_warning(message: Warning | str, category: type[Warning], *_: object, **__: object) -> str:
+    """A warning as the user reads it: `warning: MESSAGE`, without Python's file, line and source."""
+    return f"warning: {message}\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -80,6 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     library_errors = _library_errors()
+    warnings.formatwarning = _one_line_warning
     try:
         return int(args._run(args) or 0)
     except KeyboardInterrupt:

@@ -452,8 +452,36 @@ def test_twelve_bit_and_all_nodata_rasters_are_named_before_training(tmp_path):
     with pytest.warns(UserWarning) as caught:
         UnlabeledImages(tmp_path, patch_size=32)
     messages = " | ".join(str(w.message) for w in caught)
-    assert "twelve.tif: 16-bit values that never exceed 409" in messages and "--mean/--std" in messages
-    assert "empty.tif: every sampled pixel is nodata" in messages
+    assert "1 file(s) in" in messages and "hold 16-bit values that never exceed 409" in messages
+    assert "(12-bit data?)" in messages and "--value-max 4095" in messages and "--mean/--std" in messages
+    assert "1 file(s) hold only nodata (0) in every sampled pixel (empty.tif)" in messages
+
+
+def test_data_check_guesses_the_bit_depth_and_says_it_once_for_the_split(tmp_path, capsys):
+    """A panchromatic folder whose values never exceed 2047 (11-bit): `data check` said `12-bit data? ... pass
+    --value-max 4095`, once per file (25 lines for 25 tiles)."""
+    import yaml
+
+    from mpinet_hub.cli import main
+
+    (tmp_path / "classes.yaml").write_text(yaml.safe_dump({"names": ["a", "b"]}))
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for sub in ("images", "masks"):
+            (tmp_path / split / sub).mkdir(parents=True)
+        for i in range(5):
+            pixels = rng.integers(0, 2048, (1, 32, 32), dtype=np.uint16)
+            pixels[0, 0, 0] = 2047
+            with rasterio.open(tmp_path / split / "images" / f"t{i}.tif", "w", driver="GTiff", height=32, width=32,
+                               count=1, dtype="uint16") as dst:
+                dst.write(pixels)
+            with rasterio.open(tmp_path / split / "masks" / f"t{i}.tif", "w", driver="GTiff", height=32, width=32,
+                               count=1, dtype="uint8") as dst:
+                dst.write((pixels[:1] > 1000).astype(np.uint8))
+    main(["data", "check", "folder", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert out.count("never exceed 2047") == 2, out  # one line for each split, not one a file
+    assert "5 file(s)" in out and "(11-bit data?)" in out and "--value-max 2047" in out and "4095" not in out
 
 
 def test_data_check_finds_a_truncated_geotiff_from_its_last_window(tmp_path, capsys):

@@ -40,6 +40,7 @@ class CheckReport:
 def _read_images(ds: SegmentationDataset, report: CheckReport, full: bool = False) -> None:
     """Read each image's last window (a truncated file passes the header reads and fails there; a PNG/JPEG is
     decoded whole either way), or with `full` every window."""
+    readable = []
     for scene in ds.scenes:
         for path, bands in scene.images:
             try:
@@ -49,7 +50,8 @@ def _read_images(ds: SegmentationDataset, report: CheckReport, full: bool = Fals
             except DataError as err:
                 report.errors.append(str(err))
                 continue
-            report.warnings += value_warnings(path)
+            readable.append(path)
+    report.warnings += value_warnings(readable)  # one line per kind for the split, not one per file
 
 
 def _count_unknown(ds: SegmentationDataset, report: CheckReport) -> None:

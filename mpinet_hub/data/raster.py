@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -154,25 +155,48 @@ def grid_windows(height: int, width: int, patch: int | None, stride: int | None 
             for c in window_starts(width, patch, stride)]
 
 
-def value_warnings(path: str | Path, side: int = 256, value_max: float | None = None) -> list[str]:
-    """What is odd about a raster's values, from a decimated read (`side` px on the longer side): every pixel
-    nodata, or 16-bit integers that never exceed 12 bits (scaled by 65535, they use 1/16 of [0, 1]; not
-    reported when `value_max` sets the full-scale value)."""
-    path = Path(path)
+def _value_findings(path: Path, side: int, value_max: float | None) -> tuple[float | None, int | None]:
+    """(nodata when every sampled pixel is nodata, the largest 16-bit value when it stays under 4096), from a
+    decimated read (`side` px on the longer side)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with rasterio.open(path) as src:
             nodata, dtype = src.nodata, src.dtypes[0]
             if nodata is None and (dtype not in ("uint16", "int16") or value_max is not None):
-                return []  # neither can apply: no pixels read (a PNG's decimated read decodes it whole)
+                return None, None  # neither can apply: no pixels read (a PNG's decimated read decodes it whole)
             step = max(1, max(src.height, src.width) // side)
             shape = (src.count, max(1, src.height // step), max(1, src.width // step))
             array = src.read(out_shape=shape)
+    empty = nodata if nodata is not None and np.all(array == nodata) else None
+    top = int(array.max())
+    low_bits = top if value_max is None and dtype in ("uint16", "int16") and 0 < top < 4096 else None
+    return empty, low_bits
+
+
+def value_warnings(paths: Sequence[str | Path], side: int = 256, value_max: float | None = None) -> list[str]:
+    """What is odd about the rasters' values, one line per kind for the whole set (with the count of files): every
+    pixel nodata, or 16-bit integers that never exceed 2^k - 1 for some k < 12 or 12 (scaled by 65535 they use a
+    sliver of [0, 1]; not reported when `value_max` sets the full-scale value): the line names the bit depth the
+    largest value fits and the --value-max it takes."""
+    empty, low = [], []
+    for path in map(Path, paths):
+        nodata, top = _value_findings(path, side, value_max)
+        if nodata is not None:
+            empty.append((path, nodata))
+        if top is not None:
+            low.append((path, top))
     found = []
-    if nodata is not None and np.all(array == nodata):
-        found.append(f"{path}: every sampled pixel is nodata ({nodata:g}); the file adds nothing but empty windows")
-    if value_max is None and dtype in ("uint16", "int16") and 0 < int(array.max()) < 4096:
-        found.append(f"{path}: 16-bit values that never exceed {int(array.max())} (12-bit data?); scaled by 65535 "
-                     "they fill only [0, 0.06]: pass --value-max 4095 (or `value_max: 4095` in a config) so they "
-                     "fill [0, 1], with --mean/--std from `mpinet data stats --value-max 4095`")
+    if empty:
+        names = ", ".join(p.name for p, _ in empty[:5]) + (" ..." if len(empty) > 5 else "")
+        found.append(f"{len(empty)} file(s) hold only nodata ({empty[0][1]:g}) in every sampled pixel ({names}): "
+                     "they add nothing but empty windows")
+    if low:
+        top = max(t for _, t in low)
+        bits = top.bit_length()
+        full = 2**bits - 1
+        where = low[0][0].parent if len({p.parent for p, _ in low}) == 1 else "several folders"
+        found.append(f"{len(low)} file(s) in {where} hold 16-bit values that never exceed {top} ({bits}-bit data?); "
+                     f"scaled by 65535 they fill only [0, {top / 65535:.2f}]: pass --value-max {full} (or "
+                     f"`value_max: {full}` in a config) so they fill [0, 1], with --mean/--std from "
+                     f"`mpinet data stats --value-max {full}`")
     return found

@@ -91,7 +91,7 @@ class UnlabeledImages(Dataset):
         if small:
             warnings.warn(f"skipped {len(small)} image(s) smaller than {patch_size}px: {', '.join(small[:10])}",
                           stacklevel=2)
-        for message in (m for info in self.infos for m in value_warnings(info.path, value_max=value_max)):
+        for message in value_warnings([info.path for info in self.infos], value_max=value_max):
             warnings.warn(message, stacklevel=2)
         if not self.infos:
             raise DataError(f"every image is smaller than the patch size {patch_size} (--patch); pass --patch "
