@@ -357,3 +357,49 @@ def test_an_identity_setting_a_saved_run_did_not_record_is_not_taken_as_matching
     assert any(c.startswith("ffl_head_warmup") for c in changed_settings(cfg, saved, "reuse"))
     del saved["dense_warmup_steps"]  # declared with was=0: compared as 0, the same as mpinet's
     assert not any(c.startswith("dense_warmup_steps") for c in changed_settings(cfg, saved, "reuse"))
+
+
+def _band_folder(root: Path, bands: int, dtype: str, top: int) -> Path:
+    """A labeled folder of `bands`-band GeoTIFFs whose values never exceed `top` (one class brighter)."""
+    import rasterio
+
+    root.mkdir(parents=True)
+    (root / "classes.yaml").write_text(yaml.safe_dump({"names": ["dark", "bright"]}))
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 4), ("val", 2)):
+        for sub in ("images", "masks"):
+            (root / split / sub).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            mask = np.zeros((64, 64), np.uint8)
+            mask[rng.integers(0, 32):, rng.integers(0, 32):] = 1
+            pixels = rng.integers(0, top // 2, (bands, 64, 64)) + mask.astype(np.int64) * (top // 2)
+            profile = dict(driver="GTiff", height=64, width=64, count=bands, dtype=dtype)
+            with rasterio.open(root / split / "images" / f"t{i}.tif", "w", **profile) as dst:
+                dst.write(pixels.astype(dtype))
+            Image.fromarray(mask).save(root / split / "masks" / f"t{i}.png")
+    return root
+
+
+@pytest.mark.parametrize("bands, dtype, top", [(1, "uint16", 2047), (4, "uint8", 255)])
+def test_a_study_runs_on_one_band_and_four_band_imagery_with_band_statistics_from_train(tmp_path, bands, dtype,
+                                                                                       top, capsys):
+    """A one-band uint16 (panchromatic, 11-bit) folder stopped at the control: `1-band input: give --mean and
+    --std`, flags the study did not have. Now every cell is normalised with the train split's per-band mean/std."""
+    root = _band_folder(tmp_path / "data", bands, dtype, top)
+    out = tmp_path / "s"
+    args = ["study", "--dataset", "folder", "--data-root", str(root), "--out", str(out), "--methods", "mocov2",
+            "--controls", "random", "random-bn", "--seeds", "0", "1", "--fractions", "1", "--pretrain-steps", "2",
+            "--batch-size", "4", "--patch", "48", "--crop", "32", "--queue-size", "16", "--label-patch", "32",
+            "--probe-steps", "5", "--window", "64", "--device", "cpu"]
+    if dtype == "uint16":
+        args += ["--value-max", str(top)]
+    assert main(args) == 0, capsys.readouterr().err
+    saved = json.loads((out / "study.json").read_text())["settings"]
+    assert len(saved["mean"]) == len(saved["std"]) == bands and 0.2 < saved["mean"][0] < 0.8
+    results = json.loads((out / "results-val.json").read_text())
+    assert set(results["cells"]["probe"]) == {"mocov2", "random", "random-bn"}
+    assert "per-band mean" in (out / "results-val.md").read_text()
+    pretrain = yaml.safe_load((out / "pretrain" / "mocov2-s0" / "config.yaml").read_text().split("\n", 1)[-1]
+                              if (out / "pretrain" / "mocov2-s0" / "config.yaml").read_text().startswith("#")
+                              else (out / "pretrain" / "mocov2-s0" / "config.yaml").read_text())
+    assert pretrain["mean"] == pytest.approx(saved["mean"])

@@ -16,8 +16,8 @@ from ..settings import SettingsError
 from .labels import IGNORE_INDEX
 from .raster import DataError, Window, grid_windows, raster_info, read_window
 
-__all__ = ["VALUE_MAX_HELP", "Scene", "SegmentationDataset", "check_value_max", "release_file", "release_files",
-           "to_unit_float"]
+__all__ = ["VALUE_MAX_HELP", "Scene", "SegmentationDataset", "band_statistics", "check_value_max", "release_file",
+           "release_files", "to_unit_float"]
 
 VALUE_MAX_HELP = ("the pixel value read as 1.0, e.g. 4095 for 12-bit data in a uint16 file (default: the file type's "
                   "maximum, 255 or 65535; float files as they are)")
@@ -216,6 +216,28 @@ class SegmentationDataset(Dataset):
         if self.transforms is not None:
             item = self.transforms(item)
         return item
+
+
+def band_statistics(ds: SegmentationDataset, desc: str = "stats") -> tuple[list[float], list[float], int,
+                                                                            dict[str, int]]:
+    """Per-band (mean, std) over every finite pixel of `ds`'s images, the pixel count, and per file the pixels left
+    out for a NaN/inf in any band: what `mpinet data stats` prints and a study normalises non-RGB imagery with."""
+    from ..progress import progress
+
+    count, total, squares, skipped = 0, 0.0, 0.0, {}
+    for i in progress(range(len(ds)), desc=desc, unit="scene"):
+        item = ds[i]
+        x = item["image"].double().flatten(1)
+        finite = torch.isfinite(x).all(0)  # a pixel with NaN/inf in any band is left out of every band's sums
+        if not finite.all():
+            skipped[item["meta"]["file"]] = int((~finite).sum())
+            x = x[:, finite]
+        count, total, squares = count + x.shape[1], total + x.sum(1), squares + (x * x).sum(1)
+    if not count:
+        raise DataError(f"{ds.root}: no finite pixels in the {ds.split} split")
+    mean = total / count
+    std = (squares / count - mean**2).clamp_min(0).sqrt()
+    return mean.tolist(), std.tolist(), count, skipped
 
 
 def window_tuple(window: Window) -> tuple[int, int, int, int]:

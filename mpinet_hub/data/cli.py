@@ -6,14 +6,11 @@ import argparse
 import json
 import sys
 
-import torch
-
 from ..cli import HelpFormatter
-from ..progress import progress
 from . import DATASET_SPECS, DATASETS, VALUE_MAX_HELP
+from .base import band_statistics
 from .check import check_dataset
 from .prepare import prepare_dataset, verify_prepared
-from .raster import DataError
 from .synth import synth_dataset
 
 
@@ -77,21 +74,9 @@ def run_data(args: argparse.Namespace) -> int:
         return 0 if report.ok else 1
     kwargs = {"bands": args.bands} if args.dataset == "potsdam" else {}
     ds = DATASETS[args.dataset](args.root, split=args.split, value_max=args.value_max, **kwargs)
-    count, s, ss, skipped = 0, 0.0, 0.0, {}
-    for i in progress(range(len(ds)), desc="stats", unit="scene"):
-        item = ds[i]
-        x = item["image"].double().flatten(1)
-        finite = torch.isfinite(x).all(0)  # a pixel with NaN/inf in any band is left out of every band's sums
-        if not finite.all():
-            skipped[item["meta"]["file"]] = int((~finite).sum())
-            x = x[:, finite]
-        count, s, ss = count + x.shape[1], s + x.sum(1), ss + (x * x).sum(1)
+    mean, std, count, skipped = band_statistics(ds)
     for file, n in skipped.items():
         print(f"mpinet data stats: {file}: {n} pixel(s) with NaN/inf left out", file=sys.stderr)
-    if not count:
-        raise DataError(f"{args.root}: no finite pixels in the {args.split} split")
-    mean = s / count
-    std = (ss / count - mean**2).clamp_min(0).sqrt()
-    print(json.dumps({"split": args.split, "pixels": count, "mean": [round(v, 4) for v in mean.tolist()],
-                      "std": [round(v, 4) for v in std.tolist()]}))
+    print(json.dumps({"split": args.split, "pixels": count, "mean": [round(v, 4) for v in mean],
+                      "std": [round(v, 4) for v in std]}))
     return 0

@@ -36,7 +36,8 @@ from typing import Any
 import yaml
 
 from ..atomic import write_text_atomic
-from ..data import DATASETS, VALUE_MAX_HELP, labeled_splits
+from ..data import DATASETS, VALUE_MAX_HELP, labeled_splits, open_dataset
+from ..data.base import band_statistics
 from ..models import MPINET_ARCHS
 from ..pretrain.config import METHODS, PretrainConfig
 from ..pretrain.trainer import pretrain_or_reuse, pretraining_paths
@@ -108,6 +109,10 @@ class StudySettings:
     lr: float = setting(0.03, help="pretraining lr per 256 images")
     bands: str = setting("RGB", help="Potsdam bands")
     value_max: float | None = setting(None, help=VALUE_MAX_HELP)
+    mean: list[float] | None = setting(None, was=None, help="per-band normalisation of every cell (pretraining, "
+                                       "probes, fine-tuning, controls); default: ImageNet's for RGB, for other band "
+                                       "counts the train split's own per-band mean, computed once and recorded")
+    std: list[float] | None = setting(None, was=None, help="per-band normalisation of every cell; default as --mean")
     # downstream
     label_patch: int = setting(96, help="labeled patch px (the subset's unit)")
     probe_steps: int = setting(300, help="optimiser steps of each probe head")
@@ -192,7 +197,7 @@ class StudySettings:
                     lr=self.lr, queue_size=self.queue_size, warmup_epochs=1, workers=self.workers, seed=seed,
                     out=out, save_every=max(50, self.pretrain_steps // 4), device=self.device,
                     bands=self.bands if self.dataset == "potsdam" else None,
-                    value_max=self.value_max)
+                    value_max=self.value_max, mean=self.mean, std=self.std)
 
     def finetune_cell_config(self, encoder: str, fraction: float, seed: int, subset_seed: int,
                              out: str) -> FinetuneConfig:
@@ -201,7 +206,7 @@ class StudySettings:
             self.finetune_config, dataset=self.dataset, data_root=self.data_root, encoder=encoder, out=out,
             label_fraction=fraction, patch=self.label_patch, crop=self.label_patch, batch_size=8,
             steps=self.finetune_steps, seed=seed, subset_seed=subset_seed, device=self.device,
-            save_every=self.finetune_steps, arch=self.arch, value_max=self.value_max)
+            save_every=self.finetune_steps, arch=self.arch, value_max=self.value_max, mean=self.mean, std=self.std)
 
 
 class _Timings:
@@ -260,7 +265,7 @@ def _downstream_cell(s: StudySettings, evaluation: str, name: str, spec: str, fr
         cfg: ProbeConfig | FinetuneConfig = ProbeConfig(
             spec, s.dataset, s.data_root, str(cell), label_fraction=fraction, steps=s.probe_steps, patch=s.label_patch,
             seed=seed, subset_seed=subset_seed, split=s.split, arch=s.arch, window=s.window, device=s.device,
-            value_max=s.value_max, reestimate_bn=s.reestimate_bn)
+            value_max=s.value_max, reestimate_bn=s.reestimate_bn, mean=s.mean, std=s.std)
         record = cell / "config.yaml"
     else:
         cfg = s.finetune_cell_config(spec, fraction, seed, subset_seed, str(cell / "run"))
@@ -314,6 +319,7 @@ def metric_value(metrics: dict[str, Any], metric: str) -> float:
 def run_study(s: StudySettings) -> dict[str, Any]:
     """Run (or resume) every cell, then write results.json, results-SPLIT.md and the plot; returns the results."""
     s.validate()
+    _band_normalisation(s)
     out = Path(s.out)
     out.mkdir(parents=True, exist_ok=True)
     record = _claim(s, out)
@@ -374,6 +380,19 @@ def run_study(s: StudySettings) -> dict[str, Any]:
                                    f"{len(s.seeds)} seed(s) "
                                    f"x {len(s.subset_seeds)} subset(s)")
     return results
+
+
+def _band_normalisation(s: StudySettings) -> None:
+    """Set `s.mean`/`s.std` for imagery without a default normalisation (not three bands): the train split's
+    per-band mean and std, computed once per run (the same data gives the same numbers, so a resumed study
+    matches its study.json), so that every cell, the controls too, reads the bands alike."""
+    if s.mean and s.std:
+        return
+    train = open_dataset(s.dataset, s.data_root, "train", patch_size=s.label_patch, value_max=s.value_max)
+    if train.num_bands == 3:
+        return
+    mean, std, _, _ = band_statistics(train, desc=f"{train.num_bands}-band statistics of the train split")
+    s.mean, s.std = [round(v, 6) for v in mean], [round(max(v, 1e-6), 6) for v in std]
 
 
 def _pair_key(cell: dict[str, Any]) -> tuple[int, int]:
@@ -466,8 +485,11 @@ def study_markdown(results: dict[str, Any]) -> str:
               f"No pretraining in this study (encoders: {s['arch']}). ")
              + f"Probe: {s['probe_steps']} steps"
              + (", BatchNorm re-estimated for every encoder" if s["reestimate_bn"] else "")
-             + f"; fine-tuning: {s['finetune_steps']} steps; labeled patches of {s['label_patch']} px. Seeds "
-             f"{s['seeds']} (pretraining, head, random weights) x subset seeds {s['subset_seeds']}.", ""]
+             + f"; fine-tuning: {s['finetune_steps']} steps; labeled patches of {s['label_patch']} px. "
+             + (f"Every cell normalised with the per-band mean {s['mean']} and std {s['std']} (--mean/--std, or "
+                "the train split's own where not given). " if s.get("mean") else "")
+             + "Seeds "
+             + f"{s['seeds']} (pretraining, head, random weights) x subset seeds {s['subset_seeds']}.", ""]
     for evaluation, by_name in results["cells"].items():
         fractions = list(next(iter(by_name.values())))
         lines += [f"## {evaluation}: mean ± std over seeds (each seed's value in brackets)", "",
