@@ -101,5 +101,7 @@ def test_densecl_trains_from_the_cli_and_its_run_is_diagnosed_and_exported(dense
                            str(hub), "--arch", "mpinet_resnet18", "--tag", "potsdam"],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
+    card = (hub / "README.md").read_text()  # the card names the method that made the weights (was: MPINet)
+    assert "pretrained with **DenseCL**" in card and "wang2021densecl" in card and "**MPINet**" not in card
     model = timm.create_model(f"local-dir:{hub}", pretrained=True)
     assert torch.equal(model.state_dict()["layer4.1.conv2.weight"], ckpt["model"]["backbone.layer4.1.conv2.weight"])

@@ -13,6 +13,7 @@ import pytest
 import rasterio
 import segmentation_models_pytorch as smp
 import torch
+import yaml
 from PIL import Image
 from rasterio.transform import from_origin
 
@@ -629,3 +630,25 @@ def test_sliding_window_cpu_defaults_batch_small_windows_in_channels_last_with_t
     assert (small.batch_size, large.batch_size, small.channels_last) == (4, 1, True)  # docs/benchmarks.md
     plain = SlidingWindow(model, [0.5] * 3, [0.25] * 3, window=64, overlap=16, batch_size=1, channels_last=False)
     assert torch.allclose(small.predict_image(image), plain.predict_image(image), atol=1e-4)
+
+
+def test_value_max_travels_with_the_weights_from_pretraining_to_export_finetune_and_probe(tmp_path):
+    """value_max was saved in the checkpoint but dropped by export: users had to repeat --value-max downstream."""
+    from mpinet_hub.downstream.probe import ProbeConfig, run_probe
+
+    from .test_data import _twelve_bit_folder
+
+    root = _twelve_bit_folder(tmp_path / "root")
+    pre = tmp_path / "pre"
+    assert main(["pretrain", "--dataset", "folder", "--data-root", str(root), "--arch", "mpinet_resnet18", "--method",
+                 "mocov2", "--patch", "32", "--crop", "32", "--batch-size", "2", "--queue-size", "8", "--steps", "1",
+                 "--workers", "0", "--device", "cpu", "--value-max", "4095", "--out", str(pre)]) == 0
+    run = tmp_path / "ft"
+    assert main(["finetune", "--dataset", "folder", "--data-root", str(root), "--encoder", str(pre), "--out",
+                 str(run), "--patch", "32", "--crop", "32", "--batch-size", "2", "--steps", "1",
+                 "--label-fraction", "1", "--device", "cpu"]) == 0
+    assert load_segmentation_model(run / "model")[1].value_max == 4095  # not repeated: taken from the weights
+    probed = tmp_path / "probe"
+    run_probe(ProbeConfig(str(pre), "folder", str(root), str(probed), label_fraction=1, steps=1, patch=32,
+                          batch_size=2, window=32, device="cpu"))
+    assert yaml.safe_load((probed / "config.yaml").read_text())["value_max"] == 4095

@@ -67,7 +67,7 @@ def test_export_folder_contents(exported_potsdam, backbone_state):
     card = (exported_potsdam / "README.md").read_text()
     meta = card_front_matter(card)
     assert meta["mpinet_sha256"] == sha and meta["mpinet_evaluated"] is False and meta["library_name"] == "timm"
-    assert "{{" not in card and "ISPRS" in card and "10.1016/j.asr.2024.10.026" in card
+    assert "{{" not in card and "ISPRS" in card and "pretrained with an unrecorded method" in card
     assert "exported from a plain state dict" in card and "24 training tiles" in card.split("This export")[0]
 
 
@@ -190,7 +190,7 @@ def test_export_of_a_training_checkpoint(tmp_path, backbone_state):
     ckpt = {
         "format": CHECKPOINT_FORMAT, "arch": "mpinet_resnet18", "method": "mpinet", "step": 7,
         "config": {"method": "mpinet", "crop": 128, "lr": 0.03},
-        "norm": {"mean": [0.3, 0.3, 0.3], "std": [0.2, 0.2, 0.2], "bands": ["R", "G", "B"]},
+        "norm": {"mean": [0.3, 0.3, 0.3], "std": [0.2, 0.2, 0.2], "bands": ["R", "G", "B"], "value_max": 2047},
         "model": {**{f"backbone.{k}": v for k, v in backbone_state.items()},
                   "pixel_head.proj.weight": torch.zeros(3)},
     }
@@ -201,6 +201,11 @@ def test_export_of_a_training_checkpoint(tmp_path, backbone_state):
     assert config["pretrained_cfg"]["mean"] == [0.3, 0.3, 0.3]
     assert config["pretrained_cfg"]["input_size"] == [3, 128, 128]
     assert config["mpinet"]["method"] == "mpinet" and config["mpinet"]["pretrain_steps"] == 7
+    card = (out / "README.md").read_text()
+    assert "pretrained with **MPINet**" in card and "10.1016/j.asr.2024.10.026" in card
+    from mpinet_hub.downstream.model import load_encoder
+
+    assert config["mpinet"]["value_max"] == 2047 and load_encoder(str(out)).value_max == 2047  # travels with them
     weights = safetensors.torch.load_file(str(out / "model.safetensors"))
     assert not any("head" in k for k in weights)
     assert_same_weights(weights, backbone_state)

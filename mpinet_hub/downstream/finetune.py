@@ -218,6 +218,10 @@ class Finetuner(StepLoop):
             cfg.steps = max(1, math.ceil(cfg.epochs * math.ceil(len(self.subset) / (cfg.batch_size * self.world))))
         in_chans = self.dataset.num_bands
         encoder = load_encoder(cfg.encoder, default_arch=cfg.arch, in_chans=in_chans)
+        if cfg.value_max is None and encoder.value_max is not None:  # the scale the weights were trained at
+            cfg.value_max = encoder.value_max
+            self.dataset = open_dataset(cfg.dataset, cfg.data_root, "train", bands=cfg.bands, patch_size=cfg.patch,
+                                        value_max=cfg.value_max)
         if encoder.in_chans != in_chans:
             raise ValueError(
                 f"encoder {cfg.encoder} takes {encoder.in_chans} band(s) but {cfg.dataset} with bands="

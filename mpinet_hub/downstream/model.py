@@ -60,6 +60,7 @@ class EncoderSpec:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     in_chans: int
+    value_max: float | None = None  # the full-scale pixel value the weights were trained with (None: the file type's)
 
 
 def load_encoder(spec: str, default_arch: str = "mpinet_resnet18", in_chans: int = 3) -> EncoderSpec:
@@ -69,6 +70,7 @@ def load_encoder(spec: str, default_arch: str = "mpinet_resnet18", in_chans: int
     keep the bands they were trained on.
     """
     kind, _, rest = spec.partition(":")
+    value_max = None  # only an export folder records it (a training checkpoint's is read with its weights)
     if kind in ("random", "imagenet") and ":" not in rest:
         arch = rest or default_arch
         base = MPINET_ARCHS[arch][0] if arch in MPINET_ARCHS else arch
@@ -85,6 +87,7 @@ def load_encoder(spec: str, default_arch: str = "mpinet_resnet18", in_chans: int
     elif Path(spec).is_dir():
         verify_weights_file(Path(spec) / "model.safetensors")
         model = timm.create_model(f"local-dir:{Path(spec).resolve()}", pretrained=True)
+        value_max = json.loads((Path(spec) / "config.json").read_text()).get("mpinet", {}).get("value_max")
     else:
         import mpinet_hub  # noqa: F401  (registers the tags)
 
@@ -93,7 +96,7 @@ def load_encoder(spec: str, default_arch: str = "mpinet_resnet18", in_chans: int
     base = MPINET_ARCHS.get(cfg.get("architecture"), (cfg.get("architecture"),))[0]
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("fc.")}
     in_chans = model.conv1.in_channels
-    return EncoderSpec(spec, base, state, tuple(cfg["mean"]), tuple(cfg["std"]), in_chans)
+    return EncoderSpec(spec, base, state, tuple(cfg["mean"]), tuple(cfg["std"]), in_chans, value_max)
 
 
 def _training_checkpoint(spec: str) -> Path | None:
@@ -116,7 +119,7 @@ def _encoder_from_checkpoint(spec: str, path: Path) -> EncoderSpec:
                          "weights or pass an export folder")
     norm = meta.get("norm") or {}
     mean, std = tuple(norm.get("mean") or RGB_MEAN), tuple(norm.get("std") or RGB_STD)
-    return EncoderSpec(spec, MPINET_ARCHS[meta["arch"]][0], state, mean, std, len(mean))
+    return EncoderSpec(spec, MPINET_ARCHS[meta["arch"]][0], state, mean, std, len(mean), norm.get("value_max"))
 
 
 def build_segmentation_model(

@@ -35,7 +35,7 @@ from ..settings import SettingsError, setting
 from ..training import EpochBatches, RunLock, RunLog, StepLoop, normalisation, plot_losses, resolve_device
 from .evaluate import evaluate_model
 from .finetune import LabeledBatches, labeled_subset, write_labeled_patches
-from .model import ENCODER_HELP, NORMALISATION_HELP, SegmentationModelInfo, load_encoder
+from .model import ENCODER_HELP, NORMALISATION_HELP, EncoderSpec, SegmentationModelInfo, load_encoder
 
 __all__ = ["LEVELS", "LinearProbe", "ProbeConfig", "reestimate_batchnorm", "resample_cells", "run_probe"]
 
@@ -138,8 +138,7 @@ def reestimate_batchnorm(backbone: nn.Module, batches: list[torch.Tensor]) -> No
 
 
 def _backbone(cfg: ProbeConfig, in_chans: int) -> tuple[nn.Module, tuple[float, ...], tuple[float, ...]]:
-    spec = cfg.encoder.replace("random-bn", "random", 1) if cfg.encoder.startswith("random-bn") else cfg.encoder
-    encoder = load_encoder(spec, default_arch=cfg.arch, in_chans=in_chans)
+    encoder = _encoder(cfg, in_chans)
     if encoder.in_chans != in_chans:
         raise ValueError(f"encoder {cfg.encoder} takes {encoder.in_chans} band(s) but {cfg.dataset} gives {in_chans}")
     torch.manual_seed(cfg.seed)  # random weights of `random`/`random-bn`
@@ -150,6 +149,11 @@ def _backbone(cfg: ProbeConfig, in_chans: int) -> tuple[nn.Module, tuple[float, 
             raise ValueError(f"encoder {cfg.encoder} does not fit {encoder.base_arch}: "
                              f"missing {result.missing_keys[:5]}")
     return backbone, encoder.mean, encoder.std
+
+
+def _encoder(cfg: ProbeConfig, in_chans: int) -> EncoderSpec:
+    spec = cfg.encoder.replace("random-bn", "random", 1) if cfg.encoder.startswith("random-bn") else cfg.encoder
+    return load_encoder(spec, default_arch=cfg.arch, in_chans=in_chans)
 
 
 class _ProbeSteps(StepLoop):
@@ -177,6 +181,9 @@ def run_probe(cfg: ProbeConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     device = resolve_device(cfg.device)
     dataset = open_dataset(cfg.dataset, cfg.data_root, "train", patch_size=cfg.patch, value_max=cfg.value_max)
+    if cfg.value_max is None and (value_max := _encoder(cfg, dataset.num_bands).value_max) is not None:
+        cfg.value_max = value_max  # the scale the weights were trained at
+        dataset = open_dataset(cfg.dataset, cfg.data_root, "train", patch_size=cfg.patch, value_max=value_max)
     if not dataset.has_labels:
         raise ValueError(f"{cfg.dataset} train split has no labels")
     split = cfg.split or evaluation_split(cfg.dataset, cfg.data_root)

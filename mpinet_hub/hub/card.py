@@ -86,11 +86,56 @@ def _fmt(x: Any) -> str:
     return "n/a" if x is None else f"{x:.2f}"
 
 
+_MPINET = ("Multi-scale fusion pixel and instance contrastive self-supervised learning for semantic\n"
+           "             segmentation of high-resolution Earth surface images")
+MPINET_CITATION = f"""@article{{liu2025mpinet,
+  title   = {{{_MPINET}}},
+  author  = {{Liu, Bin and Li, Bing and Li, Shuofeng}},
+  journal = {{Advances in Space Research}},
+  volume  = {{75}}, number = {{2}}, pages = {{1854--1870}}, year = {{2025}},
+  doi     = {{10.1016/j.asr.2024.10.026}}
+}}"""
+MOCOV2_CITATION = """@article{chen2020mocov2,
+  title   = {Improved Baselines with Momentum Contrastive Learning},
+  author  = {Chen, Xinlei and Fan, Haoqi and Girshick, Ross and He, Kaiming},
+  journal = {arXiv preprint arXiv:2003.04297}, year = {2020}
+}"""
+DENSECL_CITATION = """@inproceedings{wang2021densecl,
+  title     = {Dense Contrastive Learning for Self-Supervised Visual Pre-Training},
+  author    = {Wang, Xinlong and Zhang, Rufeng and Shen, Chunhua and Kong, Tao and Li, Lei},
+  booktitle = {CVPR}, year = {2021}
+}"""
+# method -> (how the card names it, its citation); the ablation ladder's rungs are MPINet with parts left out
+METHOD_CARDS = {
+    "mpinet": ("**MPINet** (instance contrast + multi-scale fusion pixel contrast + focal frequency loss; Liu, Li & "
+               "Li, Advances in Space Research 2025)", MPINET_CITATION),
+    "mocov2": ("**MoCo v2** (instance contrast against a queue, momentum target; Chen et al. 2020), as mpinet-hub's "
+               "baseline with MPINet's views and schedule", MOCOV2_CITATION),
+    "mocov2-original": ("**MoCo v2** (instance contrast against a queue, fixed 0.999 momentum; Chen et al. 2020)",
+                        MOCOV2_CITATION),
+    "densecl": ("**DenseCL** (MoCo v2 plus a dense contrast matched by feature similarity; Wang et al., CVPR 2021)",
+                DENSECL_CITATION),
+}
+
+
+def method_card(method: str | None) -> tuple[str, str]:
+    """(how a card names the method that made the weights, its citation)."""
+    if method in METHOD_CARDS:
+        return METHOD_CARDS[method]
+    if method in ("pixcontrast", "pixcontrast-c4", "mpinet-noffl"):
+        return (f"`{method}`, a rung of mpinet-hub's MPINet ablation ladder (MPINet with parts left out; "
+                "docs/method.md)", MPINET_CITATION)
+    return ("an unrecorded method (the weights were exported from a plain state dict)",
+            "% the method that made these weights was not recorded with them")
+
+
 def render_card(tag: str, **fields: Any) -> str:
     """The card of an export of `tag`. `fields`: arch, base_arch, repo_id, sha256, bands, in_chans, mean, std, crop,
-    recipe, run_description, metrics (a list of metrics.json dicts); a missing one raises KeyError."""
+    recipe, run_description, metrics (a list of metrics.json dicts), method (the pretraining method, None when not
+    recorded); a missing one raises KeyError."""
     facts = MPINET_TAGS[tag]
     results = fields.get("metrics") or []
+    method_description, method_citation = method_card(fields.get("method"))
     data = ModelCardData(
         library_name="timm", pipeline_tag="image-feature-extraction", tags=TAGS, model_name=f"{fields['arch']}.{tag}",
         eval_results=eval_results(tag, results) or None, mpinet_sha256=fields["sha256"],
@@ -104,7 +149,8 @@ def render_card(tag: str, **fields: Any) -> str:
             std=json.dumps([round(float(v), 4) for v in fields["std"]]), crop=fields["crop"],
             recipe=fields["recipe"], run_description=fields["run_description"], metrics=metrics_markdown(results),
             data_name=facts["data_name"], data_description=facts["data_description"], data_licence=facts["licence"],
-            data_citation=facts["citation"], num_classes=facts["num_classes"])
+            data_citation=facts["citation"], num_classes=facts["num_classes"], method_description=method_description,
+            method_citation=method_citation)
     return str(card)
 
 

@@ -197,6 +197,7 @@ def export_weights(
             "band_names": list(bands),
             "sha256": sha,
             "method": meta.get("method"),
+            "value_max": norm.get("value_max"),  # the full-scale pixel value; fine-tuning and probes take it from here
             "pretrain_steps": meta.get("step"),
             "repo_id": repo_id,
         }
@@ -214,6 +215,7 @@ def export_weights(
             crop=crop,
             recipe=_recipe(meta),
             run_description=_run_description(meta),
+            method=meta.get("method"),
             metrics=metrics or [],
         )
         (staging / "README.md").write_text(card, encoding="utf-8")
