@@ -652,3 +652,35 @@ def test_value_max_travels_with_the_weights_from_pretraining_to_export_finetune_
     run_probe(ProbeConfig(str(pre), "folder", str(root), str(probed), label_fraction=1, steps=1, patch=32,
                           batch_size=2, window=32, device="cpu"))
     assert yaml.safe_load((probed / "config.yaml").read_text())["value_max"] == 4095
+
+
+def test_nan_pixels_in_a_scored_split_are_ignored_counted_and_said_not_scored_as_class_0(tmp_path, capsys):
+    """Val tiles 4% NaN (float32): every pixel was predicted class 0 (NaN spreads through every conv), OA equalled
+    the ground share and `evaluate` reported it as success, no warning."""
+    from mpinet_hub.downstream.probe import ProbeConfig, run_probe
+
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "classes.yaml").write_text(yaml.safe_dump({"names": ["dark", "bright"]}))
+    rng = np.random.default_rng(0)
+    nan_count = 0
+    for split, count in (("train", 3), ("val", 2)):
+        for sub in ("images", "masks"):
+            (root / split / sub).mkdir(parents=True)
+        for i in range(count):
+            mask = np.zeros((64, 64), np.uint8)
+            mask[:, 32:] = 1
+            image = (rng.random((3, 64, 64)) * 0.3 + mask * 0.6).astype(np.float32)
+            if split == "val":
+                holes = rng.random((64, 64)) < 0.04
+                image[:, holes] = np.nan
+                nan_count += int(holes.sum())
+            with rasterio.open(root / split / "images" / f"t{i}.tif", "w", driver="GTiff", height=64, width=64,
+                               count=3, dtype="float32") as dst:
+                dst.write(image)
+            Image.fromarray(mask).save(root / split / "masks" / f"t{i}.png")
+    result = run_probe(ProbeConfig("random", "folder", str(root), str(tmp_path / "p"), label_fraction=1, steps=30,
+                                   patch=32, batch_size=4, window=64, split="val", device="cpu"))
+    assert result["ignored_pixels"] == nan_count and result["pixels_evaluated"] == 2 * 64 * 64 - nan_count
+    assert result["per_class"]["bright"]["IoU"] > 50  # scored on what the model sees, not all class 0
+    assert f"{nan_count} px" in capsys.readouterr().err

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import torch
 
 from ..atomic import write_text_atomic
 from ..data import DATASET_SPECS, Window, evaluation_split, open_dataset
+from ..data.base import Scene
 from ..metrics import PROTOCOLS, SegmentationMetrics
 from ..progress import progress
 from ..training import resolve_device
@@ -93,17 +95,33 @@ def evaluate_model(
                        device=resolve_device(device), precision=precision)
     metrics = SegmentationMetrics.from_protocol(protocol, class_names=list(ds.classes),
                                                 f1_from_precision_recall=f1_from_precision_recall)
-    ignored = 0
+    ignored = not_finite = 0
     total_windows = sum(sw.windows_in(s.height, s.width) for s in ds.scenes)
     with progress(total=total_windows, unit="window", desc=f"evaluate {dataset} {split}") as bar:
         for n, scene in enumerate(ds.scenes):
             step = thumbnail_step(scene.height, scene.width)
             thumbs: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # only for the first `previews` scenes
-            for top, logits in sw.strips(lambda w, s=scene: ds.read_image(s, w), scene.height, scene.width, bar):
+            # NaN/inf pixels (float rasters' holes) are read as 0, as predict does: a NaN would spread through
+            # every conv and turn the window into class 0; their truth is ignored, so they are not scored
+            seen_nan = [False]  # a strip's truth is checked for holes only in a scene that has any (float rasters)
+
+            def read(window: Window, scene: Scene = scene, seen_nan: list[bool] = seen_nan) -> np.ndarray:
+                image = ds.read_image(scene, window)
+                if not np.isfinite(image).all():
+                    seen_nan[0] = True
+                    image = np.nan_to_num(image, nan=0.0, posinf=0.0, neginf=0.0)
+                return image
+
+            for top, logits in sw.strips(read, scene.height, scene.width, bar):
                 rows = logits.shape[1]
                 strip = logits.argmax(0).to(torch.uint8).cpu().numpy()
                 band = Window(0, top, scene.width, rows)
                 truth = ds.read_mask(scene, band)
+                holes = ~np.isfinite(ds.read_image(scene, band)).all(0) if seen_nan[0] else None
+                if holes is not None and holes.any():
+                    holes &= truth != ds.ignore_index
+                    not_finite += int(holes.sum())
+                    truth = np.where(holes, ds.ignore_index, truth)
                 ignored += int((truth == ds.ignore_index).sum())
                 metrics.update(torch.from_numpy(strip)[None], torch.from_numpy(truth.astype(np.int64))[None])
                 if n < previews:
@@ -114,8 +132,11 @@ def evaluate_model(
                 preview_png(image, truth, pred, ds.palette, out / "previews" / f"{scene.id}.png",
                             title=f"{dataset} {split} {scene.id}", ignore_index=ds.ignore_index,
                             class_names=ds.classes)
+    if not_finite:
+        print(f"warning: {dataset} {split}: {not_finite} px of the imagery are NaN/inf; they are ignored (not "
+              "scored), as predict writes them as nodata", file=sys.stderr)
     result = metrics.compute()
-    result.update(
+    result.update(not_finite_pixels=not_finite,
         dataset=dataset, split=split, checkpoint=str(model_dir), scenes=len(ds.scenes), ignored_pixels=ignored,
         protocol_description=PROTOCOLS[protocol]["description"], window=window, overlap=sw.overlap,
         f1_definition="2PR/(P+R), mmseg parity" if f1_from_precision_recall else "2TP/(2TP+FP+FN)",
