@@ -197,6 +197,14 @@ def test_the_test_split_is_read_only_when_asked_and_the_results_say_so(tmp_path,
     # running it again reads no test cell (all are filed): no second reading is recorded
     again = run_study(_settings(tree_folder, tmp_path / "s", methods=[], seeds=[0], probe_steps=5, split="test"))
     assert again["test_reads"] == results["test_reads"]
+    # new test cells after a reading are refused (nothing computed), unless asked for, and then recorded as such
+    more = dict(methods=[], seeds=[0, 1], probe_steps=5, split="test")
+    with pytest.raises(SettingsError, match="was read on .* pass --read-test-again"):
+        run_study(_settings(tree_folder, tmp_path / "s", **more))
+    assert not (tmp_path / "s" / "probe-test" / "random" / "f1-s1-sub0" / "metrics.json").exists()
+    second = run_study(_settings(tree_folder, tmp_path / "s", read_test_again=True, **more))
+    assert len(second["test_reads"]) == 2 and second["test_reads"][1].endswith("(again)")
+    assert "(again)" in (tmp_path / "s" / "results-test.md").read_text()
 
 
 def test_a_finished_study_is_re_scored_with_batchnorm_re_estimated_beside_the_first_results(tmp_path, tree_folder):
@@ -403,3 +411,10 @@ def test_a_study_runs_on_one_band_and_four_band_imagery_with_band_statistics_fro
                               if (out / "pretrain" / "mocov2-s0" / "config.yaml").read_text().startswith("#")
                               else (out / "pretrain" / "mocov2-s0" / "config.yaml").read_text())
     assert pretrain["mean"] == pytest.approx(saved["mean"])
+
+
+def test_a_metric_class_that_does_not_exist_is_refused_before_any_cell(tmp_path, tree_folder, capsys):
+    out = tmp_path / "s"
+    assert main(["study", "--dataset", "folder", "--data-root", str(tree_folder), "--out", str(out), "--metric",
+                 "IoU:nosuchclass", "--device", "cpu"]) == 2
+    assert "no class 'nosuchclass'; classes: ground, tree" in capsys.readouterr().err and not out.exists()

@@ -22,6 +22,7 @@ a verdict for each pair by `paired.paired_verdict`) and OUT/study-SPLIT-EVALUATI
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import glob
 import json
 import re
@@ -124,6 +125,9 @@ class StudySettings:
     window: int = setting(512, help="sliding-window side in px")
     device: str = setting("auto", may_change="how", help="auto, cpu or cuda")
     workers: int = setting(0, may_change="how", help="pretraining loader processes")
+    read_test_again: bool = setting(False, may_change="how", help="with --split test: compute new test cells "
+                                    "although this study's test split was read before (recorded as a second "
+                                    "reading); refused otherwise")
 
     def validate(self) -> None:
         if self.dataset not in DATASETS:
@@ -149,6 +153,11 @@ class StudySettings:
             raise SettingsError(f"encoder name(s) {', '.join(sorted(clash))} clash with a method or control")
         if self.metric not in ("mIoU", "OA", "mF1") and not self.metric.startswith("IoU:"):
             raise SettingsError(f"--metric {self.metric}: mIoU, OA, mF1 or IoU:CLASS (e.g. IoU:tree)")
+        if self.metric.startswith("IoU:"):  # before the first cell, not after hours of them
+            classes = open_dataset(self.dataset, self.data_root, "train").classes
+            if self.metric[4:] not in classes:
+                raise SettingsError(f"--metric {self.metric}: no class {self.metric[4:]!r}; classes: "
+                                    f"{', '.join(classes)}")
         labeled = labeled_splits(self.dataset, self.data_root)
         if self.split not in labeled:
             hint = (" Pass --split test to score on the test split (the results will say that test was read)."
@@ -229,22 +238,48 @@ class _Timings:
         return None if s is None else s / 60
 
 
+def _update_record(out: Path, change: Callable[[dict[str, Any] | None], dict[str, Any]]) -> dict[str, Any]:
+    """Read OUT/study.json (None when there is none), apply `change` and write the result, under an exclusive lock
+    on OUT/.study.lock: studies side by side in one folder never lose each other's entries."""
+    with open(out / ".study.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        path = out / "study.json"
+        record = change(json.loads(path.read_text()) if path.is_file() else None)
+        write_json(record, path)
+        return record
+
+
 def _claim(s: StudySettings, out: Path) -> dict[str, Any]:
     """OUT/study.json: the settings the folder's cells were made with (a re-run must match them), and the dates
     the test split was read (`_record_test_read`)."""
-    path = out / "study.json"
     now = dataclasses.asdict(s)
-    if path.is_file():
-        saved = json.loads(path.read_text())
+
+    def claim(saved: dict[str, Any] | None) -> dict[str, Any]:
+        if saved is None:
+            return {"settings": now, "test_reads": []}
         changed = changed_settings(s, saved["settings"], "reuse")
         if changed:
             raise SettingsError(f"{out} holds a study made with other settings ({'; '.join(changed)}); its cells "
                                 "would be filed under this command. Give another --out, or that study's settings.")
-        record = saved | {"settings": now}
-    else:
-        record = {"settings": now, "test_reads": []}
-    write_json(record, path)
-    return record
+        return saved | {"settings": now}
+
+    return _update_record(out, claim)
+
+
+def _record_test_read(s: StudySettings, out: Path) -> list[str]:
+    """Date a reading of the test split for new cells (every one is recorded, those of studies side by side too);
+    a second reading is refused unless `read_test_again` asks for it, and is then recorded as such."""
+    def read(saved: dict[str, Any] | None) -> dict[str, Any]:
+        saved = saved or {"settings": dataclasses.asdict(s), "test_reads": []}
+        if saved["test_reads"] and not s.read_test_again:
+            raise SettingsError(f"the test split of {out} was read on {', '.join(saved['test_reads'])}, and this "
+                                "run would compute new test cells: settings chosen after a look at test are not "
+                                "tested by it. Choose on --split val; pass --read-test-again to read it anyway (the "
+                                "results will say so)")
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S") + f".{time.time_ns() // 1_000_000 % 1000:03d}"
+        return saved | {"test_reads": [*saved["test_reads"], stamp + (" (again)" if saved["test_reads"] else "")]}
+
+    return _update_record(out, read)["test_reads"]
 
 
 def _folder_name(name: str) -> str:
@@ -338,8 +373,7 @@ def run_study(s: StudySettings) -> dict[str, Any]:
         re-scores filed cells reads nothing new)."""
         nonlocal dated
         if s.split == "test" and not dated:
-            record["test_reads"].append(time.strftime("%Y-%m-%d %H:%M:%S"))
-            write_json(record, out / "study.json")
+            record["test_reads"] = _record_test_read(s, out)
             dated = True
 
     with progress(total=len(runs) + len(downstream), unit="cell", desc="study") as bar:
@@ -366,8 +400,8 @@ def run_study(s: StudySettings) -> dict[str, Any]:
         d = diagnose(run, retrieval_windows=0)
         diagnostics[run.name] = d | {"warnings": problems(d), "minutes": timings.minutes(run)}
     results = {"dataset": s.dataset, "split": s.split, "metric": s.metric, "settings": dataclasses.asdict(s),
-               "test_reads": record["test_reads"], "cells": cells, "pretraining": diagnostics,
-               "verdicts": _verdicts(cells)}
+               "test_reads": json.loads((out / "study.json").read_text())["test_reads"],  # side by side too
+               "cells": cells, "pretraining": diagnostics, "verdicts": _verdicts(cells)}
     write_json(results, out / f"results-{s.band}.json")
     write_text_atomic(out / f"results-{s.band}.md", study_markdown(results))
     for evaluation, by_name in cells.items():
@@ -388,7 +422,7 @@ def _band_normalisation(s: StudySettings) -> None:
     matches its study.json), so that every cell, the controls too, reads the bands alike."""
     if s.mean and s.std:
         return
-    train = open_dataset(s.dataset, s.data_root, "train", patch_size=s.label_patch, value_max=s.value_max)
+    train = open_dataset(s.dataset, s.data_root, "train", value_max=s.value_max)  # whole scenes: any tile size
     if train.num_bands == 3:
         return
     mean, std, _, _ = band_statistics(train, desc=f"{train.num_bands}-band statistics of the train split")
