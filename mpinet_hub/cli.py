@@ -15,7 +15,8 @@ from .settings import SettingsError
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "data": ("mpinet_hub.data.cli", "Data sets: `synth` a miniature copy, `check` a folder, `stats` per band, "
              "`prepare` a windowed copy"),
-    "pretrain": ("mpinet_hub.pretrain.cli", "Self-supervised pretraining (mpinet and its ablation ladder, mocov2)"),
+    "pretrain": ("mpinet_hub.pretrain.cli", "Self-supervised pretraining (mpinet and its ablation ladder, mocov2, "
+                 "densecl)"),
     "diagnose": ("mpinet_hub.pretrain.cli", "Did a pretraining run learn? Instance loss vs chance, key collapse"),
     "export": ("mpinet_hub.hub.cli", "Training checkpoint or state dict -> Hub folder (safetensors, config, card)"),
     "push": ("mpinet_hub.hub.cli", "Upload an export folder to the Hugging Face Hub after checking it"),

@@ -301,3 +301,37 @@ def test_one_identity_rule_declared_on_the_fields_for_resume_and_reuse(tmp_path)
     tuned = FinetuneConfig(dataset="potsdam", data_root="d", weight_decay=0.01)
     assert changed_settings(tuned, tuned.to_dict() | {"weight_decay": 0.0}, "resume") == \
         ["weight_decay 0.0 -> 0.01"]
+
+
+def test_pretrain_lists_only_pretraining_recipes_and_names_a_fine_tuning_one_given_to_it(tmp_path, capsys):
+    """`mpinet pretrain --help` listed finetune_* recipes, and `--config finetune_deeplabv3plus_potsdam --plan` failed
+    with `unknown setting 'decoder'; did you mean 'device'?`."""
+    from mpinet_hub.cli import build_parser
+
+    pretrain = build_parser()._subparsers._group_actions[0].choices["pretrain"]
+    config_help = next(a.help for a in pretrain._actions if "--config" in a.option_strings)
+    assert "mpinet_resnet50_potsdam" in config_help and "finetune_" not in config_help
+    assert main(["pretrain", "--config", "finetune_deeplabv3plus_potsdam", "--plan"]) == 2
+    err = capsys.readouterr().err
+    assert "a fine-tuning recipe; give it to `mpinet finetune --config`" in err and "did you mean" not in err
+
+
+def test_every_option_and_argument_of_every_command_has_help():
+    """evaluate --dataset/--data-root, data check ROOT, data stats ROOT and data synth --seed had none; --data-root
+    said 'the folder the release archives unpack into' for your own folder too, and no --help described its layout."""
+    import argparse
+
+    from mpinet_hub.cli import build_parser
+
+    missing, parsers = [], [("mpinet", build_parser())]
+    while parsers:
+        name, parser = parsers.pop()
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                parsers += [(f"{name} {sub}", p) for sub, p in action.choices.items()]
+            elif not isinstance(action, argparse._HelpAction) and not action.help:
+                missing.append(f"{name} {'/'.join(action.option_strings) or action.dest}")
+            elif name.endswith(("probe", "finetune", "study", "evaluate", "check", "stats")) and (
+                    action.dest in ("root", "data_root")):  # labeled data: the layout is said where it is asked for
+                assert "classes.yaml" in action.help, f"{name} {action.dest}: {action.help}"
+    assert not missing, missing

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .base import VALUE_MAX_HELP, Scene, SegmentationDataset, to_unit_float
+from .base import DATA_ROOT_HELP, VALUE_MAX_HELP, Scene, SegmentationDataset, to_unit_float
 from .folder import LabeledFolder, folder_labeled_splits, read_classes
 from .labels import IGNORE_INDEX, decode_colour_label, decode_value_label, encode_colour_label
 from .loveda import LoveDA
@@ -81,6 +81,7 @@ __all__ = [
     "SegmentationDataset",
     "UAVid",
     "UnlabeledImages",
+    "DATA_ROOT_HELP",
     "VALUE_MAX_HELP",
     "Window",
     "decode_colour_label",

@@ -16,11 +16,15 @@ from ..settings import SettingsError
 from .labels import IGNORE_INDEX
 from .raster import DataError, Window, grid_windows, raster_info, read_window
 
-__all__ = ["VALUE_MAX_HELP", "Scene", "SegmentationDataset", "band_statistics", "check_value_max", "release_file",
-           "release_files", "to_unit_float"]
+__all__ = ["DATA_ROOT_HELP", "VALUE_MAX_HELP", "Scene", "SegmentationDataset", "band_statistics", "check_value_max",
+           "release_file", "release_files", "to_unit_float"]
 
 VALUE_MAX_HELP = ("the pixel value read as 1.0, e.g. 4095 for 12-bit data in a uint16 file (default: the file type's "
                   "maximum, 255 or 65535; float files as they are)")
+
+
+DATA_ROOT_HELP = ("the data set's root: the folder its release archives unpack into, or for --dataset folder your "
+                  "labeled folder (ROOT/classes.yaml; ROOT/train|val|test/images/NAME.* with ROOT/SPLIT/masks/NAME.*)")
 
 
 def to_unit_float(array: np.ndarray, value_max: float | None = None) -> np.ndarray:

@@ -7,7 +7,7 @@ import json
 import sys
 
 from ..cli import HelpFormatter
-from . import DATASET_SPECS, DATASETS, VALUE_MAX_HELP
+from . import DATA_ROOT_HELP, DATASET_SPECS, DATASETS, VALUE_MAX_HELP
 from .base import band_statistics
 from .check import check_dataset
 from .prepare import prepare_dataset, verify_prepared
@@ -18,16 +18,17 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     s = sub.add_parser("synth", help="write a miniature copy of a data set in its exact release layout",
                        formatter_class=HelpFormatter)
-    s.add_argument("dataset", choices=[d for d, spec in DATASET_SPECS.items() if spec.synth is not None])
+    s.add_argument("dataset", choices=[d for d, spec in DATASET_SPECS.items() if spec.synth is not None],
+                   help="whose release layout to write")
     s.add_argument("out", help="folder to write into (the data set's root)")
     s.add_argument("--tiles", type=int, default=6, help="Potsdam tiles / LoveDA images / UAVid sequences")
     s.add_argument("--size", type=int, default=512, help="tile/image side in pixels")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0, help="seed of the scenes (the same seed writes the same files)")
     s.add_argument("--defects", action="store_true", help="Potsdam: reproduce the release's known defects")
     c = sub.add_parser("check", help="validate a data set folder; exit code 1 on errors",
                        formatter_class=HelpFormatter)
-    c.add_argument("dataset", choices=list(DATASETS))
-    c.add_argument("root")
+    c.add_argument("dataset", choices=list(DATASETS), help="a named data set, or folder for your labeled folder")
+    c.add_argument("root", help=DATA_ROOT_HELP)
     c.add_argument("--labels", default="full", choices=["full", "noBoundary"], help="Potsdam label product")
     c.add_argument("--full", action="store_true",
                    help="decode every window of every image (default: the last window of each, which finds a "
@@ -37,10 +38,10 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
                         "in the 0-1 range training uses (--value-max applied), printed as JSON with the split "
                         "named: pass them as --mean/--std to pretrain, finetune and probe.",
                         formatter_class=HelpFormatter)
-    st.add_argument("dataset", choices=list(DATASETS))
-    st.add_argument("root")
+    st.add_argument("dataset", choices=list(DATASETS), help="a named data set, or folder for your labeled folder")
+    st.add_argument("root", help=DATA_ROOT_HELP)
     st.add_argument("--split", default="train", help="split whose images are measured (train: what training sees)")
-    st.add_argument("--bands", default="RGB", help="Potsdam bands")
+    st.add_argument("--bands", default="RGB", help="Potsdam's band product (RGB, IRRG, RGBIR); others as their files")
     st.add_argument("--value-max", type=float, help=VALUE_MAX_HELP + "; give the value training will use")
     pr = sub.add_parser(
         "prepare", formatter_class=HelpFormatter,

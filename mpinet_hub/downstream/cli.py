@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..data import DATASETS
+from ..data import DATA_ROOT_HELP, DATASETS
 from ..metrics import PROTOCOLS
 from ..settings import add_settings_arguments, settings_from_args
 from ..training import PRECISIONS, resolve_device
@@ -23,6 +23,7 @@ def _inference_options(p: argparse.ArgumentParser) -> None:
 
 # --- finetune
 def add_finetune_arguments(p: argparse.ArgumentParser) -> None:
+    from ..pretrain.config import packaged_configs
     from .finetune import FinetuneConfig
 
     p.description = ("Fine-tune an SMP decoder with an encoder SPEC on a fixed, seeded fraction of the labeled "
@@ -32,8 +33,8 @@ def add_finetune_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="start over in an OUT that holds a run (deletes the run's own files: checkpoints/, "
                    "log.jsonl, loss.png, config.yaml, labeled_patches.json, model/)")
-    p.add_argument("--config", help="YAML with any of the settings below, or a packaged recipe by name (`mpinet "
-                   "configs`); it overrides the defaults shown, and flags override it")
+    p.add_argument("--config", help="YAML with any of the settings below, or a packaged recipe by name: "
+                   f"{', '.join(packaged_configs('finetune'))}; it overrides the defaults shown, and flags override it")
     add_settings_arguments(p, FinetuneConfig, config=True, skip=("device",))
 
 
@@ -85,12 +86,13 @@ def run_probe(args: argparse.Namespace) -> int:
 # --- evaluate
 def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="a fine-tuning run folder (or its model/ folder, or any SMP save_pretrained folder)")
-    p.add_argument("--dataset", required=True, choices=list(DATASETS))
-    p.add_argument("--data-root", required=True)
+    p.add_argument("--dataset", required=True, choices=list(DATASETS), help="the data set to score on (the model's "
+                   "classes must be its classes)")
+    p.add_argument("--data-root", required=True, help=DATA_ROOT_HELP)
     p.add_argument("--split", help="default: test where it has labels (potsdam, folders with test/masks), else val "
                    "(loveda, uavid: their test has no labels)")
     p.add_argument("--protocol", choices=list(PROTOCOLS), help="default: the data set's (potsdam-mmseg, loveda, uavid)")
-    p.add_argument("--bands", help="Potsdam bands (default: those the model was trained on)")
+    p.add_argument("--bands", help="Potsdam's band product (default: those the model was trained on)")
     p.add_argument("--out", help="results folder (default RUN/eval-SPLIT)")
     p.add_argument("--previews", type=int, default=3, help="scenes drawn as image | truth | prediction PNGs")
     p.add_argument("--f1-from-precision-recall", action="store_true",

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 
 from ..atomic import write_text_atomic
 from ..checkpoint import atomic_save, load_checkpoint
-from ..data import DATASETS, IGNORE_INDEX, VALUE_MAX_HELP, SegmentationDataset, open_dataset
+from ..data import DATA_ROOT_HELP, DATASETS, IGNORE_INDEX, VALUE_MAX_HELP, SegmentationDataset, open_dataset
 from ..models import MPINET_ARCHS
 from ..pretrain.config import resolve_config
 from ..progress import progress
@@ -67,14 +67,15 @@ FINETUNE_FORMAT = "mpinet-hub/finetune/1"
 @dataclass
 class FinetuneConfig:
     dataset: str = setting(choices=DATASETS, help="a named data set, or `folder` for your own labeled folders")
-    data_root: str = setting(may_change="resume", help="the folder the release archives unpack into")
+    data_root: str = setting(may_change="resume", help=DATA_ROOT_HELP)
     encoder: str = setting("random", help=ENCODER_HELP)
     decoder: str = setting("deeplabv3plus", choices=DECODERS, help="SMP decoder")
     label_fraction: float = setting(0.01, help="fraction of the labeled training patches to train on (0.01 is 1%%; at "
                                     "least one patch; the share used is printed and carded)")
     out: str = setting("runs/finetune", may_change="how", help="run folder")
     arch: str = setting("mpinet_resnet18", choices=MPINET_ARCHS, help="architecture of random/imagenet encoders")
-    bands: str | None = setting(None, help="Potsdam bands: RGB (default), IRRG, RGBIR, optionally +DSM")
+    bands: str | None = setting(None, help="Potsdam's band product: RGB (default), IRRG, RGBIR, optionally +DSM "
+                                "(other data sets are read as their files are)")
     patch: int = setting(256, help="side of the labeled patches cut from the training tiles (the subset's unit)")
     crop: int = setting(256, help="side of the random training crop of a patch")
     batch_size: int = setting(16, help="per process")

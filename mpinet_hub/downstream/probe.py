@@ -27,7 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..atomic import atomic_output, write_text_atomic
-from ..data import DATASETS, IGNORE_INDEX, VALUE_MAX_HELP, evaluation_split, open_dataset
+from ..data import DATA_ROOT_HELP, DATASETS, IGNORE_INDEX, VALUE_MAX_HELP, evaluation_split, open_dataset
 from ..models import MPINET_ARCHS
 from ..pretrain.base import feature_backbone
 from ..progress import progress
@@ -47,7 +47,7 @@ class ProbeConfig:
     encoder: str = setting(help=ENCODER_HELP + "; or random-bn[:ARCH]: random weights, BatchNorm statistics "
                            "re-estimated on the training images (the control)")
     dataset: str = setting(choices=DATASETS, help="a named data set, or `folder` for your own labeled folders")
-    data_root: str = setting(help="the folder the release archives unpack into")
+    data_root: str = setting(help=DATA_ROOT_HELP)
     out: str = setting(may_change="how", help="run folder")
     label_fraction: float = setting(0.01, help="fraction of the labeled training patches, e.g. 0.01 for 1%%")
     levels: list[str] = setting(list(LEVELS), choices=LEVELS, help="encoder levels upsampled to stride 4 and "

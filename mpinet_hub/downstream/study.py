@@ -37,7 +37,7 @@ from typing import Any
 import yaml
 
 from ..atomic import write_text_atomic
-from ..data import DATASETS, VALUE_MAX_HELP, labeled_splits, open_dataset
+from ..data import DATA_ROOT_HELP, DATASETS, VALUE_MAX_HELP, labeled_splits, open_dataset
 from ..data.base import band_statistics
 from ..models import MPINET_ARCHS
 from ..pretrain.config import METHODS, PretrainConfig
@@ -77,7 +77,7 @@ def parse_encoders(specs: list[str]) -> dict[str, str]:
 @dataclass
 class StudySettings:
     dataset: str = setting(choices=DATASETS, help="a named data set, or `folder` for your own labeled folders")
-    data_root: str = setting(help="the labeled data set's root")
+    data_root: str = setting(help=DATA_ROOT_HELP)
     out: str = setting(may_change="how", help="study folder (cells, results)")
     methods: list[str] = setting(["mocov2", "densecl", "mpinet"], may_change="how", nargs="*", help=(
         "pretraining methods, each pretrained once per seed (none: compare --encoders only): by default MPINet "
@@ -108,7 +108,8 @@ class StudySettings:
                         "deep terms 1-4 values)")
     queue_size: int = setting(256, help="instance negatives K")
     lr: float = setting(0.03, help="pretraining lr per 256 images")
-    bands: str = setting("RGB", help="Potsdam bands")
+    bands: str = setting("RGB", help="Potsdam's band product (RGB, IRRG, RGBIR); other data sets are read as their "
+                         "files are")
     value_max: float | None = setting(None, help=VALUE_MAX_HELP)
     mean: list[float] | None = setting(None, was=None, help="per-band normalisation of every cell (pretraining, "
                                        "probes, fine-tuning, controls); default: ImageNet's for RGB, for other band "

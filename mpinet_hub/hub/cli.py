@@ -15,7 +15,7 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("src", help="training checkpoint (RUN/checkpoints/last.pt) or backbone state dict "
                    "(.safetensors, or .pt saved from a state dict)")
     p.add_argument("out_dir", help="folder to write model.safetensors, config.json and README.md into")
-    p.add_argument("--arch", required=True, choices=list(MPINET_ARCHS))
+    p.add_argument("--arch", required=True, choices=list(MPINET_ARCHS), help="the encoder the weights are for")
     p.add_argument("--tag", required=True, choices=list(MPINET_TAGS), help="pretraining data set")
     p.add_argument("--metrics", nargs="*", default=[], help="metrics.json files from `mpinet evaluate` for the card")
     p.add_argument("--org", default=None, help="Hub organisation for the card's repo id (default: MPINET_HUB_ORG "
@@ -42,7 +42,7 @@ def add_push_arguments(p: argparse.ArgumentParser) -> None:
                    "RUN (or RUN/model), after `mpinet evaluate` put its metrics in the card")
     p.add_argument("--repo-id", required=True, help="ORG/NAME, e.g. mpinet-hub/mpinet_resnet50.potsdam")
     p.add_argument("--revision", default=None, help="branch to commit to (created if missing)")
-    p.add_argument("--private", action="store_true")
+    p.add_argument("--private", action="store_true", help="create the Hub repo as private")
     p.add_argument("--allow-unevaluated", action="store_true",
                    help="publish weights whose card carries no downstream metrics (marked as not evaluated)")
 

@@ -10,7 +10,7 @@ from .config import PretrainConfig, packaged_configs
 
 def add_pretrain_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML with any of the settings below, or a packaged recipe by name: "
-                   f"{', '.join(packaged_configs())}; it overrides the defaults shown, and flags override it")
+                   f"{', '.join(packaged_configs('pretrain'))}; it overrides the defaults shown, and flags override it")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
     p.add_argument("--overwrite", action="store_true",
                    help="start over in an OUT that holds a run (deletes the run's own files: checkpoints/, log.jsonl, "

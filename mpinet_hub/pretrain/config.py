@@ -23,10 +23,17 @@ __all__ = ["ABLATION_LADDER", "METHODS", "PretrainConfig", "packaged_configs", "
 ABLATION_LADDER = ("mocov2", "pixcontrast", "pixcontrast-c4", "mpinet-noffl", "mpinet")
 
 
-def packaged_configs() -> list[str]:
-    """Names of the recipes installed with the package (`--config NAME`)."""
-    return sorted(p.name[: -len(".yaml")] for p in resources.files("mpinet_hub.configs").iterdir()
-                  if p.name.endswith(".yaml"))
+FINETUNE_PREFIX = "finetune_"  # fine-tuning recipes are named finetune_DECODER_DATASET; the others pretrain
+
+
+def packaged_configs(kind: str | None = None) -> list[str]:
+    """Names of the recipes installed with the package (`--config NAME`): all, or those of `kind` ("pretrain" or
+    "finetune")."""
+    names = sorted(p.name[: -len(".yaml")] for p in resources.files("mpinet_hub.configs").iterdir()
+                   if p.name.endswith(".yaml"))
+    if kind is None:
+        return names
+    return [n for n in names if n.startswith(FINETUNE_PREFIX) == (kind == "finetune")]
 
 
 def resolve_config(name_or_path: str | Path) -> Path:
@@ -51,7 +58,8 @@ class PretrainConfig:
                                    "then any more unlabeled imagery: files, folders, globs (with --dataset folder, any "
                                    "mix of labeled folders and imagery); an image of a labeled root's val or test "
                                    "split is refused")
-    bands: str = setting("RGB", help="Potsdam bands: RGB, IRRG or RGBIR")
+    bands: str = setting("RGB", help="Potsdam's band product: RGB, IRRG or RGBIR (other data sets are read as their "
+                         "files are)")
     patch: int = setting(256, help="side of the windows read from the images")
     crop: int = setting(256, help="side of each view")
     mean: list[float] | None = setting(None, help="per-band normalisation (default: the tag's; ImageNet for RGB)")
@@ -134,6 +142,9 @@ class PretrainConfig:
         recipe that sets one otherwise is refused, naming the key."""
         values: dict[str, Any] = {}
         if yaml_path:
+            if Path(str(yaml_path)).name.removesuffix(".yaml") in packaged_configs("finetune"):
+                raise SettingsError(f"--config {yaml_path}: a fine-tuning recipe; give it to `mpinet finetune "
+                                    f"--config` (pretraining recipes: {', '.join(packaged_configs('pretrain'))})")
             path = resolve_config(yaml_path)
             values.update(coerce_settings(cls, read_yaml(path), str(yaml_path)))
         overrides = coerce_settings(cls, {k: v for k, v in overrides.items() if v is not None}, "options")
