@@ -418,3 +418,17 @@ def test_a_metric_class_that_does_not_exist_is_refused_before_any_cell(tmp_path,
     assert main(["study", "--dataset", "folder", "--data-root", str(tree_folder), "--out", str(out), "--metric",
                  "IoU:nosuchclass", "--device", "cpu"]) == 2
     assert "no class 'nosuchclass'; classes: ground, tree" in capsys.readouterr().err and not out.exists()
+
+
+def test_results_say_pretraining_minutes_how_to_use_an_encoder_and_no_empty_verdict_table():
+    from mpinet_hub.downstream.study import study_markdown
+
+    settings = dict(_settings("root", "out").__dict__)
+    cells = {"probe": {"mocov2": {"1": [{"seed": 0, "subset_seed": 0, "value": 0.5, "cell": "c", "minutes": 0.5}]}}}
+    diagnostics = {"mocov2-s0": {"minutes": 12.0, "ins_last10pct": 5.0, "chance": 5.5, "key_effective_rank": 9.0,
+                                 "warnings": []}}
+    md = study_markdown({"dataset": "folder", "split": "val", "metric": "mIoU", "settings": settings,
+                         "test_reads": [], "cells": cells, "pretraining": diagnostics, "verdicts": []})
+    assert "| mocov2 | 50.0 | 12.0 + 0.5 |" in md  # was 0.5: the pretraining minutes were only in diagnostics
+    assert "mpinet finetune --encoder out/pretrain/METHOD-sSEED" in md and "mpinet predict RUN" in md
+    assert "no pair to compare" in md and "## Verdicts" not in md and "## Pretraining diagnostics" in md

@@ -219,35 +219,36 @@ class StudySettings:
             save_every=self.finetune_steps, arch=self.arch, value_max=self.value_max, mean=self.mean, std=self.std)
 
 
-class _Timings:
-    """Seconds each cell took, kept in OUT/timings.json so a resumed study still states them. The file is re-read
-    before each write: studies run side by side into one folder (one per core or GPU) keep each other's entries."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.seconds: dict[str, float] = self._filed()
-
-    def _filed(self) -> dict[str, float]:
-        return json.loads(self.path.read_text()) if self.path.is_file() else {}
-
-    def record(self, cell: Path, seconds: float) -> None:
-        self.seconds = self._filed() | {cell.as_posix(): round(seconds, 1)}
-        write_json(self.seconds, self.path)
-
-    def minutes(self, cell: Path) -> float | None:
-        s = self.seconds.get(cell.as_posix())
-        return None if s is None else s / 60
-
-
-def _update_record(out: Path, change: Callable[[dict[str, Any] | None], dict[str, Any]]) -> dict[str, Any]:
-    """Read OUT/study.json (None when there is none), apply `change` and write the result, under an exclusive lock
-    on OUT/.study.lock: studies side by side in one folder never lose each other's entries."""
-    with open(out / ".study.lock", "a") as lock:
+def _update_json(path: Path, change: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
+    """Read the JSON file `path` (None when there is none), apply `change` and write the result, under an exclusive
+    lock on the study folder's .study.lock: studies side by side in one folder never lose each other's entries."""
+    with open(path.parent / ".study.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        path = out / "study.json"
         record = change(json.loads(path.read_text()) if path.is_file() else None)
         write_json(record, path)
         return record
+
+
+class _Timings:
+    """Seconds each cell took, kept in OUT/timings.json (keyed by the cell's path in OUT, so a moved study keeps
+    them) so a resumed study still states them; studies side by side into one folder keep each other's entries."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.seconds: dict[str, float] = json.loads(path.read_text()) if path.is_file() else {}
+
+    def _key(self, cell: Path) -> str:
+        try:
+            return cell.relative_to(self.path.parent).as_posix()
+        except ValueError:
+            return cell.as_posix()
+
+    def record(self, cell: Path, seconds: float) -> None:
+        self.seconds = _update_json(self.path, lambda filed: (filed or {}) | {self._key(cell): round(seconds, 1)})
+
+    def minutes(self, cell: Path) -> float | None:
+        s = self.seconds.get(self._key(cell), self.seconds.get(cell.as_posix()))  # (older studies: full paths)
+        return None if s is None else s / 60
 
 
 def _claim(s: StudySettings, out: Path) -> dict[str, Any]:
@@ -264,7 +265,7 @@ def _claim(s: StudySettings, out: Path) -> dict[str, Any]:
                                 "would be filed under this command. Give another --out, or that study's settings.")
         return saved | {"settings": now}
 
-    return _update_record(out, claim)
+    return _update_json(out / "study.json", claim)
 
 
 def _record_test_read(s: StudySettings, out: Path) -> list[str]:
@@ -280,7 +281,7 @@ def _record_test_read(s: StudySettings, out: Path) -> list[str]:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S") + f".{time.time_ns() // 1_000_000 % 1000:03d}"
         return saved | {"test_reads": [*saved["test_reads"], stamp + (" (again)" if saved["test_reads"] else "")]}
 
-    return _update_record(out, read)["test_reads"]
+    return _update_json(out / "study.json", read)["test_reads"]
 
 
 def _folder_name(name: str) -> str:
@@ -528,29 +529,40 @@ def study_markdown(results: dict[str, Any]) -> str:
     for evaluation, by_name in results["cells"].items():
         fractions = list(next(iter(by_name.values())))
         lines += [f"## {evaluation}: mean ± std over seeds (each seed's value in brackets)", "",
-                  "| encoder | " + " | ".join(f"{100 * float(f):g}% labels" for f in fractions) + " | minutes a cell |",
+                  "| encoder | " + " | ".join(f"{100 * float(f):g}% labels" for f in fractions)
+                  + " | minutes a cell (pretraining + this evaluation) |",
                   "|---|" + "---|" * (len(fractions) + 1)]
         for name, by_f in by_name.items():
             row = [_mean_std([c["value"] for c in by_f[f]]) if f in by_f else "-" for f in fractions]
             minutes = [c["minutes"] for cs in by_f.values() for c in cs if c["minutes"] is not None]
-            cost = f"{statistics.mean(minutes):.1f}" if minutes else "-"
+            pretraining = [d["minutes"] for run, d in results["pretraining"].items()
+                           if run.rpartition("-s")[0] == _folder_name(name) and d["minutes"] is not None]
+            cost = (f"{statistics.mean(pretraining):.1f} + " if pretraining else "") + (
+                f"{statistics.mean(minutes):.1f}" if minutes else "-")
             lines.append(f"| {name} | " + " | ".join(row) + f" | {cost} |")
         lines.append("")
-    lines += ["## Answer", "", *answer_lines(results), "", "## Verdicts", "",
-              "Rule: the mean of the paired differences A - B over seeds (a seed's subset seeds averaged, since they "
-              "share its pretraining), with its 95% t interval; A is called better when the interval lies above 0, B "
-              "when below. *Seeds to separate*: how many seeds would make the interval exclude 0 if the gap and its "
-              "seed-to-seed spread stayed as observed.", "",
-              "| evaluation | labels | A | B | A - B per seed | mean [95% interval] | pairs | seeds to separate | "
-              "verdict |",
-              "|---|---|---|---|---|---|---|---|---|"]
-    for v in results["verdicts"]:
-        diffs = " / ".join(f"{100 * d:+.1f}" for d in v["diffs"])
-        interval = "" if v["low"] is None else f" [{100 * v['low']:+.1f}, {100 * v['high']:+.1f}]"
-        needed = "-" if v["seeds_needed"] is None else str(v["seeds_needed"])
-        verdict = f"**{v['winner']} better**" if v["winner"] else v["verdict"]
-        lines.append(f"| {v['evaluation']} | {100 * float(v['fraction']):g}% | {v['a']} | {v['b']} | {diffs} | "
-                     f"{100 * v['mean_diff']:+.1f}{interval} | {v['pairs']} | {needed} | {verdict} |")
+    lines += ["## Answer", "", *answer_lines(results), ""]
+    if s["methods"]:
+        lines += [f"Use a pretrained encoder: `mpinet finetune --encoder {s['out']}/pretrain/METHOD-sSEED --dataset "
+                  f"{s['dataset']} --data-root {s['data_root']} --out RUN`, then `mpinet predict RUN IMAGE`.", ""]
+    if not results["verdicts"]:
+        lines.append("No two encoders were scored at one label fraction: no pair to compare.")
+    else:
+        lines += ["## Verdicts", "",
+                  "Rule: the mean of the paired differences A - B over seeds (a seed's subset seeds averaged, since "
+                  "they share its pretraining), with its 95% t interval; A is called better when the interval lies "
+                  "above 0, B when below. *Seeds to separate*: how many seeds would make the interval exclude 0 if the "
+                  "gap and its seed-to-seed spread stayed as observed.", "",
+                  "| evaluation | labels | A | B | A - B per seed | mean [95% interval] | pairs | seeds to separate | "
+                  "verdict |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for v in results["verdicts"]:
+            diffs = " / ".join(f"{100 * d:+.1f}" for d in v["diffs"])
+            interval = "" if v["low"] is None else f" [{100 * v['low']:+.1f}, {100 * v['high']:+.1f}]"
+            needed = "-" if v["seeds_needed"] is None else str(v["seeds_needed"])
+            verdict = f"**{v['winner']} better**" if v["winner"] else v["verdict"]
+            lines.append(f"| {v['evaluation']} | {100 * float(v['fraction']):g}% | {v['a']} | {v['b']} | {diffs} | "
+                         f"{100 * v['mean_diff']:+.1f}{interval} | {v['pairs']} | {needed} | {verdict} |")
     if results["pretraining"]:
         lines += ["", "## Pretraining diagnostics (`mpinet diagnose RUN`)", "",
                   "| run | minutes | ins, last 10% | chance ln(K+1) | key effective rank | windows the images hold "
