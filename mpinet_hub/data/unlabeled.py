@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 from .base import check_value_max, to_unit_float, window_tuple
 from .raster import DataError, Window, raster_info, read_window, value_warnings
 
-__all__ = ["UnlabeledImages", "image_files", "pretraining_images"]
+__all__ = ["few_windows", "UnlabeledImages", "image_files", "pretraining_images"]
 
 _SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 
@@ -161,3 +161,13 @@ def pretraining_images(dataset: str, root: str | Path, bands: str = "RGB", split
     if any(len(s.images) > 1 for s in ds.scenes):
         raise ValueError("pretraining reads one file per scene; use bands without +DSM")
     return [s.images[0][0] for s in ds.scenes]
+
+
+def few_windows(distinct: float, overlap: float, patch: int, batch: int) -> str | None:
+    """The warning for images that hold fewer windows than a batch draws, with what to try; None when they hold
+    enough. `distinct`, `overlap`: `UnlabeledImages.distinct_windows()` and `.window_overlap()`."""
+    if distinct >= batch:
+        return None
+    return (f"the images hold about {distinct:.0f} non-overlapping {patch} px windows, fewer than a batch of {batch}: "
+            f"two random windows share {100 * overlap:.0f}% of their area on average, so the instance task's "
+            "negatives are views of the same ground. Give more images, or a smaller --patch.")

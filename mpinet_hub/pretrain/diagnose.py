@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..checkpoint import load_checkpoint
+from ..data.unlabeled import few_windows
 from .registry import build_method, method_class
 
 if TYPE_CHECKING:
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
     from .config import PretrainConfig
     from .views import TwoViews
 
-__all__ = ["CHANCE_MARGIN", "COLLAPSED_RANK", "diagnose", "few_windows", "format_diagnosis", "problems"]
+__all__ = ["CHANCE_MARGIN", "COLLAPSED_RANK", "diagnose", "format_diagnosis", "problems"]
 
 CHANCE_MARGIN = 0.1  # nats below ln(K+1) that the instance loss must reach to count as learning
 COLLAPSED_RANK = 8.0  # effective rank of the keys (of 128) below which they count as collapsed (a quarter of
@@ -172,16 +173,6 @@ def _backbone_gradients(ckpt: dict[str, Any], cfg: PretrainConfig, images: Unlab
             grads = torch.autograd.grad(weight * terms[name], params, retain_graph=True, allow_unused=True)
             norms[name] = float(torch.sqrt(sum((g.float() ** 2).sum() for g in grads if g is not None)))
     return norms
-
-
-def few_windows(distinct: float, overlap: float, patch: int, batch: int) -> str | None:
-    """The warning for images that hold fewer windows than a batch draws, with what to try; None when they hold
-    enough. `distinct`, `overlap`: `UnlabeledImages.distinct_windows()` and `.window_overlap()`."""
-    if distinct >= batch:
-        return None
-    return (f"the images hold about {distinct:.0f} non-overlapping {patch} px windows, fewer than a batch of {batch}: "
-            f"two random windows share {100 * overlap:.0f}% of their area on average, so the instance task's "
-            "negatives are views of the same ground. Give more images, or a smaller --patch.")
 
 
 def problems(d: dict[str, Any]) -> list[str]:

@@ -24,6 +24,7 @@ from ..atomic import write_text_atomic
 from ..checkpoint import CHECKPOINT_FORMAT, atomic_save, load_checkpoint
 from ..data import DataError, UnlabeledImages, image_files, labeled_splits, pretraining_images
 from ..data.potsdam import POTSDAM_BAND_NAMES
+from ..data.unlabeled import few_windows
 from ..models import MPINET_TAGS, RGB_MEAN, RGB_STD
 from ..progress import progress
 from ..settings import SettingsError, changed_settings
@@ -45,7 +46,6 @@ from ..training import (
     resume_or_start,
 )
 from .config import PretrainConfig
-from .diagnose import few_windows
 from .plan import check_step_fits
 from .registry import build_method
 from .views import PhotometricAugment, make_two_views
