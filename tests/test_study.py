@@ -340,17 +340,19 @@ def test_a_damaged_cell_is_computed_again_and_named(tmp_path, tree_folder, capsy
         assert f"{metrics.parent}: metrics.json is damaged" in capsys.readouterr().err
 
 
-def test_a_recipe_cannot_change_a_methods_identity(tmp_path):
+def test_a_recipe_cannot_change_a_methods_identity(tmp_path, tree_folder):
     """A --pretrain-config recipe with w_pix once turned mocov2 into a pixel method, and the release recipe turned
     mocov2-original's fixed 0.999 momentum into the cosine schedule, silently."""
     recipe = tmp_path / "r.yaml"
     recipe.write_text("w_pix: 1.0\nlr: 0.1\n")
-    with pytest.raises(SettingsError, match="w_pix"):
-        PretrainConfig.from_sources(recipe, method="mocov2")
+    with pytest.raises(SettingsError, match="w_pix 1.0, which the method mocov2 fixes at 0.0"):
+        _settings(tree_folder, tmp_path / "s", methods=["mocov2", "mpinet"], pretrain_config=str(recipe)).validate()
     with pytest.raises(SettingsError, match="momentum_schedule"):
         PretrainConfig.from_sources("mpinet_resnet50_potsdam", method="mocov2-original")
     assert PretrainConfig.from_sources(recipe, method="mpinet").lr == 0.1  # mpinet's own w_pix is 1.0: no clash
     assert PretrainConfig.from_sources("mpinet_resnet50_potsdam").method == "mpinet"  # the recipe's own method
+    # a user's recipe without a method, for the one method a flag names, tunes that run as asked
+    assert PretrainConfig.from_sources(recipe, method="mocov2").w_pix == 1.0
 
 
 def test_an_identity_setting_a_saved_run_did_not_record_is_not_taken_as_matching():

@@ -40,10 +40,10 @@ from ..atomic import write_text_atomic
 from ..data import DATA_ROOT_HELP, DATASETS, VALUE_MAX_HELP, labeled_splits, open_dataset
 from ..data.base import band_statistics
 from ..models import MPINET_ARCHS
-from ..pretrain.config import METHODS, PretrainConfig
+from ..pretrain.config import METHODS, PretrainConfig, refuse_preset_changes, resolve_config
 from ..pretrain.trainer import pretrain_or_reuse, pretraining_paths
 from ..progress import progress
-from ..settings import SettingsError, changed_settings, coerce_settings, setting
+from ..settings import SettingsError, changed_settings, coerce_settings, read_yaml, setting
 from ..training import resume_or_start
 from .evaluate import evaluate, write_json
 from .finetune import FinetuneConfig, Finetuner
@@ -170,8 +170,13 @@ class StudySettings:
             raise SettingsError(f"--unlabeled {' '.join(missing)}: no such file, folder or glob")
         if "finetune" in self.evaluations:
             self.finetune_cell_config("random", self.fractions[0], 0, 0, "-")
+        recipe = read_yaml(resolve_config(self.pretrain_config)) if self.pretrain_config else {}
         for entry in self.methods or ["mocov2"]:  # every pretraining cell's settings are valid
-            self.variant(entry)
+            method, _ = self.variant(entry)
+            # one recipe for every method: it may tune what they share, not what makes each the method it is
+            refuse_preset_changes(method, coerce_settings(PretrainConfig, {k: v for k, v in recipe.items()
+                                                                           if k != "method"}, self.pretrain_config),
+                                  f"--pretrain-config {self.pretrain_config}")
             cfg = PretrainConfig.from_sources(self.pretrain_config, **self._pretrain_values(entry, 0, "-"))
         if self.methods and self.unlabeled:  # every cell reads the same roots: no image of a scored split
             pretraining_paths(cfg)

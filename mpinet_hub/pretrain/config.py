@@ -14,7 +14,8 @@ from ..settings import SettingsError, coerce_settings, read_yaml, setting
 from ..training import PRECISIONS
 from .registry import METHODS
 
-__all__ = ["ABLATION_LADDER", "METHODS", "PretrainConfig", "packaged_configs", "resolve_config"]
+__all__ = ["ABLATION_LADDER", "METHODS", "PretrainConfig", "packaged_configs", "refuse_preset_changes",
+           "resolve_config"]
 
 # The baselines from the same machinery (presets registered in method.py), as a ladder that changes one factor
 # per rung:
@@ -47,6 +48,19 @@ def resolve_config(name_or_path: str | Path) -> Path:
             return Path(packaged)
     raise FileNotFoundError(f"--config {name_or_path}: no such file and no packaged recipe of that name; "
                             f"packaged: {', '.join(packaged_configs())}")
+
+
+def refuse_preset_changes(method: str, values: dict[str, Any], source: str) -> None:
+    """A recipe may not change what a method is: refuse `values` (from `source`) that set a key of `method`'s preset
+    to another value, naming them. (A recipe written for mpinet once turned mocov2-original's fixed 0.999 momentum
+    into the cosine schedule, and a study's recipe with w_pix turned mocov2 into a pixel method, silently.)"""
+    preset = METHODS[method]
+    clash = sorted(k for k in preset if k in values and values[k] != preset[k])
+    if clash:
+        raise SettingsError(
+            f"{source}: sets {', '.join(f'{k} {values[k]!r}' for k in clash)}, which the method {method} fixes at "
+            f"{', '.join(f'{preset[k]!r}' for k in clash)}: a recipe cannot change what a method is. Drop the key "
+            "from the recipe, or give it as a flag (in a study: a variant METHOD:KEY=VALUE)")
 
 
 @dataclass
@@ -138,8 +152,8 @@ class PretrainConfig:
     @classmethod
     def from_sources(cls, yaml_path: str | Path | None = None, **overrides: Any) -> PretrainConfig:
         """Defaults < method preset < YAML file < explicit overrides (None means 'not given'). A method chosen
-        over a recipe that is not its own (it names another method, or none) keeps every value its preset sets: a
-        recipe that sets one otherwise is refused, naming the key."""
+        over a recipe written for another method keeps every value its preset sets: such a recipe that sets one
+        otherwise is refused, naming the key (`refuse_preset_changes`)."""
         values: dict[str, Any] = {}
         if yaml_path:
             if Path(str(yaml_path)).name.removesuffix(".yaml") in packaged_configs("finetune"):
@@ -153,13 +167,8 @@ class PretrainConfig:
             source = "options" if "method" in overrides else str(yaml_path)
             raise SettingsError(f"{source}: unknown method {method!r}; choose one of {', '.join(METHODS)}")
         preset = METHODS[method]
-        if "method" in overrides and values.get("method") != method:  # a method chosen over a recipe not its own
-            clash = sorted(k for k in preset if k in values and k not in overrides and values[k] != preset[k])
-            if clash:
-                raise SettingsError(
-                    f"{yaml_path}: sets {', '.join(f'{k} {values[k]!r}' for k in clash)}, which the method {method} "
-                    f"fixes at {', '.join(f'{preset[k]!r}' for k in clash)}: a recipe cannot change what a method "
-                    "is. Drop the key from the recipe, or give it as a flag (a study: a variant METHOD:KEY=VALUE)")
+        if "method" in values and values["method"] != method:  # another method's recipe under this method
+            refuse_preset_changes(method, {k: v for k, v in values.items() if k not in overrides}, str(yaml_path))
         cfg = cls(**{**preset, **values, **overrides})
         cfg.validate()
         return cfg
