@@ -202,6 +202,9 @@ def test_finetune_refuses_an_existing_run_and_a_second_writer(data, tmp_path, ca
     assert main(common) == 1
     assert "already holds a run" in capsys.readouterr().err and _snapshot(tmp_path / "ft") == before
     assert main([*common, "--overwrite", "--label-fraction", "0.5"]) == 0
+    capsys.readouterr()
+    assert main(["diagnose", str(tmp_path / "ft")]) == 1  # a fine-tuning run: one line (was a KeyError traceback)
+    assert "is not a pretraining run" in capsys.readouterr().err
 
 
 def test_bad_numbers_in_settings_are_refused_in_one_line_before_any_output(data, tmp_path, capsys):

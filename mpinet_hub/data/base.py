@@ -124,7 +124,7 @@ class SegmentationDataset(Dataset):
             fits = min(min(s.height, s.width) for s in self.scenes)
             raise DataError(f"{small[0].images[0][0]}: {small[0].height}x{small[0].width} px is smaller than the "
                             f"patch size {patch_size} ({len(small)} of {len(self.scenes)} {split} scenes are); pass "
-                            f"--patch {fits} or less (and --crop no larger)")
+                            f"--patch {fits} or less (where the command has --crop, no larger)")
         self.windows: list[tuple[int, Window]] = [
             (i, w) for i, s in enumerate(self.scenes) for w in grid_windows(s.height, s.width, patch_size, stride)
         ]

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..checkpoint import load_checkpoint
+from ..checkpoint import CHECKPOINT_FORMAT, load_checkpoint
 from ..data.unlabeled import few_windows
 from .registry import build_method, method_class
 
@@ -70,6 +70,9 @@ def diagnose(run: str | Path, retrieval_windows: int = 256, seed: int = 123) -> 
     run = Path(run)
     records = _log_records(run)
     ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
+    if ckpt.get("format") != CHECKPOINT_FORMAT:  # a fine-tuning run's checkpoint has no queue or loss terms
+        raise ValueError(f"{run} is not a pretraining run (its checkpoints/last.pt is {ckpt.get('format')!r}); "
+                         "`mpinet diagnose` reads the folder of an `mpinet pretrain` run")
     cfg = ckpt["config"]
     queue = ckpt["buffers"]["queue"]
     chance = math.log(queue.shape[0] + 1)
