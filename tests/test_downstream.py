@@ -684,3 +684,5 @@ def test_nan_pixels_in_a_scored_split_are_ignored_counted_and_said_not_scored_as
     assert result["ignored_pixels"] == nan_count and result["pixels_evaluated"] == 2 * 64 * 64 - nan_count
     assert result["per_class"]["bright"]["IoU"] > 50  # scored on what the model sees, not all class 0
     assert f"{nan_count} px" in capsys.readouterr().err
+    main(["data", "check", "folder", str(root)])  # and `data check` says so before any run
+    assert "2 file(s) hold NaN/inf pixels" in capsys.readouterr().out

@@ -155,22 +155,24 @@ def grid_windows(height: int, width: int, patch: int | None, stride: int | None 
             for c in window_starts(width, patch, stride)]
 
 
-def _value_findings(path: Path, side: int, value_max: float | None) -> tuple[float | None, int | None]:
-    """(nodata when every sampled pixel is nodata, the largest 16-bit value when it stays under 4096), from a
-    decimated read (`side` px on the longer side)."""
+def _value_findings(path: Path, side: int, value_max: float | None) -> tuple[float | None, int | None, float]:
+    """(nodata when every sampled pixel is nodata, the largest 16-bit value when it stays under 4096, the share of
+    sampled pixels that are NaN/inf in a band), from a decimated read (`side` px on the longer side)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with rasterio.open(path) as src:
             nodata, dtype = src.nodata, src.dtypes[0]
-            if nodata is None and (dtype not in ("uint16", "int16") or value_max is not None):
-                return None, None  # neither can apply: no pixels read (a PNG's decimated read decodes it whole)
+            floating = np.issubdtype(np.dtype(dtype), np.floating)
+            if nodata is None and not floating and (dtype not in ("uint16", "int16") or value_max is not None):
+                return None, None, 0.0  # none can apply: no pixels read (a PNG's decimated read decodes it whole)
             step = max(1, max(src.height, src.width) // side)
             shape = (src.count, max(1, src.height // step), max(1, src.width // step))
             array = src.read(out_shape=shape)
     empty = nodata if nodata is not None and np.all(array == nodata) else None
-    top = int(array.max())
+    not_finite = float((~np.isfinite(array).all(0)).mean()) if floating else 0.0
+    top = int(np.nanmax(array)) if not floating else 0
     low_bits = top if value_max is None and dtype in ("uint16", "int16") and 0 < top < 4096 else None
-    return empty, low_bits
+    return empty, low_bits, not_finite
 
 
 def value_warnings(paths: Sequence[str | Path], side: int = 256, value_max: float | None = None) -> list[str]:
@@ -178,14 +180,23 @@ def value_warnings(paths: Sequence[str | Path], side: int = 256, value_max: floa
     pixel nodata, or 16-bit integers that never exceed 2^k - 1 for some k < 12 or 12 (scaled by 65535 they use a
     sliver of [0, 1]; not reported when `value_max` sets the full-scale value): the line names the bit depth the
     largest value fits and the --value-max it takes."""
-    empty, low = [], []
-    for path in map(Path, paths):
-        nodata, top = _value_findings(path, side, value_max)
+    paths = [Path(p) for p in paths]
+    empty, low, holes = [], [], []
+    for path in paths:
+        nodata, top, not_finite = _value_findings(path, side, value_max)
         if nodata is not None:
             empty.append((path, nodata))
         if top is not None:
             low.append((path, top))
+        if not_finite:
+            holes.append((path, not_finite))
     found = []
+    if holes:
+        names = ", ".join(p.name for p, _ in holes[:5]) + (" ..." if len(holes) > 5 else "")
+        share = sum(h for _, h in holes) / len(paths)
+        found.append(f"{len(holes)} file(s) hold NaN/inf pixels ({names}), {100 * share:.1f}% of the sampled pixels "
+                     "of these files: evaluate and predict ignore them (not scored, nodata), pretraining stops at "
+                     "them; fill them or give them a nodata value")
     if empty:
         names = ", ".join(p.name for p, _ in empty[:5]) + (" ..." if len(empty) > 5 else "")
         found.append(f"{len(empty)} file(s) hold only nodata ({empty[0][1]:g}) in every sampled pixel ({names}): "
