@@ -112,8 +112,11 @@ def atomic_output(dst: str | os.PathLike, *, overwrite: bool = True,
     """
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{dst.stem}.{os.getpid()}-", suffix=f".partial{dst.suffix}",
-                                dir=dst.parent)
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{dst.stem}.{os.getpid()}-", suffix=f".partial{dst.suffix}",
+                                    dir=dst.parent)
+    except OSError as err:  # a read-only or full folder: named by the file meant, not the temporary one
+        raise _write_failed(dst, err) from err
     os.close(fd)
     tmp = Path(name)
     try:

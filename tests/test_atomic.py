@@ -58,3 +58,11 @@ def test_a_real_full_disk_fails_the_write_and_keeps_the_previous_file(full_disk)
         write_text_atomic(target, '{"ok": false, "padding": "' + "x" * 8192 + '"}')
     assert target.read_text() == '{"ok": true}'
     assert sorted(p.name for p in disk.iterdir()) == [".filler", "marker.json"]
+
+
+def test_a_read_only_folder_is_named_with_the_file_meant_not_the_temporary_one(read_only_folder):
+    """A study in a read-only folder once failed naming `.study.13681-6edjvtb7.partial.json`."""
+    with pytest.raises(WriteFailed) as caught:
+        write_text_atomic(read_only_folder / "study.json", "{}")
+    assert f"could not write {read_only_folder / 'study.json'} (" in str(caught.value)
+    assert "partial" not in str(caught.value)
