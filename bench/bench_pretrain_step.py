@@ -3,6 +3,8 @@
     pip install -e ".[bench]" && python bench/bench_pretrain_step.py --arch mpinet_resnet18 --batch 16 --crop 128
     python bench/bench_pretrain_step.py --arch mpinet_resnet50 --batch 256 --crop 256 \\
         --variants 32 bf16 bf16-cl bf16-cl-compile                      # on a GPU: the release setting
+    python bench/bench_pretrain_step.py --batch 32 --crop 128 --queue 256 --only "ours mpinet" --profile 25
+                                                                        # per-op table of one step kind
 
 Every step is forward (both views through online and target) + backward + SGD step + EMA update, on
 pre-made view tensors, symmetrised on both sides, same timm backbone, batch, crop and precision. A variant
@@ -33,8 +35,8 @@ from mpinet_hub.pretrain.config import PretrainConfig
 from mpinet_hub.pretrain.registry import build_method
 from mpinet_hub.pretrain.views import TwoViews, make_two_views
 
-STEPS = (("ours mocov2", "ours", "mocov2"), ("lightly mocov2", "lightly", "mocov2"),
-         ("ours mpinet", "ours", "mpinet"), ("lightly densecl", "lightly", "densecl"))
+STEPS = (("ours mocov2", "ours", "mocov2"), ("lightly mocov2", "lightly", "mocov2"), ("ours mpinet", "ours", "mpinet"),
+         ("lightly densecl", "lightly", "densecl"), ("ours densecl", "ours", "densecl"))
 
 
 def parse_variant(name: str) -> tuple[torch.dtype | None, bool, bool]:
@@ -148,8 +150,17 @@ def measure(name: str, side: str, kind: str, args, views: TwoViews, device, vari
         torch.cuda.reset_peak_memory_stats()
     build = ours if side == "ours" else lightly_step
     start = time.perf_counter()
-    seconds = time_steps(build(kind, args, views, device, dtype, channels_last, compile_), args.steps,
-                         args.warmup + (2 if compile_ else 0), device)
+    step = build(kind, args, views, device, dtype, channels_last, compile_)
+    seconds = time_steps(step, args.steps, args.warmup + (2 if compile_ else 0), device)
+    if args.profile:  # after the timing, so the profiler's own cost is not in the median
+        from torch.profiler import ProfilerActivity, profile
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with profile(activities=activities) as prof:
+            step()
+            _sync(device)
+        print(f"{variant} {name}: one step, by self time\n"
+              + prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.profile), flush=True)
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
     result = {"step_s": seconds, "images_per_s": args.batch / seconds, "peak_gib": peak,
               "wall_s": time.perf_counter() - start}
@@ -179,6 +190,9 @@ def main() -> None:
                     help="32 | bf16, then optional -cl (channels_last) and -compile (default: %(default)s)")
     ap.add_argument("--only", nargs="+", choices=[s[0] for s in STEPS], help="run only these steps (default: all)")
     ap.add_argument("--json", help="also write every measurement to this JSON file")
+    ap.add_argument("--profile", type=int, default=0, metavar="ROWS",
+                    help="after timing, profile one more step of each kind with torch.profiler and print its ROWS "
+                    "most expensive operators (default: off)")
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     machine = torch.cuda.get_device_name() if device.type == "cuda" else platform.machine()
@@ -202,7 +216,8 @@ def main() -> None:
         setting = f"{args.arch} b{args.batch} {args.crop}px {variant}"
         record("Pretraining step", machine, setting, _cell(t, "ours mocov2"), _cell(t, "lightly mocov2"),
                _ratio(t, "ours mocov2", "lightly mocov2"), _cell(t, "ours mpinet"), _cell(t, "lightly densecl"),
-               _ratio(t, "ours mpinet", "lightly densecl"))
+               _ratio(t, "ours mpinet", "lightly densecl"), _cell(t, "ours densecl"),
+               _ratio(t, "ours densecl", "lightly densecl"))
         if device.type == "cuda":
             record("Pretraining on a GPU", machine, setting,
                    *(_cell(t, name, "images_per_s", "{:.0f}") for name, _, _ in STEPS),
