@@ -434,3 +434,16 @@ def test_results_say_pretraining_minutes_how_to_use_an_encoder_and_no_empty_verd
     assert "| mocov2 | 50.0 | 12.0 + 0.5 |" in md  # was 0.5: the pretraining minutes were only in diagnostics
     assert "mpinet finetune --encoder out/pretrain/METHOD-sSEED" in md and "mpinet predict RUN" in md
     assert "no pair to compare" in md and "## Verdicts" not in md and "## Pretraining diagnostics" in md
+
+
+def test_a_study_refused_for_an_empty_train_split_claims_no_folder(tmp_path, tree_folder, capsys):
+    """It once claimed its folder, so the corrected rerun was refused `holds a study made with other settings`."""
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(tree_folder, root)
+    for f in (root / "train" / "images").iterdir():
+        f.unlink()
+    out = tmp_path / "s"
+    assert main(["study", "--dataset", "folder", "--data-root", str(root), "--out", str(out), "--device", "cpu"]) == 1
+    assert "train" in capsys.readouterr().err and not out.exists()
