@@ -42,7 +42,6 @@ from ..training import (
     StepBatches,
     StepLoop,
     check_finite_state,
-    claim_run_folder,
     init_distributed,
     normalisation,
     plot_losses,
@@ -198,14 +197,7 @@ class Finetuner(StepLoop):
         self.out = Path(cfg.out)
         self.rank, self.world = init_distributed(cfg.device)
         self.is_main = self.rank == 0
-        # the lock first: nothing of a folder another live process writes is deleted (--overwrite) or read
-        self.lock = claim_run_folder(self.out, resume, overwrite) if self.is_main else None
-        try:
-            self._build(resume)
-        except BaseException:
-            if self.lock is not None:
-                self.lock.abandon()
-            raise
+        self.claim_then_build(self.out, resume, overwrite)
 
     def _build(self, resume: bool) -> None:
         cfg = self.cfg

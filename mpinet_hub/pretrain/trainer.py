@@ -35,7 +35,6 @@ from ..training import (
     StepBatches,
     StepLoop,
     check_finite_state,
-    claim_run_folder,
     init_distributed,
     last_good_checkpoint_hint,
     normalisation,
@@ -112,14 +111,7 @@ class Trainer(StepLoop):
         self.rank, self.world = init_distributed(cfg.device)
         self.device = resolve_device(cfg.device)
         self.is_main = self.rank == 0
-        # the lock first: nothing of a folder another live process writes is deleted (--overwrite) or read
-        self.lock = claim_run_folder(self.out, resume, overwrite) if self.is_main else None
-        try:
-            self._build(resume)
-        except BaseException:
-            if self.lock is not None:
-                self.lock.abandon()
-            raise
+        self.claim_then_build(self.out, resume, overwrite)
 
     def _build(self, resume: bool) -> None:
         cfg = self.cfg

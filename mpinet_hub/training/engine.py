@@ -3,7 +3,8 @@
 One step: the subclass's `compute(batch)` gives the loss and the terms to log; a non-finite term stops the run
 naming the step and the last good checkpoint; the (scaled) backward and optimiser step; `after_step()` (a
 scheduler, an EMA target); one log record and one progress update; and every `save_every` steps and at the
-last one, `checkpoint(final)`. The run folder's claim, lock and log are the caller's (run_folder.py, run_log.py).
+last one, `checkpoint(final)`. `claim_then_build` claims and locks the run folder before anything is set up;
+the log is the caller's (run_log.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 
 from .checks import check_finite
 from .device import AUTOCAST_DTYPES
+from .run_folder import RunLock, claim_run_folder
 from .run_log import RunLog
 
 __all__ = ["StepLoop"]
@@ -38,6 +40,23 @@ class StepLoop:
     is_main: bool = True
     world: int = 1
     checkpoint_path: Path
+    lock: RunLock | None = None
+
+    def claim_then_build(self, out: Path, resume: bool, overwrite: bool) -> None:
+        """Lock and claim the run folder `out` (the main process; `run_folder.claim_run_folder`: nothing of a folder
+        another live process writes is deleted or read), then `self._build(resume)`; a failed build releases the
+        claim and removes a folder it created. The held lock is `self.lock`, for `train` to release."""
+        self.lock = claim_run_folder(out, resume, overwrite) if self.is_main else None
+        try:
+            self._build(resume)
+        except BaseException:
+            if self.lock is not None:
+                self.lock.abandon()
+            raise
+
+    def _build(self, resume: bool) -> None:
+        """Set up the run (data, model, optimiser; `resume`: from the folder's last checkpoint)."""
+        raise NotImplementedError
 
     def compute(self, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
         """(loss to minimise, terms to check and log by name, images in the batch) of one step's batch."""
