@@ -49,9 +49,13 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises several types for torn or foreign files
+        others = sorted(p.name for p in path.parent.glob("*.pt") if p != path)
+        way_out = (f"the other checkpoints in that folder ({', '.join(others[-3:])}) may be whole: copy the newest "
+                   f"over {path.name} to resume from it" if others else
+                   f"no other checkpoint is in {path.parent}: delete the run folder (in a study: the cell's folder) "
+                   "to compute it again")
         raise ValueError(
-            f"{path} could not be read as a weights-only torch checkpoint ({type(err).__name__}: {err}). "
-            "If it was written by an interrupted run, use the previous checkpoint in the same folder."
+            f"{path} could not be read as a weights-only torch checkpoint ({type(err).__name__}: {err}); {way_out}."
         ) from err
 
 

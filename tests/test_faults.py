@@ -333,8 +333,9 @@ def test_defaults_that_do_not_fit_small_tiles_name_the_flag_and_a_value_that_fit
     assert "t.png: 128x128 px is smaller than the patch size 256" in err and "pass --patch 128 or less" in err
     assert main(["finetune", *common, "--patch", "128", "--out", str(tmp_path / "ft")]) == 2
     assert "--crop 256 is larger than --patch 128" in capsys.readouterr().err
-    assert main(["probe", "random", *common, "--out", str(tmp_path / "probe")]) != 0
-    assert "pass --patch 128 or less" in capsys.readouterr().err
+    assert main(["probe", "random", *common, "--out", str(tmp_path / "probe")]) == 2  # a setting: exit 2 (was 1)
+    err = capsys.readouterr().err
+    assert "pass --patch 128 or less" in err and "where the command has --crop" in err
     assert not (tmp_path / "ft").exists() and not (tmp_path / "probe").exists()
 
 
@@ -441,3 +442,17 @@ def test_a_probe_killed_mid_run_reruns_to_the_end_with_the_same_command(tmp_path
     assert main(args(5)) == 0
     steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5] and (out / "metrics.json").is_file()
+
+
+def test_a_torn_last_checkpoint_names_the_way_out_that_the_folder_has(data, run, tmp_path, capsys):
+    """It advised 'the previous checkpoint' also where the folder (a study cell's) kept none."""
+    work = tmp_path / "run"
+    os.system(f"cp -r {run} {work}")
+    last = work / "checkpoints" / "last.pt"
+    last.write_bytes(last.read_bytes()[:1000])
+    assert _pretrain(data, work, "--steps", "4", "--resume") != 0
+    assert "step_0000002.pt) may be whole: copy the newest over last.pt" in capsys.readouterr().err
+    for periodic in (work / "checkpoints").glob("step_*.pt"):
+        periodic.unlink()
+    assert _pretrain(data, work, "--steps", "4", "--resume") != 0
+    assert "no other checkpoint is in" in capsys.readouterr().err

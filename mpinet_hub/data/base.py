@@ -27,6 +27,10 @@ DATA_ROOT_HELP = ("the data set's root: the folder its release archives unpack i
                   "labeled folder (ROOT/classes.yaml; ROOT/train|val|test/images/NAME.* with ROOT/SPLIT/masks/NAME.*)")
 
 
+class PatchTooLargeError(DataError, SettingsError):
+    """A --patch the data's images are smaller than: a setting that does not fit the data (exit 2)."""
+
+
 def to_unit_float(array: np.ndarray, value_max: float | None = None) -> np.ndarray:
     """Values divided by `value_max`, the value that means full scale (e.g. 4095 for 12-bit data in uint16), as
     float32. Without it, integer rasters are scaled by their dtype's maximum and float rasters kept as they are."""
@@ -122,9 +126,10 @@ class SegmentationDataset(Dataset):
         small = [s for s in self.scenes if patch_size is not None and min(s.height, s.width) < patch_size]
         if small:
             fits = min(min(s.height, s.width) for s in self.scenes)
-            raise DataError(f"{small[0].images[0][0]}: {small[0].height}x{small[0].width} px is smaller than the "
-                            f"patch size {patch_size} ({len(small)} of {len(self.scenes)} {split} scenes are); pass "
-                            f"--patch {fits} or less (where the command has --crop, no larger)")
+            raise PatchTooLargeError(
+                f"{small[0].images[0][0]}: {small[0].height}x{small[0].width} px is smaller than the patch size "
+                f"{patch_size} ({len(small)} of {len(self.scenes)} {split} scenes are); pass --patch {fits} or less "
+                "(where the command has --crop, no larger)")
         self.windows: list[tuple[int, Window]] = [
             (i, w) for i, s in enumerate(self.scenes) for w in grid_windows(s.height, s.width, patch_size, stride)
         ]

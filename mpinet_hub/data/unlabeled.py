@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .base import check_value_max, to_unit_float, window_tuple
+from .base import PatchTooLargeError, check_value_max, to_unit_float, window_tuple
 from .raster import DataError, Window, raster_info, read_window, value_warnings
 
 __all__ = ["few_windows", "UnlabeledImages", "image_files", "pretraining_images"]
@@ -94,7 +94,7 @@ class UnlabeledImages(Dataset):
         for message in value_warnings([info.path for info in self.infos], value_max=value_max):
             warnings.warn(message, stacklevel=2)
         if not self.infos:
-            raise DataError(f"every image is smaller than the patch size {patch_size} (--patch); pass --patch "
+            raise PatchTooLargeError(f"every image is smaller than the patch size {patch_size} (--patch); pass --patch "
                             f"{largest_side} or less (and --crop no larger)")
         counts = {len(bands) if bands else i.count for i in self.infos}
         if len(counts) > 1:
