@@ -686,3 +686,18 @@ def test_nan_pixels_in_a_scored_split_are_ignored_counted_and_said_not_scored_as
     assert f"{nan_count} px" in capsys.readouterr().err
     main(["data", "check", "folder", str(root)])  # and `data check` says so before any run
     assert "2 file(s) hold NaN/inf pixels" in capsys.readouterr().out
+
+
+def test_a_failed_preview_leaves_no_map_and_the_rerun_is_not_refused(finetuned, tmp_path, capsys):
+    """A --preview that could not be written once left out.tif behind, and the rerun was refused `out.tif exists`.
+    Here the preview's path is a folder, so writing it really fails."""
+    _, model_dir = finetuned
+    src = tmp_path / "scene.tif"
+    _geotiff(src, np.random.default_rng(0).integers(0, 255, (3, 32, 32)).astype(np.uint8))
+    out = tmp_path / "out.tif"
+    (tmp_path / "out.preview.png").mkdir()
+    args = ["predict", str(model_dir), str(src), str(out), "--preview", "--window", "32", "--device", "cpu"]
+    assert main(args) != 0
+    assert not out.exists()
+    (tmp_path / "out.preview.png").rmdir()
+    assert main(args) == 0 and out.is_file() and (tmp_path / "out.preview.png").is_file()

@@ -157,13 +157,14 @@ def predict_raster(sw: SlidingWindow, info: SegmentationModelInfo, src: Path, ds
             image = Image.fromarray(full, mode="P")
             image.putpalette([v for i in range(256) for v in lut.get(i, (0, 0, 0, 0))[:3]])
             image.save(tmp, format="PNG")
+        if preview:  # before the map is published: a failed preview leaves no map that a rerun would refuse
+            preview_png(None, None, np.concatenate(thumb),
+                        info.palette or [lut[i][:3] for i in range(len(info.classes))],
+                        dst.with_name(f"{dst.stem}.preview.png"), title=f"{src.name}: predicted classes",
+                        ignore_index=NODATA_CLASS, class_names=info.classes)
     if non_finite:
         warnings.warn(f"{src}: {non_finite} pixel(s) with NaN/inf in a band were written as nodata "
                       f"({NODATA_CLASS}) in {dst.name}", stacklevel=2)
-    if preview:
-        preview_png(None, None, np.concatenate(thumb), info.palette or [lut[i][:3] for i in range(len(info.classes))],
-                    dst.with_name(f"{dst.stem}.preview.png"), title=f"{src.name}: predicted classes",
-                    ignore_index=NODATA_CLASS, class_names=info.classes)
     return dst
 
 
