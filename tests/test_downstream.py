@@ -433,7 +433,7 @@ def test_finetune_ddp_two_gloo_processes(tmp_path, potsdam_root):
 
 @pytest.mark.parametrize("leave", [0, 4096, 6000])
 def test_predict_on_a_real_full_disk_fails_in_one_line_or_writes_a_whole_file(finetuned, tmp_path, full_disk, leave,
-                                                                              capsys):
+                                                                              capfd):
     """GDAL reports a full disk met while closing a GeoTIFF as a printed error only (exit 0 and a 0-byte file
     before): whatever the space left, the command either writes a file that reads back whole or fails in one
     line leaving nothing."""
@@ -445,7 +445,7 @@ def test_predict_on_a_real_full_disk_fails_in_one_line_or_writes_a_whole_file(fi
     for name in ("scene_classes.tif", "scene_classes.png"):
         full = full_disk(leave)
         code = main(["predict", str(model_dir), str(src), str(full / name), "--window", "32"])
-        out, err = capsys.readouterr()
+        out, err = capfd.readouterr()
         if code == 0:
             assert leave > 0 and f"-> {full / name}" in out
             with rasterio.open(full / name) as written:
@@ -454,6 +454,7 @@ def test_predict_on_a_real_full_disk_fails_in_one_line_or_writes_a_whole_file(fi
         else:
             assert code == 2 and "->" not in out, (leave, name, out, err)
             assert f"could not write {full / name}" in err and "free on its disk" in err and "Traceback" not in err
+            assert "ERROR 1:" not in err, err  # GDAL's own lines (fd 2) above the one-line error
         assert sorted(p.name for p in full.iterdir()) == [".filler"]  # no partial file
         if leave == 0:
             assert code == 2

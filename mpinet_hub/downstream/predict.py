@@ -118,7 +118,10 @@ def predict_raster(sw: SlidingWindow, info: SegmentationModelInfo, src: Path, ds
         profile["nodata"] = NODATA_CLASS
     non_finite = 0
     remove_orphaned_partials(dst.parent)  # a killed predict's; a running one's are left alone
-    with atomic_output(dst, overwrite=overwrite, verify=_reads_back(meta.height, meta.width)) as tmp, \
+    # GDAL's own lines for a write that fails (a full disk: `ERROR 1: TIFFWriteDirectorySec ...`) go to the null
+    # device: the failure is found by reading the map back and said in one line naming the file and the space
+    with rasterio.Env(CPL_LOG=os.devnull), \
+            atomic_output(dst, overwrite=overwrite, verify=_reads_back(meta.height, meta.width)) as tmp, \
             warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)  # an ungeoreferenced TIFF, if asked for
         full = np.empty((meta.height, meta.width), np.uint8) if as_png else None
