@@ -456,3 +456,19 @@ def test_a_torn_last_checkpoint_names_the_way_out_that_the_folder_has(data, run,
         periodic.unlink()
     assert _pretrain(data, work, "--steps", "4", "--resume") != 0
     assert "no other checkpoint is in" in capsys.readouterr().err
+
+
+def test_a_full_disk_under_the_run_log_fails_in_one_line_naming_the_file(full_disk, capfd):
+    """pretrain's log and TensorBoard files on a full disk: an unnamed `[Errno 28] No space left on device`, and
+    at 8-12 KB free a TensorBoard thread traceback besides."""
+    from mpinet_hub.atomic import WriteFailed
+    from mpinet_hub.training import RunLog
+
+    mount = full_disk(6000)
+    with pytest.raises(WriteFailed) as caught:
+        with RunLog(mount / "run", step=0) as log:
+            for step in range(1, 20000):
+                log.write({"step": step, "loss": 1.0 / step, "lr": 0.03, "note": "x" * 64})
+    message = str(caught.value)
+    assert message.startswith(f"could not write {mount / 'run'}") and "free on its disk" in message
+    assert "Traceback" not in capfd.readouterr().err

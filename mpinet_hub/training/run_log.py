@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from ..atomic import atomic_output, write_text_atomic
+from ..atomic import WriteFailed, atomic_output, free_space, write_text_atomic
 
 __all__ = ["RunLog", "plot_losses", "trim_log"]
 
@@ -23,6 +26,22 @@ def trim_log(path: Path, step: int) -> None:
         write_text_atomic(path, "".join(line + "\n" for line in kept))
 
 
+def _quiet_tensorboard_threads() -> None:
+    """TensorBoard writes from a thread of its own; an OSError there (a full disk) printed a thread traceback,
+    then came back in the writing thread, where RunLog names it in one line. Only that traceback is dropped."""
+    previous = threading.excepthook
+    if getattr(previous, "_mpinet_quiet", False):
+        return
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if type(args.thread).__name__ == "_AsyncWriterThread" and issubclass(args.exc_type, OSError):
+            return
+        previous(args)
+
+    hook._mpinet_quiet = True  # type: ignore[attr-defined]
+    threading.excepthook = hook
+
+
 class RunLog:
     """A run's log: OUT/log.jsonl, and TensorBoard event files in OUT/tensorboard when tensorboard is installed
     (numeric fields as scalars at the record's step). Opened at the step a run continues from, it first drops
@@ -31,6 +50,7 @@ class RunLog:
 
     def __init__(self, out: Path, step: int, enabled: bool = True) -> None:
         self.jsonl = self.tensorboard = None
+        self.out = out
         if not enabled:
             return
         out.mkdir(parents=True, exist_ok=True)
@@ -40,29 +60,47 @@ class RunLog:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:  # optional: the JSON lines hold everything
             return
+        _quiet_tensorboard_threads()
         self.tensorboard = SummaryWriter(str(out / "tensorboard"), purge_step=step + 1)
 
     def write(self, record: dict) -> None:
         if self.jsonl is None:
             return
-        self.jsonl.write(json.dumps(record) + "\n")
-        self.jsonl.flush()
+        with self._named(self.out / "log.jsonl"):
+            self.jsonl.write(json.dumps(record) + "\n")
+            self.jsonl.flush()
         if self.tensorboard is not None:
-            for key, value in record.items():
-                if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
-                    self.tensorboard.add_scalar(key, value, record["step"])
+            with self._named(self.out / "tensorboard"):
+                for key, value in record.items():
+                    if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                        self.tensorboard.add_scalar(key, value, record["step"])
+
+    @contextmanager
+    def _named(self, where: Path) -> Iterator[None]:
+        """An OSError (a full disk) becomes the one-line WriteFailed naming `where` and the free space."""
+        try:
+            yield
+        except OSError as err:
+            if isinstance(err, WriteFailed):
+                raise
+            raise WriteFailed(f"could not write {where} ({err.strerror or err}); {free_space(self.out)}") from err
 
     def close(self) -> None:
-        for sink in (self.jsonl, self.tensorboard):
+        sinks, self.jsonl, self.tensorboard = (self.jsonl, self.tensorboard), None, None
+        for where, sink in zip((self.out / "log.jsonl", self.out / "tensorboard"), sinks):
             if sink is not None:
-                sink.close()
-        self.jsonl = self.tensorboard = None
+                with self._named(where):
+                    sink.close()
 
     def __enter__(self) -> RunLog:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        try:
+            self.close()
+        except WriteFailed:
+            if exc_type is None:  # else the error already on its way is the one to say
+                raise
 
 
 def plot_losses(log_path: Path, png_path: Path, keys: tuple[str, ...] = ("total", "ins", "pix", "ffl"),
