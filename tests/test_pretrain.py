@@ -367,15 +367,21 @@ def test_diagnose_says_when_the_imagery_holds_fewer_distinct_windows_than_a_batc
     """A run whose negatives are views of the same ground (one small scene: landsat's train band) is told so, with
     the figures, at the end of pretraining and by diagnose; a run with more imagery than a batch is not."""
     from mpinet_hub.cli import main
+    from mpinet_hub.pretrain import trainer
     from mpinet_hub.pretrain.diagnose import diagnose, problems
 
+    trainer._SAID.clear()  # (said once a process; other tests may have run on these images)
     run = tmp_path / "run"  # two 192 px train tiles: 8 windows of 96 px, fewer than a batch of 12
-    assert main(["pretrain", "--dataset", "potsdam", "--data-root", str(potsdam_root), "--method", "mocov2",
-                 "--arch", "mpinet_resnet18", "--patch", "96", "--crop", "64", "--batch-size", "12", "--steps", "2",
-                 "--queue-size", "24", "--workers", "0", "--out", str(run)]) == 0
+    args = ["pretrain", "--dataset", "potsdam", "--data-root", str(potsdam_root), "--method", "mocov2", "--arch",
+            "mpinet_resnet18", "--patch", "96", "--crop", "64", "--batch-size", "12", "--steps", "2", "--queue-size",
+            "24", "--workers", "0"]
+    assert main([*args, "--out", str(run)]) == 0
     said = capsys.readouterr()
-    assert "warning: the images hold about 8 non-overlapping 96 px windows, fewer than a batch of 12" in said.err
+    warning = "warning: the images hold about 8 non-overlapping 96 px windows, fewer than a batch of 12"
+    assert warning in said.err
     assert "fewer than a batch of 12" in said.out  # said before the first step, and again at the end
+    assert main([*args, "--out", str(tmp_path / "again")]) == 0  # a study's next cell on the same images:
+    assert warning not in capsys.readouterr().err  # not repeated before its first step
     d = diagnose(run, retrieval_windows=0)
     images = UnlabeledImages(pretraining_images("potsdam", potsdam_root), patch_size=96)
     assert d["distinct_windows"] == pytest.approx(images.distinct_windows()) == pytest.approx(8.0)

@@ -87,7 +87,8 @@ class FinetuneConfig:
     subset_seed: int = setting(0, help="seed of the labeled subset (keep it fixed across encoders)")
     workers: int = setting(0, may_change="how", help="data-loading processes")
     device: str = setting("auto", may_change="how", help="auto, cpu or cuda")
-    precision: str = setting("32", choices=PRECISIONS, help="auto: bf16 on a GPU that supports it, else fp32")
+    precision: str = setting("32", choices=PRECISIONS, help="32: full precision, the same on every device; bf16 "
+                             "or 16: autocast (16 with loss scaling); auto: bf16 on a GPU that supports it, else 32")
     save_every: int = setting(500, may_change="how", help="steps between checkpoints")
     log_every: int = setting(1, may_change="how", help="steps between log lines")
     mean: list[float] | None = setting(None, help=NORMALISATION_HELP)

@@ -131,7 +131,8 @@ class PretrainConfig:
     warmup_epochs: float = setting(10.0, help="linear warmup of the learning rate")
     epochs: float | None = setting(200.0, may_change="resume", help="passes over the windows the images hold")
     steps: int | None = setting(None, may_change="resume", help="optimiser steps (overrides --epochs)")
-    precision: str = setting("32", choices=PRECISIONS, help="auto: bf16 on a GPU that supports it, else fp32")
+    precision: str = setting("32", choices=PRECISIONS, help="32: full precision, the same on every device; bf16 "
+                             "or 16: autocast (16 with loss scaling); auto: bf16 on a GPU that supports it, else 32")
     compile: bool = setting(False, may_change="how", help="torch.compile the backbone")
     channels_last: bool = setting(True, help="channels-last memory format")
     shuffle_bn: bool = setting(True, help="MoCo's shuffling BN: split BN statistics, target batch shuffled")

@@ -101,6 +101,9 @@ class PretrainBatches(StepBatches):
         return torch.stack(images), [(it["meta"]["file"], it["meta"]["window"]) for it in items]
 
 
+_SAID: set[str] = set()  # warnings about the data already printed by this process
+
+
 class Trainer(StepLoop):
     """`resume` continues OUT's run (refused if a setting of its identity changed: settings.changed_settings);
     `overwrite` starts over in a folder that holds a run. Without either, an existing run in OUT is refused."""
@@ -247,7 +250,8 @@ class Trainer(StepLoop):
             if workers < cfg.workers and self.is_main:
                 print(f"--workers {cfg.workers}: {workers} used, one per core of this machine", file=sys.stderr)
             if self.is_main and (few := few_windows(self.images.distinct_windows(), self.images.window_overlap(),
-                                                    cfg.patch, cfg.batch_size)):
+                                                    cfg.patch, cfg.batch_size)) and few not in _SAID:
+                _SAID.add(few)  # once a process: a study's cells on the same images need not repeat it
                 print(f"warning: {few}", file=sys.stderr)  # before the first step, when it still costs nothing
             loader = DataLoader(PretrainBatches(self.images, self.batches, self.step, self.total_steps),
                                 batch_size=None, shuffle=False, num_workers=workers, persistent_workers=False,
