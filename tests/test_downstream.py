@@ -20,9 +20,10 @@ from rasterio.transform import from_origin
 from mpinet_hub.checkpoint import load_checkpoint
 from mpinet_hub.cli import main
 from mpinet_hub.data import Potsdam
+from mpinet_hub.data.labeled_subset import labeled_subset
 from mpinet_hub.data.synth import synth_dataset
 from mpinet_hub.downstream.evaluate import evaluate
-from mpinet_hub.downstream.finetune import FinetuneConfig, Finetuner, labeled_subset
+from mpinet_hub.downstream.finetune import FinetuneConfig, Finetuner
 from mpinet_hub.downstream.inference import SlidingWindow
 from mpinet_hub.downstream.model import load_segmentation_model
 from mpinet_hub.metrics import SegmentationMetrics

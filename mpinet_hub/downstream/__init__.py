@@ -1,7 +1,7 @@
 """Downstream use of the encoders: SMP segmentation models, fine-tuning, evaluation and prediction.
 
     model.py      encoder SPEC -> SMP model; offline save/load with mpinet.json
-    finetune.py   seeded labeled subset + resumable fine-tuning
+    finetune.py   resumable fine-tuning on the seeded labeled subset (data/labeled_subset.py)
     inference.py  sliding-window logits, blended, streamed row band by row band
     evaluate.py   whole-tile metrics by protocol -> metrics.json, confusion.png, previews
     predict.py    GeoTIFF in -> class GeoTIFF out

@@ -13,14 +13,12 @@ weights-only loadable, resumable) and model/ (SMP `save_pretrained` + mpinet.jso
 
 from __future__ import annotations
 
-import json
 import math
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -31,6 +29,7 @@ from torch.utils.data import DataLoader
 from ..atomic import write_text_atomic
 from ..checkpoint import atomic_save, load_checkpoint
 from ..data import DATA_ROOT_HELP, DATASETS, IGNORE_INDEX, VALUE_MAX_HELP, SegmentationDataset, open_dataset
+from ..data.labeled_subset import labeled_subset, write_labeled_patches
 from ..models import MPINET_ARCHS
 from ..pretrain.config import resolve_config
 from ..progress import progress
@@ -58,7 +57,7 @@ from .model import (
     save_segmentation_model,
 )
 
-__all__ = ["FINETUNE_FORMAT", "FinetuneConfig", "Finetuner", "labeled_subset", "patch_ids"]
+__all__ = ["FINETUNE_FORMAT", "FinetuneConfig", "Finetuner", "LabeledBatches"]
 
 FINETUNE_FORMAT = "mpinet-hub/finetune/1"
 
@@ -124,29 +123,6 @@ class FinetuneConfig:
         return asdict(self)
 
 
-def patch_id(scene: str, row: int, col: int) -> str:
-    return f"{scene}@{row},{col}"
-
-
-def patch_ids(dataset: SegmentationDataset, indices: list[int] | None = None) -> list[str]:
-    """`scene@row,col` of the dataset's windows (all, or those at `indices`)."""
-    windows = dataset.windows if indices is None else [dataset.windows[i] for i in indices]
-    return [patch_id(dataset.scenes[s].id, int(w.row_off), int(w.col_off)) for s, w in windows]
-
-
-def labeled_subset(dataset: SegmentationDataset, fraction: float, seed: int = 0) -> list[int]:
-    """Indices into `dataset` of a fixed, seeded `fraction` of its patches (at least one).
-
-    Patches are ordered by their ids (scene@row,col) before the seeded permutation, so the subset does not
-    depend on file-system order, and nested fractions share their prefix.
-    """
-    ids = patch_ids(dataset)
-    order = sorted(range(len(ids)), key=ids.__getitem__)
-    perm = np.random.default_rng(seed).permutation(len(order))
-    count = max(1, round(fraction * len(order)))
-    return [order[i] for i in perm[:count]]
-
-
 class LabeledBatches(StepBatches):
     """Each step's (images, masks) from the labeled subset, randomly cropped, flipped and rotated by (seed, step)."""
 
@@ -173,21 +149,6 @@ class LabeledBatches(StepBatches):
             images.append(image)
             masks.append(mask)
         return torch.stack(images).contiguous(), torch.stack(masks).contiguous()
-
-
-def write_labeled_patches(out: Path, name: str, dataset: Any, subset: list[int], patch: int, label_fraction: float,
-                          subset_seed: int, bands: Any) -> Path:
-    """OUT/labeled_patches.json: which patches of the train split a fine-tuning or probe run learned from (the
-    same for every encoder at a fraction and subset seed). A run resumed on data that now gives other patches is
-    refused."""
-    path = out / "labeled_patches.json"
-    ids = patch_ids(dataset, subset)
-    record = {"dataset": name, "split": "train", "bands": bands, "patch": patch, "label_fraction": label_fraction,
-              "subset_seed": subset_seed, "total_patches": len(dataset), "patch_ids": ids}
-    if path.is_file() and json.loads(path.read_text())["patch_ids"] != ids:
-        raise ValueError(f"{path} lists other patches than this data set gives now; the data changed since the "
-                         "run started. Use a new --out.")
-    return write_text_atomic(path, json.dumps(record, indent=1))
 
 
 class Finetuner(StepLoop):

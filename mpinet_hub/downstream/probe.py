@@ -28,13 +28,14 @@ from torch.utils.data import DataLoader
 
 from ..atomic import atomic_output, write_text_atomic
 from ..data import DATA_ROOT_HELP, DATASETS, IGNORE_INDEX, VALUE_MAX_HELP, evaluation_split, open_dataset
+from ..data.labeled_subset import labeled_subset, write_labeled_patches
 from ..models import MPINET_ARCHS
 from ..pretrain.base import feature_backbone
 from ..progress import progress
 from ..settings import SettingsError, setting
 from ..training import EpochBatches, RunLock, RunLog, StepLoop, normalisation, plot_losses, resolve_device
 from .evaluate import evaluate_model
-from .finetune import LabeledBatches, labeled_subset, write_labeled_patches
+from .finetune import LabeledBatches
 from .model import ENCODER_HELP, NORMALISATION_HELP, EncoderSpec, SegmentationModelInfo, load_encoder
 
 __all__ = ["LEVELS", "LinearProbe", "ProbeConfig", "reestimate_batchnorm", "resample_cells", "run_probe"]
