@@ -121,6 +121,7 @@ def test_study_calls_the_better_encoder_reuses_cells_and_refuses_other_settings(
     assert results["split"] == "val" and results["test_reads"] == []
     verdict = next(v for v in results["verdicts"] if {v["a"], v["b"]} == {"random", "blind"})
     assert verdict["winner"] == "random" and len(verdict["diffs"]) == 3, verdict
+    assert verdict["pairs"] == 3 and len(verdict["paired_cells"]) == 3  # the count, not the list of cells
     cells = results["cells"]["probe"]
     assert set(cells) == {"mocov2", "random", "blind"}
     assert [c["seed"] for c in cells["random"]["1"]] == [0, 1, 2]

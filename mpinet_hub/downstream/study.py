@@ -457,7 +457,7 @@ def _verdicts(cells: dict[str, Any]) -> list[dict[str, Any]]:
                     v = paired_verdict([pa[k] for k in shared], [pb[k] for k in shared], [k[0] for k in shared])
                     winner = {"A": a, "B": b}.get(v["verdict"])
                     found.append({"evaluation": evaluation, "fraction": fraction, "a": a, "b": b, **v,
-                                  "pairs": shared, "winner": winner})
+                                  "paired_cells": shared, "winner": winner})
     return found
 
 
