@@ -138,8 +138,8 @@ def reestimate_batchnorm(backbone: nn.Module, batches: list[torch.Tensor]) -> No
     backbone.eval()
 
 
-def _backbone(cfg: ProbeConfig, in_chans: int) -> tuple[nn.Module, tuple[float, ...], tuple[float, ...]]:
-    encoder = _encoder(cfg, in_chans)
+def _backbone(cfg: ProbeConfig, encoder: EncoderSpec, in_chans: int) -> nn.Module:
+    """The encoder's timm backbone (random weights seeded by `cfg.seed` for random and random-bn)."""
     if encoder.in_chans != in_chans:
         raise ValueError(f"encoder {cfg.encoder} takes {encoder.in_chans} band(s) but {cfg.dataset} gives {in_chans}")
     torch.manual_seed(cfg.seed)  # random weights of `random`/`random-bn`
@@ -149,7 +149,7 @@ def _backbone(cfg: ProbeConfig, in_chans: int) -> tuple[nn.Module, tuple[float, 
         if result.missing_keys:
             raise ValueError(f"encoder {cfg.encoder} does not fit {encoder.base_arch}: "
                              f"missing {result.missing_keys[:5]}")
-    return backbone, encoder.mean, encoder.std
+    return backbone
 
 
 def _encoder(cfg: ProbeConfig, in_chans: int) -> EncoderSpec:
@@ -182,15 +182,16 @@ def run_probe(cfg: ProbeConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     device = resolve_device(cfg.device)
     dataset = open_dataset(cfg.dataset, cfg.data_root, "train", patch_size=cfg.patch, value_max=cfg.value_max)
-    if cfg.value_max is None and (value_max := _encoder(cfg, dataset.num_bands).value_max) is not None:
-        cfg.value_max = value_max  # the scale the weights were trained at
-        dataset = open_dataset(cfg.dataset, cfg.data_root, "train", patch_size=cfg.patch, value_max=value_max)
+    encoder = _encoder(cfg, dataset.num_bands)
+    if cfg.value_max is None and encoder.value_max is not None:
+        cfg.value_max = encoder.value_max  # the scale the weights were trained at
+        dataset = open_dataset(cfg.dataset, cfg.data_root, "train", patch_size=cfg.patch, value_max=cfg.value_max)
     if not dataset.has_labels:
         raise ValueError(f"{cfg.dataset} train split has no labels")
     split = cfg.split or evaluation_split(cfg.dataset, cfg.data_root)
     subset = labeled_subset(dataset, cfg.label_fraction, cfg.subset_seed)
-    backbone, enc_mean, enc_std = _backbone(cfg, dataset.num_bands)
-    mean, std = normalisation(cfg.mean, cfg.std, dataset.num_bands, default=(enc_mean, enc_std))
+    backbone = _backbone(cfg, encoder, dataset.num_bands)
+    mean, std = normalisation(cfg.mean, cfg.std, dataset.num_bands, default=(encoder.mean, encoder.std))
     mean_t = torch.tensor(mean, device=device).view(1, -1, 1, 1)
     std_t = torch.tensor(std, device=device).view(1, -1, 1, 1)
     backbone = backbone.to(device)
