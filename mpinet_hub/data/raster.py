@@ -15,6 +15,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -190,17 +191,18 @@ def value_warnings(paths: Sequence[str | Path], side: int = 256, value_max: floa
             low.append((path, top))
         if not_finite:
             holes.append((path, not_finite))
+    def names(found: list[tuple[Path, Any]]) -> str:
+        return ", ".join(p.name for p, _ in found[:5]) + (" ..." if len(found) > 5 else "")
+
     found = []
     if holes:
-        names = ", ".join(p.name for p, _ in holes[:5]) + (" ..." if len(holes) > 5 else "")
         share = sum(h for _, h in holes) / len(paths)
-        found.append(f"{len(holes)} file(s) hold NaN/inf pixels ({names}), {100 * share:.1f}% of the sampled pixels "
-                     "of these files: evaluate and predict ignore them (not scored, nodata), pretraining stops at "
-                     "them; fill them or give them a nodata value")
+        found.append(f"{len(holes)} file(s) hold NaN/inf pixels ({names(holes)}), {100 * share:.1f}% of the "
+                     "sampled pixels of all the files: evaluate and predict ignore them (not scored, nodata), "
+                     "pretraining stops at them; fill them or give them a nodata value")
     if empty:
-        names = ", ".join(p.name for p, _ in empty[:5]) + (" ..." if len(empty) > 5 else "")
-        found.append(f"{len(empty)} file(s) hold only nodata ({empty[0][1]:g}) in every sampled pixel ({names}): "
-                     "they add nothing but empty windows")
+        found.append(f"{len(empty)} file(s) hold only nodata ({empty[0][1]:g}) in every sampled pixel "
+                     f"({names(empty)}): they add nothing but empty windows")
     if low:
         top = max(t for _, t in low)
         bits = top.bit_length()

@@ -117,7 +117,9 @@ def evaluate_model(
                 strip = logits.argmax(0).to(torch.uint8).cpu().numpy()
                 band = Window(0, top, scene.width, rows)
                 truth = ds.read_mask(scene, band)
-                holes = ~np.isfinite(ds.read_image(scene, band)).all(0) if seen_nan[0] else None
+                # the band's pixels, read once: for its holes (a scene that has any) and for the preview
+                image = ds.read_image(scene, band) if seen_nan[0] or n < previews else None
+                holes = ~np.isfinite(image).all(0) if seen_nan[0] else None
                 if holes is not None and holes.any():
                     holes &= truth != ds.ignore_index
                     not_finite += int(holes.sum())
@@ -125,8 +127,7 @@ def evaluate_model(
                 ignored += int((truth == ds.ignore_index).sum())
                 metrics.update(torch.from_numpy(strip)[None], torch.from_numpy(truth.astype(np.int64))[None])
                 if n < previews:
-                    thumbs.append(tuple(thumbnail_of_strip(a, top, step)
-                                        for a in (ds.read_image(scene, band), truth, strip)))
+                    thumbs.append(tuple(thumbnail_of_strip(a, top, step) for a in (image, truth, strip)))
             if thumbs:
                 image, truth, pred = (np.concatenate(parts, axis=-2) for parts in zip(*thumbs))
                 preview_png(image, truth, pred, ds.palette, out / "previews" / f"{scene.id}.png",
