@@ -15,6 +15,7 @@ from mpinet_hub.models import MPINET_ARCHS
 from mpinet_hub.pretrain.config import ABLATION_LADDER, METHODS, PretrainConfig
 from mpinet_hub.pretrain.losses import PixelInfoNCELoss
 from mpinet_hub.pretrain.method import STRIDES, MPINetModel, cell_centre, roi_grid
+from mpinet_hub.pretrain.registry import build_method
 from mpinet_hub.pretrain.shuffle_bn import SplitBatchNorm2d, convert_split_batchnorm, shuffled
 from mpinet_hub.pretrain.views import MultibandJitter, PhotometricAugment, make_two_views, undo_geometry
 
@@ -434,3 +435,104 @@ def test_pretraining_keeps_rgb_colour_by_default_and_no_keep_colour_restores_moc
     for flags, want in [([], None), (["--keep-colour"], True), (["--no-keep-colour"], False)]:
         args = parser.parse_args(["pretrain", "--data-root", "d", *flags])
         assert settings_from_args(PretrainConfig, args).get("keep_colour") is want, flags
+
+
+# --- 6. the CPU step's fast paths compute what the reference ops compute (the same losses and gradients)
+
+
+def _reference_roi_grid(feat, rois, size, stride, project):
+    """RoIAlign by torchvision, as `roi_grid` computed it before its CPU path (kept here as the reference)."""
+    from torchvision.ops import roi_align
+
+    h, w = feat.shape[-2:]
+    cin, cout, cells = project.in_channels, project.out_channels, size * size
+    first = (cout <= cin and h * w <= cells) or (cout < cin and h * w <= 2 * cells)
+    x = project(feat.float()) if first else feat.float()
+    shift = (stride - 1) / 2
+    return roi_align(x, [r + shift for r in rois], size, spatial_scale=1 / stride, sampling_ratio=2,
+                     aligned=True), first
+
+
+def _reference_pixel_loss(self, anchors, positive, keys, owner, keys_owner, summed=False):
+    """The sampled pixel InfoNCE as one logsumexp over masked logits (the form before its CPU path)."""
+    negative = (anchors @ keys.t()).masked_fill_(owner[:, None] == keys_owner[None], -1e9)
+    loss = torch.logaddexp(positive, torch.logsumexp(negative, 1)) - positive
+    return loss.sum() if summed else loss.mean()
+
+
+def _assert_same(new, ref, what):
+    scale = float(ref.detach().abs().max()) or 1.0
+    torch.testing.assert_close(new, ref, rtol=1e-5, atol=1e-5 * scale, msg=lambda m: f"{what}: {m}")
+
+
+@pytest.mark.parametrize("size, grid, stride", [(8, 14, 16), (4, 7, 32), (9, 5, 4)])
+def test_roi_grid_equals_torchvision_roi_align_in_value_and_gradient(size, grid, stride):
+    """Boxes inside, over the edge, beyond the last cell and thinner than a cell: every branch of RoIAlign's
+    bilinear sampling (a sample below -1 or past the map is 0, one in [-1, 0] reads the first cell, one past the
+    last cell centre reads the last)."""
+    torch.manual_seed(0)
+    feat = torch.randn(5, 6, size, size + 3, dtype=torch.float64).float().requires_grad_()
+    extent = stride * size
+    boxes = torch.tensor([[0.0, 0.0, extent, extent], [-40.0, -9.0, extent * 0.6, extent + 50.0],
+                          [3.0, 5.0, 3.5, 6.0], [extent * 0.9, 2.0, extent * 1.8, extent * 0.4],
+                          [-3.0 * extent, 1.0, -2.0 * extent, extent]])
+    rois = [b[None] for b in boxes]
+    for project in (nn.Identity(), nn.Conv2d(6, 4, 1), nn.Conv2d(6, 9, 1)):
+        if isinstance(project, nn.Identity):
+            project.in_channels = project.out_channels = 6
+        got, first = roi_grid(feat, rois, grid, stride, project)
+        want, want_first = _reference_roi_grid(feat, rois, grid, stride, project)
+        assert first == want_first
+        _assert_same(got, want, "value")
+        weights = torch.randn_like(want)
+        (g_got,) = torch.autograd.grad((got * weights).sum(), feat)
+        (g_want,) = torch.autograd.grad((want * weights).sum(), feat)
+        _assert_same(g_got, g_want, "gradient")
+
+
+@pytest.mark.parametrize("negatives", ["other-images", "all-cells"])
+@pytest.mark.parametrize("batch, num_negatives", [(4, 64), (1, 16), (3, None)])
+def test_pixel_loss_equals_the_logsumexp_form_in_value_and_gradient(negatives, batch, num_negatives, monkeypatch):
+    """Sampled and exact negatives, and one image alone (every negative masked: loss 0, gradient 0)."""
+    torch.manual_seed(0)
+    online = F.normalize(torch.randn(batch, 16, 5, 5), dim=1).requires_grad_()
+    target = F.normalize(torch.randn(batch, 16, 5, 5), dim=1)
+    results = []
+    for reference in (False, True):
+        if reference:
+            monkeypatch.setattr(PixelInfoNCELoss, "_loss", _reference_pixel_loss)
+        torch.manual_seed(1)
+        loss = PixelInfoNCELoss(0.2, num_negatives=num_negatives, negatives=negatives, chunk_elements=200)(
+            online, target)
+        results.append((loss, *torch.autograd.grad(loss, online)))
+    (loss, grad), (ref_loss, ref_grad) = results
+    _assert_same(loss, ref_loss, "value")
+    _assert_same(grad, ref_grad, "gradient")
+    if batch == 1 and negatives == "other-images":
+        assert float(loss) == 0 and float(grad.abs().max()) == 0
+
+
+def test_an_mpinet_step_has_the_reference_ops_losses_and_gradients(monkeypatch):
+    """One MPINet step (the study's cell, smaller; a fixed FFL weight, so the FFL reaches the backbone): every loss
+    term and every online parameter's gradient equal those computed with torchvision's RoIAlign and the logsumexp
+    pixel loss, to 1e-5."""
+    import mpinet_hub.pretrain.method as method_module
+
+    views = make_two_views(torch.rand(4, 3, 80, 80), 64, generator=torch.Generator().manual_seed(0))
+    results = []
+    for reference in (False, True):
+        if reference:
+            monkeypatch.setattr(method_module, "roi_grid", _reference_roi_grid)
+            monkeypatch.setattr(PixelInfoNCELoss, "_loss", _reference_pixel_loss)
+        torch.manual_seed(0)
+        model = build_method(_cfg(method="mpinet", pixel_grid=14, ffl_grid=7, w_ffl=30.0), 3)
+        terms = model(views)
+        model.total_loss(terms).backward()
+        results.append(({k: v.detach() for k, v in terms.items()},
+                        {n: p.grad.clone() for n, p in model.online.named_parameters() if p.grad is not None}))
+    (terms, grads), (ref_terms, ref_grads) = results
+    assert terms.keys() == ref_terms.keys() and grads.keys() == ref_grads.keys()
+    for name in terms:
+        _assert_same(terms[name], ref_terms[name], name)
+    for name in grads:
+        _assert_same(grads[name], ref_grads[name], name)
