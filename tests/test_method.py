@@ -460,8 +460,9 @@ def _reference_pixel_loss(self, anchors, positive, keys, owner, keys_owner, summ
     return loss.sum() if summed else loss.mean()
 
 
-def _assert_same(new, ref, what):
-    scale = float(ref.detach().abs().max()) or 1.0
+def _assert_same(new, ref, what, scale=None):
+    """Equal to 1e-5, relative, or absolute on `scale` (default: the reference's largest magnitude)."""
+    scale = scale or float(ref.detach().abs().max()) or 1.0
     torch.testing.assert_close(new, ref, rtol=1e-5, atol=1e-5 * scale, msg=lambda m: f"{what}: {m}")
 
 
@@ -491,11 +492,13 @@ def test_roi_grid_equals_torchvision_roi_align_in_value_and_gradient(size, grid,
 
 
 @pytest.mark.parametrize("negatives", ["other-images", "all-cells"])
-@pytest.mark.parametrize("batch, num_negatives", [(4, 64), (1, 16), (3, None)])
-def test_pixel_loss_equals_the_logsumexp_form_in_value_and_gradient(negatives, batch, num_negatives, monkeypatch):
-    """Sampled and exact negatives, and one image alone (every negative masked: loss 0, gradient 0)."""
+@pytest.mark.parametrize("batch, num_negatives, norm", [(4, 64, 1.0), (1, 16, 1.0), (3, None, 1.0), (2, 32, 40.0)])
+def test_pixel_loss_equals_the_logsumexp_form_in_value_and_gradient(negatives, batch, num_negatives, norm,
+                                                                    monkeypatch):
+    """Sampled and exact negatives, one image alone (every negative masked: loss 0, gradient 0), and anchors far
+    from unit length (logits too wide to shift by the positive)."""
     torch.manual_seed(0)
-    online = F.normalize(torch.randn(batch, 16, 5, 5), dim=1).requires_grad_()
+    online = (norm * F.normalize(torch.randn(batch, 16, 5, 5), dim=1)).requires_grad_()
     target = F.normalize(torch.randn(batch, 16, 5, 5), dim=1)
     results = []
     for reference in (False, True):
@@ -509,7 +512,7 @@ def test_pixel_loss_equals_the_logsumexp_form_in_value_and_gradient(negatives, b
     _assert_same(loss, ref_loss, "value")
     _assert_same(grad, ref_grad, "gradient")
     if batch == 1 and negatives == "other-images":
-        assert float(loss) == 0 and float(grad.abs().max()) == 0
+        assert abs(float(loss.detach())) < 1e-6 and float(grad.abs().max()) == 0
 
 
 def test_an_mpinet_step_has_the_reference_ops_losses_and_gradients(monkeypatch):
@@ -534,5 +537,7 @@ def test_an_mpinet_step_has_the_reference_ops_losses_and_gradients(monkeypatch):
     assert terms.keys() == ref_terms.keys() and grads.keys() == ref_grads.keys()
     for name in terms:
         _assert_same(terms[name], ref_terms[name], name)
+    # on the model's gradient scale: a gradient that is 0 in exact arithmetic (a bias before BatchNorm) is rounding
+    largest = max(float(g.abs().max()) for g in ref_grads.values())
     for name in grads:
-        _assert_same(grads[name], ref_grads[name], name)
+        _assert_same(grads[name], ref_grads[name], name, largest)

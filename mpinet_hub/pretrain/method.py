@@ -20,7 +20,7 @@ from .losses import FocalFrequencyLoss, InfoNCELoss, PixelInfoNCELoss
 from .registry import register_method
 from .views import TwoViews, undo_geometry
 
-__all__ = ["LEVELS", "STRIDES", "MPINetModel", "OnlineNetwork", "cell_centre", "roi_grid"]
+__all__ = ["LEVELS", "STRIDES", "MPINetModel", "OnlineNetwork", "cell_centre", "roi_grid", "separable_roi_align"]
 
 LEVELS = {"C2": 0, "C3": 1, "C4": 2, "C5": 3}  # index into the backbone's (C2, C3, C4, C5) outputs
 STRIDES = (4, 8, 16, 32)
@@ -48,8 +48,8 @@ class FusionPixelHead(nn.Module):
 
 def roi_grid(feat: torch.Tensor, rois: list[torch.Tensor], size: int, stride: int,
              project: nn.Conv2d) -> tuple[torch.Tensor, bool]:
-    """RoIAlign `feat` on `rois` (boxes in view pixels) into size x size cells; returns (grid, whether
-    `project` was applied).
+    """RoIAlign `feat` on `rois` (one box per image, in view pixels) into size x size cells; returns (grid,
+    whether `project` was applied).
 
     Where the cells are: in a timm ResNet, cell i of a stride-s map is centred on input pixel s*i, i.e. at
     continuous coordinate s*i + 0.5 (`cell_centre`), not at (i + 0.5)*s as RoIAlign's `aligned=True` with
@@ -58,17 +58,62 @@ def roi_grid(feat: torch.Tensor, rois: list[torch.Tensor], size: int, stride: in
 
     A 1x1 conv and RoIAlign are both linear (RoIAlign's bilinear weights sum to one inside the map), so they
     commute. When the conv shrinks the channels and the map is not much larger than the grid (C4/C5 of a
-    ResNet-50 at 256 px), running it first moves 4x fewer numbers through RoIAlign, whose CPU kernel is
-    single-threaded and dominated the step (docs/benchmarks.md); when the map is smaller than the grid, the
-    conv itself is cheaper first. The result is the same up to rounding.
+    ResNet-50 at 256 px), running it first moves 4x fewer numbers through RoIAlign; when the map is smaller than
+    the grid, the conv itself is cheaper first. The result is the same up to rounding.
+
+    On the CPU the sampling is `separable_roi_align` (two small matrix products per image): torchvision's CPU
+    RoIAlign backward is a single-threaded scatter and took about a tenth of an MPINet step (docs/benchmarks.md).
+    Elsewhere torchvision's RoIAlign.
     """
     h, w = feat.shape[-2:]
     cin, cout, cells = project.in_channels, project.out_channels, size * size
     first = (cout <= cin and h * w <= cells) or (cout < cin and h * w <= 2 * cells)
     x = project(feat.float()) if first else feat.float()
     shift = (stride - 1) / 2
+    if x.device.type == "cpu" and all(len(r) == 1 for r in rois) and len(rois) == len(x):
+        return separable_roi_align(x, torch.cat(rois) + shift, size, 1 / stride), first
     grid = roi_align(x, [r + shift for r in rois], size, spatial_scale=1 / stride, sampling_ratio=2, aligned=True)
     return grid, first
+
+
+def _roi_axis_weights(start: torch.Tensor, end: torch.Tensor, size: int, length: int) -> torch.Tensor:
+    """(N, size, length): the weight of each map row (or column) in each output cell along one axis, for
+    RoIAlign with `aligned=True` and 2 samples per cell and axis: the mean of the samples' bilinear weights, with
+    torchvision's edge rules (a sample below -1 or past `length` weighs nothing, one in [-1, 0] reads index 0, one
+    past the last index reads the last)."""
+    bin_size = (end - start) / size
+    offsets = (torch.arange(2 * size, device=start.device, dtype=start.dtype) + 0.5) / 2  # (p*2 + s + 0.5) / 2
+    coords = start[:, None] + bin_size[:, None] * offsets  # (N, 2 * size)
+    valid = ((coords >= -1) & (coords <= length)).to(start.dtype)
+    coords = coords.clamp_min(0)
+    low = coords.floor().long()
+    at_end = low >= length - 1
+    low = low.clamp_max(length - 1)
+    high = torch.where(at_end, low, low + 1)
+    frac = torch.where(at_end, torch.zeros_like(coords), coords - low)
+    weights = start.new_zeros(len(start), 2 * size, length)
+    weights.scatter_add_(2, low[..., None], ((1 - frac) * valid)[..., None])
+    weights.scatter_add_(2, high[..., None], (frac * valid)[..., None])
+    return weights.view(len(start), size, 2, length).mean(2)
+
+
+def separable_roi_align(feat: torch.Tensor, boxes: torch.Tensor, size: int, spatial_scale: float) -> torch.Tensor:
+    """torchvision's `roi_align(feat, boxes as one box per image, size, spatial_scale, sampling_ratio=2,
+    aligned=True)` as `W_y @ feat @ W_x^T` per image: the same numbers up to rounding (tests check values and
+    gradients against torchvision's op).
+
+    Written by hand because with one axis-aligned box per image RoIAlign's bilinear samples are separable: each
+    cell is the mean of 2 x 2 samples, each a product of a row weight and a column weight, and the edge rules act
+    on each axis alone. Its forward and backward are then dense matrix products, which the CPU runs far faster
+    than torchvision's per-sample loops (its backward is single-threaded).
+
+    feat: (N, C, H, W); boxes: (N, 4) x1, y1, x2, y2 in input pixels. Returns (N, C, size, size).
+    """
+    h, w = feat.shape[-2:]
+    scaled = boxes.to(feat.dtype) * spatial_scale - 0.5
+    rows = _roi_axis_weights(scaled[:, 1], scaled[:, 3], size, h)  # (N, size, H)
+    cols = _roi_axis_weights(scaled[:, 0], scaled[:, 2], size, w)  # (N, size, W)
+    return torch.einsum("nih,nchw,njw->ncij", rows, feat, cols)
 
 
 def cell_centre(index: int, stride: int) -> float:

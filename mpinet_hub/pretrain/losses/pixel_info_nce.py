@@ -78,7 +78,63 @@ class PixelInfoNCELoss(nn.Module):
 
     def _loss(self, anchors: torch.Tensor, positive: torch.Tensor, keys: torch.Tensor, owner: torch.Tensor,
               keys_owner: torch.Tensor, summed: bool = False) -> torch.Tensor:
-        """-log softmax of the positive among [positive, negatives]; logits already divided by t."""
-        negative = (anchors @ keys.t()).masked_fill_(owner[:, None] == keys_owner[None], _MASKED)
-        loss = torch.logaddexp(positive, torch.logsumexp(negative, 1)) - positive
+        """-log softmax of the positive among [positive, negatives]; logits already divided by t. A negative
+        whose owner is the anchor's is left out."""
+        if anchors.device.type == "cpu" and not torch.is_autocast_enabled("cpu"):
+            loss = _SoftmaxCrossEntropyCPU.apply(anchors, positive, keys, *_same_owner(owner, keys_owner))
+        else:
+            negative = (anchors @ keys.t()).masked_fill_(owner[:, None] == keys_owner[None], _MASKED)
+            loss = torch.logaddexp(positive, torch.logsumexp(negative, 1)) - positive
         return loss.sum() if summed else loss.mean()
+
+
+def _same_owner(owner: torch.Tensor, keys_owner: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, columns) of the logits whose key has the anchor's owner, without an (anchors x keys) comparison:
+    the keys' owners sorted once, each anchor's run of equal owners found by binary search."""
+    order = keys_owner.argsort()
+    sorted_owner = keys_owner[order]
+    lo = torch.searchsorted(sorted_owner, owner)
+    counts = torch.searchsorted(sorted_owner, owner, right=True) - lo
+    rows = torch.repeat_interleave(torch.arange(len(owner), device=owner.device), counts)
+    starts = torch.cumsum(counts, 0) - counts
+    within = torch.arange(len(rows), device=owner.device) - starts[rows]
+    return rows, order[lo[rows] + within]
+
+
+class _SoftmaxCrossEntropyCPU(torch.autograd.Function):
+    """Per anchor, log(exp(positive) + sum of exp(anchor . key) over the unmasked keys) - positive, with the
+    gradient written out: the same numbers as the logsumexp form (tests check values and gradients), in about a
+    third of the passes over the (anchors x keys) matrix, which dominate the pixel loss on a CPU. The logits are
+    exponentiated in place, masked entries zeroed, and the matrix kept for backward, where the anchors' gradient
+    is one product with the keys (the keys carry none: they come from the target network).
+
+    The logits are shifted by the row's positive: exp(logit - positive) cannot overflow while every logit is within
+    80 of it (|anchor| * max |key| bounds them, with no pass over the matrix), and the loss is then
+    log1p(sum of the shifted exps), exactly 0 with a gradient of exactly 0 when every negative is masked (one image).
+    Where the bound is wider (unnormalised inputs), the row's maximum is subtracted instead.
+    Written by hand: no library fuses a masked InfoNCE on the CPU.
+    """
+
+    @staticmethod
+    def forward(ctx, anchors: torch.Tensor, positive: torch.Tensor, keys: torch.Tensor, rows: torch.Tensor,
+                cols: torch.Tensor) -> torch.Tensor:
+        keys, anchors, positive = keys.detach(), anchors.detach(), positive.detach()
+        weights = anchors @ keys.t()
+        bound = anchors.norm(dim=1) * keys.norm(dim=1).max()
+        by_positive = len(keys) == 0 or float((bound - positive).max()) <= 80
+        shift = positive if by_positive else torch.maximum(weights.amax(1), positive)
+        weights.sub_(shift[:, None]).exp_()
+        weights[rows, cols] = 0
+        negatives = weights.sum(1)
+        positive_weight = (positive - shift).exp()  # 1 when shifted by the positive
+        total = negatives + positive_weight
+        ctx.save_for_backward(weights, keys, total, positive_weight)
+        return torch.log1p(negatives) if by_positive else total.log() + shift - positive
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        weights, keys, total, positive_weight = ctx.saved_tensors
+        scale = grad / total
+        grad_anchors = (weights @ keys) * scale[:, None] if ctx.needs_input_grad[0] else None
+        grad_positive = grad * (positive_weight / total - 1)
+        return grad_anchors, grad_positive, None, None, None
