@@ -114,6 +114,32 @@ def test_a_small_true_gap_is_called_at_ten_seeds_and_not_at_three():
     assert paired_verdict(seeds, [0.0] * 10)["verdict"] == "A"
 
 
+def test_the_study_calls_an_encoder_better_by_a_small_known_margin_at_ten_seeds_and_not_at_three(
+        tmp_path, tree_folder, monkeypatch):
+    """The study end to end (cells per seed and subset seed, pairing, the interval, the results file) with the probe
+    replaced by known values: random-bn is better than random by about one point, with a seed-to-seed spread of the
+    paired gap about 0.7 and a larger spread shared by both encoders of a seed (which pairing removes)."""
+    import mpinet_hub.downstream.study as study_module
+
+    gaps = [0.9, 1.8, -0.2, 1.4, 0.6, 2.1, 0.3, 1.1, 1.7, 0.5]
+    shared = [31.0, 27.5, 34.0, 29.0, 33.5, 26.0, 30.5, 35.0, 28.0, 32.0]  # sd about 3: unpaired, no call at 10
+
+    def known_probe(cfg):
+        value = shared[cfg.seed] + (gaps[cfg.seed] if cfg.encoder.startswith("random-bn") else 0.0)
+        return {"mIoU": value, "OA": 50.0, "mF1": 50.0, "split": cfg.split}
+
+    monkeypatch.setattr(study_module, "run_probe", known_probe)
+    for seeds, called in ((3, False), (10, True)):
+        results = run_study(_settings(tree_folder, tmp_path / f"s{seeds}", methods=[],
+                                      controls=["random", "random-bn"], seeds=list(range(seeds)), subset_seeds=[0]))
+        (verdict,) = results["verdicts"]
+        assert verdict["pairs"] == seeds
+        assert (verdict["winner"] == "random-bn") is called, verdict
+        assert verdict["winner"] in ("random-bn", None)
+        md = (tmp_path / f"s{seeds}" / "results-val.md").read_text()
+        assert ("**random-bn better**" in md) is called
+
+
 def test_study_calls_the_better_encoder_reuses_cells_and_refuses_other_settings(tmp_path, tree_folder,
                                                                               blind_encoder, capsys):
     out = tmp_path / "study"
@@ -250,7 +276,8 @@ def test_fine_tuning_cells_start_from_a_recipe_under_the_studys_settings_and_are
     cell = Path(results["cells"]["finetune"]["random"]["1"][0]["cell"])
     saved = yaml.safe_load((cell / "run" / "config.yaml").read_text())
     assert (saved["decoder"], saved["lr"], saved["steps"]) == ("unet", 0.001, 2)  # the study's steps win
-    assert json.loads((cell / "metrics.json").read_text())["mIoU"] >= 0
+    filed = json.loads((cell / "metrics.json").read_text())["mIoU"]
+    assert 0 < filed <= 100 and filed == pytest.approx(100 * results["cells"]["finetune"]["random"]["1"][0]["value"])
     stamp = (cell / "metrics.json").stat().st_mtime_ns
     run_study(settings)
     assert (cell / "metrics.json").stat().st_mtime_ns == stamp  # reused, not re-run
