@@ -515,20 +515,23 @@ def test_pixel_loss_equals_the_logsumexp_form_in_value_and_gradient(negatives, b
         assert abs(float(loss.detach())) < 1e-6 and float(grad.abs().max()) == 0
 
 
-def test_an_mpinet_step_has_the_reference_ops_losses_and_gradients(monkeypatch):
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_an_mpinet_step_has_the_reference_ops_losses_and_gradients(channels_last, monkeypatch):
     """One MPINet step (the study's cell, smaller; a fixed FFL weight, so the FFL reaches the backbone): every loss
     term and every online parameter's gradient equal those computed with torchvision's RoIAlign and the logsumexp
-    pixel loss, to 1e-5."""
+    pixel loss, to 1e-5, on both memory layouts (the trainer uses channels_last)."""
     import mpinet_hub.pretrain.method as method_module
 
     views = make_two_views(torch.rand(4, 3, 80, 80), 64, generator=torch.Generator().manual_seed(0))
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    views.view1, views.view2 = (v.contiguous(memory_format=layout) for v in (views.view1, views.view2))
     results = []
     for reference in (False, True):
         if reference:
             monkeypatch.setattr(method_module, "roi_grid", _reference_roi_grid)
             monkeypatch.setattr(PixelInfoNCELoss, "_loss", _reference_pixel_loss)
         torch.manual_seed(0)
-        model = build_method(_cfg(method="mpinet", pixel_grid=14, ffl_grid=7, w_ffl=30.0), 3)
+        model = build_method(_cfg(method="mpinet", pixel_grid=14, ffl_grid=7, w_ffl=30.0), 3).to(memory_format=layout)
         terms = model(views)
         model.total_loss(terms).backward()
         results.append(({k: v.detach() for k, v in terms.items()},
