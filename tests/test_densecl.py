@@ -62,8 +62,11 @@ def test_the_dense_term_is_off_for_its_warmup_steps_and_the_count_survives_a_che
             assert torch.allclose(total, terms["ins"])  # (w_ins + w_pix) x ins, dense weight 0
             total.backward()
             assert model.online.dense_head[0].weight.grad is None or not model.online.dense_head[0].weight.grad.any()
-        else:
-            assert torch.allclose(total, 0.5 * terms["ins"] + 0.5 * terms["dense"])
+        else:  # DenseCL's lambda = 0.5 from then on, and the dense head learns
+            weights = torch.autograd.grad(total, [terms["ins"], terms["dense"]], retain_graph=True)
+            assert [float(w) for w in weights] == [0.5, 0.5]
+            total.backward()
+            assert model.online.dense_head[0].weight.grad.abs().sum() > 0
     assert int(model.dense_steps) == 3 and "dense_steps" in model.checkpoint_buffers
     old_run = PretrainConfig.__dataclass_fields__["dense_warmup_steps"].metadata
     assert old_run.get("was") == 0  # a DenseCL run made before the warmup existed is not taken for one with it
