@@ -417,9 +417,10 @@ def test_overwrite_refuses_a_folder_a_live_run_is_writing_and_deletes_nothing(da
     assert "could not write" not in live.stderr.read()
 
 
-def test_a_probe_killed_mid_run_reruns_to_the_end_with_the_same_command(tmp_path):
+def test_a_probe_killed_mid_run_reruns_to_the_end_with_overwrite(tmp_path, capsys):
     """A SIGKILL mid-probe once left a folder that no rerun could finish: the log was trimmed to no rows and the
-    empty rewrite was refused as a full disk."""
+    empty rewrite was refused as a full disk. A probe claims its folder like fine-tuning: a plain rerun is refused,
+    naming --resume and --overwrite, and --overwrite runs to the end."""
     import signal
 
     root = tmp_path / "data"
@@ -439,7 +440,11 @@ def test_a_probe_killed_mid_run_reruns_to_the_end_with_the_same_command(tmp_path
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert main(args(5)) == 0
+    before = sorted(p.name for p in out.iterdir() if p.name != ".lock")  # the killed holder's lock is taken over
+    assert main(args(5)) == 1
+    assert "--resume to continue it, --overwrite to start over" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == before
+    assert main([*args(5), "--overwrite"]) == 0
     steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5] and (out / "metrics.json").is_file()
 

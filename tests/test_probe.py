@@ -130,3 +130,46 @@ def test_probe_and_finetune_take_a_pretraining_run_folder(blocks_root, tmp_path)
                                    label_fraction=0.5, levels=["C4", "C5"], steps=2, batch_size=2, patch=64,
                                    window=128, device="cpu"))
     assert result["encoder"] == str(tmp_path / "pre") and 0 <= result["mIoU"] <= 100
+
+
+def test_a_stopped_probe_resumes_to_the_head_of_an_uninterrupted_run_and_a_finished_one_is_not_overwritten(
+        blocks_root, tmp_path, capsys, monkeypatch):
+    """The probe claims its folder and checkpoints like fine-tuning: stopped after its first checkpoint it continues
+    from it (the study's cells do so on their own), and `mpinet probe` over a finished probe is refused unless
+    --resume or --overwrite is given."""
+    from safetensors.torch import load_file
+
+    from mpinet_hub.downstream.probe import Prober
+
+    def cfg(out):
+        return ProbeConfig("random-bn", "folder", str(blocks_root), str(tmp_path / out), label_fraction=0.5,
+                           steps=6, save_every=3, batch_size=2, patch=64, window=128, device="cpu")
+
+    run_probe(cfg("whole"))
+    original = Prober.compute
+
+    def stop_at_step_four(self, batch):
+        if self.step == 4:
+            raise KeyboardInterrupt
+        return original(self, batch)
+
+    monkeypatch.setattr(Prober, "compute", stop_at_step_four)
+    with pytest.raises(KeyboardInterrupt):
+        run_probe(cfg("stopped"))
+    assert not (tmp_path / "stopped" / "metrics.json").exists()
+    assert (tmp_path / "stopped" / "checkpoints" / "last.pt").is_file()
+    monkeypatch.setattr(Prober, "compute", original)
+    resumed = run_probe(cfg("stopped"))
+    whole, again = (load_file(tmp_path / out / "probe.safetensors") for out in ("whole", "stopped"))
+    assert whole.keys() == again.keys() and all(torch.equal(whole[k], again[k]) for k in whole)
+    assert resumed["mIoU"] == json.loads((tmp_path / "whole" / "metrics.json").read_text())["mIoU"]
+    steps = [json.loads(line)["step"] for line in (tmp_path / "stopped" / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]  # the log continues where the checkpoint was, no step twice
+    args = ["probe", "random-bn", "--dataset", "folder", "--data-root", str(blocks_root), "--out",
+            str(tmp_path / "whole"), "--label-fraction", "0.5", "--steps", "6", "--batch-size", "2", "--patch", "64",
+            "--window", "128", "--device", "cpu"]
+    stamp = (tmp_path / "whole" / "probe.safetensors").stat().st_mtime_ns
+    assert main(args) == 1 and "already holds a run" in capsys.readouterr().err
+    assert (tmp_path / "whole" / "probe.safetensors").stat().st_mtime_ns == stamp
+    assert main([*args, "--overwrite"]) == 0
+    assert (tmp_path / "whole" / "probe.safetensors").stat().st_mtime_ns != stamp

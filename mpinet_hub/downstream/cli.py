@@ -73,14 +73,18 @@ def add_probe_arguments(p: argparse.ArgumentParser) -> None:
     p.description = ("Frozen-feature linear probe: the backbone frozen, LEVELS upsampled to stride 4 and concatenated, "
                      "a normalised 1x1 classifier trained on the same seeded labeled subset as `finetune`, whole tiles "
                      "evaluated by sliding window -> RUN/metrics.json (evaluate's schema).")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over in an OUT that holds a probe (deletes its run files: checkpoints/, log.jsonl, "
+                   "loss.png, config.yaml, labeled_patches.json, probe.safetensors, metrics.json)")
     add_settings_arguments(p, ProbeConfig, positional=("encoder",), skip=("device",))
 
 
 def run_probe(args: argparse.Namespace) -> int:
-    from .probe import ProbeConfig, run_probe
+    from .probe import ProbeConfig, Prober
 
-    result = run_probe(ProbeConfig(**settings_from_args(ProbeConfig, args)))
-    return _print_metrics(result)
+    cfg = ProbeConfig(**settings_from_args(ProbeConfig, args))
+    return _print_metrics(Prober(cfg, resume=args.resume, overwrite=args.overwrite).run())
 
 
 # --- evaluate

@@ -8,8 +8,8 @@ uses. Evaluation is `mpinet evaluate`'s: whole tiles by sliding window, metrics.
 `random-bn[:ARCH]` is the control a reviewer asks for: random weights whose BatchNorm statistics are
 re-estimated on the data set's training images, so a gain over it is not just BatchNorm statistics.
 
-Run folder: config.yaml, labeled_patches.json, log.jsonl, loss.png, probe.safetensors (head), metrics.json,
-confusion.png, previews/.
+Run folder: config.yaml, labeled_patches.json, log.jsonl, loss.png, checkpoints/last.pt (head and optimiser, to
+resume), probe.safetensors (head), metrics.json, confusion.png, previews/.
 """
 
 from __future__ import annotations
@@ -27,18 +27,27 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..atomic import atomic_output, write_text_atomic
+from ..checkpoint import atomic_save, load_checkpoint
 from ..data import DATA_ROOT_HELP, DATASETS, IGNORE_INDEX, VALUE_MAX_HELP, evaluation_split, open_dataset
 from ..data.labeled_subset import labeled_subset, write_labeled_patches
 from ..models import MPINET_ARCHS
 from ..pretrain.base import feature_backbone
 from ..progress import progress
-from ..settings import SettingsError, setting
-from ..training import EpochBatches, RunLock, RunLog, StepLoop, normalisation, plot_losses, resolve_device
+from ..settings import SettingsError, changed_settings, setting
+from ..training import (
+    EpochBatches,
+    RunLog,
+    StepLoop,
+    normalisation,
+    plot_losses,
+    resolve_device,
+    resume_or_start,
+)
 from .evaluate import evaluate_model
 from .finetune import LabeledBatches
 from .model import ENCODER_HELP, NORMALISATION_HELP, EncoderSpec, SegmentationModelInfo, load_encoder
 
-__all__ = ["LEVELS", "LinearProbe", "ProbeConfig", "reestimate_batchnorm", "resample_cells", "run_probe"]
+__all__ = ["LEVELS", "LinearProbe", "ProbeConfig", "Prober", "reestimate_batchnorm", "resample_cells", "run_probe"]
 
 LEVELS = ("C2", "C3", "C4", "C5")
 
@@ -68,6 +77,7 @@ class ProbeConfig:
     mean: list[float] | None = setting(None, help=NORMALISATION_HELP)
     std: list[float] | None = setting(None, help=NORMALISATION_HELP)
     value_max: float | None = setting(None, help=VALUE_MAX_HELP)
+    save_every: int = setting(100, may_change="how", help="steps between checkpoints (OUT/checkpoints/last.pt)")
 
     def validate(self) -> None:
         unknown = [lv for lv in self.levels if lv not in LEVELS]
@@ -157,15 +167,71 @@ def _encoder(cfg: ProbeConfig, in_chans: int) -> EncoderSpec:
     return load_encoder(spec, default_arch=cfg.arch, in_chans=in_chans)
 
 
-class _ProbeSteps(StepLoop):
-    """The head's training: a plain Adam step a batch (no loss scaling, 32 bits), no checkpoint until the end."""
+PROBE_FORMAT = "mpinet-hub/probe/1"
 
-    def __init__(self, probe: LinearProbe, optimizer: torch.optim.Optimizer, device: torch.device,
-                 mean: torch.Tensor, std: torch.Tensor, steps: int, out: Path) -> None:
-        self.probe, self.optimizer, self.device, self.mean, self.std = probe, optimizer, device, mean, std
+
+class Prober(StepLoop):
+    """The probe as a run: claims and locks its folder (`claim_then_build`), trains the head with a plain Adam step
+    a batch (32 bits), checkpoints it every `save_every` steps and resumes from OUT/checkpoints/last.pt; the frozen
+    backbone is rebuilt from the spec (and its BatchNorm re-estimated, seeded) rather than saved."""
+
+    def __init__(self, cfg: ProbeConfig, resume: bool = False, overwrite: bool = False) -> None:
+        cfg.validate()
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self.claim_then_build(self.out, resume, overwrite)
+
+    def _build(self, resume: bool) -> None:
+        cfg = self.cfg
+        self.device = device = resolve_device(cfg.device)
+        dataset = open_dataset(cfg.dataset, cfg.data_root, "train", patch_size=cfg.patch, value_max=cfg.value_max)
+        encoder = _encoder(cfg, dataset.num_bands)
+        if cfg.value_max is None and encoder.value_max is not None:
+            cfg.value_max = encoder.value_max  # the scale the weights were trained at
+            dataset = open_dataset(cfg.dataset, cfg.data_root, "train", patch_size=cfg.patch, value_max=cfg.value_max)
+        if not dataset.has_labels:
+            raise ValueError(f"{cfg.dataset} train split has no labels")
+        self.dataset = dataset
+        self.split = cfg.split or evaluation_split(cfg.dataset, cfg.data_root)
+        self.subset = labeled_subset(dataset, cfg.label_fraction, cfg.subset_seed)
+        backbone = _backbone(cfg, encoder, dataset.num_bands).to(device)
+        self.mean_std = normalisation(cfg.mean, cfg.std, dataset.num_bands, default=(encoder.mean, encoder.std))
+        self.mean = torch.tensor(self.mean_std[0], device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(self.mean_std[1], device=device).view(1, -1, 1, 1)
+        if cfg.reestimate_bn or cfg.encoder.startswith("random-bn"):  # statistics from training windows, no labels
+            every = EpochBatches(len(dataset), cfg.batch_size, cfg.seed + 1)
+            stats = LabeledBatches(dataset, list(range(len(dataset))), every, cfg.patch, cfg.seed, 0, cfg.bn_batches)
+            reestimate_batchnorm(backbone, [(stats[i][0].to(device) - self.mean) / self.std for i in range(len(stats))])
+        torch.manual_seed(cfg.seed)
+        self.probe = LinearProbe(backbone, [LEVELS.index(lv) for lv in cfg.levels], dataset.num_classes).to(device)
+        self.optimizer = torch.optim.Adam([p for p in self.probe.parameters() if p.requires_grad], lr=cfg.lr)
         self.scaler = torch.amp.GradScaler("cuda", enabled=False)
-        self.precision, self.step, self.total_steps, self.save_every, self.log_every = "32", 0, steps, steps, 1
-        self.checkpoint_path = out / "probe.safetensors"
+        self.precision, self.step, self.total_steps, self.log_every = "32", 0, cfg.steps, 1
+        self.save_every = cfg.save_every
+        self.checkpoint_path = self.out / "checkpoints" / "last.pt"
+        if resume:
+            self._resume()
+
+    def head_state(self) -> dict[str, torch.Tensor]:
+        return {k: v.contiguous() for k, v in self.probe.state_dict().items() if not k.startswith("backbone.")}
+
+    def state(self) -> dict[str, Any]:
+        return {"format": PROBE_FORMAT, "step": self.step, "config": asdict(self.cfg), "head": self.head_state(),
+                "optimizer": self.optimizer.state_dict()}
+
+    def _resume(self) -> None:
+        ckpt = load_checkpoint(self.checkpoint_path, map_location=self.device)
+        if ckpt.get("format") != PROBE_FORMAT:
+            raise SettingsError(f"{self.checkpoint_path} is not a probe checkpoint; give another --out")
+        changed = changed_settings(self.cfg, ckpt["config"], "resume")
+        if changed:
+            raise SettingsError(f"{self.checkpoint_path} was trained with other settings ({', '.join(changed)}); use "
+                                "a new --out or the same settings")
+        missing = self.probe.load_state_dict(ckpt["head"], strict=False).missing_keys
+        if [k for k in missing if not k.startswith("backbone.")]:
+            raise SettingsError(f"{self.checkpoint_path} lacks {missing[:3]}; give another --out")
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.step = int(ckpt["step"])
 
     def compute(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
         images, masks = batch
@@ -175,57 +241,40 @@ class _ProbeSteps(StepLoop):
         loss = loss / (masks != IGNORE_INDEX).sum().clamp_min(1)
         return loss, {"ce": loss}, images.shape[0]
 
+    def checkpoint(self, final: bool) -> None:
+        atomic_save(self.state(), self.checkpoint_path)
+
+    def run(self) -> dict[str, Any]:
+        """Train to `steps` (from the resumed step), save the head, evaluate; returns evaluate's metrics dict."""
+        cfg, out = self.cfg, self.out
+        with self.lock:
+            write_text_atomic(out / "config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
+            write_labeled_patches(out, cfg.dataset, self.dataset, self.subset, cfg.patch, cfg.label_fraction,
+                                  cfg.subset_seed, getattr(self.dataset, "bands", None))
+            batches = EpochBatches(len(self.subset), cfg.batch_size, cfg.seed)
+            loader = DataLoader(LabeledBatches(self.dataset, self.subset, batches, cfg.patch, cfg.seed, self.step,
+                                               cfg.steps), batch_size=None)
+            self.probe.train()
+            with (
+                RunLog(out, step=self.step) as log,
+                progress(total=cfg.steps, initial=self.step, unit="step", desc=f"probe {cfg.encoder}") as bar,
+            ):
+                self.loop(loader, log, bar)
+            plot_losses(out / "log.jsonl", out / "loss.png", keys=("ce",))
+            with atomic_output(out / "probe.safetensors") as tmp:  # the user's file mode, never a torn file
+                save_file(self.head_state(), str(tmp))
+            info = SegmentationModelInfo(
+                classes=list(self.dataset.classes), mean=list(self.mean_std[0]), std=list(self.mean_std[1]),
+                palette=[list(c) for c in self.dataset.palette] or None, bands=getattr(self.dataset, "bands", None),
+                value_max=cfg.value_max,
+                provenance={"dataset": cfg.dataset, "encoder": cfg.encoder,
+                            "decoder": f"linear probe {'+'.join(cfg.levels)}", "label_fraction": cfg.label_fraction,
+                            "labeled_patches": len(self.subset), "steps": cfg.steps, "model_dir": str(out)})
+            return evaluate_model(self.probe, info, cfg.dataset, cfg.data_root, out, split=self.split,
+                                  window=cfg.window, device=cfg.device, previews=2)
+
 
 def run_probe(cfg: ProbeConfig) -> dict[str, Any]:
-    """Train the probe head on the labeled subset and evaluate whole tiles; returns evaluate's metrics dict."""
-    cfg.validate()
-    out = Path(cfg.out)
-    device = resolve_device(cfg.device)
-    dataset = open_dataset(cfg.dataset, cfg.data_root, "train", patch_size=cfg.patch, value_max=cfg.value_max)
-    encoder = _encoder(cfg, dataset.num_bands)
-    if cfg.value_max is None and encoder.value_max is not None:
-        cfg.value_max = encoder.value_max  # the scale the weights were trained at
-        dataset = open_dataset(cfg.dataset, cfg.data_root, "train", patch_size=cfg.patch, value_max=cfg.value_max)
-    if not dataset.has_labels:
-        raise ValueError(f"{cfg.dataset} train split has no labels")
-    split = cfg.split or evaluation_split(cfg.dataset, cfg.data_root)
-    subset = labeled_subset(dataset, cfg.label_fraction, cfg.subset_seed)
-    backbone = _backbone(cfg, encoder, dataset.num_bands)
-    mean, std = normalisation(cfg.mean, cfg.std, dataset.num_bands, default=(encoder.mean, encoder.std))
-    mean_t = torch.tensor(mean, device=device).view(1, -1, 1, 1)
-    std_t = torch.tensor(std, device=device).view(1, -1, 1, 1)
-    backbone = backbone.to(device)
-    batches = EpochBatches(len(subset), cfg.batch_size, cfg.seed)
-    if cfg.reestimate_bn or cfg.encoder.startswith("random-bn"):  # statistics from training windows, no labels
-        every = EpochBatches(len(dataset), cfg.batch_size, cfg.seed + 1)
-        stats = LabeledBatches(dataset, list(range(len(dataset))), every, cfg.patch, cfg.seed, 0, cfg.bn_batches)
-        reestimate_batchnorm(backbone, [(stats[i][0].to(device) - mean_t) / std_t for i in range(len(stats))])
-    levels = [LEVELS.index(lv) for lv in cfg.levels]
-    torch.manual_seed(cfg.seed)
-    probe = LinearProbe(backbone, levels, dataset.num_classes).to(device)
-    optimizer = torch.optim.Adam([p for p in probe.parameters() if p.requires_grad], lr=cfg.lr)
-    with RunLock(out):  # one process writes a probe folder at a time (creates it)
-        write_text_atomic(out / "config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
-        write_labeled_patches(out, cfg.dataset, dataset, subset, cfg.patch, cfg.label_fraction, cfg.subset_seed,
-                              getattr(dataset, "bands", None))
-        loader = DataLoader(LabeledBatches(dataset, subset, batches, cfg.patch, cfg.seed, 0, cfg.steps),
-                            batch_size=None)
-        probe.train()
-        with (
-            RunLog(out, step=0) as log,
-            progress(total=cfg.steps, unit="step", desc=f"probe {cfg.encoder}") as bar,
-        ):
-            _ProbeSteps(probe, optimizer, device, mean_t, std_t, cfg.steps, out).loop(loader, log, bar)
-        plot_losses(out / "log.jsonl", out / "loss.png", keys=("ce",))
-        with atomic_output(out / "probe.safetensors") as tmp:  # the user's file mode, never a torn file
-            save_file({k: v.contiguous() for k, v in probe.state_dict().items() if not k.startswith("backbone.")},
-                      str(tmp))
-        info = SegmentationModelInfo(
-            classes=list(dataset.classes), mean=list(mean), std=list(std),
-            palette=[list(c) for c in dataset.palette] or None, bands=getattr(dataset, "bands", None),
-            value_max=cfg.value_max,
-            provenance={"dataset": cfg.dataset, "encoder": cfg.encoder,
-                        "decoder": f"linear probe {'+'.join(cfg.levels)}", "label_fraction": cfg.label_fraction,
-                        "labeled_patches": len(subset), "steps": cfg.steps, "model_dir": str(out)})
-        return evaluate_model(probe, info, cfg.dataset, cfg.data_root, out, split=split, window=cfg.window,
-                              device=cfg.device, previews=2)
+    """Train the probe head on the labeled subset and evaluate whole tiles; returns evaluate's metrics dict. Resumes
+    the probe in `cfg.out` where it has a checkpoint, else starts it there (as the study's cells run)."""
+    return resume_or_start(Prober, cfg).run()

@@ -20,7 +20,8 @@ class RunFolderError(RuntimeError):
     """A run folder that belongs to another run or another process."""
 
 # What marks a folder as a training run, and all that --overwrite deletes (fine-tuning adds model/ and its subset).
-RUN_FILES = ("checkpoints", "log.jsonl", "tensorboard", "loss.png", "config.yaml", "labeled_patches.json", "model")
+RUN_FILES = ("checkpoints", "log.jsonl", "tensorboard", "loss.png", "config.yaml", "labeled_patches.json", "model",
+             "probe.safetensors", "metrics.json")
 
 
 def claim_run_folder(out: Path, resume: bool, overwrite: bool = False) -> RunLock:
