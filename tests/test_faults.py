@@ -63,7 +63,7 @@ def test_resume_refuses_changed_settings_naming_them(data, run, tmp_path, capsys
     before = _snapshot(work)
     for flag, value, field in (("--lr", "0.5", "lr"), ("--queue-size", "32", "queue_size"),
                                ("--batch-size", "2", "batch_size"), ("--seed", "7", "seed")):
-        assert _pretrain(data, work, "--steps", "4", "--resume", flag, value) == 1
+        assert _pretrain(data, work, "--steps", "4", "--resume", flag, value) == 2  # a settings refusal, as everywhere
         err = capsys.readouterr().err
         assert f"{field} " in err and "other settings" in err and "Traceback" not in err, err
     assert _snapshot(work) == before

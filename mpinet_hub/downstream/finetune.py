@@ -27,13 +27,13 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from ..atomic import write_text_atomic
-from ..checkpoint import atomic_save, load_checkpoint
+from ..checkpoint import atomic_save
 from ..data import DATA_ROOT_HELP, DATASETS, IGNORE_INDEX, VALUE_MAX_HELP, SegmentationDataset, open_dataset
 from ..data.labeled_subset import labeled_subset, write_labeled_patches
 from ..models import MPINET_ARCHS
 from ..pretrain.config import resolve_config
 from ..progress import progress
-from ..settings import SettingsError, changed_settings, coerce_settings, read_yaml, setting
+from ..settings import SettingsError, coerce_settings, read_yaml, setting
 from ..training import (
     PRECISIONS,
     EpochBatches,
@@ -222,14 +222,7 @@ class Finetuner(StepLoop):
                 "scaler": self.scaler.state_dict(), "rng": {"torch": torch.get_rng_state()}}
 
     def _resume(self) -> None:
-        path = self.out / "checkpoints" / "last.pt"
-        ckpt = load_checkpoint(path, map_location=self.device)
-        if ckpt.get("format") != FINETUNE_FORMAT:
-            raise ValueError(f"{path} is not a fine-tuning checkpoint")
-        changed = changed_settings(self.cfg, ckpt["config"], "resume")
-        if changed:
-            raise ValueError(f"{path} was trained with other settings ({', '.join(changed)}); use a new --out or "
-                             "the same settings")
+        ckpt = self.resume_checkpoint(self.cfg, FINETUNE_FORMAT, "fine-tuning")
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["scaler"])

@@ -27,13 +27,13 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..atomic import atomic_output, write_text_atomic
-from ..checkpoint import atomic_save, load_checkpoint
+from ..checkpoint import atomic_save
 from ..data import DATA_ROOT_HELP, DATASETS, IGNORE_INDEX, VALUE_MAX_HELP, evaluation_split, open_dataset
 from ..data.labeled_subset import labeled_subset, write_labeled_patches
 from ..models import MPINET_ARCHS
 from ..pretrain.base import feature_backbone
 from ..progress import progress
-from ..settings import SettingsError, changed_settings, setting
+from ..settings import SettingsError, setting
 from ..training import (
     EpochBatches,
     RunLog,
@@ -220,13 +220,7 @@ class Prober(StepLoop):
                 "optimizer": self.optimizer.state_dict()}
 
     def _resume(self) -> None:
-        ckpt = load_checkpoint(self.checkpoint_path, map_location=self.device)
-        if ckpt.get("format") != PROBE_FORMAT:
-            raise SettingsError(f"{self.checkpoint_path} is not a probe checkpoint; give another --out")
-        changed = changed_settings(self.cfg, ckpt["config"], "resume")
-        if changed:
-            raise SettingsError(f"{self.checkpoint_path} was trained with other settings ({', '.join(changed)}); use "
-                                "a new --out or the same settings")
+        ckpt = self.resume_checkpoint(self.cfg, PROBE_FORMAT, "probe")
         missing = self.probe.load_state_dict(ckpt["head"], strict=False).missing_keys
         if [k for k in missing if not k.startswith("backbone.")]:
             raise SettingsError(f"{self.checkpoint_path} lacks {missing[:3]}; give another --out")

@@ -209,12 +209,7 @@ class Trainer(StepLoop):
         return atomic_save(state, self.out / "checkpoints" / name)
 
     def _resume(self) -> None:
-        path = self.out / "checkpoints" / "last.pt"
-        ckpt = load_checkpoint(path, map_location=self.device)
-        changed = changed_settings(self.cfg, ckpt.get("config", {}), "resume")
-        if changed:
-            raise ValueError(f"{path} was trained with other settings ({', '.join(changed)}); resume with the run's "
-                             "own settings (its config.yaml) or start a new --out")
+        ckpt = self.resume_checkpoint(self.cfg, None, "pretraining")
         self.model.online.load_state_dict(ckpt["model"])
         self.model.target.load_state_dict(ckpt["target"])
         for k, v in ckpt["buffers"].items():

@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from ..checkpoint import load_checkpoint
+from ..settings import SettingsError, changed_settings
 from .checks import check_finite
 from .device import AUTOCAST_DTYPES
 from .run_folder import RunLock, claim_run_folder
@@ -57,6 +59,19 @@ class StepLoop:
     def _build(self, resume: bool) -> None:
         """Set up the run (data, model, optimiser; `resume`: from the folder's last checkpoint)."""
         raise NotImplementedError
+
+    def resume_checkpoint(self, settings: Any, checkpoint_format: str | None, kind: str) -> dict[str, Any]:
+        """`checkpoint_path` loaded (`weights_only`), refused with a SettingsError (exit 2) when it is not a `kind`
+        checkpoint (its "format" is not `checkpoint_format`, where given) or was made with other identity settings
+        than `settings` (`settings.changed_settings`)."""
+        ckpt = load_checkpoint(self.checkpoint_path, map_location=self.device)
+        if checkpoint_format is not None and ckpt.get("format") != checkpoint_format:
+            raise SettingsError(f"{self.checkpoint_path} is not a {kind} checkpoint; give another --out")
+        changed = changed_settings(settings, ckpt.get("config", {}), "resume")
+        if changed:
+            raise SettingsError(f"{self.checkpoint_path} was trained with other settings ({', '.join(changed)}); "
+                                "resume with the run's own settings (its config.yaml) or give another --out")
+        return ckpt
 
     def compute(self, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
         """(loss to minimise, terms to check and log by name, images in the batch) of one step's batch."""
