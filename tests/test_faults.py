@@ -272,16 +272,16 @@ def test_unusable_yaml_ends_in_one_line_with_exit_2(data, tmp_path, capsys):
 
 
 def test_a_finetune_stopped_by_a_non_finite_loss_closes_its_log(data, tmp_path, capsys, monkeypatch):
-    import mpinet_hub.downstream.finetune as finetune
+    import mpinet_hub.training.engine as engine  # every run kind's log is opened by the engine
 
     opened = []
 
-    class RecordingRunLog(finetune.RunLog):
+    class RecordingRunLog(engine.RunLog):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             opened.append(self)
 
-    monkeypatch.setattr(finetune, "RunLog", RecordingRunLog)
+    monkeypatch.setattr(engine, "RunLog", RecordingRunLog)
     code = main(["finetune", "--dataset", "potsdam", "--data-root", str(data), "--patch", "64", "--crop", "64",
                  "--batch-size", "2", "--steps", "6", "--lr", "1e12", "--device", "cpu",
                  "--out", str(tmp_path / "ft")])

@@ -26,18 +26,15 @@ import yaml
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from ..atomic import write_text_atomic
 from ..checkpoint import atomic_save
 from ..data import DATA_ROOT_HELP, DATASETS, IGNORE_INDEX, VALUE_MAX_HELP, SegmentationDataset, open_dataset
 from ..data.labeled_subset import labeled_subset, write_labeled_patches
 from ..models import MPINET_ARCHS
 from ..pretrain.config import resolve_config
-from ..progress import progress
 from ..settings import SettingsError, coerce_settings, read_yaml, setting
 from ..training import (
     PRECISIONS,
     EpochBatches,
-    RunLog,
     StepBatches,
     StepLoop,
     check_finite_state,
@@ -240,8 +237,8 @@ class Finetuner(StepLoop):
 
     def _train(self) -> Path:
         cfg = self.cfg
+        self.write_config(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         if self.is_main:
-            write_text_atomic(self.out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
             self.write_subset()
         loader = DataLoader(LabeledBatches(self.dataset, self.subset, self.batches, cfg.crop,
                                          cfg.seed * self.world + self.rank, self.step, cfg.steps),
@@ -249,12 +246,7 @@ class Finetuner(StepLoop):
         self._mean = torch.tensor(self.mean, device=self.device).view(1, -1, 1, 1)
         self._std = torch.tensor(self.std, device=self.device).view(1, -1, 1, 1)
         self.model.train()
-        with (
-            RunLog(self.out, self.step, enabled=self.is_main) as log,
-            progress(total=cfg.steps, initial=self.step, unit="step", desc=f"finetune {Path(cfg.encoder).name}",
-                     disable=not self.is_main) as bar,
-        ):
-            self.loop(loader, log, bar)
+        self.logged_loop(loader, f"finetune {Path(cfg.encoder).name}")
         self.model.eval()
         model_dir = self.out / "model"
         if self.is_main:

@@ -26,17 +26,15 @@ from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..atomic import atomic_output, write_text_atomic
+from ..atomic import atomic_output
 from ..checkpoint import atomic_save
 from ..data import DATA_ROOT_HELP, DATASETS, IGNORE_INDEX, VALUE_MAX_HELP, evaluation_split, open_dataset
 from ..data.labeled_subset import labeled_subset, write_labeled_patches
 from ..models import MPINET_ARCHS
 from ..pretrain.base import feature_backbone
-from ..progress import progress
 from ..settings import SettingsError, setting
 from ..training import (
     EpochBatches,
-    RunLog,
     StepLoop,
     normalisation,
     plot_losses,
@@ -242,18 +240,14 @@ class Prober(StepLoop):
         """Train to `steps` (from the resumed step), save the head, evaluate; returns evaluate's metrics dict."""
         cfg, out = self.cfg, self.out
         with self.lock:
-            write_text_atomic(out / "config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
+            self.write_config(yaml.safe_dump(asdict(cfg), sort_keys=False))
             write_labeled_patches(out, cfg.dataset, self.dataset, self.subset, cfg.patch, cfg.label_fraction,
                                   cfg.subset_seed, getattr(self.dataset, "bands", None))
             batches = EpochBatches(len(self.subset), cfg.batch_size, cfg.seed)
             loader = DataLoader(LabeledBatches(self.dataset, self.subset, batches, cfg.patch, cfg.seed, self.step,
                                                cfg.steps), batch_size=None)
             self.probe.train()
-            with (
-                RunLog(out, step=self.step) as log,
-                progress(total=cfg.steps, initial=self.step, unit="step", desc=f"probe {cfg.encoder}") as bar,
-            ):
-                self.loop(loader, log, bar)
+            self.logged_loop(loader, f"probe {cfg.encoder}")
             plot_losses(out / "log.jsonl", out / "loss.png", keys=("ce",))
             with atomic_output(out / "probe.safetensors") as tmp:  # the user's file mode, never a torn file
                 save_file(self.head_state(), str(tmp))

@@ -20,18 +20,15 @@ import yaml
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from ..atomic import write_text_atomic
 from ..checkpoint import CHECKPOINT_FORMAT, atomic_save, load_checkpoint
 from ..data import DataError, UnlabeledImages, image_files, labeled_splits, pretraining_images
 from ..data.potsdam import POTSDAM_BAND_NAMES
 from ..data.unlabeled import few_windows
 from ..models import MPINET_TAGS, RGB_MEAN, RGB_STD
-from ..progress import progress
 from ..settings import SettingsError, changed_settings
 from ..training import (
     EpochBatches,
     NonFiniteLossError,
-    RunLog,
     StepBatches,
     StepLoop,
     check_finite_state,
@@ -237,9 +234,7 @@ class Trainer(StepLoop):
         """Train to the configured step count; holds OUT's lock while it writes there."""
         cfg = self.cfg
         with self.lock if self.is_main else nullcontext():
-            if self.is_main:
-                config = self._bands_note() + yaml.safe_dump(cfg.to_dict(), sort_keys=False)
-                write_text_atomic(self.out / "config.yaml", config)
+            self.write_config(self._bands_note() + yaml.safe_dump(cfg.to_dict(), sort_keys=False))
             cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
             workers = min(cfg.workers, cores)  # more loader processes than cores only compete with the step
             if workers < cfg.workers and self.is_main:
@@ -251,12 +246,7 @@ class Trainer(StepLoop):
             loader = DataLoader(PretrainBatches(self.images, self.batches, self.step, self.total_steps),
                                 batch_size=None, shuffle=False, num_workers=workers, persistent_workers=False,
                                 pin_memory=self.device.type == "cuda")
-            with (
-                RunLog(self.out, self.step, enabled=self.is_main) as log,
-                progress(total=self.total_steps, initial=self.step, disable=not self.is_main, unit="step",
-                     desc=f"pretrain {cfg.method}") as bar,
-            ):
-                return self.loop(loader, log, bar)
+            return self.logged_loop(loader, f"pretrain {cfg.method}")
 
     # --- one step (training.StepLoop runs the loop)
     def compute(self, batch: tuple[torch.Tensor, list]) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:

@@ -3,8 +3,10 @@
 One step: the subclass's `compute(batch)` gives the loss and the terms to log; a non-finite term stops the run
 naming the step and the last good checkpoint; the (scaled) backward and optimiser step; `after_step()` (a
 scheduler, an EMA target); one log record and one progress update; and every `save_every` steps and at the
-last one, `checkpoint(final)`. `claim_then_build` claims and locks the run folder before anything is set up;
-the log is the caller's (run_log.py).
+last one, `checkpoint(final)`. Around it, the run's life: `claim_then_build` claims and locks the run folder
+before anything is set up, `resume_checkpoint` loads the last checkpoint and refuses one of another kind or other
+settings, `write_config` records the settings, and `logged_loop` runs the loop with the run log (run_log.py) and a
+progress bar that continue from the resumed step.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from typing import Any
 
 import torch
 
+from ..atomic import write_text_atomic
 from ..checkpoint import load_checkpoint
+from ..progress import progress
 from ..settings import SettingsError, changed_settings
 from .checks import check_finite
 from .device import AUTOCAST_DTYPES
@@ -42,6 +46,7 @@ class StepLoop:
     is_main: bool = True
     world: int = 1
     checkpoint_path: Path
+    out: Path
     lock: RunLock | None = None
 
     def claim_then_build(self, out: Path, resume: bool, overwrite: bool) -> None:
@@ -91,6 +96,20 @@ class StepLoop:
         """The precision's autocast on the run's device (a no-op at 32 bits)."""
         dtype = AUTOCAST_DTYPES.get(self.precision)
         return torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+    def write_config(self, text: str) -> None:
+        """OUT/config.yaml, atomically, from the main process: the settings the run was made with."""
+        if self.is_main:
+            write_text_atomic(self.out / "config.yaml", text)
+
+    def logged_loop(self, loader: Any, desc: str) -> dict[str, float]:
+        """`loop` with the run log and a progress bar (main process) that continue from the current step."""
+        with (
+            RunLog(self.out, self.step, enabled=self.is_main) as log,
+            progress(total=self.total_steps, initial=self.step, disable=not self.is_main, unit="step",
+                     desc=desc) as bar,
+        ):
+            return self.loop(loader, log, bar)
 
     def loop(self, loader: Any, log: RunLog, bar: Any) -> dict[str, float]:
         """Train on `loader`'s batches (one a step, from `step` to `total_steps`); returns the last step's terms."""
