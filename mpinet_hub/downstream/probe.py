@@ -36,6 +36,7 @@ from ..settings import SettingsError, setting
 from ..training import (
     EpochBatches,
     StepLoop,
+    check_finite_state,
     normalisation,
     plot_losses,
     resolve_device,
@@ -234,6 +235,7 @@ class Prober(StepLoop):
         return loss, {"ce": loss}, images.shape[0]
 
     def checkpoint(self, final: bool) -> None:
+        check_finite_state(self.head_state(), self.step, self.checkpoint_path)
         atomic_save(self.state(), self.checkpoint_path)
 
     def run(self) -> dict[str, Any]:

@@ -121,7 +121,7 @@ class _SoftmaxCrossEntropyCPU(torch.autograd.Function):
         keys, anchors, positive = keys.detach(), anchors.detach(), positive.detach()
         weights = anchors @ keys.t()
         bound = anchors.norm(dim=1) * keys.norm(dim=1).max()
-        by_positive = len(keys) == 0 or float((bound - positive).max()) <= 80
+        by_positive = float((bound - positive).max()) <= 80
         shift = positive if by_positive else torch.maximum(weights.amax(1), positive)
         weights.sub_(shift[:, None]).exp_()
         weights[rows, cols] = 0
