@@ -173,3 +173,65 @@ def test_a_stopped_probe_resumes_to_the_head_of_an_uninterrupted_run_and_a_finis
     assert (tmp_path / "whole" / "probe.safetensors").stat().st_mtime_ns == stamp
     assert main([*args, "--overwrite"]) == 0
     assert (tmp_path / "whole" / "probe.safetensors").stat().st_mtime_ns != stamp
+
+
+def test_the_probe_computes_each_turned_patch_once_and_trains_the_head_it_would_without_the_cache(
+        blocks_root, tmp_path):
+    """The probe's only augmentation is the 8 rotations/flips of whole patches and its backbone is frozen, so the
+    features of a (patch, turn) are computed once: the head and the metrics are those of a run that computes them
+    every step (feature_cache_mb=0), while the backbone sees fewer images."""
+    from safetensors.torch import load_file
+
+    from mpinet_hub.downstream.probe import Prober
+
+    seen: dict[str, int] = {}
+
+    def run(out, cache_mb):
+        cfg = ProbeConfig("random-bn", "folder", str(blocks_root), str(tmp_path / out), label_fraction=0.25,
+                          steps=16, batch_size=4, patch=64, window=128, device="cpu", feature_cache_mb=cache_mb)
+        prober = Prober(cfg)
+        seen[out] = 0
+
+        def count(module, args, output):
+            if prober.probe.training:  # the head's steps, not the evaluation's sliding window
+                seen[out] += args[0].shape[0]
+
+        prober.probe.backbone.register_forward_hook(count)
+        return prober.run()
+
+    every_step, cached = run("every-step", 0), run("cached", 512)
+    assert seen["every-step"] == 16 * 4
+    assert seen["cached"] <= 4 * 8 < seen["every-step"]  # 4 labeled patches, 8 turns each, at most once
+    heads = [load_file(tmp_path / out / "probe.safetensors") for out in ("every-step", "cached")]
+    assert heads[0].keys() == heads[1].keys()
+    for key in heads[0]:
+        torch.testing.assert_close(heads[1][key], heads[0][key], rtol=1e-5, atol=1e-5)
+    assert cached["mIoU"] == pytest.approx(every_step["mIoU"], abs=1e-3)
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_the_training_head_folds_batchnorm_into_the_convolution_with_the_same_logits_gradients_and_statistics(
+        momentum):
+    from mpinet_hub.downstream.probe import LinearProbe
+    from mpinet_hub.pretrain.base import feature_backbone
+
+    torch.manual_seed(0)
+    probe = LinearProbe(feature_backbone("mpinet_resnet18", 3), [0, 1], 3).train()
+    probe.norm.momentum = momentum
+    reference = {k: v.clone() for k, v in probe.state_dict().items() if not k.startswith("backbone.")}
+    stacked = probe.features(torch.randn(3, 3, 40, 36)) * 3 + 1  # off-centre, not unit scale, like real features
+    masks = torch.randint(0, 3, (3, 40, 36))
+    folded = probe.head(stacked, (40, 36))
+    torch.nn.functional.cross_entropy(folded, masks).backward()
+    grads = [probe.classifier.weight.grad.clone(), probe.classifier.bias.grad.clone()]
+    stats = [probe.norm.running_mean.clone(), probe.norm.running_var.clone(), probe.norm.num_batches_tracked.clone()]
+    probe.zero_grad()
+    probe.load_state_dict(reference, strict=False)
+    plain = resample_cells(probe.classifier(probe.norm(stacked.permute(0, 3, 1, 2))), 4, 1, (40, 36))
+    torch.nn.functional.cross_entropy(plain, masks).backward()
+    torch.testing.assert_close(folded, plain, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(grads[0], probe.classifier.weight.grad, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(grads[1], probe.classifier.bias.grad, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(stats[0], probe.norm.running_mean, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(stats[1], probe.norm.running_var, rtol=1e-4, atol=1e-6)
+    assert int(stats[2]) == int(probe.norm.num_batches_tracked) == 1

@@ -15,9 +15,10 @@ resume), probe.safetensors (head), metrics.json, confusion.png, previews/.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -46,7 +47,8 @@ from .evaluate import evaluate_model
 from .finetune import LabeledBatches
 from .model import ENCODER_HELP, NORMALISATION_HELP, EncoderSpec, SegmentationModelInfo, load_encoder
 
-__all__ = ["LEVELS", "LinearProbe", "ProbeConfig", "Prober", "reestimate_batchnorm", "resample_cells", "run_probe"]
+__all__ = ["LEVELS", "LinearProbe", "ProbeConfig", "Prober", "TurnedPatchFeatures", "reestimate_batchnorm",
+           "resample_cells", "run_probe"]
 
 LEVELS = ("C2", "C3", "C4", "C5")
 
@@ -77,6 +79,9 @@ class ProbeConfig:
     std: list[float] | None = setting(None, help=NORMALISATION_HELP)
     value_max: float | None = setting(None, help=VALUE_MAX_HELP)
     save_every: int = setting(100, may_change="how", help="steps between checkpoints (OUT/checkpoints/last.pt)")
+    feature_cache_mb: int = setting(2048, may_change="how", help=(
+        "memory kept for the frozen backbone's features of the labeled patches, each of its 8 rotations/flips "
+        "computed once (the head trains many times faster); 0 runs the backbone every step"))
 
     def validate(self) -> None:
         unknown = [lv for lv in self.levels if lv not in LEVELS]
@@ -107,13 +112,55 @@ class LinearProbe(nn.Module):
         self.backbone.eval()  # frozen, BatchNorm statistics included
         return self
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The frozen backbone's chosen levels of normalised images x at stride 4, concatenated, channels last (no
+        gradient). Shapes: x (B, C, H, W) -> (B, ceil(H / 4), ceil(W / 4), width)."""
         h, w = x.shape[-2:]
         with torch.no_grad():
             feats = self.backbone(x)
-            size = (math.ceil(h / 4), math.ceil(w / 4))
-            stacked = torch.cat([resample_cells(feats[i].float(), 4 * 2**i, 4, size) for i in self.levels], 1)
-        return resample_cells(self.classifier(self.norm(stacked)), 4, 1, (h, w))
+            cells = (math.ceil(h / 4), math.ceil(w / 4))
+            stacked = torch.cat([resample_cells(feats[i].float(), 4 * 2**i, 4, cells) for i in self.levels], 1)
+            return stacked.permute(0, 2, 3, 1).contiguous()
+
+    def head(self, stacked: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Logits (B, K, *size) from `features`' map: normalised, a 1x1 convolution, resampled to pixels.
+
+        Training, the BatchNorm is folded into the convolution (W / sigma and b - W mu / sigma from the batch's
+        statistics, which carry no gradient: the features are frozen) and both run as matrix products over the
+        channels-last map: the same logits and gradients as `classifier(norm(map))`, without the strided
+        reductions and the normalised copy that took most of a step. The running statistics are updated as
+        `nn.BatchNorm2d` does."""
+        if not (self.training and self.norm.training):
+            return resample_cells(self.classifier(self.norm(stacked.permute(0, 3, 1, 2))), 4, 1, size)
+        flat = stacked.reshape(-1, stacked.shape[-1])
+        var, mean = _column_var_mean(flat)
+        with torch.no_grad():
+            self.norm.num_batches_tracked += 1
+            momentum = self.norm.momentum
+            if momentum is None:  # cumulative average, as nn.BatchNorm2d does
+                momentum = 1.0 / float(self.norm.num_batches_tracked)
+            self.norm.running_mean.lerp_(mean, momentum)
+            self.norm.running_var.lerp_(var * len(flat) / max(len(flat) - 1, 1), momentum)
+        weight = self.classifier.weight.flatten(1) * torch.rsqrt(var + self.norm.eps)  # (K, width)
+        bias = self.classifier.bias - weight @ mean
+        logits = torch.addmm(bias, flat, weight.t()).view(*stacked.shape[:-1], -1).permute(0, 3, 1, 2)
+        return resample_cells(logits, 4, 1, size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x), (x.shape[-2], x.shape[-1]))
+
+
+def _column_var_mean(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-column (biased) variance and mean of a (N, C) matrix, in two passes as `torch.var_mean` computes them
+    (the mean, then centred squares). On the CPU `torch.var_mean(flat, 0)` is a strided reduction about 8x slower
+    than summing blocks of 256 rows, which stay in cache."""
+    if flat.device.type != "cpu":
+        return torch.var_mean(flat, dim=0, correction=0)
+    with torch.no_grad():
+        blocks = flat.split(256)
+        mean = (torch.stack([b.sum(0, dtype=torch.float64) for b in blocks]).sum(0) / len(flat)).to(flat.dtype)
+        squares = torch.stack([(b - mean).square_().sum(0, dtype=torch.float64) for b in blocks]).sum(0)
+    return (squares / len(flat)).to(flat.dtype), mean
 
 
 def resample_cells(x: torch.Tensor, stride: int, new_stride: int, size: tuple[int, int]) -> torch.Tensor:
@@ -166,6 +213,53 @@ def _encoder(cfg: ProbeConfig, in_chans: int) -> EncoderSpec:
     return load_encoder(spec, default_arch=cfg.arch, in_chans=in_chans)
 
 
+class FeatureBatch(NamedTuple):
+    """A step's batch as `LinearProbe.features` of its images (B, h/4, w/4, width) and their masks (B, h, w)."""
+
+    features: torch.Tensor
+    masks: torch.Tensor
+
+
+class TurnedPatchFeatures:
+    """The backbone's features for each (labeled patch, quarter turns, flip) the head's steps draw, computed the first
+    time it is drawn and kept while they fit in `budget_mb`. The probe's only augmentation is the 8 rotations/flips
+    of whole patches and its backbone is frozen in eval mode, so a kept feature is the one a new forward would give
+    (to float rounding); the head then trains on them without the backbone. Written here: it rests on the probe's
+    own facts (whole patches, frozen backbone), which no library's feature cache knows."""
+
+    def __init__(self, probe: LinearProbe, labeled: LabeledBatches, patch: int,
+                 normalise: Callable[[torch.Tensor], torch.Tensor], budget_mb: int) -> None:
+        self.probe, self.labeled, self.patch, self.normalise = probe, labeled, patch, normalise
+        self.budget, self.used = budget_mb * 2**20, 0
+        self.kept: dict[tuple[int, int, int, int, bool], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def batches(self, first: int, last: int) -> Iterator[FeatureBatch]:
+        """(features, masks) of steps first .. last - 1, as `LabeledBatches` would draw them."""
+        for step in range(first, last):
+            yield self.batch(self.labeled.placements(step, (self.patch, self.patch)))
+
+    def batch(self, draws: list[tuple[int, int, int, int, bool]]) -> FeatureBatch:
+        new = [d for d in dict.fromkeys(draws) if d not in self.kept]
+        fresh = {}
+        if new:
+            pairs = [self.labeled.placed(d) for d in new]
+            for (image, _), (j, *_) in zip(pairs, new):
+                if tuple(image.shape[-2:]) != (self.patch, self.patch):  # a crop would have failed the same way
+                    raise ValueError(f"labeled patch {self.labeled.subset[j]} is {tuple(image.shape[-2:])}, not "
+                                     f"{self.patch} x {self.patch}: give a --patch no larger than the tiles")
+            device = self.probe.classifier.weight.device
+            features = self.probe.features(self.normalise(torch.stack([i for i, _ in pairs]).to(device)))
+            for n, (draw, (_, mask)) in enumerate(zip(new, pairs)):
+                entry = (features[n].clone(), mask.to(device))
+                fresh[draw] = entry
+                size = entry[0].numel() * entry[0].element_size() + mask.numel() * mask.element_size()
+                if self.used + size <= self.budget:
+                    self.kept[draw] = entry
+                    self.used += size
+        entries = [self.kept.get(d) or fresh[d] for d in draws]
+        return FeatureBatch(torch.stack([e[0] for e in entries]), torch.stack([e[1] for e in entries]))
+
+
 PROBE_FORMAT = "mpinet-hub/probe/1"
 
 
@@ -200,7 +294,7 @@ class Prober(StepLoop):
         if cfg.reestimate_bn or cfg.encoder.startswith("random-bn"):  # statistics from training windows, no labels
             every = EpochBatches(len(dataset), cfg.batch_size, cfg.seed + 1)
             stats = LabeledBatches(dataset, list(range(len(dataset))), every, cfg.patch, cfg.seed, 0, cfg.bn_batches)
-            reestimate_batchnorm(backbone, [(stats[i][0].to(device) - self.mean) / self.std for i in range(len(stats))])
+            reestimate_batchnorm(backbone, [self.normalise(stats[i][0].to(device)) for i in range(len(stats))])
         torch.manual_seed(cfg.seed)
         self.probe = LinearProbe(backbone, [LEVELS.index(lv) for lv in cfg.levels], dataset.num_classes).to(device)
         self.optimizer = torch.optim.Adam([p for p in self.probe.parameters() if p.requires_grad], lr=cfg.lr)
@@ -210,6 +304,9 @@ class Prober(StepLoop):
         self.checkpoint_path = self.out / "checkpoints" / "last.pt"
         if resume:
             self._resume()
+
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        return (images - self.mean) / self.std
 
     def head_state(self) -> dict[str, torch.Tensor]:
         return {k: v.contiguous() for k, v in self.probe.state_dict().items() if not k.startswith("backbone.")}
@@ -227,12 +324,15 @@ class Prober(StepLoop):
         self.step = int(ckpt["step"])
 
     def compute(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
-        images, masks = batch
-        images = (images.to(self.device) - self.mean) / self.std
+        inputs, masks = batch
         masks = masks.to(self.device)
-        loss = F.cross_entropy(self.probe(images), masks, ignore_index=IGNORE_INDEX, reduction="sum")
+        if isinstance(batch, FeatureBatch):
+            logits = self.probe.head(inputs, (masks.shape[-2], masks.shape[-1]))
+        else:
+            logits = self.probe(self.normalise(inputs.to(self.device)))
+        loss = F.cross_entropy(logits, masks, ignore_index=IGNORE_INDEX, reduction="sum")
         loss = loss / (masks != IGNORE_INDEX).sum().clamp_min(1)
-        return loss, {"ce": loss}, images.shape[0]
+        return loss, {"ce": loss}, masks.shape[0]
 
     def checkpoint(self, final: bool) -> None:
         check_finite_state(self.head_state(), self.step, self.checkpoint_path)
@@ -246,8 +346,12 @@ class Prober(StepLoop):
             write_labeled_patches(out, cfg.dataset, self.dataset, self.subset, cfg.patch, cfg.label_fraction,
                                   cfg.subset_seed, getattr(self.dataset, "bands", None))
             batches = EpochBatches(len(self.subset), cfg.batch_size, cfg.seed)
-            loader = DataLoader(LabeledBatches(self.dataset, self.subset, batches, cfg.patch, cfg.seed, self.step,
-                                               cfg.steps), batch_size=None)
+            labeled = LabeledBatches(self.dataset, self.subset, batches, cfg.patch, cfg.seed, self.step, cfg.steps)
+            if cfg.feature_cache_mb > 0:
+                features = TurnedPatchFeatures(self.probe, labeled, cfg.patch, self.normalise, cfg.feature_cache_mb)
+                loader = features.batches(self.step, cfg.steps)
+            else:
+                loader = DataLoader(labeled, batch_size=None)
             self.probe.train()
             self.logged_loop(loader, f"probe {cfg.encoder}")
             plot_losses(out / "log.jsonl", out / "loss.png", keys=("ce",))
