@@ -357,15 +357,23 @@ class Prober(StepLoop):
             plot_losses(out / "log.jsonl", out / "loss.png", keys=("ce",))
             with atomic_output(out / "probe.safetensors") as tmp:  # the user's file mode, never a torn file
                 save_file(self.head_state(), str(tmp))
-            info = SegmentationModelInfo(
-                classes=list(self.dataset.classes), mean=list(self.mean_std[0]), std=list(self.mean_std[1]),
-                palette=[list(c) for c in self.dataset.palette] or None, bands=getattr(self.dataset, "bands", None),
-                value_max=cfg.value_max,
-                provenance={"dataset": cfg.dataset, "encoder": cfg.encoder,
-                            "decoder": f"linear probe {'+'.join(cfg.levels)}", "label_fraction": cfg.label_fraction,
-                            "labeled_patches": len(self.subset), "steps": cfg.steps, "model_dir": str(out)})
-            return evaluate_model(self.probe, info, cfg.dataset, cfg.data_root, out, split=self.split,
-                                  window=cfg.window, device=cfg.device, previews=2)
+            return self.evaluate(out, previews=2)
+
+    def evaluate(self, out: Path, previews: int = 0) -> dict[str, Any]:
+        """`mpinet evaluate` of the probe as it is now on the evaluation split, written to `out`; returns the
+        metrics dict. The head is left in training mode."""
+        cfg = self.cfg
+        info = SegmentationModelInfo(
+            classes=list(self.dataset.classes), mean=list(self.mean_std[0]), std=list(self.mean_std[1]),
+            palette=[list(c) for c in self.dataset.palette] or None, bands=getattr(self.dataset, "bands", None),
+            value_max=cfg.value_max,
+            provenance={"dataset": cfg.dataset, "encoder": cfg.encoder,
+                        "decoder": f"linear probe {'+'.join(cfg.levels)}", "label_fraction": cfg.label_fraction,
+                        "labeled_patches": len(self.subset), "steps": self.step, "model_dir": str(self.out)})
+        metrics = evaluate_model(self.probe, info, cfg.dataset, cfg.data_root, out, split=self.split,
+                                 window=cfg.window, device=cfg.device, previews=previews)
+        self.probe.train()
+        return metrics
 
 
 def run_probe(cfg: ProbeConfig) -> dict[str, Any]:
