@@ -300,6 +300,9 @@ def test_cli_plan_prints_the_release_recipe_without_data_or_a_run_folder(tmp_pat
     out = capsys.readouterr().out
     assert "batch 16 per process, bf16" in out and "activations (bf16)" in out and "largest batch that fits" in out
     assert not any(tmp_path.iterdir())  # nothing trained, nothing written
+    for bands, count in (("RGBIR+DSM", 5), ("IRRG", 3)):  # the reader's band product decides the input's bands
+        assert main(["pretrain", "--config", "mpinet_resnet50_potsdam", "--plan", "--bands", bands]) == 0
+        assert f"{count} bands:" in capsys.readouterr().out
     with pytest.raises(FileNotFoundError, match="packaged: .*mpinet_resnet50_loveda"):
         PretrainConfig.from_sources("mpinet_resnet50_nowhere")
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .base import DATA_ROOT_HELP, VALUE_MAX_HELP, Scene, SegmentationDataset, to_unit_float
-from .folder import LabeledFolder, folder_labeled_splits, read_classes
+from .folder import LabeledFolder, read_classes
 from .labels import IGNORE_INDEX, decode_colour_label, decode_value_label, encode_colour_label
 from .loveda import LoveDA
 from .potsdam import POTSDAM_SPLITS, Potsdam
@@ -46,7 +46,7 @@ DATASETS = {name: spec.reader for name, spec in DATASET_SPECS.items()}
 
 def labeled_splits(name: str, root: str | Path) -> tuple[str, ...]:
     """The splits of a data set with labels (a labeled folder's: those with masks/)."""
-    return folder_labeled_splits(root) if name == "folder" else DATASETS[name].labeled_splits
+    return DATASETS[name].labeled_splits_at(root)
 
 
 def evaluation_split(name: str, root: str | Path) -> str:
@@ -58,13 +58,15 @@ def evaluation_split(name: str, root: str | Path) -> str:
 def open_dataset(
     name: str, root: str | Path, split: str, bands: str | None = None, **kwargs: Any
 ) -> SegmentationDataset:
-    """A reader by data set name; `bands` (RGB, IRRG, RGBIR, optionally +DSM) applies to Potsdam only."""
+    """A reader by data set name; `bands` (Potsdam's RGB, IRRG, RGBIR, optionally +DSM) applies to the readers
+    with band products only."""
     if name not in DATASETS:
         raise ValueError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
-    if name == "potsdam":
+    if DATASETS[name].band_products:
         kwargs["bands"] = bands or "RGB"
     elif bands not in (None, "RGB"):
-        raise ValueError(f"{name} images are RGB only; --bands {bands} applies to Potsdam")
+        with_bands = ", ".join(n for n, reader in DATASETS.items() if reader.band_products)
+        raise ValueError(f"{name} images are read with the files' own bands; --bands {bands} applies to {with_bands}")
     return DATASETS[name](root, split=split, **kwargs)
 
 __all__ = [

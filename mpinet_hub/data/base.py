@@ -95,8 +95,32 @@ class SegmentationDataset(Dataset):
     ignore_index = IGNORE_INDEX
     split_names: tuple[str, ...] = ()
     labeled_splits: tuple[str, ...] = ()
+    # Facts the commands read instead of comparing data set names (a torchgeo dataset class carries its own too):
+    own_imagery = False  # a folder of the user's own images (classes.yaml), not a published data set
+    band_products: tuple[str, ...] = ()  # the choices of the reader's `bands=`; (): the files' bands, as they are
+    label_products: tuple[str, ...] = ()  # the choices of the reader's `labels=` (label products of the release)
+    release_scenes: dict[str, list[str]] = {}  # split -> the scenes of the official release, to count missing ones
     # Tiles of some releases are a pixel off in size; a larger difference is a real mismatch.
     size_tolerance_px = 1
+
+    @classmethod
+    def labeled_splits_at(cls, root: str | Path) -> tuple[str, ...]:
+        """The splits with labels under `root` (a published data set's are fixed)."""
+        return cls.labeled_splits
+
+    @classmethod
+    def split_present(cls, root: str | Path, split: str) -> bool:
+        """Whether `root` has `split` at all (a published data set has every split it names)."""
+        return True
+
+    @classmethod
+    def product_band_names(cls, bands: str | None) -> tuple[str, ...] | None:
+        """The bands read with `bands=` where the reader chooses them (None: the files decide)."""
+        return None
+
+    @classmethod
+    def check_release(cls, root: Path, report: Any) -> None:
+        """Add the release's known defects found under `root` to `mpinet data check`'s report."""
 
     def __init__(
         self,

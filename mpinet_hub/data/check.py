@@ -7,8 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .base import SegmentationDataset
-from .potsdam import POTSDAM_SPLITS, Potsdam, potsdam_paths
-from .raster import DataError, grid_windows, raster_info, read_window, value_warnings
+from .raster import DataError, grid_windows, read_window, value_warnings
 
 __all__ = ["CheckReport", "check_dataset"]
 
@@ -79,8 +78,8 @@ def check_dataset(name: str, root: str | Path, full: bool = False, **kwargs) -> 
     report = CheckReport()
     cls = DATASETS[name]
     for split in cls.split_names:
-        if name == "folder" and not (root / split / "images").is_dir():
-            continue  # a labeled folder may leave out val or test
+        if not cls.split_present(root, split):
+            continue
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
@@ -94,31 +93,10 @@ def check_dataset(name: str, root: str | Path, full: bool = False, **kwargs) -> 
         report.warnings += [str(w.message) for w in caught]
         sizes = sorted({(s.height, s.width) for s in ds.scenes})
         size = f"{sizes[0][0]}x{sizes[0][1]}" + (f" (+{len(sizes) - 1})" if len(sizes) > 1 else "")
-        missing = len(POTSDAM_SPLITS[split]) - len(ds.scenes) if name == "potsdam" else "-"
+        missing = len(cls.release_scenes[split]) - len(ds.scenes) if cls.release_scenes else "-"
         report.rows.append(dict(split=split, scenes=len(ds.scenes), labeled=sum(s.label is not None for s in ds.scenes),
                                 missing=missing, size=size))
-    if name == "potsdam":
-        _potsdam_known_defects(root, report)
+    cls.check_release(root, report)
     return report
 
 
-def _potsdam_known_defects(root: Path, report: CheckReport) -> None:
-    for tile, text in Potsdam.known_defects.items():
-        paths = potsdam_paths(root, tile)
-        if tile == "4_12" and paths["full"].is_file():
-            key = str(paths["full"].relative_to(root))
-            status = "present" if report.unknown_pixels.get(key) else "not seen here"
-            report.warnings.append(f"known defect ({status}): {text}")
-        elif tile == "7_10" and paths["image"].is_file():
-            report.warnings.append(f"known defect: {text}; consider tiles=[...] without it")
-        elif tile == "3_13" and paths["dsm"].is_file() and paths["image"].is_file():
-            dsm, img = raster_info(paths["dsm"]), raster_info(paths["image"])
-            status = f"present: {dsm.width} vs {img.width} px" if dsm.width != img.width else "not seen here"
-            report.warnings.append(f"known defect ({status}): {text}; readers crop to the common extent")
-    # A DSM that differs by a pixel is only seen by readers that use it: check them all here.
-    for tile in POTSDAM_SPLITS["train"] + POTSDAM_SPLITS["test"]:
-        paths = potsdam_paths(root, tile)
-        if paths["dsm"].is_file() and paths["image"].is_file():
-            dsm, img = raster_info(paths["dsm"]), raster_info(paths["image"])
-            if (dsm.height, dsm.width) != (img.height, img.width) and tile != "3_13":
-                report.warnings.append(f"{paths['dsm'].name}: {dsm.height}x{dsm.width}, image {img.height}x{img.width}")

@@ -69,11 +69,11 @@ def run_data(args: argparse.Namespace) -> int:
         print(verify_prepared(args.dataset, args.root, args.out))
         return 0
     if args.data_command == "check":
-        kwargs = {"labels": args.labels} if args.dataset == "potsdam" else {}
+        kwargs = {"labels": args.labels} if DATASETS[args.dataset].label_products else {}
         report = check_dataset(args.dataset, args.root, full=args.full, **kwargs)
         print(report.render())
         return 0 if report.ok else 1
-    kwargs = {"bands": args.bands} if args.dataset == "potsdam" else {}
+    kwargs = {"bands": args.bands} if DATASETS[args.dataset].band_products else {}
     ds = DATASETS[args.dataset](args.root, split=args.split, value_max=args.value_max, **kwargs)
     mean, std, count, skipped = band_statistics(ds)
     for file, n in skipped.items():

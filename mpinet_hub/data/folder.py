@@ -67,6 +67,15 @@ class LabeledFolder(SegmentationDataset):
     """Your own labeled imagery in the layout of the module docstring; splits without masks/ are unlabeled."""
 
     split_names = ("train", "val", "test")
+    own_imagery = True
+
+    @classmethod
+    def labeled_splits_at(cls, root: str | Path) -> tuple[str, ...]:
+        return folder_labeled_splits(root)
+
+    @classmethod
+    def split_present(cls, root: str | Path, split: str) -> bool:
+        return (Path(root) / split / "images").is_dir()  # a labeled folder may leave out val or test
 
     def __init__(self, root, split="train", patch_size=None, stride=None, transforms=None,
                  value_max=None):

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from .base import Scene, SegmentationDataset
 from .labels import decode_colour_label
-from .raster import DataError
+from .raster import DataError, raster_info
 
 __all__ = ["POTSDAM_BAND_NAMES", "POTSDAM_SPLITS", "Potsdam", "potsdam_paths"]
 
@@ -64,6 +65,40 @@ class Potsdam(SegmentationDataset):
         "7_10": "labels of 7_10 are known to be wrong (UNetFormer drops this tile)",
         "3_13": "the DSM of 3_13 is 5999 px wide",
     }
+    band_products = tuple(p + dsm for p in POTSDAM_BAND_NAMES for dsm in ("", "+DSM"))
+    release_scenes = POTSDAM_SPLITS
+    label_products = ("noBoundary", "full")
+
+    @classmethod
+    def product_band_names(cls, bands: str | None) -> tuple[str, ...] | None:
+        bands = bands or "RGB"
+        product = bands.removesuffix("+DSM")
+        if product not in POTSDAM_BAND_NAMES:
+            return None
+        return POTSDAM_BAND_NAMES[product] + (("nDSM",) if bands.endswith("+DSM") else ())
+
+    @classmethod
+    def check_release(cls, root: Path, report: Any) -> None:
+        for tile, text in cls.known_defects.items():
+            paths = potsdam_paths(root, tile)
+            if tile == "4_12" and paths["full"].is_file():
+                key = str(paths["full"].relative_to(root))
+                status = "present" if report.unknown_pixels.get(key) else "not seen here"
+                report.warnings.append(f"known defect ({status}): {text}")
+            elif tile == "7_10" and paths["image"].is_file():
+                report.warnings.append(f"known defect: {text}; consider tiles=[...] without it")
+            elif tile == "3_13" and paths["dsm"].is_file() and paths["image"].is_file():
+                dsm, img = raster_info(paths["dsm"]), raster_info(paths["image"])
+                status = f"present: {dsm.width} vs {img.width} px" if dsm.width != img.width else "not seen here"
+                report.warnings.append(f"known defect ({status}): {text}; readers crop to the common extent")
+        # A DSM that differs by a pixel is only seen by readers that use it: check them all here.
+        for tile in POTSDAM_SPLITS["train"] + POTSDAM_SPLITS["test"]:
+            paths = potsdam_paths(root, tile)
+            if paths["dsm"].is_file() and paths["image"].is_file():
+                dsm, img = raster_info(paths["dsm"]), raster_info(paths["image"])
+                if (dsm.height, dsm.width) != (img.height, img.width) and tile != "3_13":
+                    report.warnings.append(f"{paths['dsm'].name}: {dsm.height}x{dsm.width}, image "
+                                           f"{img.height}x{img.width}")
 
     def __init__(self, root, split="train", bands="RGB", labels="noBoundary", patch_size=None, stride=None,
                  transforms=None, tiles: list[str] | None = None, value_max=None):
@@ -78,7 +113,7 @@ class Potsdam(SegmentationDataset):
 
     @property
     def band_names(self) -> tuple[str, ...]:
-        return POTSDAM_BAND_NAMES[self.bands.removesuffix("+DSM")] + (("nDSM",) if self.bands.endswith("+DSM") else ())
+        return self.product_band_names(self.bands)
 
     def _layout_hint(self) -> str:
         folder = _PRODUCTS[self.bands.removesuffix("+DSM")][0]

@@ -211,7 +211,7 @@ class StudySettings:
                     patch=self.patch, crop=self.crop, batch_size=self.batch_size, steps=self.pretrain_steps,
                     lr=self.lr, queue_size=self.queue_size, warmup_epochs=1, workers=self.workers, seed=seed,
                     out=out, save_every=max(50, self.pretrain_steps // 4), device=self.device,
-                    bands=self.bands if self.dataset == "potsdam" else None,
+                    bands=self.bands if DATASETS[self.dataset].band_products else None,
                     value_max=self.value_max, mean=self.mean, std=self.std)
 
     def finetune_cell_config(self, encoder: str, fraction: float, seed: int, subset_seed: int,

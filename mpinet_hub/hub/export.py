@@ -19,6 +19,7 @@ from timm.models._hub import save_config_for_hf
 
 from ..atomic import atomic_folder
 from ..checkpoint import backbone_state_dict, is_training_checkpoint
+from ..data import DATASETS
 from ..integrity import file_sha256
 from ..models import MPINET_ARCHS, MPINET_TAGS, hub_repo_id
 from .card import render_card
@@ -68,7 +69,8 @@ def refuse_foreign_tag(src: str | Path, meta: dict[str, Any], tag: str) -> None:
     if dataset is None or dataset == tag:
         return
     roots = ", ".join(str(r) for r in cfg.get("data_root") or []) or "unrecorded"
-    what = f"your own images ({roots})" if dataset == "folder" else f"{dataset} ({roots})"
+    what = f"your own images ({roots})" if dataset in DATASETS and DATASETS[dataset].own_imagery else \
+        f"{dataset} ({roots})"
     raise ExportError(f"{src} was pretrained on {what}, not on {MPINET_TAGS[tag]['dataset']}: the {tag} tag would "
                       f"give these weights that data set's name and licence. "
                       + (f"Export it with --tag {dataset}." if dataset in MPINET_TAGS else

@@ -70,10 +70,10 @@ def run_diagnose(args: argparse.Namespace) -> int:
 
 
 def _print_plan(cfg: PretrainConfig, memory_gib: float) -> int:
-    from ..data.potsdam import POTSDAM_BAND_NAMES
+    from ..data import DATASETS
     from .plan import largest_batch, plan_memory
 
-    bands = len(POTSDAM_BAND_NAMES.get(cfg.bands, "RGB")) if cfg.dataset == "potsdam" else 3
+    bands = len(DATASETS[cfg.dataset].product_band_names(cfg.bands) or "RGB")
     plan = plan_memory(cfg, bands)
     print(f"{cfg.method} {cfg.arch}, {cfg.crop} px views, batch {plan.batch} per process, {plan.precision}, "
           f"{bands} bands:")

@@ -21,8 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from ..checkpoint import CHECKPOINT_FORMAT, atomic_save, load_checkpoint
-from ..data import DataError, UnlabeledImages, image_files, labeled_splits, pretraining_images
-from ..data.potsdam import POTSDAM_BAND_NAMES
+from ..data import DATASETS, DataError, UnlabeledImages, image_files, labeled_splits, pretraining_images
 from ..data.unlabeled import few_windows
 from ..models import MPINET_TAGS, RGB_MEAN, RGB_STD
 from ..settings import SettingsError, changed_settings
@@ -61,7 +60,7 @@ def build_pretraining_dataset(cfg: PretrainConfig) -> UnlabeledImages:
 
 def pretraining_paths(cfg: PretrainConfig) -> list[str | Path]:
     """The files, folders and globs `build_pretraining_dataset` reads, checked as its docstring says."""
-    if cfg.dataset == "folder":
+    if DATASETS[cfg.dataset].own_imagery:
         labeled = [r for r in cfg.data_root if (Path(r) / "classes.yaml").is_file()]
         paths = [Path(r) / "train" / "images" if r in labeled else r for r in cfg.data_root]
     else:
@@ -151,15 +150,16 @@ class Trainer(StepLoop):
 
     # --- setup
     def _band_names(self) -> list[str]:
-        if self.cfg.dataset != "folder" and self.cfg.bands in POTSDAM_BAND_NAMES:
-            return list(POTSDAM_BAND_NAMES[self.cfg.bands])
+        named = DATASETS[self.cfg.dataset].product_band_names(self.cfg.bands)
+        if named is not None:
+            return list(named)
         if self.in_chans == 3:
             return list(MPINET_TAGS["potsdam"]["band_names"])
         return [f"band{i + 1}" for i in range(self.in_chans)]
 
     def _bands_note(self) -> str:
         """config.yaml's first line where `bands` (Potsdam's band product) did not choose the bands read."""
-        if self.cfg.dataset == "potsdam":
+        if DATASETS[self.cfg.dataset].band_products:
             return ""
         return (f"# bands: not used for {self.cfg.dataset} data; this run read {self.in_chans} band(s) of its files, "
                 f"treated as {', '.join(self.norm['bands'])} (checkpoint: norm.bands)\n")
