@@ -36,6 +36,7 @@ from ..pretrain.base import feature_backbone
 from ..settings import SettingsError, setting
 from ..training import (
     EpochBatches,
+    LabeledBatches,
     StepLoop,
     check_finite_state,
     normalisation,
@@ -44,7 +45,6 @@ from ..training import (
     resume_or_start,
 )
 from .evaluate import evaluate_model
-from .finetune import LabeledBatches
 from .model import ENCODER_HELP, NORMALISATION_HELP, EncoderSpec, SegmentationModelInfo, load_encoder
 
 __all__ = ["LEVELS", "LinearProbe", "ProbeConfig", "Prober", "TurnedPatchFeatures", "reestimate_batchnorm",

@@ -6,7 +6,7 @@ Every loop draws each step's randomness from (seed, step), so a resumed run repr
 CPU.
 """
 
-from .batches import EpochBatches, StepBatches, normalisation
+from .batches import EpochBatches, LabeledBatches, StepBatches, normalisation
 from .checks import NonFiniteLossError, check_finite, check_finite_state, last_good_checkpoint_hint
 from .device import AUTOCAST_DTYPES, PRECISIONS, choose_cpu_threads, init_distributed, resolve_device, resolve_precision
 from .engine import StepLoop
@@ -26,6 +26,7 @@ __all__ = [
     "PRECISIONS",
     "RUN_FILES",
     "EpochBatches",
+    "LabeledBatches",
     "NonFiniteLossError",
     "RunFolderError",
     "RunLock",

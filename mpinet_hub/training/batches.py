@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-__all__ = ["EpochBatches", "StepBatches", "normalisation"]
+__all__ = ["EpochBatches", "LabeledBatches", "StepBatches", "normalisation"]
 
 
 class EpochBatches:
@@ -56,3 +56,50 @@ class StepBatches(Dataset):
 
     def batch(self, step: int) -> Any:
         raise NotImplementedError
+
+
+class LabeledBatches(StepBatches):
+    """Each step's (images, masks) from the labeled subset (positions in `dataset`, a labeled
+    `data.SegmentationDataset`), randomly cropped, flipped and rotated by (seed, step)."""
+
+    def __init__(self, dataset: Any, subset: list[int], batches: EpochBatches, crop: int,
+                 seed: int, first: int, last: int) -> None:
+        super().__init__(first, last)
+        self.dataset, self.subset, self.batches, self.crop, self.seed = dataset, subset, batches, crop, seed
+
+    def placements(self, step: int, shape: tuple[int, int]) -> list[tuple[int, int, int, int, bool]]:
+        """Step `step`'s draws, (subset position, top, left, quarter turns, flipped) for each patch of the batch,
+        without reading the patches: every patch is `shape` (h, w), as the probe's whole patches are."""
+        gen = self._generator(step)
+        return [self._draw(gen, j, *shape) for j in self.batches.indices(step)]
+
+    def placed(self, draw: tuple[int, int, int, int, bool],
+               item: dict[str, Any] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (image, mask) of one draw: its patch (`item`, read if not given) cropped, turned and flipped."""
+        j, top, left, k, flip = draw
+        item = item or self.dataset[self.subset[j]]
+        image = item["image"][:, top : top + self.crop, left : left + self.crop]
+        mask = item["mask"][top : top + self.crop, left : left + self.crop]
+        image, mask = torch.rot90(image, k, (1, 2)), torch.rot90(mask, k, (0, 1))
+        if flip:
+            image, mask = image.flip(2), mask.flip(1)
+        return image, mask
+
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        gen = self._generator(step)
+        images, masks = [], []
+        for j in self.batches.indices(step):
+            item = self.dataset[self.subset[j]]
+            image, mask = self.placed(self._draw(gen, j, *item["mask"].shape), item)
+            images.append(image)
+            masks.append(mask)
+        return torch.stack(images).contiguous(), torch.stack(masks).contiguous()
+
+    def _generator(self, step: int) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+
+    def _draw(self, gen: torch.Generator, j: int, h: int, w: int) -> tuple[int, int, int, int, bool]:
+        top = int(torch.randint(h - self.crop + 1, (1,), generator=gen))
+        left = int(torch.randint(w - self.crop + 1, (1,), generator=gen))
+        k = int(torch.randint(4, (1,), generator=gen))  # aerial images have no "up"
+        return j, top, left, k, bool(torch.randint(2, (1,), generator=gen))
