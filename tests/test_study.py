@@ -58,7 +58,7 @@ def blind_encoder(tmp_path_factory):
 
 def _settings(root, out, **kw) -> StudySettings:
     values = dict(dataset="folder", data_root=str(root), out=str(out), methods=["mocov2"], controls=["random"],
-                  seeds=[0, 1, 2], fractions=[1.0], pretrain_steps=2, batch_size=4, patch=48, crop=32,
+                  seeds=[0, 1, 2], subset_seeds=[0], fractions=[1.0], pretrain_steps=2, batch_size=4, patch=48, crop=32,
                   queue_size=16, label_patch=32, probe_steps=40, window=64, device="cpu")
     return StudySettings(**{**values, **kw})
 
