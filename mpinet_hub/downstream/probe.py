@@ -130,7 +130,7 @@ class LinearProbe(nn.Module):
         channels-last map: the same logits and gradients as `classifier(norm(map))`, without the strided
         reductions and the normalised copy that took most of a step. The running statistics are updated as
         `nn.BatchNorm2d` does."""
-        if not (self.training and self.norm.training):
+        if not self.training:  # `train()` sets the norm's mode with the head's
             return resample_cells(self.classifier(self.norm(stacked.permute(0, 3, 1, 2))), 4, 1, size)
         flat = stacked.reshape(-1, stacked.shape[-1])
         var, mean = _column_var_mean(flat)
