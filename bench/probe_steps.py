@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from mpinet_hub.training import resume_or_start
 
 
 class MilestoneProber(Prober):
-    """A probe that evaluates itself at given steps (each into OUT/at-STEP) through `on_milestone`."""
+    """A probe that calls `on_milestone(prober)` at the steps in `milestones` (set on the instance)."""
 
     milestones: tuple[int, ...] = ()
     on_milestone = None
@@ -64,7 +65,7 @@ def sweep(study: Path, out: Path, runs: dict[float, list[int]], seeds: list[int]
                                       patch=s["label_patch"], seed=seed, subset_seed=sub, split=s["split"],
                                       arch=s["arch"], window=s["window"], device=s["device"],
                                       value_max=s["value_max"], reestimate_bn=s["reestimate_bn"], mean=s["mean"],
-                                      std=s["std"])
+                                      std=s["std"], save_every=math.gcd(*milestones))  # read at checkpoints
 
                     def record(prober: Prober, key=key) -> None:
                         if (*key, prober.step) in done:
@@ -77,8 +78,8 @@ def sweep(study: Path, out: Path, runs: dict[float, list[int]], seeds: list[int]
                             f.write(json.dumps(row) + "\n")
                         done.add((*key, prober.step))
 
-                    MilestoneProber.milestones, MilestoneProber.on_milestone = tuple(milestones), staticmethod(record)
                     prober = resume_or_start(MilestoneProber, cfg)
+                    prober.milestones, prober.on_milestone = tuple(milestones), record
                     if prober.step < cfg.steps:
                         prober.run()
     report(study, out)
