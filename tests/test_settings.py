@@ -66,6 +66,21 @@ def test_cli_lists_the_recipes_and_prints_its_version(capsys):
     assert stop.value.code == 0 and capsys.readouterr().out.strip() == f"mpinet-hub {__version__}"
 
 
+def test_version_answers_without_importing_torch():
+    """`mpinet --version` is the console script's launcher answering from the installed metadata: importing
+    mpinet_hub registers the encoders with timm, which loads torch (seconds)."""
+    import subprocess
+    import sys
+
+    from .conftest import REPO_ROOT
+
+    code = ("import sys, _mpinet_launcher; rc = _mpinet_launcher.main(['--version']); "
+            "print('torch' in sys.modules, 'mpinet_hub' in sys.modules, rc)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [f"mpinet-hub {__version__}", "False False 0"]
+
+
 def test_progress_prints_lines_to_a_log_file_and_a_bar_to_a_terminal():
     import io
 
@@ -107,7 +122,7 @@ def test_an_installed_wheel_carries_every_module_recipe_and_card(tmp_path):
 
     source, wheels, env_dir = tmp_path / "source", tmp_path / "wheels", tmp_path / "venv"
     source.mkdir()
-    for name in ("pyproject.toml", "setup.py", "README.md", "LICENSE"):
+    for name in ("pyproject.toml", "setup.py", "README.md", "LICENSE", "_mpinet_launcher.py"):
         shutil.copy2(REPO_ROOT / name, source / name)
     for name in ("mpinet_hub", "configs", "weights_cards"):
         shutil.copytree(REPO_ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
@@ -137,6 +152,8 @@ def test_an_installed_wheel_carries_every_module_recipe_and_card(tmp_path):
     expected = {p.parent.relative_to(REPO_ROOT).as_posix() for p in (REPO_ROOT / "mpinet_hub").rglob("__init__.py")}
     assert expected <= shipped, f"the wheel lacks {sorted(expected - shipped)}"
     mpinet = str(env_dir / "bin" / "mpinet")
+    versioned = installed(mpinet, "--version")  # the launcher module ships beside the package
+    assert versioned.returncode == 0 and versioned.stdout.strip() == f"mpinet-hub {__version__}", versioned.stderr
     helped = installed(mpinet, "pretrain", "--help")
     assert helped.returncode == 0 and "--method" in helped.stdout, helped.stderr
     listed = installed(mpinet, "configs")
