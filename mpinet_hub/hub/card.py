@@ -125,8 +125,10 @@ def method_card(method: str | None) -> tuple[str, str]:
     if method in ("pixcontrast", "pixcontrast-c4", "mpinet-noffl"):
         return (f"`{method}`, a rung of mpinet-hub's MPINet ablation ladder (MPINet with parts left out; "
                 "docs/method.md)", MPINET_CITATION)
-    return ("an unrecorded method (the weights were exported from a plain state dict)",
-            "% the method that made these weights was not recorded with them")
+    if method is None:
+        return ("an unrecorded method (the weights were exported from a plain state dict)",
+                "% the method that made these weights was not recorded with them")
+    return f"`{method}`, a pretraining method registered with mpinet-hub", f"% no citation recorded for {method}"
 
 
 def render_card(tag: str, **fields: Any) -> str:

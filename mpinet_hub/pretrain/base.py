@@ -12,6 +12,8 @@ A method subclasses `MomentumMethod` and registers itself (registry.py). The tra
   and term shares;
 - `logged_scalars()` -> values the method settles during the run (logged every step; the checkpoint's config
   keeps each as NAME_calibrated);
+- `instance_chance(cfg)` -> the `ins` term's value at chance (the loss plot's reference line, `mpinet diagnose`'s
+  test of whether the run learned): ln(K+1) against a queue of K negatives; None for a loss without negatives;
 - every buffer registered on the method itself (queues, pointers, calibration state) is checkpointed.
 """
 
@@ -69,6 +71,12 @@ class MomentumMethod(nn.Module):
 
     def logged_scalars(self) -> dict[str, float]:
         return {}
+
+    @classmethod
+    def instance_chance(cls, cfg: Any) -> float | None:
+        """InfoNCE over one positive and `queue_size` negatives scores ln(K+1) when the query cannot tell them
+        apart; a method whose instance term has no negatives (BYOL-like) returns None: it has no chance level."""
+        return math.log(cfg.queue_size + 1)
 
     # --- shared machinery
     @property

@@ -74,13 +74,15 @@ def diagnose(run: str | Path, retrieval_windows: int = 256, seed: int = 123) -> 
         raise ValueError(f"{run} is not a pretraining run (its checkpoints/last.pt is {ckpt.get('format')!r}); "
                          "`mpinet diagnose` reads the folder of an `mpinet pretrain` run")
     cfg = ckpt["config"]
-    queue = ckpt["buffers"]["queue"]
-    chance = math.log(queue.shape[0] + 1)
-    filled = math.ceil(cfg["queue_size"] / (2 * cfg["batch_size"]))  # steps until the random keys are gone
-    real = [r["ins"] for r in records if r["step"] > filled]  # against a random queue ins says nothing
+    method = method_class(ckpt.get("method") or cfg["method"])
+    chance = method.instance_chance(SimpleNamespace(**cfg))  # None: a loss without negatives
+    queue = ckpt["buffers"].get("queue")  # a method without negatives keeps none
+    # steps until the queue's random start is gone: against random keys ins says nothing
+    filled = math.ceil(cfg["queue_size"] / (2 * cfg["batch_size"])) if queue is not None else 0
+    real = [r["ins"] for r in records if r["step"] > filled]
     tail = records[-max(1, len(records) // 10):]
-    cosine, rank = _key_spread(queue)
-    weights = method_class(ckpt.get("method") or cfg["method"]).term_weights(SimpleNamespace(**cfg))
+    cosine, rank = _key_spread(queue) if queue is not None else (None, None)
+    weights = method.term_weights(SimpleNamespace(**cfg))
     shares: dict[str, float] = {}
     for r in tail:  # a weight is a number, or the name of a logged scalar (mpinet's calibrated w_ffl)
         parts = {k: float(r.get(w, 0.0) if isinstance(w, str) else w) * r[k] for k, w in weights.items() if k in r}
@@ -88,7 +90,8 @@ def diagnose(run: str | Path, retrieval_windows: int = 256, seed: int = 123) -> 
         for k, v in parts.items():
             shares[k] = shares.get(k, 0.0) + v / total / len(tail)
     result: dict[str, Any] = {
-        "run": str(run), "method": ckpt.get("method"), "steps": int(ckpt["step"]), "queue_size": queue.shape[0],
+        "run": str(run), "method": ckpt.get("method"), "steps": int(ckpt["step"]),
+        "queue_size": None if queue is None else queue.shape[0],
         "chance": chance, "ins_last10pct": statistics.mean(r["ins"] for r in tail),
         "ins_min": min(real) if real else None,
         "key_mean_cosine": cosine, "key_effective_rank": rank, "term_shares": shares,
@@ -181,14 +184,17 @@ def _backbone_gradients(ckpt: dict[str, Any], cfg: PretrainConfig, images: Unlab
 def problems(d: dict[str, Any]) -> list[str]:
     """Plain warnings for a diagnosis, each with what to try; empty when nothing looks wrong."""
     out = []
-    if d["ins_min"] is None:
+    if d["chance"] is None:  # no negatives, no chance level to compare with
+        pass
+    elif d["ins_min"] is None:
         out.append("the run ended before the queue held only real keys: too short to judge the instance branch. "
                    "Train longer than queue_size / (2 x batch) steps.")
     elif d["chance"] - d["ins_min"] < CHANCE_MARGIN:
         out.append(f"the instance loss never left chance: lowest {d['ins_min']:.2f} against ln(K+1) = "
                    f"{d['chance']:.2f}, so the instance branch learned almost nothing. Try more steps, more varied "
                    "images, a smaller --queue-size or a larger --batch-size.")
-    if d["key_effective_rank"] < min(COLLAPSED_RANK, (min(d["queue_size"], 128) - 1) / 4):
+    rank = d["key_effective_rank"]
+    if rank is not None and rank < min(COLLAPSED_RANK, (min(d["queue_size"], 128) - 1) / 4):
         out.append(f"the keys collapsed: they span about {d['key_effective_rank']:.1f} of 128 dimensions (mean "
                    f"cosine {d['key_mean_cosine']:.2f}). Try a lower --lr, fewer steps, or more varied images.")
     if d.get("distinct_windows") is not None and (text := few_windows(d["distinct_windows"], d["window_overlap"],
@@ -203,10 +209,13 @@ def problems(d: dict[str, Any]) -> list[str]:
 def format_diagnosis(d: dict[str, Any]) -> str:
     lines = [f"{d['run']}: {d['method']}, {d['steps']} steps",
              f"  instance loss: last 10% {d['ins_last10pct']:.3f}, lowest on real keys "
-             + ("-" if d["ins_min"] is None else f"{d['ins_min']:.3f}") + "; chance ln(K+1) = "
-             f"{d['chance']:.3f} (K = {d['queue_size']})",
-             f"  keys: effective rank {d['key_effective_rank']:.1f} of 128, mean cosine {d['key_mean_cosine']:.3f}",
-             "  share of the total, last 10% of steps: "
+             + ("-" if d["ins_min"] is None else f"{d['ins_min']:.3f}")
+             + ("; no chance level (no negatives)" if d["chance"] is None
+                else f"; chance ln(K+1) = {d['chance']:.3f} (K = {d['queue_size']})")]
+    if d["key_effective_rank"] is not None:
+        lines.append(f"  keys: effective rank {d['key_effective_rank']:.1f} of 128, mean cosine "
+                     f"{d['key_mean_cosine']:.3f}")
+    lines += ["  share of the total, last 10% of steps: "
              + ", ".join(f"{k} {100 * v:.0f}%" for k, v in d["term_shares"].items())
              + (f" (w_ffl {d['w_ffl']:.3g})" if d.get("w_ffl") else "")]
     if d.get("distinct_windows") is not None:
@@ -222,6 +231,6 @@ def format_diagnosis(d: dict[str, Any]) -> str:
         lines.append(f"  view retrieval top-1: {d['retrieval']:.3f}, random weights {d['retrieval_random']:.3f}, "
                      f"chance {1 / d['retrieval_windows']:.3f} ({d['retrieval_windows']} windows)")
     found = problems(d)
-    lines += [f"  warning: {p}" for p in found] or ["  no warning: the instance branch left chance and the keys "
-                                                     "did not collapse"]
+    lines += [f"  warning: {p}" for p in found] or ["  no warning" + (
+        "" if d["chance"] is None else ": the instance branch left chance and the keys did not collapse")]
     return "\n".join(lines)

@@ -284,11 +284,12 @@ class Trainer(StepLoop):
                 prune_checkpoints(self.out / "checkpoints", cfg.keep_last)
         if self.is_main:
             weights = self.model.term_weights(cfg)
+            chance = self.model.instance_chance(cfg)
             plot_losses(self.out / "log.jsonl", self.out / "loss.png", keys=("total", *weights), weights=weights,
                         title=f"{cfg.method} {cfg.arch}, batch {cfg.batch_size} ({self.out.name})",
-                        lines={("" if cfg.w_ins == 1 else f"{cfg.w_ins:g} x ")
-                               + f"ins at chance, ln(K+1) = {math.log(cfg.queue_size + 1):.2f}":
-                               cfg.w_ins * math.log(cfg.queue_size + 1)})
+                        lines={} if chance is None else {
+                            ("" if cfg.w_ins == 1 else f"{cfg.w_ins:g} x ") + f"ins at chance, ln(K+1) = {chance:.2f}":
+                            cfg.w_ins * chance})
 
 
 def pretrain_or_reuse(cfg: PretrainConfig) -> tuple[Path, float | None]:
