@@ -21,28 +21,6 @@ from mpinet_hub.settings import SettingsError
 
 
 @pytest.fixture(scope="module")
-def tree_folder(tmp_path_factory):
-    """Textured ground with bright green blobs (class tree): colour alone separates the classes."""
-    root = tmp_path_factory.mktemp("study-data")
-    (root / "classes.yaml").write_text(yaml.safe_dump({"names": ["ground", "tree"]}))
-    rng = np.random.default_rng(0)
-    for split, count in (("train", 6), ("val", 2), ("test", 2)):
-        for i in range(count):
-            image = rng.integers(60, 120, (64, 64, 3)).astype(np.uint8)
-            mask = np.zeros((64, 64), np.uint8)
-            for _ in range(3):
-                y, x = rng.integers(8, 56, 2)
-                yy, xx = np.ogrid[:64, :64]
-                mask[(yy - y) ** 2 + (xx - x) ** 2 < 64] = 1
-            image[mask == 1] = (30, 220, 40)
-            for sub in ("images", "masks"):
-                (root / split / sub).mkdir(parents=True, exist_ok=True)
-            Image.fromarray(image).save(root / split / "images" / f"{split}{i}.png")
-            Image.fromarray(mask).save(root / split / "masks" / f"{split}{i}.png")
-    return root
-
-
-@pytest.fixture(scope="module")
 def blind_encoder(tmp_path_factory):
     """An encoder that sees nothing: every conv weight zero, so every feature is 0 (worse by construction)."""
     model = timm.create_model("resnet18", num_classes=0)

@@ -52,11 +52,37 @@ from .paired import paired_verdict
 from .plots import label_efficiency_png
 from .probe import ProbeConfig, run_probe
 
-__all__ = ["CONTROLS", "StudySettings", "answer_lines", "paired_verdict", "parse_encoders", "run_study",
-           "study_markdown"]
+__all__ = ["CONTROLS", "EVALUATIONS", "Evaluation", "StudySettings", "answer_lines", "paired_verdict",
+           "parse_encoders", "register_evaluation", "run_study", "study_markdown"]
 
 CONTROLS = ("random", "random-bn")
-EVALUATIONS = ("probe", "finetune")
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """How a study scores an encoder (its spec) at a label fraction, a seed and a subset seed, in a cell folder.
+
+    `settings(study, spec, fraction, seed, subset_seed, cell)` gives the cell's settings object (a settings
+    dataclass: a filed cell is reused only when the settings recorded at `record`, relative to the cell, match
+    it); `compute(settings, study, cell)` runs the cell and returns `mpinet evaluate`'s metrics dict.
+    `reestimate_bn_band`: the cell follows the study's `reestimate_bn` (its results go under SPLIT-bn);
+    `scores_random_bn`: the `random-bn` control (BatchNorm statistics re-estimated for a frozen encoder) applies."""
+
+    settings: Callable[[StudySettings, str, float, int, int, Path], Any]
+    record: str
+    compute: Callable[[Any, StudySettings, Path], dict[str, Any]]
+    reestimate_bn_band: bool = False
+    scores_random_bn: bool = True
+
+
+EVALUATIONS: dict[str, Evaluation] = {}  # name -> how a study scores a cell (`register_evaluation`)
+
+
+def register_evaluation(name: str, evaluation: Evaluation) -> None:
+    """Make `name` a choice of `mpinet study --evaluations` (a new evaluation is a module calling this)."""
+    if name in EVALUATIONS:
+        raise ValueError(f"study evaluation {name!r} is registered twice")
+    EVALUATIONS[name] = evaluation
 
 
 def parse_encoders(specs: list[str]) -> dict[str, str]:
@@ -94,7 +120,8 @@ class StudySettings:
         "and narrowed the paired spread against one subset in 7 of 7 comparisons there (docs/method.md)"))
     fractions: list[float] = setting([0.1], may_change="how", help="label fractions")
     evaluations: list[str] = setting(["probe"], may_change="how", choices=EVALUATIONS,
-                                     help="frozen-feature linear probe and/or DeepLabV3+ fine-tuning")
+                                     help="how each encoder is scored: frozen-feature linear probe and/or "
+                                     "DeepLabV3+ fine-tuning")
     split: str = setting("val", may_change="how", help="split the cells are scored on; test only once, at the end")
     metric: str = setting("mIoU", may_change="how", help="mIoU, OA, mF1, or IoU:CLASS for one class (e.g. IoU:road)")
     arch: str = setting("mpinet_resnet18", choices=MPINET_ARCHS, help="encoder of every cell")
@@ -170,8 +197,8 @@ class StudySettings:
         missing = [u for u in self.unlabeled if not Path(u).exists() and not glob.glob(u, recursive=True)]
         if missing:
             raise SettingsError(f"--unlabeled {' '.join(missing)}: no such file, folder or glob")
-        if "finetune" in self.evaluations:
-            self.finetune_cell_config("random", self.fractions[0], 0, 0, "-")
+        for evaluation in self.evaluations:  # every cell's settings are valid before the first cell
+            EVALUATIONS[evaluation].settings(self, "random", self.fractions[0], 0, 0, Path("-"))
         recipe = read_yaml(resolve_config(self.pretrain_config)) if self.pretrain_config else {}
         for entry in self.methods or ["mocov2"]:  # every pretraining cell's settings are valid
             method, _ = self.variant(entry)
@@ -303,17 +330,11 @@ def _downstream_cell(s: StudySettings, evaluation: str, name: str, spec: str, fr
     spec, the probe's or the fine-tuning recipe's resolved values) are this command's, and refused naming the
     difference when not; a damaged metrics file is said and the cell computed again. Otherwise `reading()` is
     called, then the cell is computed."""
-    band = s.band if evaluation == "probe" else s.split
+    how = EVALUATIONS[evaluation]
+    band = s.band if how.reestimate_bn_band else s.split
     cell = out / f"{evaluation}-{band}" / _folder_name(name) / f"f{fraction:g}-s{seed}-sub{subset_seed}"
-    if evaluation == "probe":
-        cfg: ProbeConfig | FinetuneConfig = ProbeConfig(
-            spec, s.dataset, s.data_root, str(cell), label_fraction=fraction, steps=s.probe_steps, patch=s.label_patch,
-            seed=seed, subset_seed=subset_seed, split=s.split, arch=s.arch, window=s.window, device=s.device,
-            value_max=s.value_max, reestimate_bn=s.reestimate_bn, mean=s.mean, std=s.std)
-        record = cell / "config.yaml"
-    else:
-        cfg = s.finetune_cell_config(spec, fraction, seed, subset_seed, str(cell / "run"))
-        record = cell / "run" / "config.yaml"
+    cfg = how.settings(s, spec, fraction, seed, subset_seed, cell)
+    record = cell / how.record
     metrics_path = cell / "metrics.json"
     if metrics_path.is_file():
         saved = yaml.safe_load(record.read_text()) if record.is_file() else {}
@@ -328,13 +349,28 @@ def _downstream_cell(s: StudySettings, evaluation: str, name: str, spec: str, fr
             return cell, metrics
     reading()
     start = time.perf_counter()
-    if isinstance(cfg, ProbeConfig):
-        metrics = run_probe(cfg)
-    else:
-        resume_or_start(Finetuner, cfg).train()
-        metrics = evaluate(cell / "run", s.dataset, s.data_root, split=s.split, out=cell, device=s.device, previews=1)
+    metrics = how.compute(cfg, s, cell)
     timings.record(cell, time.perf_counter() - start)
     return cell, metrics
+
+
+def _probe_cell(s: StudySettings, spec: str, fraction: float, seed: int, subset_seed: int, cell: Path) -> ProbeConfig:
+    return ProbeConfig(spec, s.dataset, s.data_root, str(cell), label_fraction=fraction, steps=s.probe_steps,
+                       patch=s.label_patch, seed=seed, subset_seed=subset_seed, split=s.split, arch=s.arch,
+                       window=s.window, device=s.device, value_max=s.value_max, reestimate_bn=s.reestimate_bn,
+                       mean=s.mean, std=s.std)
+
+
+def _finetune_and_evaluate(cfg: FinetuneConfig, s: StudySettings, cell: Path) -> dict[str, Any]:
+    resume_or_start(Finetuner, cfg).train()
+    return evaluate(cell / "run", s.dataset, s.data_root, split=s.split, out=cell, device=s.device, previews=1)
+
+
+register_evaluation("probe", Evaluation(_probe_cell, "config.yaml", lambda cfg, s, cell: run_probe(cfg),
+                                        reestimate_bn_band=True))
+register_evaluation("finetune", Evaluation(
+    lambda s, spec, fraction, seed, sub, cell: s.finetune_cell_config(spec, fraction, seed, sub, str(cell / "run")),
+    "run/config.yaml", _finetune_and_evaluate, scores_random_bn=False))
 
 
 def _filed_metrics(path: Path, metric: str) -> dict[str, Any] | None:
@@ -372,7 +408,8 @@ def run_study(s: StudySettings) -> dict[str, Any]:
     specs |= {name: [spec] * len(s.seeds) for name, spec in s.encoders.items()}
     runs = [(m, seed, out / "pretrain" / f"{_folder_name(m)}-s{seed}") for m in s.methods for seed in s.seeds]
     downstream = [(e, n, f, i, sub) for e in s.evaluations for n in [*s.methods, *specs] for f in s.fractions
-                  for i in range(len(s.seeds)) for sub in s.subset_seeds if not (e == "finetune" and n == "random-bn")]
+                  for i in range(len(s.seeds)) for sub in s.subset_seeds
+                  if n != "random-bn" or EVALUATIONS[e].scores_random_bn]
     cells: dict[str, dict[str, dict[str, list[dict[str, Any]]]]] = {}
 
     dated = False
