@@ -51,7 +51,7 @@ def _cfg(root, out, **kw) -> FinetuneConfig:
 def finetuned(tmp_path_factory, potsdam_root):
     run = tmp_path_factory.mktemp("ft") / "run"
     tuner = Finetuner(_cfg(potsdam_root, run, steps=4))
-    model_dir = tuner.train()
+    model_dir = tuner.run()
     return tuner, model_dir
 
 
@@ -92,12 +92,12 @@ def test_finetune_reloads_offline_with_smp(finetuned):
 
 def test_finetune_resume_reproduces_the_uninterrupted_run(tmp_path, potsdam_root):
     straight = Finetuner(_cfg(potsdam_root, tmp_path / "a", steps=4))
-    straight.train()
+    straight.run()
     first = Finetuner(_cfg(potsdam_root, tmp_path / "b", steps=2))
-    first.train()
+    first.run()
     resumed = Finetuner(_cfg(potsdam_root, tmp_path / "b", steps=4), resume=True)
     assert resumed.step == 2
-    resumed.train()
+    resumed.run()
     for (k, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.allclose(a.float(), b.float(), atol=1e-6), k
     with pytest.raises(ValueError, match="other settings"):
@@ -404,7 +404,7 @@ def test_finetune_and_evaluate_loveda_and_uavid(tmp_path, name, protocol, classe
     root = tmp_path / name
     synth_dataset(name, root, tiles=6 if name == "loveda" else 4, size=128, seed=2)
     tuner = Finetuner(_cfg(root, tmp_path / "run", dataset=name, steps=1, label_fraction=1.0))
-    model_dir = tuner.train()
+    model_dir = tuner.run()
     with pytest.raises(ValueError, match="no labels to evaluate against; use --split train, val"):
         evaluate(model_dir, name, root, split="test", out=tmp_path / "eval-test")
     result = evaluate(model_dir, name, root, out=tmp_path / "eval", window=64, previews=0)  # default: val
@@ -491,7 +491,7 @@ def test_a_finetuned_model_carries_its_data_licence_and_results_and_reloads_with
     from huggingface_hub import ModelCard
 
     tuner = Finetuner(_cfg(potsdam_root, tmp_path / "run", encoder="mpinet_resnet18.potsdam", steps=1))
-    model_dir = tuner.train()
+    model_dir = tuner.run()
     config = json.loads((model_dir / "config.json").read_text())
     assert config["encoder_name"] == "tu-resnet18" and config["encoder_weights"] is None  # no mpinet_hub needed
     card = ModelCard.load(model_dir / "README.md")

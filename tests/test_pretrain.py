@@ -155,7 +155,7 @@ def test_gradients_reach_only_the_online_network_and_ema_is_correct(tmp_path, po
                                           ("mpinet-noffl", {"ins", "pix"}), ("mpinet", {"ins", "pix", "ffl"})])
 def test_each_method_trains_and_exports(tmp_path, potsdam_root, method, terms):
     trainer = Trainer(_tiny_cfg(tmp_path, potsdam_root, method=method))
-    last = trainer.train()
+    last = trainer.run()
     assert set(last) == terms | {"total"} and all(math.isfinite(v) for v in last.values())
     run = tmp_path / method
     records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
@@ -174,7 +174,7 @@ def test_each_method_trains_and_exports(tmp_path, potsdam_root, method, terms):
 
 def test_resume_reproduces_the_uninterrupted_run(tmp_path, potsdam_root):
     straight = Trainer(_tiny_cfg(tmp_path / "a", potsdam_root, steps=4))
-    straight.train()
+    straight.run()
     first = Trainer(_tiny_cfg(tmp_path / "b", potsdam_root, steps=4, save_every=2))
     first.total_steps = 4
     loader_stop = 2
@@ -193,13 +193,29 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path, potsdam_root):
 
     first.save = save_then_stop
     with pytest.raises(Stop):
-        first.train()
+        first.run()
     resumed = Trainer(_tiny_cfg(tmp_path / "b", potsdam_root, steps=4, save_every=2), resume=True)
     assert resumed.step == 2
-    resumed.train()
+    resumed.run()
     a, b = straight.model.state_dict(), resumed.model.state_dict()
     for k in a:
         assert torch.allclose(a[k].float(), b[k].float(), atol=1e-6), k
+
+
+def test_run_by_kind_starts_a_run_then_continues_it_from_its_last_checkpoint(tmp_path, potsdam_root):
+    """`training.run(kind, settings)`, as the study's cells and the quickstart run: the kinds are registered by
+    name, a second call on the folder resumes where the first stopped instead of refusing the folder."""
+    from mpinet_hub import training
+    from mpinet_hub.downstream.finetune import Finetuner
+    from mpinet_hub.downstream.probe import Prober
+
+    assert training.RUN_KINDS == {"pretrain": Trainer, "finetune": Finetuner, "probe": Prober}
+    with pytest.raises(ValueError, match="run kind 'pretrian' is not registered"):
+        training.run("pretrian", _tiny_cfg(tmp_path, potsdam_root))
+    assert set(training.run("pretrain", _tiny_cfg(tmp_path, potsdam_root, steps=2, save_every=1))) >= {"ins"}
+    training.run("pretrain", _tiny_cfg(tmp_path, potsdam_root, steps=3, save_every=1))
+    log = [json.loads(line)["step"] for line in (tmp_path / "mpinet" / "log.jsonl").read_text().splitlines()]
+    assert log == [1, 2, 3] and load_checkpoint(tmp_path / "mpinet" / "checkpoints" / "last.pt")["step"] == 3
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, potsdam_root):
@@ -214,7 +230,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, potsdam_root):
 
     trainer.model.forward = poisoned
     with pytest.raises(NonFiniteLossError, match="step 2: loss term 'pix'"):
-        trainer.train()
+        trainer.run()
     assert load_checkpoint(tmp_path / "mpinet" / "checkpoints" / "last.pt")["step"] == 2
 
 
@@ -470,7 +486,7 @@ def test_a_one_band_folder_run_says_which_bands_it_read_not_rgb(tmp_path):
     cfg = PretrainConfig.from_sources(None, dataset="folder", data_root=[str(images)], method="mocov2",
                                       arch="mpinet_resnet18", patch=64, crop=48, batch_size=2, steps=1, queue_size=8,
                                       workers=0, out=str(tmp_path / "run"), value_max=4095, mean=[0.5], std=[0.3])
-    Trainer(cfg).train()
+    Trainer(cfg).run()
     first = (tmp_path / "run" / "config.yaml").read_text().splitlines()[0]
     assert first == ("# bands: not used for folder data; this run read 1 band(s) of its files, treated as band1 "
                      "(checkpoint: norm.bands)")

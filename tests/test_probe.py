@@ -121,7 +121,7 @@ def test_probe_and_finetune_take_a_pretraining_run_folder(blocks_root, tmp_path)
     cfg = PretrainConfig.from_sources(None, dataset="folder", data_root=[str(blocks_root)], method="mocov2",
                                       arch="mpinet_resnet18", patch=64, crop=64, batch_size=4, steps=2, queue_size=16,
                                       workers=0, out=str(tmp_path / "pre"), warmup_epochs=0, device="cpu")
-    Trainer(cfg).train()
+    Trainer(cfg).run()
     encoder = load_encoder(str(tmp_path / "pre"))
     ckpt = load_checkpoint(tmp_path / "pre" / "checkpoints" / "last.pt")
     assert encoder.base_arch == "resnet18" and encoder.mean == tuple(ckpt["norm"]["mean"])

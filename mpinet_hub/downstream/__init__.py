@@ -11,6 +11,8 @@
     quickstart.py the whole pipeline on the embedded default
 """
 
+# the run kinds "finetune" and "probe" (training.run) register on import
+from . import finetune, probe  # noqa: F401
 from .inference import SlidingWindow
 from .model import (
     DECODERS,

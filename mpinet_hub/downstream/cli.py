@@ -48,7 +48,7 @@ def run_finetune(args: argparse.Namespace) -> int:
               f"({100 * len(tuner.subset) / len(tuner.dataset):.3g}%; --label-fraction {cfg.label_fraction:g}, at "
               "least one patch), "
               f"encoder {cfg.encoder}, decoder {cfg.decoder}, device {tuner.device}, {tuner.world} process(es)")
-    model_dir = tuner.train()
+    model_dir = tuner.run()
     if tuner.is_main:
         print(f"model: {model_dir} (smp.from_pretrained('{model_dir}')); "
               f"subset: {Path(cfg.out) / 'labeled_patches.json'}")

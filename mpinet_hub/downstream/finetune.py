@@ -41,6 +41,7 @@ from ..training import (
     init_distributed,
     normalisation,
     plot_losses,
+    register_kind,
     resolve_device,
     resolve_precision,
 )
@@ -120,6 +121,7 @@ class FinetuneConfig:
         return asdict(self)
 
 
+@register_kind("finetune")
 class Finetuner(StepLoop):
     """Builds the SMP model around the encoder SPEC and trains it on the labeled subset; resumable."""
 
@@ -199,7 +201,7 @@ class Finetuner(StepLoop):
         self.step = int(ckpt["step"])
 
     # --- loop
-    def train(self) -> Path:
+    def run(self) -> Path:
         """Train to `cfg.steps` (from the resumed step) and save RUN/model; returns its path.
 
         Under torchrun every process trains on its shard of each step's batches; only rank 0 writes.

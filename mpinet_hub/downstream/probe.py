@@ -27,6 +27,7 @@ from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import DataLoader
 
+from .. import training
 from ..atomic import atomic_output
 from ..checkpoint import atomic_save
 from ..data import DATA_ROOT_HELP, DATASETS, IGNORE_INDEX, VALUE_MAX_HELP, evaluation_split, open_dataset
@@ -41,8 +42,8 @@ from ..training import (
     check_finite_state,
     normalisation,
     plot_losses,
+    register_kind,
     resolve_device,
-    resume_or_start,
 )
 from .evaluate import evaluate_model
 from .model import ENCODER_HELP, NORMALISATION_HELP, EncoderSpec, SegmentationModelInfo, load_encoder
@@ -263,6 +264,7 @@ class TurnedPatchFeatures:
 PROBE_FORMAT = "mpinet-hub/probe/1"
 
 
+@register_kind("probe")
 class Prober(StepLoop):
     """The probe as a run: claims and locks its folder (`claim_then_build`), trains the head with a plain Adam step
     a batch (32 bits), checkpoints it every `save_every` steps and resumes from OUT/checkpoints/last.pt; the frozen
@@ -379,4 +381,4 @@ class Prober(StepLoop):
 def run_probe(cfg: ProbeConfig) -> dict[str, Any]:
     """Train the probe head on the labeled subset and evaluate whole tiles; returns evaluate's metrics dict. Resumes
     the probe in `cfg.out` where it has a checkpoint, else starts it there (as the study's cells run)."""
-    return resume_or_start(Prober, cfg).run()
+    return training.run("probe", cfg)

@@ -16,15 +16,14 @@ from pathlib import Path
 import timm
 import torch
 
+from .. import training
 from ..checkpoint import backbone_state_dict, load_checkpoint
 from ..data.synth import synth_dataset
 from ..hub.export import export_weights
 from ..pretrain.config import PretrainConfig
-from ..pretrain.trainer import Trainer
 from ..settings import setting
-from ..training import resume_or_start
 from .evaluate import evaluate, format_metrics_table
-from .finetune import FinetuneConfig, Finetuner
+from .finetune import FinetuneConfig
 
 __all__ = ["QuickstartSettings", "quickstart"]
 
@@ -71,7 +70,7 @@ def _run(s: QuickstartSettings) -> dict:
                                       save_every=s.pretrain_steps, seed=s.seed, device=s.device, warmup_epochs=0,
                                       ffl_head_warmup=5)
     last = pre_run / "checkpoints" / "last.pt"
-    resume_or_start(Trainer, cfg).train()
+    training.run("pretrain", cfg)
     times["pretrain"] = time.perf_counter() - t
 
     t = _stage(3, f"export the backbone as a Hub folder -> {hub}")
@@ -97,7 +96,7 @@ def _run(s: QuickstartSettings) -> dict:
                             steps=s.finetune_steps, lr=1e-3, seed=s.seed, device=s.device,
                             save_every=s.finetune_steps)
         ft.validate()
-        runs[name] = resume_or_start(Finetuner, ft).train()
+        runs[name] = training.run("finetune", ft)
     model_dir = runs["MPINet"]
     times["finetune"] = time.perf_counter() - t
     t = _stage(6, "evaluate whole test tiles (sliding window) under protocol potsdam-mmseg")

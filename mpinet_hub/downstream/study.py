@@ -36,6 +36,7 @@ from typing import Any
 
 import yaml
 
+from .. import training
 from ..atomic import write_text_atomic
 from ..data import DATA_ROOT_HELP, DATASETS, VALUE_MAX_HELP, labeled_splits, open_dataset
 from ..data.base import band_statistics
@@ -44,9 +45,8 @@ from ..pretrain.config import METHODS, PretrainConfig, refuse_preset_changes, re
 from ..pretrain.trainer import pretrain_or_reuse, pretraining_paths
 from ..progress import progress
 from ..settings import SettingsError, changed_settings, coerce_settings, read_yaml, setting
-from ..training import resume_or_start
 from .evaluate import evaluate, write_json
-from .finetune import FinetuneConfig, Finetuner
+from .finetune import FinetuneConfig
 from .model import ENCODER_HELP
 from .paired import paired_verdict
 from .plots import label_efficiency_png
@@ -362,7 +362,7 @@ def _probe_cell(s: StudySettings, spec: str, fraction: float, seed: int, subset_
 
 
 def _finetune_and_evaluate(cfg: FinetuneConfig, s: StudySettings, cell: Path) -> dict[str, Any]:
-    resume_or_start(Finetuner, cfg).train()
+    training.run("finetune", cfg)
     return evaluate(cell / "run", s.dataset, s.data_root, split=s.split, out=cell, device=s.device, previews=1)
 
 

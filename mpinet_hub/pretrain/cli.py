@@ -31,7 +31,7 @@ def run_pretrain(args: argparse.Namespace) -> int:
     from .trainer import Trainer  # the training stack only when training
 
     trainer = Trainer(cfg, resume=args.resume, overwrite=args.overwrite)
-    last = trainer.train()
+    last = trainer.run()
     if trainer.is_main:
         print(f"done: {trainer.step} steps, last losses {', '.join(f'{k}={v:.4f}' for k, v in last.items())}")
         print(f"checkpoint: {trainer.out / 'checkpoints' / 'last.pt'}; curves: {trainer.out / 'loss.png'}")

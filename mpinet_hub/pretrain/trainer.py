@@ -20,6 +20,7 @@ import yaml
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from .. import training
 from ..checkpoint import CHECKPOINT_FORMAT, atomic_save, load_checkpoint
 from ..data import DATASETS, DataError, UnlabeledImages, image_files, labeled_splits, pretraining_images
 from ..data.unlabeled import few_windows
@@ -36,9 +37,9 @@ from ..training import (
     normalisation,
     plot_losses,
     prune_checkpoints,
+    register_kind,
     resolve_device,
     resolve_precision,
-    resume_or_start,
 )
 from .config import PretrainConfig
 from .plan import check_step_fits
@@ -100,6 +101,7 @@ class PretrainBatches(StepBatches):
 _SAID: set[str] = set()  # warnings about the data already printed by this process
 
 
+@register_kind("pretrain")
 class Trainer(StepLoop):
     """`resume` continues OUT's run (refused if a setting of its identity changed: settings.changed_settings);
     `overwrite` starts over in a folder that holds a run. Without either, an existing run in OUT is refused."""
@@ -230,8 +232,8 @@ class Trainer(StepLoop):
             views.view2 = views.view2.contiguous(memory_format=torch.channels_last)
         return views
 
-    def train(self) -> dict[str, float]:
-        """Train to the configured step count; holds OUT's lock while it writes there."""
+    def run(self) -> dict[str, float]:
+        """Train to the configured step count; holds OUT's lock while it writes there. Returns the last step's terms."""
         cfg = self.cfg
         with self.lock if self.is_main else nullcontext():
             self.write_config(self._bands_note() + yaml.safe_dump(cfg.to_dict(), sort_keys=False))
@@ -307,5 +309,5 @@ def pretrain_or_reuse(cfg: PretrainConfig) -> tuple[Path, float | None]:
         if ckpt["step"] >= (cfg.steps or 0):
             return run, None
     start = time.perf_counter()
-    resume_or_start(Trainer, cfg).train()
+    training.run("pretrain", cfg)
     return run, time.perf_counter() - start

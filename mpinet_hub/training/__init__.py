@@ -9,7 +9,7 @@ CPU.
 from .batches import EpochBatches, LabeledBatches, StepBatches, normalisation
 from .checks import NonFiniteLossError, check_finite, check_finite_state, last_good_checkpoint_hint
 from .device import AUTOCAST_DTYPES, PRECISIONS, choose_cpu_threads, init_distributed, resolve_device, resolve_precision
-from .engine import StepLoop
+from .engine import RUN_KINDS, StepLoop, register_kind, run
 from .run_folder import (
                          RUN_FILES,
                          RunFolderError,
@@ -17,7 +17,6 @@ from .run_folder import (
                          claim_run_folder,
                          prune_checkpoints,
                          remove_partial_checkpoints,
-                         resume_or_start,
 )
 from .run_log import RunLog, plot_losses, trim_log
 
@@ -25,6 +24,7 @@ __all__ = [
     "AUTOCAST_DTYPES",
     "PRECISIONS",
     "RUN_FILES",
+    "RUN_KINDS",
     "EpochBatches",
     "LabeledBatches",
     "NonFiniteLossError",
@@ -42,9 +42,10 @@ __all__ = [
     "normalisation",
     "plot_losses",
     "prune_checkpoints",
+    "register_kind",
     "remove_partial_checkpoints",
     "resolve_device",
     "resolve_precision",
-    "resume_or_start",
+    "run",
     "trim_log",
 ]

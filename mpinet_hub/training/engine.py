@@ -7,11 +7,15 @@ last one, `checkpoint(final)`. Around it, the run's life: `claim_then_build` cla
 before anything is set up, `resume_checkpoint` loads the last checkpoint and refuses one of another kind or other
 settings, `write_config` records the settings, and `logged_loop` runs the loop with the run log (run_log.py) and a
 progress bar that continue from the resumed step.
+
+Each kind registers itself by name (`register_kind`), as timm registers its models, and `run(kind, settings)` is
+the one way to run one: the CLI, the study's cells and the quickstart all go through it.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -27,7 +31,7 @@ from .device import AUTOCAST_DTYPES
 from .run_folder import RunLock, claim_run_folder
 from .run_log import RunLog
 
-__all__ = ["StepLoop"]
+__all__ = ["RUN_KINDS", "StepLoop", "register_kind", "run"]
 
 
 class StepLoop:
@@ -63,6 +67,10 @@ class StepLoop:
 
     def _build(self, resume: bool) -> None:
         """Set up the run (data, model, optimiser; `resume`: from the folder's last checkpoint)."""
+        raise NotImplementedError
+
+    def run(self) -> Any:
+        """The run from its claimed folder to its last checkpoint and artifacts; returns the kind's result."""
         raise NotImplementedError
 
     def resume_checkpoint(self, settings: Any, checkpoint_format: str | None, kind: str) -> dict[str, Any]:
@@ -136,3 +144,32 @@ class StepLoop:
             if self.step % self.save_every == 0 or self.step == self.total_steps:
                 self.checkpoint(final=self.step == self.total_steps)
         return last
+
+
+RUN_KINDS: dict[str, type[StepLoop]] = {}  # name -> the StepLoop subclass that runs it (`register_kind`)
+
+
+def register_kind(name: str) -> Callable[[type[StepLoop]], type[StepLoop]]:
+    """Class decorator: `run(name, settings)` runs `cls(settings, resume=..., overwrite=...).run()`."""
+
+    def register(cls: type[StepLoop]) -> type[StepLoop]:
+        if name in RUN_KINDS:
+            raise ValueError(f"run kind {name!r} is registered twice")
+        RUN_KINDS[name] = cls
+        return cls
+
+    return register
+
+
+def run(kind: str, settings: Any, resume: bool | None = None, overwrite: bool = False) -> Any:
+    """Run `settings` (the kind's settings dataclass, with `out`) as a `kind` run and return its result.
+    `resume=None`, as the commands that file runs as cells of their own folders (study, quickstart) call it:
+    continue the run in `settings.out` where it has a last checkpoint, else start there over what a start stopped
+    before its first checkpoint left."""
+    if kind not in RUN_KINDS:
+        raise ValueError(f"run kind {kind!r} is not registered (known: {', '.join(RUN_KINDS)}); import the module "
+                         "that registers it")
+    if resume is None:
+        resume = (Path(settings.out) / "checkpoints" / "last.pt").is_file()
+        overwrite = not resume
+    return RUN_KINDS[kind](settings, resume=resume, overwrite=overwrite).run()

@@ -6,14 +6,12 @@ import os
 import shutil
 import socket
 import warnings
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
 
 from ..atomic import WriteFailed, free_space, process_alive, remove_orphaned_partials, write_text_atomic
 
 __all__ = ["RUN_FILES", "RunFolderError", "RunLock", "claim_run_folder", "prune_checkpoints",
-           "remove_partial_checkpoints", "resume_or_start"]
+           "remove_partial_checkpoints"]
 
 
 class RunFolderError(RuntimeError):
@@ -47,17 +45,6 @@ def claim_run_folder(out: Path, resume: bool, overwrite: bool = False) -> RunLoc
         lock.abandon()
         raise
     return lock
-
-
-Runner = TypeVar("Runner")
-
-
-def resume_or_start(runner: Callable[..., Runner], cfg: Any) -> Runner:
-    """`runner(cfg, resume=..., overwrite=...)` (a Trainer or Finetuner) that resumes the run in `cfg.out` where it
-    has a last checkpoint and otherwise starts one there, over what a start stopped before its first checkpoint
-    left: how the commands that file runs as cells of their own folders (study, quickstart) run them."""
-    resume = (Path(cfg.out) / "checkpoints" / "last.pt").is_file()
-    return runner(cfg, resume=resume, overwrite=not resume)
 
 
 class RunLock:
