@@ -51,6 +51,7 @@ from .model import (
     NORMALISATION_HELP,
     SegmentationModelInfo,
     build_segmentation_model,
+    labeled_train_split_for,
     load_encoder,
     save_segmentation_model,
 )
@@ -135,19 +136,14 @@ class Finetuner(StepLoop):
     def _build(self, resume: bool) -> None:
         cfg = self.cfg
         self.device = resolve_device(cfg.device)
-        self.dataset = open_dataset(cfg.dataset, cfg.data_root, "train", bands=cfg.bands, patch_size=cfg.patch,
-                                    value_max=cfg.value_max)
-        if not self.dataset.has_labels:
-            raise ValueError(f"{cfg.dataset} train split has no labels")
+        self.dataset, encoder, cfg.value_max = labeled_train_split_for(
+            lambda value_max: open_dataset(cfg.dataset, cfg.data_root, "train", bands=cfg.bands, patch_size=cfg.patch,
+                                           value_max=value_max), cfg.value_max,
+            lambda bands: load_encoder(cfg.encoder, default_arch=cfg.arch, in_chans=bands), cfg.dataset)
         self.subset = labeled_subset(self.dataset, cfg.label_fraction, cfg.subset_seed)
         if cfg.epochs:  # --batch-size is per process
             cfg.steps = max(1, math.ceil(cfg.epochs * math.ceil(len(self.subset) / (cfg.batch_size * self.world))))
         in_chans = self.dataset.num_bands
-        encoder = load_encoder(cfg.encoder, default_arch=cfg.arch, in_chans=in_chans)
-        if cfg.value_max is None and encoder.value_max is not None:  # the scale the weights were trained at
-            cfg.value_max = encoder.value_max
-            self.dataset = open_dataset(cfg.dataset, cfg.data_root, "train", bands=cfg.bands, patch_size=cfg.patch,
-                                        value_max=cfg.value_max)
         if encoder.in_chans != in_chans:
             raise ValueError(
                 f"encoder {cfg.encoder} takes {encoder.in_chans} band(s) but {cfg.dataset} with bands="

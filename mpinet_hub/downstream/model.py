@@ -11,6 +11,7 @@ works offline (SMP #957).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ __all__ = [
     "EncoderSpec",
     "SegmentationModelInfo",
     "build_segmentation_model",
+    "labeled_train_split_for",
     "load_encoder",
     "load_segmentation_model",
     "save_segmentation_model",
@@ -97,6 +99,21 @@ def load_encoder(spec: str, default_arch: str = "mpinet_resnet18", in_chans: int
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("fc.")}
     in_chans = model.conv1.in_channels
     return EncoderSpec(spec, base, state, tuple(cfg["mean"]), tuple(cfg["std"]), in_chans, value_max)
+
+
+def labeled_train_split_for(open_train: Callable[[float | None], Any], value_max: float | None,
+                            load: Callable[[int], EncoderSpec], dataset: str) -> tuple[Any, EncoderSpec, float | None]:
+    """(labeled train split, encoder, value_max) of a run that trains on an encoder: `load(bands)` loads it for
+    the split `open_train(value_max)` gives; without a value_max of the run's own, the scale the weights were
+    trained at (the encoder's) is used and the split read again at it."""
+    split = open_train(value_max)
+    encoder = load(split.num_bands)
+    if value_max is None and encoder.value_max is not None:
+        value_max = encoder.value_max
+        split = open_train(value_max)
+    if not split.has_labels:
+        raise ValueError(f"{dataset} train split has no labels")
+    return split, encoder, value_max
 
 
 def _training_checkpoint(spec: str) -> Path | None:

@@ -46,7 +46,14 @@ from ..training import (
     resolve_device,
 )
 from .evaluate import evaluate_model
-from .model import ENCODER_HELP, NORMALISATION_HELP, EncoderSpec, SegmentationModelInfo, load_encoder
+from .model import (
+    ENCODER_HELP,
+    NORMALISATION_HELP,
+    EncoderSpec,
+    SegmentationModelInfo,
+    labeled_train_split_for,
+    load_encoder,
+)
 
 __all__ = ["LEVELS", "LinearProbe", "ProbeConfig", "Prober", "TurnedPatchFeatures", "reestimate_batchnorm",
            "resample_cells", "run_probe"]
@@ -279,13 +286,10 @@ class Prober(StepLoop):
     def _build(self, resume: bool) -> None:
         cfg = self.cfg
         self.device = device = resolve_device(cfg.device)
-        dataset = open_dataset(cfg.dataset, cfg.data_root, "train", patch_size=cfg.patch, value_max=cfg.value_max)
-        encoder = _encoder(cfg, dataset.num_bands)
-        if cfg.value_max is None and encoder.value_max is not None:
-            cfg.value_max = encoder.value_max  # the scale the weights were trained at
-            dataset = open_dataset(cfg.dataset, cfg.data_root, "train", patch_size=cfg.patch, value_max=cfg.value_max)
-        if not dataset.has_labels:
-            raise ValueError(f"{cfg.dataset} train split has no labels")
+        dataset, encoder, cfg.value_max = labeled_train_split_for(
+            lambda value_max: open_dataset(cfg.dataset, cfg.data_root, "train", patch_size=cfg.patch,
+                                           value_max=value_max), cfg.value_max, lambda bands: _encoder(cfg, bands),
+            cfg.dataset)
         self.dataset = dataset
         self.split = cfg.split or evaluation_split(cfg.dataset, cfg.data_root)
         self.subset = labeled_subset(dataset, cfg.label_fraction, cfg.subset_seed)
