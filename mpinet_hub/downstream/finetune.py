@@ -38,12 +38,9 @@ from ..training import (
     LabeledBatches,
     StepLoop,
     check_finite_state,
-    init_distributed,
     normalisation,
     plot_losses,
     register_kind,
-    resolve_device,
-    resolve_precision,
 )
 from .model import (
     DECODERS,
@@ -126,16 +123,10 @@ class FinetuneConfig:
 class Finetuner(StepLoop):
     """Builds the SMP model around the encoder SPEC and trains it on the labeled subset; resumable."""
 
-    def __init__(self, cfg: FinetuneConfig, resume: bool = False, overwrite: bool = False) -> None:
-        self.cfg = cfg
-        self.out = Path(cfg.out)
-        self.rank, self.world = init_distributed(cfg.device)
-        self.is_main = self.rank == 0
-        self.claim_then_build(self.out, resume, overwrite)
+    cfg: FinetuneConfig
 
     def _build(self, resume: bool) -> None:
         cfg = self.cfg
-        self.device = resolve_device(cfg.device)
         self.dataset, encoder, cfg.value_max = labeled_train_split_for(
             lambda value_max: open_dataset(cfg.dataset, cfg.data_root, "train", bands=cfg.bands, patch_size=cfg.patch,
                                            value_max=value_max), cfg.value_max,
@@ -160,12 +151,9 @@ class Finetuner(StepLoop):
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.runner = DistributedDataParallel(self.model, device_ids=ids)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.precision = resolve_precision(cfg.precision, self.device, announce=self.is_main)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "16" and self.device.type == "cuda")
+        self.use_precision(cfg.precision)
         self.batches = EpochBatches(len(self.subset), cfg.batch_size, cfg.seed, self.rank, self.world)
-        self.step = 0
         self.total_steps, self.save_every, self.log_every = cfg.steps, cfg.save_every, cfg.log_every
-        self.checkpoint_path = self.out / "checkpoints" / "last.pt"
         self.info = SegmentationModelInfo(
             classes=list(self.dataset.classes), mean=list(self.mean), std=list(self.std),
             palette=[list(c) for c in self.dataset.palette] or None, bands=getattr(self.dataset, "bands", "RGB"),

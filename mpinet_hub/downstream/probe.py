@@ -43,7 +43,6 @@ from ..training import (
     normalisation,
     plot_losses,
     register_kind,
-    resolve_device,
 )
 from .evaluate import evaluate_model
 from .model import (
@@ -277,15 +276,16 @@ class Prober(StepLoop):
     a batch (32 bits), checkpoints it every `save_every` steps and resumes from OUT/checkpoints/last.pt; the frozen
     backbone is rebuilt from the spec (and its BatchNorm re-estimated, seeded) rather than saved."""
 
+    cfg: ProbeConfig
+    distributed = False
+
     def __init__(self, cfg: ProbeConfig, resume: bool = False, overwrite: bool = False) -> None:
         cfg.validate()
-        self.cfg = cfg
-        self.out = Path(cfg.out)
-        self.claim_then_build(self.out, resume, overwrite)
+        super().__init__(cfg, resume, overwrite)
 
     def _build(self, resume: bool) -> None:
         cfg = self.cfg
-        self.device = device = resolve_device(cfg.device)
+        device = self.device
         dataset, encoder, cfg.value_max = labeled_train_split_for(
             lambda value_max: open_dataset(cfg.dataset, cfg.data_root, "train", patch_size=cfg.patch,
                                            value_max=value_max), cfg.value_max, lambda bands: _encoder(cfg, bands),
@@ -304,10 +304,8 @@ class Prober(StepLoop):
         torch.manual_seed(cfg.seed)
         self.probe = LinearProbe(backbone, [LEVELS.index(lv) for lv in cfg.levels], dataset.num_classes).to(device)
         self.optimizer = torch.optim.Adam([p for p in self.probe.parameters() if p.requires_grad], lr=cfg.lr)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=False)
-        self.precision, self.step, self.total_steps, self.log_every = "32", 0, cfg.steps, 1
-        self.save_every = cfg.save_every
-        self.checkpoint_path = self.out / "checkpoints" / "last.pt"
+        self.use_precision("32")
+        self.total_steps, self.save_every, self.log_every = cfg.steps, cfg.save_every, 1
         if resume:
             self._resume()
 

@@ -32,14 +32,11 @@ from ..training import (
     StepBatches,
     StepLoop,
     check_finite_state,
-    init_distributed,
     last_good_checkpoint_hint,
     normalisation,
     plot_losses,
     prune_checkpoints,
     register_kind,
-    resolve_device,
-    resolve_precision,
 )
 from .config import PretrainConfig
 from .plan import check_step_fits
@@ -103,16 +100,9 @@ _SAID: set[str] = set()  # warnings about the data already printed by this proce
 
 @register_kind("pretrain")
 class Trainer(StepLoop):
-    """`resume` continues OUT's run (refused if a setting of its identity changed: settings.changed_settings);
-    `overwrite` starts over in a folder that holds a run. Without either, an existing run in OUT is refused."""
+    """Pretraining of `cfg.method` (a PretrainConfig) in cfg.out."""
 
-    def __init__(self, cfg: PretrainConfig, resume: bool = False, overwrite: bool = False) -> None:
-        self.cfg = cfg
-        self.out = Path(cfg.out)
-        self.rank, self.world = init_distributed(cfg.device)
-        self.device = resolve_device(cfg.device)
-        self.is_main = self.rank == 0
-        self.claim_then_build(self.out, resume, overwrite)
+    cfg: PretrainConfig
 
     def _build(self, resume: bool) -> None:
         cfg = self.cfg
@@ -140,11 +130,8 @@ class Trainer(StepLoop):
         self.augment = self.augment.to(self.device)
         self.optimizer = self._optimizer()
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
-        self.precision = resolve_precision(cfg.precision, self.device, announce=self.is_main)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "16" and self.device.type == "cuda")
-        self.step = 0
+        self.use_precision(cfg.precision)
         self.save_every, self.log_every = cfg.save_every, cfg.log_every
-        self.checkpoint_path = self.out / "checkpoints" / "last.pt"
         if resume:
             self._resume()
         if cfg.compile:

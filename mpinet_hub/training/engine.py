@@ -27,7 +27,7 @@ from ..checkpoint import load_checkpoint
 from ..progress import progress
 from ..settings import SettingsError, changed_settings
 from .checks import check_finite
-from .device import AUTOCAST_DTYPES
+from .device import AUTOCAST_DTYPES, init_distributed, resolve_device, resolve_precision
 from .run_folder import RunLock, claim_run_folder
 from .run_log import RunLog
 
@@ -35,23 +35,38 @@ __all__ = ["RUN_KINDS", "StepLoop", "register_kind", "run"]
 
 
 class StepLoop:
-    """Set by the subclass before `loop`: `optimizer`, `scaler` (a GradScaler, enabled or not), `precision`,
-    `device`, `step` (the step to continue from), `total_steps`, `save_every`, `log_every`, `is_main`, `world`
-    and `checkpoint_path` (named when a run stops on a non-finite loss)."""
+    """A run of settings `cfg` (a settings dataclass with `device` and `out`). The engine sets the process's
+    `rank`, `world` and `is_main`, the `device`, `step` (0, or the step a resume continues from) and
+    `checkpoint_path` (OUT/checkpoints/last.pt, named when a run stops on a non-finite loss); `use_precision` sets
+    `precision` and `scaler`. The subclass's `_build` sets `optimizer`, `total_steps`, `save_every` and
+    `log_every`, and calls `use_precision`."""
 
+    distributed = True  # one process per GPU under torchrun (False: the kind runs in one process)
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     precision: str
-    device: torch.device
-    step: int
     total_steps: int
     save_every: int
     log_every: int
-    is_main: bool = True
-    world: int = 1
-    checkpoint_path: Path
-    out: Path
     lock: RunLock | None = None
+
+    def __init__(self, cfg: Any, resume: bool = False, overwrite: bool = False) -> None:
+        """`resume` continues OUT's run (refused if a setting of its identity changed: settings.changed_settings);
+        `overwrite` starts over in a folder that holds a run. Without either, an existing run in OUT is refused."""
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self.rank, self.world = init_distributed(cfg.device) if self.distributed else (0, 1)
+        self.is_main = self.rank == 0
+        self.device = resolve_device(cfg.device)
+        self.step = 0
+        self.checkpoint_path = self.out / "checkpoints" / "last.pt"
+        self.claim_then_build(self.out, resume, overwrite)
+
+    def use_precision(self, precision: str) -> None:
+        """`precision` resolved on the run's device (`auto` said once), with the GradScaler that fp16 on a GPU
+        needs (disabled otherwise)."""
+        self.precision = resolve_precision(precision, self.device, announce=self.is_main)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "16" and self.device.type == "cuda")
 
     def claim_then_build(self, out: Path, resume: bool, overwrite: bool) -> None:
         """Lock and claim the run folder `out` (the main process; `run_folder.claim_run_folder`: nothing of a folder
