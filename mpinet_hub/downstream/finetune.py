@@ -22,7 +22,6 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-import yaml
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
@@ -172,17 +171,10 @@ class Finetuner(StepLoop):
                                      self.cfg.label_fraction, self.cfg.subset_seed, self.info.bands)
 
     def state(self) -> dict[str, Any]:
-        return {"format": FINETUNE_FORMAT, "step": self.step, "config": self.cfg.to_dict(),
-                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scaler": self.scaler.state_dict(), "rng": {"torch": torch.get_rng_state()}}
+        return self.training_state() | {"format": FINETUNE_FORMAT, "model": self.model.state_dict()}
 
     def _resume(self) -> None:
-        ckpt = self.resume_checkpoint(self.cfg, FINETUNE_FORMAT, "fine-tuning")
-        self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scaler.load_state_dict(ckpt["scaler"])
-        torch.set_rng_state(ckpt["rng"]["torch"].cpu())
-        self.step = int(ckpt["step"])
+        self.model.load_state_dict(self.resume_checkpoint(self.cfg, FINETUNE_FORMAT, "fine-tuning")["model"])
 
     # --- loop
     def run(self) -> Path:
@@ -195,7 +187,7 @@ class Finetuner(StepLoop):
 
     def _train(self) -> Path:
         cfg = self.cfg
-        self.write_config(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        self.write_config()
         if self.is_main:
             self.write_subset()
         loader = DataLoader(LabeledBatches(self.dataset, self.subset, self.batches, cfg.crop,

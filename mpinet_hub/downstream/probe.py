@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
-import yaml
 from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import DataLoader
@@ -316,16 +315,13 @@ class Prober(StepLoop):
         return {k: v.contiguous() for k, v in self.probe.state_dict().items() if not k.startswith("backbone.")}
 
     def state(self) -> dict[str, Any]:
-        return {"format": PROBE_FORMAT, "step": self.step, "config": asdict(self.cfg), "head": self.head_state(),
-                "optimizer": self.optimizer.state_dict()}
+        return self.training_state() | {"format": PROBE_FORMAT, "head": self.head_state()}
 
     def _resume(self) -> None:
         ckpt = self.resume_checkpoint(self.cfg, PROBE_FORMAT, "probe")
         missing = self.probe.load_state_dict(ckpt["head"], strict=False).missing_keys
         if [k for k in missing if not k.startswith("backbone.")]:
             raise SettingsError(f"{self.checkpoint_path} lacks {missing[:3]}; give another --out")
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.step = int(ckpt["step"])
 
     def compute(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
         inputs, masks = batch
@@ -346,7 +342,7 @@ class Prober(StepLoop):
         """Train to `steps` (from the resumed step), save the head, evaluate; returns evaluate's metrics dict."""
         cfg, out = self.cfg, self.out
         with self.lock:
-            self.write_config(yaml.safe_dump(asdict(cfg), sort_keys=False))
+            self.write_config()
             write_labeled_patches(out, cfg.dataset, self.dataset, self.subset, cfg.patch, cfg.label_fraction,
                                   cfg.subset_seed, getattr(self.dataset, "bands", None))
             batches = EpochBatches(len(self.subset), cfg.batch_size, cfg.seed)

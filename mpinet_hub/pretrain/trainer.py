@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
@@ -169,22 +168,14 @@ class Trainer(StepLoop):
 
     # --- checkpoints
     def state(self) -> dict[str, Any]:
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "arch": self.cfg.arch,
-            "method": self.cfg.method,
-            "step": self.step,
-            "config": {**self.cfg.to_dict(), **{f"{k}_calibrated": v for k, v in self.model.logged_scalars().items()}},
-            "norm": self.norm,
-            "model": self.model.online.state_dict(),
-            "target": self.model.target.state_dict(),
+        state = self.training_state()  # views and augmentations reseed from (seed, step); the RNG for the rest
+        calibrated = {f"{k}_calibrated": v for k, v in self.model.logged_scalars().items()}
+        return state | {
+            "format": CHECKPOINT_FORMAT, "arch": self.cfg.arch, "method": self.cfg.method,
+            "config": state["config"] | calibrated, "norm": self.norm,
+            "model": self.model.online.state_dict(), "target": self.model.target.state_dict(),
             "buffers": {name: getattr(self.model, name) for name in self.model.checkpoint_buffers},
-            "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            # Views and augmentations reseed from (seed, step); the global state is kept for anything else.
-            "rng": {"torch": torch.get_rng_state(),
-                    **({"cuda": torch.cuda.get_rng_state()} if self.device.type == "cuda" else {})},
         }
 
     def save(self, name: str = "last.pt") -> Path | None:
@@ -200,11 +191,7 @@ class Trainer(StepLoop):
         self.model.target.load_state_dict(ckpt["target"])
         for k, v in ckpt["buffers"].items():
             getattr(self.model, k).copy_(v)
-        self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.scaler.load_state_dict(ckpt["scaler"])
-        torch.set_rng_state(ckpt["rng"]["torch"].cpu())
-        self.step = int(ckpt["step"])
 
     # --- loop
     def _views(self, images: torch.Tensor):
@@ -223,7 +210,7 @@ class Trainer(StepLoop):
         """Train to the configured step count; holds OUT's lock while it writes there. Returns the last step's terms."""
         cfg = self.cfg
         with self.lock if self.is_main else nullcontext():
-            self.write_config(self._bands_note() + yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            self.write_config(self._bands_note())
             cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
             workers = min(cfg.workers, cores)  # more loader processes than cores only compete with the step
             if workers < cfg.workers and self.is_main:

@@ -14,6 +14,7 @@ the one way to run one: the CLI, the study's cells and the quickstart all go thr
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from ..atomic import write_text_atomic
 from ..checkpoint import load_checkpoint
@@ -88,10 +90,18 @@ class StepLoop:
         """The run from its claimed folder to its last checkpoint and artifacts; returns the kind's result."""
         raise NotImplementedError
 
+    def training_state(self) -> dict[str, Any]:
+        """What every kind's checkpoint holds beside its weights: the step, the settings, the optimiser, the
+        scaler and the global RNG (a resumed run reproduces the uninterrupted one)."""
+        cuda = {"cuda": torch.cuda.get_rng_state()} if self.device.type == "cuda" else {}
+        return {"step": self.step, "config": dataclasses.asdict(self.cfg), "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(), "rng": {"torch": torch.get_rng_state(), **cuda}}
+
     def resume_checkpoint(self, settings: Any, checkpoint_format: str | None, kind: str) -> dict[str, Any]:
         """`checkpoint_path` loaded (`weights_only`), refused with a SettingsError (exit 2) when it is not a `kind`
         checkpoint (its "format" is not `checkpoint_format`, where given) or was made with other identity settings
-        than `settings` (`settings.changed_settings`)."""
+        than `settings` (`settings.changed_settings`); the `training_state` it holds is restored (the kind loads
+        its weights from the returned dict)."""
         ckpt = load_checkpoint(self.checkpoint_path, map_location=self.device)
         if checkpoint_format is not None and ckpt.get("format") != checkpoint_format:
             raise SettingsError(f"{self.checkpoint_path} is not a {kind} checkpoint; give another --out")
@@ -99,6 +109,11 @@ class StepLoop:
         if changed:
             raise SettingsError(f"{self.checkpoint_path} was trained with other settings ({', '.join(changed)}); "
                                 "resume with the run's own settings (its config.yaml) or give another --out")
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if "scaler" in ckpt:  # (a probe's checkpoint of before 2026-12-05 holds neither)
+            self.scaler.load_state_dict(ckpt["scaler"])
+            torch.set_rng_state(ckpt["rng"]["torch"].cpu())
+        self.step = int(ckpt["step"])
         return ckpt
 
     def compute(self, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
@@ -120,10 +135,12 @@ class StepLoop:
         dtype = AUTOCAST_DTYPES.get(self.precision)
         return torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
-    def write_config(self, text: str) -> None:
-        """OUT/config.yaml, atomically, from the main process: the settings the run was made with."""
+    def write_config(self, note: str = "") -> None:
+        """OUT/config.yaml, atomically, from the main process: the settings the run was made with, as YAML, after
+        `note` (comment lines)."""
         if self.is_main:
-            write_text_atomic(self.out / "config.yaml", text)
+            write_text_atomic(self.out / "config.yaml", note + yaml.safe_dump(dataclasses.asdict(self.cfg),
+                                                                              sort_keys=False))
 
     def logged_loop(self, loader: Any, desc: str) -> dict[str, float]:
         """`loop` with the run log and a progress bar (main process) that continue from the current step."""
