@@ -8,8 +8,9 @@ before anything is set up, `resume_checkpoint` loads the last checkpoint and ref
 settings, `write_config` records the settings, and `logged_loop` runs the loop with the run log (run_log.py) and a
 progress bar that continue from the resumed step.
 
-Each kind registers itself by name (`register_kind`), as timm registers its models, and `run(kind, settings)` is
-the one way to run one: the CLI, the study's cells and the quickstart all go through it.
+Each kind registers itself by name (`register_kind`), as timm registers its models, and `run(kind, settings)` runs
+one: the study's cells, the quickstart and `run_probe` go through it (the `mpinet` subcommands build the
+registered class themselves, to report from it).
 """
 
 from __future__ import annotations
