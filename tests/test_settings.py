@@ -352,3 +352,15 @@ def test_every_option_and_argument_of_every_command_has_help():
                     action.dest in ("root", "data_root")):  # labeled data: the layout is said where it is asked for
                 assert "classes.yaml" in action.help, f"{name} {action.dest}: {action.help}"
     assert not missing, missing
+
+
+@pytest.mark.parametrize("command", ["pretrain", "finetune", "probe"])
+def test_overwrite_help_names_every_file_it_deletes(command, capsys):
+    """Every run kind's --overwrite says what claim_run_folder deletes (pretrain's named four of nine)."""
+    from mpinet_hub.training import RUN_FILES
+
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    helped = " ".join(capsys.readouterr().out.split())
+    overwrite = helped[helped.index("--overwrite start over"):]
+    assert all(name in overwrite[:400] for name in RUN_FILES), overwrite[:400]

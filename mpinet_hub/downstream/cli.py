@@ -9,6 +9,7 @@ from ..data import DATA_ROOT_HELP, DATASETS
 from ..metrics import PROTOCOLS
 from ..settings import add_settings_arguments, settings_from_args
 from ..training import PRECISIONS, resolve_device
+from ..training.run_folder import add_run_folder_arguments
 
 
 def _inference_options(p: argparse.ArgumentParser) -> None:
@@ -29,10 +30,7 @@ def add_finetune_arguments(p: argparse.ArgumentParser) -> None:
     p.description = ("Fine-tune an SMP decoder with an encoder SPEC on a fixed, seeded fraction of the labeled "
                      "training patches. Writes RUN/labeled_patches.json, log.jsonl, loss.png, checkpoints/last.pt "
                      "and RUN/model (smp.from_pretrained reloads it offline).")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
-    p.add_argument("--overwrite", action="store_true",
-                   help="start over in an OUT that holds a run (deletes the run's own files: checkpoints/, "
-                   "log.jsonl, loss.png, config.yaml, labeled_patches.json, model/)")
+    add_run_folder_arguments(p)
     p.add_argument("--config", help="YAML with any of the settings below, or a packaged recipe by name: "
                    f"{', '.join(packaged_configs('finetune'))}; it overrides the defaults shown, and flags override it")
     add_settings_arguments(p, FinetuneConfig, config=True, skip=("device",))
@@ -73,10 +71,7 @@ def add_probe_arguments(p: argparse.ArgumentParser) -> None:
     p.description = ("Frozen-feature linear probe: the backbone frozen, LEVELS upsampled to stride 4 and concatenated, "
                      "a normalised 1x1 classifier trained on the same seeded labeled subset as `finetune`, whole tiles "
                      "evaluated by sliding window -> RUN/metrics.json (evaluate's schema).")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
-    p.add_argument("--overwrite", action="store_true",
-                   help="start over in an OUT that holds a probe (deletes its run files: checkpoints/, log.jsonl, "
-                   "loss.png, config.yaml, labeled_patches.json, probe.safetensors, metrics.json)")
+    add_run_folder_arguments(p)
     add_settings_arguments(p, ProbeConfig, positional=("encoder",), skip=("device",))
 
 

@@ -5,16 +5,14 @@ from __future__ import annotations
 import argparse
 
 from ..settings import add_settings_arguments, settings_from_args
+from ..training.run_folder import add_run_folder_arguments
 from .config import PretrainConfig, packaged_configs
 
 
 def add_pretrain_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML with any of the settings below, or a packaged recipe by name: "
                    f"{', '.join(packaged_configs('pretrain'))}; it overrides the defaults shown, and flags override it")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
-    p.add_argument("--overwrite", action="store_true",
-                   help="start over in an OUT that holds a run (deletes the run's own files: checkpoints/, log.jsonl, "
-                   "loss.png, config.yaml; nothing else)")
+    add_run_folder_arguments(p)
     p.add_argument("--plan", action="store_true",
                    help="print the step's estimated memory (parameters, optimizer, activations) and the largest batch "
                    "that fits --plan-memory, then stop; needs no data and no GPU")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import socket
@@ -10,8 +11,8 @@ from pathlib import Path
 
 from ..atomic import WriteFailed, free_space, process_alive, remove_orphaned_partials, write_text_atomic
 
-__all__ = ["RUN_FILES", "RunFolderError", "RunLock", "claim_run_folder", "prune_checkpoints",
-           "remove_partial_checkpoints"]
+__all__ = ["RUN_FILES", "RunFolderError", "RunLock", "add_run_folder_arguments", "claim_run_folder",
+           "prune_checkpoints", "remove_partial_checkpoints"]
 
 
 class RunFolderError(RuntimeError):
@@ -20,6 +21,14 @@ class RunFolderError(RuntimeError):
 # What marks a folder as a training run, and all that --overwrite deletes (fine-tuning adds model/ and its subset).
 RUN_FILES = ("checkpoints", "log.jsonl", "tensorboard", "loss.png", "config.yaml", "labeled_patches.json", "model",
              "probe.safetensors", "metrics.json")
+
+
+def add_run_folder_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--resume` and `--overwrite`, as every run kind's subcommand takes them (`claim_run_folder` acts on them)."""
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
+    parser.add_argument("--overwrite", action="store_true", help=(
+        "start over in an OUT that holds a run: deletes the run files there (any of " + ", ".join(RUN_FILES)
+        + "), nothing else"))
 
 
 def claim_run_folder(out: Path, resume: bool, overwrite: bool = False) -> RunLock:
