@@ -20,6 +20,7 @@ from pathlib import Path
 
 from mpinet_hub.downstream.paired import paired_verdict
 from mpinet_hub.downstream.probe import ProbeConfig, Prober
+from mpinet_hub.training import resume_or_start
 
 
 class MilestoneProber(Prober):
@@ -77,8 +78,7 @@ def sweep(study: Path, out: Path, runs: dict[float, list[int]], seeds: list[int]
                             f.write(json.dumps(row) + "\n")
                         done.add((*key, prober.step))
 
-                    resume = (cell / "checkpoints" / "last.pt").is_file()  # as training.run: continue a stopped one
-                    prober = MilestoneProber(cfg, resume=resume, overwrite=not resume)
+                    prober = resume_or_start(MilestoneProber, cfg)
                     prober.milestones, prober.on_milestone = tuple(milestones), record
                     if prober.step < cfg.steps:
                         prober.run()

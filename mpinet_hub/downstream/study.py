@@ -616,8 +616,8 @@ def study_markdown(results: dict[str, Any]) -> str:
             minutes = "-" if d["minutes"] is None else f"{d['minutes']:.1f}"
             windows = ("-" if d.get("distinct_windows") is None else
                        f"{d['distinct_windows']:.0f} ({100 * d['window_overlap']:.0f}%)")
-            chance, rank = (("-" if d[k] is None else f"{d[k]:{f}}") for k, f in (("chance", ".2f"),
-                                                                                  ("key_effective_rank", ".1f")))
+            chance = "-" if d["chance"] is None else f"{d['chance']:.2f}"  # None: a method without negatives
+            rank = "-" if d["key_effective_rank"] is None else f"{d['key_effective_rank']:.1f}"
             lines.append(f"| {name} | {minutes} | {d['ins_last10pct']:.2f} | {chance} | {rank} | {windows} | "
                          f"{'; '.join(d['warnings']) or '-'} |")
     return "\n".join(lines) + "\n"

@@ -9,7 +9,7 @@ CPU.
 from .batches import EpochBatches, LabeledBatches, StepBatches, normalisation
 from .checks import NonFiniteLossError, check_finite, check_finite_state, last_good_checkpoint_hint
 from .device import AUTOCAST_DTYPES, PRECISIONS, choose_cpu_threads, init_distributed, resolve_device, resolve_precision
-from .engine import RUN_KINDS, StepLoop, register_kind, run
+from .engine import RUN_KINDS, StepLoop, register_kind, resume_or_start, run
 from .run_folder import (
                          RUN_FILES,
                          RunFolderError,
@@ -46,6 +46,7 @@ __all__ = [
     "remove_partial_checkpoints",
     "resolve_device",
     "resolve_precision",
+    "resume_or_start",
     "run",
     "trim_log",
 ]

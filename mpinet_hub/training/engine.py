@@ -34,7 +34,7 @@ from .device import AUTOCAST_DTYPES, init_distributed, resolve_device, resolve_p
 from .run_folder import RunLock, claim_run_folder
 from .run_log import RunLog
 
-__all__ = ["RUN_KINDS", "StepLoop", "register_kind", "run"]
+__all__ = ["RUN_KINDS", "StepLoop", "register_kind", "resume_or_start", "run"]
 
 
 class StepLoop:
@@ -194,15 +194,17 @@ def register_kind(name: str) -> Callable[[type[StepLoop]], type[StepLoop]]:
     return register
 
 
-def run(kind: str, settings: Any, resume: bool | None = None, overwrite: bool = False) -> Any:
-    """Run `settings` (the kind's settings dataclass, with `out`) as a `kind` run and return its result.
-    `resume=None`, as the commands that file runs as cells of their own folders (study, quickstart) call it:
-    continue the run in `settings.out` where it has a last checkpoint, else start there over what a start stopped
-    before its first checkpoint left."""
+def resume_or_start(runner: type[StepLoop], settings: Any) -> StepLoop:
+    """`runner` set up on `settings` (with `out`): continuing the run in `settings.out` where it has a last
+    checkpoint, else starting there over what a start stopped before its first checkpoint left."""
+    resume = (Path(settings.out) / "checkpoints" / "last.pt").is_file()
+    return runner(settings, resume=resume, overwrite=not resume)
+
+
+def run(kind: str, settings: Any) -> Any:
+    """Run `settings` as a `kind` run (`resume_or_start`, as the commands that file runs as cells of their own
+    folders call it) and return its result."""
     if kind not in RUN_KINDS:
         raise ValueError(f"run kind {kind!r} is not registered (known: {', '.join(RUN_KINDS)}); import the module "
                          "that registers it")
-    if resume is None:
-        resume = (Path(settings.out) / "checkpoints" / "last.pt").is_file()
-        overwrite = not resume
-    return RUN_KINDS[kind](settings, resume=resume, overwrite=overwrite).run()
+    return resume_or_start(RUN_KINDS[kind], settings).run()
