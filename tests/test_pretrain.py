@@ -183,7 +183,7 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path, potsdam_root):
     class Stop(Exception):
         pass
 
-    original_save = first.save
+    original_save = first.save_checkpoint
 
     def save_then_stop(name="last.pt"):
         path = original_save(name)
@@ -191,7 +191,7 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path, potsdam_root):
             raise Stop
         return path
 
-    first.save = save_then_stop
+    first.save_checkpoint = save_then_stop
     with pytest.raises(Stop):
         first.run()
     resumed = Trainer(_tiny_cfg(tmp_path / "b", potsdam_root, steps=4, save_every=2), resume=True)
@@ -492,3 +492,28 @@ def test_a_one_band_folder_run_says_which_bands_it_read_not_rgb(tmp_path):
                      "(checkpoint: norm.bands)")
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["norm"]["bands"] == ["band1"]
     assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["method"] == "mocov2"  # still YAML
+
+
+def test_a_checkpoint_with_any_non_finite_tensor_is_refused_and_the_last_good_one_kept(tmp_path, potsdam_root):
+    """The online network and its EMA target share parameter names: a non-finite online weight is caught even
+    when the target's same-named weight is finite (the engine checks every tensor of the checkpoint by its path)."""
+    trainer = Trainer(_tiny_cfg(tmp_path, potsdam_root, method="mocov2"))
+    trainer.run()
+    last = tmp_path / "mocov2" / "checkpoints" / "last.pt"
+    before = last.read_bytes()
+    with torch.no_grad():
+        trainer.model.online.backbone.conv1.weight[0, 0, 0, 0] = float("inf")
+    with pytest.raises(NonFiniteLossError, match=r"model\.backbone\.conv1\.weight"):
+        trainer.save_checkpoint()
+    assert last.read_bytes() == before
+
+
+def test_resume_refuses_a_checkpoint_of_another_kind(tmp_path, potsdam_root):
+    from mpinet_hub.settings import SettingsError
+
+    Trainer(_tiny_cfg(tmp_path, potsdam_root, method="mocov2")).run()
+    last = tmp_path / "mocov2" / "checkpoints" / "last.pt"
+    ckpt = load_checkpoint(last)
+    torch.save(ckpt | {"format": "mpinet-hub/finetune/1"}, last)
+    with pytest.raises(SettingsError, match="is not a pretraining checkpoint"):
+        Trainer(_tiny_cfg(tmp_path, potsdam_root, method="mocov2"), resume=True)

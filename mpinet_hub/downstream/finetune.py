@@ -25,7 +25,6 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from ..checkpoint import atomic_save
 from ..data import DATA_ROOT_HELP, DATASETS, IGNORE_INDEX, VALUE_MAX_HELP, open_dataset
 from ..data.labeled_subset import labeled_subset, write_labeled_patches
 from ..models import MPINET_ARCHS
@@ -36,7 +35,6 @@ from ..training import (
     EpochBatches,
     LabeledBatches,
     StepLoop,
-    check_finite_state,
     normalisation,
     plot_losses,
     register_kind,
@@ -123,6 +121,7 @@ class Finetuner(StepLoop):
     """Builds the SMP model around the encoder SPEC and trains it on the labeled subset; resumable."""
 
     cfg: FinetuneConfig
+    kind, checkpoint_format = "fine-tuning", FINETUNE_FORMAT
 
     def _build(self, resume: bool) -> None:
         cfg = self.cfg
@@ -171,10 +170,10 @@ class Finetuner(StepLoop):
                                      self.cfg.label_fraction, self.cfg.subset_seed, self.info.bands)
 
     def state(self) -> dict[str, Any]:
-        return self.training_state() | {"format": FINETUNE_FORMAT, "model": self.model.state_dict()}
+        return self.training_state() | {"model": self.model.state_dict()}
 
     def _resume(self) -> None:
-        self.model.load_state_dict(self.resume_checkpoint(self.cfg, FINETUNE_FORMAT, "fine-tuning")["model"])
+        self.model.load_state_dict(self.resume_checkpoint()["model"])
 
     # --- loop
     def run(self) -> Path:
@@ -201,7 +200,7 @@ class Finetuner(StepLoop):
         model_dir = self.out / "model"
         if self.is_main:
             if not self.checkpoint_path.is_file():
-                atomic_save(self.state(), self.checkpoint_path)
+                self.save_checkpoint()
             save_segmentation_model(self.model, model_dir, self.info)
         if self.world > 1:
             dist.barrier()  # the model folder exists for every rank once train() returns
@@ -222,7 +221,6 @@ class Finetuner(StepLoop):
         return loss, {"ce": loss}, images.shape[0]
 
     def checkpoint(self, final: bool) -> None:
+        self.save_checkpoint()
         if self.is_main:
-            check_finite_state(self.model.state_dict(), self.step, self.checkpoint_path)
-            atomic_save(self.state(), self.checkpoint_path)
             plot_losses(self.out / "log.jsonl", self.out / "loss.png", keys=("ce",))

@@ -28,7 +28,6 @@ from torch.utils.data import DataLoader
 
 from .. import training
 from ..atomic import atomic_output
-from ..checkpoint import atomic_save
 from ..data import DATA_ROOT_HELP, DATASETS, IGNORE_INDEX, VALUE_MAX_HELP, evaluation_split, open_dataset
 from ..data.labeled_subset import labeled_subset, write_labeled_patches
 from ..models import MPINET_ARCHS
@@ -38,7 +37,6 @@ from ..training import (
     EpochBatches,
     LabeledBatches,
     StepLoop,
-    check_finite_state,
     normalisation,
     plot_losses,
     register_kind,
@@ -277,6 +275,7 @@ class Prober(StepLoop):
 
     cfg: ProbeConfig
     distributed = False
+    kind, checkpoint_format = "probe", PROBE_FORMAT
 
     def __init__(self, cfg: ProbeConfig, resume: bool = False, overwrite: bool = False) -> None:
         cfg.validate()
@@ -315,10 +314,10 @@ class Prober(StepLoop):
         return {k: v.contiguous() for k, v in self.probe.state_dict().items() if not k.startswith("backbone.")}
 
     def state(self) -> dict[str, Any]:
-        return self.training_state() | {"format": PROBE_FORMAT, "head": self.head_state()}
+        return self.training_state() | {"head": self.head_state()}
 
     def _resume(self) -> None:
-        ckpt = self.resume_checkpoint(self.cfg, PROBE_FORMAT, "probe")
+        ckpt = self.resume_checkpoint()
         missing = self.probe.load_state_dict(ckpt["head"], strict=False).missing_keys
         if [k for k in missing if not k.startswith("backbone.")]:
             raise SettingsError(f"{self.checkpoint_path} lacks {missing[:3]}; give another --out")
@@ -335,8 +334,7 @@ class Prober(StepLoop):
         return loss, {"ce": loss}, masks.shape[0]
 
     def checkpoint(self, final: bool) -> None:
-        check_finite_state(self.head_state(), self.step, self.checkpoint_path)
-        atomic_save(self.state(), self.checkpoint_path)
+        self.save_checkpoint()
 
     def run(self) -> dict[str, Any]:
         """Train to `steps` (from the resumed step), save the head, evaluate; returns evaluate's metrics dict."""

@@ -20,7 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from .. import training
-from ..checkpoint import CHECKPOINT_FORMAT, atomic_save, load_checkpoint
+from ..checkpoint import CHECKPOINT_FORMAT, load_checkpoint
 from ..data import DATASETS, DataError, UnlabeledImages, image_files, labeled_splits, pretraining_images
 from ..data.unlabeled import few_windows
 from ..models import MPINET_TAGS, RGB_MEAN, RGB_STD
@@ -30,7 +30,6 @@ from ..training import (
     NonFiniteLossError,
     StepBatches,
     StepLoop,
-    check_finite_state,
     last_good_checkpoint_hint,
     normalisation,
     plot_losses,
@@ -102,6 +101,7 @@ class Trainer(StepLoop):
     """Pretraining of `cfg.method` (a PretrainConfig) in cfg.out."""
 
     cfg: PretrainConfig
+    kind, checkpoint_format = "pretraining", CHECKPOINT_FORMAT
 
     def _build(self, resume: bool) -> None:
         cfg = self.cfg
@@ -171,22 +171,15 @@ class Trainer(StepLoop):
         state = self.training_state()  # views and augmentations reseed from (seed, step); the RNG for the rest
         calibrated = {f"{k}_calibrated": v for k, v in self.model.logged_scalars().items()}
         return state | {
-            "format": CHECKPOINT_FORMAT, "arch": self.cfg.arch, "method": self.cfg.method,
+            "arch": self.cfg.arch, "method": self.cfg.method,
             "config": state["config"] | calibrated, "norm": self.norm,
             "model": self.model.online.state_dict(), "target": self.model.target.state_dict(),
             "buffers": {name: getattr(self.model, name) for name in self.model.checkpoint_buffers},
             "scheduler": self.scheduler.state_dict(),
         }
 
-    def save(self, name: str = "last.pt") -> Path | None:
-        if not self.is_main:
-            return None
-        state = self.state()
-        check_finite_state({**state["model"], **state["target"]}, self.step, self.out / "checkpoints" / "last.pt")
-        return atomic_save(state, self.out / "checkpoints" / name)
-
     def _resume(self) -> None:
-        ckpt = self.resume_checkpoint(self.cfg, None, "pretraining")
+        ckpt = self.resume_checkpoint()
         self.model.online.load_state_dict(ckpt["model"])
         self.model.target.load_state_dict(ckpt["target"])
         for k, v in ckpt["buffers"].items():
@@ -253,9 +246,9 @@ class Trainer(StepLoop):
 
     def checkpoint(self, final: bool) -> None:
         cfg = self.cfg
-        self.save()
+        self.save_checkpoint()
         if not final:
-            self.save(f"step_{self.step:07d}.pt")
+            self.save_checkpoint(f"step_{self.step:07d}.pt")
             if self.is_main:
                 prune_checkpoints(self.out / "checkpoints", cfg.keep_last)
         if self.is_main:

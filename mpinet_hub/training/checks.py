@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -22,13 +24,23 @@ def check_finite(terms: dict[str, torch.Tensor], step: int, last_checkpoint: Pat
                 + last_good_checkpoint_hint(last_checkpoint))
 
 
-def check_finite_state(state: dict[str, torch.Tensor], step: int, last_checkpoint: Path) -> None:
-    """Refuse to checkpoint non-finite parameters or buffers (e.g. inf BatchNorm variances after a huge lr)."""
-    bad = [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+def check_finite_state(state: Any, step: int, last_checkpoint: Path) -> None:
+    """Refuse to checkpoint a non-finite floating tensor anywhere in `state` (nested dicts and lists: weights,
+    buffers, optimiser moments; e.g. inf BatchNorm variances after a huge lr), naming it by its path of keys."""
+    bad = [name for name, v in _tensors(state) if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         raise NonFiniteLossError(f"step {step}: {len(bad)} parameter/buffer tensor(s) are not finite "
                                  f"({', '.join(bad[:3])}); nothing was saved. "
                                  + last_good_checkpoint_hint(last_checkpoint))
+
+
+def _tensors(tree: Any, path: str = "") -> Iterator[tuple[str, torch.Tensor]]:
+    if torch.is_tensor(tree):
+        yield path, tree
+    elif isinstance(tree, dict | list | tuple):
+        items = tree.items() if isinstance(tree, dict) else enumerate(tree)
+        for key, value in items:
+            yield from _tensors(value, f"{path}.{key}" if path else str(key))
 
 
 def last_good_checkpoint_hint(last_checkpoint: Path) -> str:

@@ -5,8 +5,8 @@ naming the step and the last good checkpoint; the (scaled) backward and optimise
 scheduler, an EMA target); one log record and one progress update; and every `save_every` steps and at the
 last one, `checkpoint(final)`. Around it, the run's life: `claim_then_build` claims and locks the run folder
 before anything is set up, `resume_checkpoint` loads the last checkpoint and refuses one of another kind or other
-settings, `write_config` records the settings, and `logged_loop` runs the loop with the run log (run_log.py) and a
-progress bar that continue from the resumed step.
+settings, `save_checkpoint` writes one (atomic, every tensor finite), `write_config` records the settings, and
+`logged_loop` runs the loop with the run log (run_log.py) and a progress bar that continue from the resumed step.
 
 Each kind registers itself by name (`register_kind`), as timm registers its models, and `run(kind, settings)` runs
 one: the study's cells, the quickstart and `run_probe` go through it (the `mpinet` subcommands build the
@@ -26,10 +26,10 @@ import torch
 import yaml
 
 from ..atomic import write_text_atomic
-from ..checkpoint import load_checkpoint
+from ..checkpoint import atomic_save, load_checkpoint
 from ..progress import progress
 from ..settings import SettingsError, changed_settings
-from .checks import check_finite
+from .checks import check_finite, check_finite_state
 from .device import AUTOCAST_DTYPES, init_distributed, resolve_device, resolve_precision
 from .run_folder import RunLock, claim_run_folder
 from .run_log import RunLog
@@ -41,10 +41,13 @@ class StepLoop:
     """A run of settings `cfg` (a settings dataclass with `device` and `out`). The engine sets the process's
     `rank`, `world` and `is_main`, the `device`, `step` (0, or the step a resume continues from) and
     `checkpoint_path` (OUT/checkpoints/last.pt, named when a run stops on a non-finite loss); `use_precision` sets
-    `precision` and `scaler`. The subclass's `_build` sets `optimizer`, `total_steps`, `save_every` and
-    `log_every`, and calls `use_precision`."""
+    `precision` and `scaler`. The subclass names its `kind` and `checkpoint_format`; its `_build` sets
+    `optimizer`, `total_steps`, `save_every` and `log_every`, and calls `use_precision`; its `state()` adds its
+    weights to `training_state()`."""
 
     distributed = True  # one process per GPU under torchrun (False: the kind runs in one process)
+    kind: str  # how messages name a run of this kind ("fine-tuning")
+    checkpoint_format: str  # the "format" of its checkpoints: a resume refuses any other
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     precision: str
@@ -92,21 +95,35 @@ class StepLoop:
         raise NotImplementedError
 
     def training_state(self) -> dict[str, Any]:
-        """What every kind's checkpoint holds beside its weights: the step, the settings, the optimiser, the
-        scaler and the global RNG (a resumed run reproduces the uninterrupted one)."""
+        """What every kind's checkpoint holds beside its weights: its format, the step, the settings, the
+        optimiser, the scaler and the global RNG (a resumed run reproduces the uninterrupted one)."""
         cuda = {"cuda": torch.cuda.get_rng_state()} if self.device.type == "cuda" else {}
-        return {"step": self.step, "config": dataclasses.asdict(self.cfg), "optimizer": self.optimizer.state_dict(),
-                "scaler": self.scaler.state_dict(), "rng": {"torch": torch.get_rng_state(), **cuda}}
+        return {"format": self.checkpoint_format, "step": self.step, "config": dataclasses.asdict(self.cfg),
+                "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+                "rng": {"torch": torch.get_rng_state(), **cuda}}
 
-    def resume_checkpoint(self, settings: Any, checkpoint_format: str | None, kind: str) -> dict[str, Any]:
-        """`checkpoint_path` loaded (`weights_only`), refused with a SettingsError (exit 2) when it is not a `kind`
-        checkpoint (its "format" is not `checkpoint_format`, where given) or was made with other identity settings
-        than `settings` (`settings.changed_settings`); the `training_state` it holds is restored (the kind loads
-        its weights from the returned dict)."""
+    def state(self) -> dict[str, Any]:
+        """The checkpoint: `training_state()` and the kind's weights."""
+        raise NotImplementedError
+
+    def save_checkpoint(self, name: str = "last.pt") -> Path | None:
+        """`state()` written to OUT/checkpoints/NAME by the main process, atomically; refused (NonFiniteLossError,
+        naming the tensor) when any tensor in it is not finite, so the last good checkpoint stays."""
+        if not self.is_main:
+            return None
+        state = self.state()
+        check_finite_state(state, self.step, self.checkpoint_path)
+        return atomic_save(state, self.checkpoint_path.parent / name)
+
+    def resume_checkpoint(self) -> dict[str, Any]:
+        """`checkpoint_path` loaded (`weights_only`), refused with a SettingsError (exit 2) when it is not a
+        checkpoint of this kind (its "format") or was made with other identity settings than the run's
+        (`settings.changed_settings`); the `training_state` it holds is restored (the kind loads its weights from
+        the returned dict)."""
         ckpt = load_checkpoint(self.checkpoint_path, map_location=self.device)
-        if checkpoint_format is not None and ckpt.get("format") != checkpoint_format:
-            raise SettingsError(f"{self.checkpoint_path} is not a {kind} checkpoint; give another --out")
-        changed = changed_settings(settings, ckpt.get("config", {}), "resume")
+        if ckpt.get("format") != self.checkpoint_format:
+            raise SettingsError(f"{self.checkpoint_path} is not a {self.kind} checkpoint; give another --out")
+        changed = changed_settings(self.cfg, ckpt.get("config", {}), "resume")
         if changed:
             raise SettingsError(f"{self.checkpoint_path} was trained with other settings ({', '.join(changed)}); "
                                 "resume with the run's own settings (its config.yaml) or give another --out")
