@@ -106,5 +106,22 @@ def test_densecl_trains_from_the_cli_and_its_run_is_diagnosed_and_exported(dense
     assert done.returncode == 0, done.stderr[-2000:]
     card = (hub / "README.md").read_text()  # the card names the method that made the weights (was: MPINet)
     assert "pretrained with **DenseCL**" in card and "wang2021densecl" in card and "**MPINet**" not in card
+    assert "| w_pix | 0.5 |" in card and "fusion_levels" not in card and "w_ffl" not in card  # MPINet's, unread
     model = timm.create_model(f"local-dir:{hub}", pretrained=True)
     assert torch.equal(model.state_dict()["layer4.1.conv2.weight"], ckpt["model"]["backbone.layer4.1.conv2.weight"])
+
+
+def test_settings_a_method_never_reads_are_not_part_of_its_runs_identity():
+    """DenseCL reads none of MPINet's pixel-contrast or FFL settings: a changed default of one of them does not make
+    a finished DenseCL cell another run, while it does make an MPINet cell one."""
+    import dataclasses
+
+    from mpinet_hub.settings import changed_settings
+
+    cfg = PretrainConfig.from_sources(None, method="densecl", arch="mpinet_resnet18")
+    saved = dataclasses.asdict(cfg) | {"pixel_grid": 7, "t_pix": 0.1, "fusion_levels": ["C4"], "ffl_grid": 3}
+    assert changed_settings(cfg, saved, "reuse") == []
+    assert changed_settings(cfg, saved | {"w_pix": 0.3, "dense_warmup_steps": 0}, "reuse") == [
+        "dense_warmup_steps 0 -> 20", "w_pix 0.3 -> 0.5"]
+    mpinet = PretrainConfig.from_sources(None, method="mpinet", arch="mpinet_resnet18")
+    assert changed_settings(mpinet, dataclasses.asdict(mpinet) | {"pixel_grid": 7}, "reuse") == ["pixel_grid 7 -> 14"]

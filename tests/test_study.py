@@ -371,8 +371,12 @@ def test_an_identity_setting_a_saved_run_did_not_record_is_not_taken_as_matching
     saved = dataclasses.asdict(cfg)
     del saved["ffl_head_warmup"]
     assert any(c.startswith("ffl_head_warmup") for c in changed_settings(cfg, saved, "reuse"))
-    del saved["dense_warmup_steps"]  # declared with was=0: compared as 0, the same as mpinet's
+    del saved["dense_warmup_steps"]  # MPINet never reads it
     assert not any(c.startswith("dense_warmup_steps") for c in changed_settings(cfg, saved, "reuse"))
+    densecl = PretrainConfig.from_sources(None, method="densecl", arch="mpinet_resnet18")
+    older = {k: v for k, v in dataclasses.asdict(densecl).items() if k != "dense_warmup_steps"}
+    # declared with was=0: a DenseCL run made before the warmup existed had none, and is not today's preset
+    assert changed_settings(densecl, older, "reuse") == ["dense_warmup_steps 0 -> 20"]
 
 
 def _band_folder(root: Path, bands: int, dtype: str, top: int) -> Path:

@@ -96,7 +96,7 @@ def load_source_weights(src: str | Path) -> tuple[dict[str, torch.Tensor], dict[
             "Only tensors travel: re-save the state dict with safetensors or torch.save(state_dict)."
         ) from err
     if is_training_checkpoint(obj):
-        meta = {k: obj.get(k) for k in ("arch", "method", "step", "config", "norm")}
+        meta = {k: obj.get(k) for k in ("arch", "method", "step", "config", "norm", "inert_settings")}
         return backbone_state_dict(obj), meta
     if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         # DDP-wrapped models save with a "module." prefix.
@@ -113,7 +113,8 @@ def _recipe(meta: dict[str, Any]) -> str:
         return "Exported from a plain state dict: the pretraining recipe was not recorded with the weights."
     keys = ("method", "dataset", "arch", "bands", "crop", "batch_size", "steps", "epochs", "lr", "optimizer",
             "w_ins", "w_pix", "w_ffl", "fusion_levels", "queue_size", "momentum_schedule", "precision", "seed")
-    rows = [f"| {k} | {cfg[k]} |" for k in keys if k in cfg and cfg[k] is not None]
+    unread = set(meta.get("inert_settings") or [])  # settings the method never read (MPINet's FFL for DenseCL)
+    rows = [f"| {k} | {cfg[k]} |" for k in keys if k in cfg and cfg[k] is not None and k not in unread]
     rows.append(f"| trained steps | {meta.get('step')} |")
     return "| setting | value |\n|---|---|\n" + "\n".join(rows)
 

@@ -73,6 +73,12 @@ class MomentumMethod(nn.Module):
         return {}
 
     @classmethod
+    def inert_settings(cls, cfg: Any) -> set[str]:
+        """The settings with no effect on a run of `cfg` by this method (left out of its identity, so that a
+        changed default of another method's setting does not make a finished run another one): none here."""
+        return set()
+
+    @classmethod
     def instance_chance(cls, cfg: Any) -> float | None:
         """InfoNCE over one positive and `queue_size` negatives scores ln(K+1) when the query cannot tell them
         apart; a method whose instance term has no negatives (BYOL-like) returns None: it has no chance level."""

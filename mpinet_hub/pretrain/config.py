@@ -12,10 +12,10 @@ from ..data import DATASETS, VALUE_MAX_HELP
 from ..models import MPINET_ARCHS
 from ..settings import SettingsError, coerce_settings, read_yaml, setting
 from ..training import PRECISIONS
-from .registry import METHODS
+from .registry import METHODS, method_class
 
-__all__ = ["ABLATION_LADDER", "METHODS", "PretrainConfig", "packaged_configs", "refuse_preset_changes",
-           "resolve_config"]
+__all__ = ["ABLATION_LADDER", "METHODS", "PretrainConfig", "ffl_settings", "packaged_configs", "pixel_settings",
+           "refuse_preset_changes", "resolve_config"]
 
 # The baselines from the same machinery (presets registered in method.py), as a ladder that changes one factor
 # per rung:
@@ -63,6 +63,16 @@ def refuse_preset_changes(method: str, values: dict[str, Any], source: str) -> N
             "from the recipe, or give it as a flag (in a study: a variant METHOD:KEY=VALUE)")
 
 
+def ffl_settings(cfg: PretrainConfig) -> set[str]:
+    """The focal frequency loss's settings (for a method's `inert_settings`)."""
+    return {f.name for f in dataclasses.fields(cfg) if f.name.startswith("ffl_")}
+
+
+def pixel_settings(cfg: PretrainConfig) -> set[str]:
+    """The multi-scale pixel contrast's settings (for a method's `inert_settings`)."""
+    return {f.name for f in dataclasses.fields(cfg) if f.name.startswith("pixel_")} | {"t_pix", "fusion_levels"}
+
+
 @dataclass
 class PretrainConfig:
     # data
@@ -86,7 +96,7 @@ class PretrainConfig:
     method: str = setting("mpinet", choices=METHODS, help="mpinet or a baseline from the same machinery")
     arch: str = setting("mpinet_resnet50", choices=MPINET_ARCHS, help="the encoder")
     w_ins: float = setting(1.0, help="weight of the instance (MoCo) loss")
-    w_pix: float = setting(1.0, help="weight of the multi-scale pixel contrastive loss")
+    w_pix: float = setting(1.0, help="weight of the multi-scale pixel contrastive loss (DenseCL: of its dense term)")
     w_ffl: float | str = setting("auto", help="weight of the focal frequency loss, or auto: calibrated so that "
                                  "w_ffl x mean L_ffl = ffl-calibration-ratio x mean L_ins")
     ffl_calibration_ratio: float = setting(0.5, help="auto w_ffl: the FFL term's size as a share of the instance "
@@ -189,16 +199,9 @@ class PretrainConfig:
             raise SettingsError(f"ffl_head_loss {self.ffl_head_loss!r}: raw or log")
 
     def inert_settings(self) -> set[str]:
-        """Fields with no effect on this run: the FFL's when its weight is 0, the dense branch's when w_pix is 0
-        (so a changed FFL default does not make a finished MoCo v2 cell a different run)."""
-        fields = {f.name for f in dataclasses.fields(self)}
-        inert = set()
-        if self.w_ffl == 0:
-            inert |= {name for name in fields if name.startswith("ffl_")}
-        if self.w_pix == 0:
-            inert |= {name for name in fields if name.startswith("pixel_")} | {"t_pix", "fusion_levels",
-                                                                               "dense_warmup_steps"}
-        return inert
+        """Fields with no effect on this run, as its method says (`MomentumMethod.inert_settings`): e.g. the FFL's
+        for MoCo v2, so a changed FFL default does not make a finished MoCo v2 cell a different run."""
+        return method_class(self.method).inert_settings(self)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

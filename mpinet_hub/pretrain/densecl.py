@@ -24,7 +24,7 @@ from torch import nn
 
 from ..models import MPINET_ARCHS
 from .base import MomentumMethod, feature_backbone
-from .config import PretrainConfig
+from .config import PretrainConfig, ffl_settings, pixel_settings
 from .losses import InfoNCELoss
 from .registry import register_method
 from .views import TwoViews
@@ -61,7 +61,7 @@ def most_similar(query_features: torch.Tensor, key_features: torch.Tensor, keys:
     return torch.gather(keys, 2, match[:, None, :].expand(-1, keys.shape[1], -1))
 
 
-@register_method("densecl", w_ins=0.5, w_pix=0.5, w_ffl=0.0, fusion_levels=["C5"], dense_warmup_steps=20)
+@register_method("densecl", w_ins=0.5, w_pix=0.5, w_ffl=0.0, dense_warmup_steps=20)
 class DenseCLModel(MomentumMethod):
     """`forward(views)` returns `ins` (global) and `dense`, unweighted."""
 
@@ -76,6 +76,11 @@ class DenseCLModel(MomentumMethod):
     @classmethod
     def term_weights(cls, cfg: PretrainConfig) -> dict[str, float | str]:
         return {"ins": cfg.w_ins, "dense": cfg.w_pix}
+
+    @classmethod
+    def inert_settings(cls, cfg: PretrainConfig) -> set[str]:
+        """MPINet's pixel contrast and FFL, which DenseCL never reads (its dense weight is `w_pix`)."""
+        return ffl_settings(cfg) | pixel_settings(cfg) | {"w_ffl"}
 
     def forward(self, views: TwoViews, online: nn.Module | None = None) -> dict[str, torch.Tensor]:
         b = views.view1.shape[0]

@@ -15,7 +15,7 @@ from torchvision.ops import roi_align
 
 from ..models import MPINET_ARCHS
 from .base import MomentumMethod, feature_backbone
-from .config import PretrainConfig
+from .config import PretrainConfig, ffl_settings, pixel_settings
 from .losses import FocalFrequencyLoss, InfoNCELoss, PixelInfoNCELoss
 from .registry import register_method
 from .views import TwoViews, undo_geometry
@@ -189,6 +189,12 @@ class MPINetModel(MomentumMethod):
     @classmethod
     def term_weights(cls, cfg: PretrainConfig) -> dict[str, float | str]:
         return {"ins": cfg.w_ins, "pix": cfg.w_pix, "ffl": "w_ffl"}
+
+    @classmethod
+    def inert_settings(cls, cfg: PretrainConfig) -> set[str]:
+        """DenseCL's warmup always; the FFL's settings when its weight is 0, the pixel contrast's when w_pix is."""
+        inert = {"dense_warmup_steps"} | (ffl_settings(cfg) if cfg.w_ffl == 0 else set())
+        return inert | (pixel_settings(cfg) if cfg.w_pix == 0 else set())
 
     def logged_scalars(self) -> dict[str, float]:
         return {"w_ffl": self.ffl_weight()}

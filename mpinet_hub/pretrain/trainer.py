@@ -171,7 +171,7 @@ class Trainer(StepLoop):
         state = self.training_state()  # views and augmentations reseed from (seed, step); the RNG for the rest
         calibrated = {f"{k}_calibrated": v for k, v in self.model.logged_scalars().items()}
         return state | {
-            "arch": self.cfg.arch, "method": self.cfg.method,
+            "arch": self.cfg.arch, "method": self.cfg.method, "inert_settings": sorted(self.cfg.inert_settings()),
             "config": state["config"] | calibrated, "norm": self.norm,
             "model": self.model.online.state_dict(), "target": self.model.target.state_dict(),
             "buffers": {name: getattr(self.model, name) for name in self.model.checkpoint_buffers},
