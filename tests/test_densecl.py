@@ -28,15 +28,15 @@ def test_each_query_cell_takes_the_key_embedding_at_its_most_similar_key_cell():
 
 
 def test_densecl_is_mocov2_plus_a_dense_term_that_trains_the_dense_head_and_the_backbone():
-    assert METHODS["densecl"]["w_ins"] == METHODS["densecl"]["w_pix"] == 0.5
+    assert METHODS["densecl"]["w_ins"] == METHODS["densecl"]["w_dense"] == 0.5  # DenseCL's lambda, its own weight
     cfg = PretrainConfig.from_sources(None, method="densecl", arch="mpinet_resnet18", patch=96, crop=64,
-                                      batch_size=4, queue_size=16, dense_warmup_steps=0)
+                                      batch_size=4, queue_size=16, dense_warmup_steps=0, w_dense=0.25)
     torch.manual_seed(0)
     model = DenseCLModel(cfg, 3)
     views = make_two_views(torch.rand(4, 3, 96, 96), 64, generator=torch.Generator().manual_seed(0))
     terms = model(views)
-    assert set(terms) == {"ins", "dense"}
-    assert torch.allclose(model.total_loss(terms), 0.5 * terms["ins"] + 0.5 * terms["dense"])
+    assert set(terms) == {"ins", "dense"} and model.term_weights(cfg) == {"ins": 0.5, "dense": 0.25}
+    assert torch.allclose(model.total_loss(terms), 0.5 * terms["ins"] + 0.25 * terms["dense"])
     terms["dense"].backward()
     assert model.online.dense_head[0].weight.grad.abs().sum() > 0
     assert model.online.instance_head[0].weight.grad is None  # the dense term does not reach the global head
@@ -59,7 +59,7 @@ def test_the_dense_term_is_off_for_its_warmup_steps_and_the_count_survives_a_che
         terms = model(views)
         total = model.total_loss(terms)
         if step < 2:
-            assert torch.allclose(total, terms["ins"])  # (w_ins + w_pix) x ins, dense weight 0
+            assert torch.allclose(total, terms["ins"])  # (w_ins + w_dense) x ins, dense weight 0
             total.backward()
             assert model.online.dense_head[0].weight.grad is None or not model.online.dense_head[0].weight.grad.any()
         else:  # DenseCL's lambda = 0.5 from then on, and the dense head learns
@@ -106,7 +106,8 @@ def test_densecl_trains_from_the_cli_and_its_run_is_diagnosed_and_exported(dense
     assert done.returncode == 0, done.stderr[-2000:]
     card = (hub / "README.md").read_text()  # the card names the method that made the weights (was: MPINet)
     assert "pretrained with **DenseCL**" in card and "wang2021densecl" in card and "**MPINet**" not in card
-    assert "| w_pix | 0.5 |" in card and "fusion_levels" not in card and "w_ffl" not in card  # MPINet's, unread
+    assert "| w_dense | 0.5 |" in card  # MPINet's settings, which DenseCL never reads, are left out
+    assert not any(f"| {key} |" in card for key in ("w_pix", "w_ffl", "fusion_levels"))
     model = timm.create_model(f"local-dir:{hub}", pretrained=True)
     assert torch.equal(model.state_dict()["layer4.1.conv2.weight"], ckpt["model"]["backbone.layer4.1.conv2.weight"])
 
@@ -121,7 +122,11 @@ def test_settings_a_method_never_reads_are_not_part_of_its_runs_identity():
     cfg = PretrainConfig.from_sources(None, method="densecl", arch="mpinet_resnet18")
     saved = dataclasses.asdict(cfg) | {"pixel_grid": 7, "t_pix": 0.1, "fusion_levels": ["C4"], "ffl_grid": 3}
     assert changed_settings(cfg, saved, "reuse") == []
-    assert changed_settings(cfg, saved | {"w_pix": 0.3, "dense_warmup_steps": 0}, "reuse") == [
-        "dense_warmup_steps 0 -> 20", "w_pix 0.3 -> 0.5"]
+    assert changed_settings(cfg, saved | {"w_dense": 0.3, "dense_warmup_steps": 0}, "reuse") == [
+        "dense_warmup_steps 0 -> 20", "w_dense 0.3 -> 0.5"]
+    # a DenseCL run made before w_dense existed weighted its dense term by w_pix (0.5): it is today's preset
+    older = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "w_dense"} | {"w_pix": 0.5,
+                                                                                    "fusion_levels": ["C5"]}
+    assert changed_settings(cfg, older, "reuse") == []
     mpinet = PretrainConfig.from_sources(None, method="mpinet", arch="mpinet_resnet18")
     assert changed_settings(mpinet, dataclasses.asdict(mpinet) | {"pixel_grid": 7}, "reuse") == ["pixel_grid 7 -> 14"]

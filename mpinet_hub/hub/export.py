@@ -111,8 +111,8 @@ def _recipe(meta: dict[str, Any]) -> str:
     cfg = meta.get("config") or {}
     if not cfg:
         return "Exported from a plain state dict: the pretraining recipe was not recorded with the weights."
-    keys = ("method", "dataset", "arch", "bands", "crop", "batch_size", "steps", "epochs", "lr", "optimizer",
-            "w_ins", "w_pix", "w_ffl", "fusion_levels", "queue_size", "momentum_schedule", "precision", "seed")
+    keys = ("method", "dataset", "arch", "bands", "crop", "batch_size", "steps", "epochs", "lr", "optimizer", "w_ins",
+            "w_pix", "w_ffl", "w_dense", "fusion_levels", "queue_size", "momentum_schedule", "precision", "seed")
     unread = set(meta.get("inert_settings") or [])  # settings the method never read (MPINet's FFL for DenseCL)
     rows = [f"| {k} | {cfg[k]} |" for k in keys if k in cfg and cfg[k] is not None and k not in unread]
     rows.append(f"| trained steps | {meta.get('step')} |")

@@ -96,7 +96,7 @@ class PretrainConfig:
     method: str = setting("mpinet", choices=METHODS, help="mpinet or a baseline from the same machinery")
     arch: str = setting("mpinet_resnet50", choices=MPINET_ARCHS, help="the encoder")
     w_ins: float = setting(1.0, help="weight of the instance (MoCo) loss")
-    w_pix: float = setting(1.0, help="weight of the multi-scale pixel contrastive loss (DenseCL: of its dense term)")
+    w_pix: float = setting(1.0, help="weight of the multi-scale pixel contrastive loss")
     w_ffl: float | str = setting("auto", help="weight of the focal frequency loss, or auto: calibrated so that "
                                  "w_ffl x mean L_ffl = ffl-calibration-ratio x mean L_ins")
     ffl_calibration_ratio: float = setting(0.5, help="auto w_ffl: the FFL term's size as a share of the instance "
@@ -107,8 +107,10 @@ class PretrainConfig:
     ffl_head_loss: str = setting("log", was="raw", choices=("log", "raw"), help="what the FFL heads train on during "
                                  "that warmup: log L_ffl (its direction at a scale-free size) or raw L_ffl (~0.006, "
                                  "whose gradient barely moves them; docs/method.md, FFL weight)")
+    w_dense: float = setting(0.5, was=0.5, help="DenseCL: weight of its dense term, lambda (runs made before this "
+                             "setting weighted it by w_pix, 0.5)")
     dense_warmup_steps: int = setting(0, was=0, help="DenseCL: first steps with the dense term's weight at 0 (the "
-                                      "instance term weighted w_ins + w_pix), so that a random network's matches "
+                                      "instance term weighted w_ins + w_dense), so that a random network's matches "
                                       "do not steer the start, as DenseCL's authors do for their first iterations")
     fusion_levels: list[str] = setting(["C2", "C3", "C4"], help="levels fused for the pixel contrast")
     queue_size: int = setting(8192, help="instance negatives K")

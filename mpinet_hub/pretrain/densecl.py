@@ -5,9 +5,9 @@ similarity, not by geometry; the dense self-supervised method to compare MPINet 
     dense   = each query cell's positive is the key cell whose backbone C5 feature is most similar (cosine)
               ("select most similar", as lightly's recipe, examples/pytorch/densecl.py); negatives are a queue
               of each key image's mean dense embedding (as the original)
-    L       = w_ins * InfoNCE(global; queue) + w_pix * InfoNCE(dense; dense queue), each symmetrised
+    L       = w_ins * InfoNCE(global; queue) + w_dense * InfoNCE(dense; dense queue), each symmetrised
 
-DenseCL's weighting lambda = 0.5 is the preset (w_ins = w_pix = 0.5). As in the authors' code (and mmselfsup's
+DenseCL's weighting lambda = 0.5 is the preset (w_ins = w_dense = 0.5). As in the authors' code (and mmselfsup's
 DenseCL hook), lambda is 0 for the first `dense_warmup_steps` (the preset: 20, a tenth of a study's 200-step cell;
 the authors use 1000 iterations of far longer runs), since at initialisation the dense term, matched by a random
 network, gave three times the instance term's gradient norm on the backbone. Everything else is shared with the
@@ -61,7 +61,7 @@ def most_similar(query_features: torch.Tensor, key_features: torch.Tensor, keys:
     return torch.gather(keys, 2, match[:, None, :].expand(-1, keys.shape[1], -1))
 
 
-@register_method("densecl", w_ins=0.5, w_pix=0.5, w_ffl=0.0, dense_warmup_steps=20)
+@register_method("densecl", w_ins=0.5, w_dense=0.5, w_pix=0.0, w_ffl=0.0, dense_warmup_steps=20)
 class DenseCLModel(MomentumMethod):
     """`forward(views)` returns `ins` (global) and `dense`, unweighted."""
 
@@ -75,12 +75,12 @@ class DenseCLModel(MomentumMethod):
 
     @classmethod
     def term_weights(cls, cfg: PretrainConfig) -> dict[str, float | str]:
-        return {"ins": cfg.w_ins, "dense": cfg.w_pix}
+        return {"ins": cfg.w_ins, "dense": cfg.w_dense}
 
     @classmethod
     def inert_settings(cls, cfg: PretrainConfig) -> set[str]:
-        """MPINet's pixel contrast and FFL, which DenseCL never reads (its dense weight is `w_pix`)."""
-        return ffl_settings(cfg) | pixel_settings(cfg) | {"w_ffl"}
+        """MPINet's pixel contrast and FFL, which DenseCL never reads."""
+        return ffl_settings(cfg) | pixel_settings(cfg) | {"w_pix", "w_ffl"}
 
     def forward(self, views: TwoViews, online: nn.Module | None = None) -> dict[str, torch.Tensor]:
         b = views.view1.shape[0]
@@ -103,7 +103,7 @@ class DenseCLModel(MomentumMethod):
         return {"ins": (ins[0] + ins[1]) / 2, "dense": (dense[0] + dense[1]) / 2}
 
     def total_loss(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
-        """w_ins * ins + w_pix * dense; during the warmup (lambda = 0) (w_ins + w_pix) * ins, the dense term 0."""
+        """w_ins * ins + w_dense * dense; during the warmup (lambda = 0) (w_ins + w_dense) * ins, the dense term 0."""
         if self._steps_seen is None:  # the checkpoint's count, on a resume; on the meta device (`--plan`) none
             self._steps_seen = 0 if self.dense_steps.is_meta else int(self.dense_steps)
         warming = self._steps_seen < self.cfg.dense_warmup_steps
@@ -111,5 +111,5 @@ class DenseCLModel(MomentumMethod):
             self.dense_steps += 1
             self._steps_seen += 1
         if warming:
-            return (self.cfg.w_ins + self.cfg.w_pix) * terms["ins"] + 0 * terms["dense"]
-        return self.cfg.w_ins * terms["ins"] + self.cfg.w_pix * terms["dense"]
+            return (self.cfg.w_ins + self.cfg.w_dense) * terms["ins"] + 0 * terms["dense"]
+        return self.cfg.w_ins * terms["ins"] + self.cfg.w_dense * terms["dense"]

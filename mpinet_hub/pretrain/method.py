@@ -192,8 +192,8 @@ class MPINetModel(MomentumMethod):
 
     @classmethod
     def inert_settings(cls, cfg: PretrainConfig) -> set[str]:
-        """DenseCL's warmup always; the FFL's settings when its weight is 0, the pixel contrast's when w_pix is."""
-        inert = {"dense_warmup_steps"} | (ffl_settings(cfg) if cfg.w_ffl == 0 else set())
+        """DenseCL's settings always; the FFL's when its weight is 0, the pixel contrast's when w_pix is."""
+        inert = {"w_dense", "dense_warmup_steps"} | (ffl_settings(cfg) if cfg.w_ffl == 0 else set())
         return inert | (pixel_settings(cfg) if cfg.w_pix == 0 else set())
 
     def logged_scalars(self) -> dict[str, float]:

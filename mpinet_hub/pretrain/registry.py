@@ -1,7 +1,7 @@
 """Pretraining methods by name: each a preset of `PretrainConfig` values over an implementation (a
 `base.MomentumMethod` subclass), registered where it is written, as timm registers its models.
 
-    @register_method("densecl", w_ins=0.5, w_pix=0.5, w_ffl=0.0, dense_warmup_steps=20)
+    @register_method("densecl", w_ins=0.5, w_dense=0.5, w_pix=0.0, w_ffl=0.0, dense_warmup_steps=20)
     class DenseCLModel(MomentumMethod): ...
 
 A new method is a new module whose import is added to `pretrain/__init__.py`; the trainer, `--plan`,
