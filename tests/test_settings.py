@@ -204,6 +204,11 @@ def test_every_setting_is_a_flag_whose_help_shows_the_default_read_from_the_sett
         shown = " ".join(map(str, default)) if isinstance(default, list) else default
         assert f"(default: {shown})" in actions[f.name].help, (command, f.name)
         assert actions[f.name].help.split(" (default")[0], f"{command}: {f.name} has no help"
+    if command == "pretrain":  # the README counts them
+        from .conftest import REPO_ROOT
+
+        count = len(dataclasses.fields(_settings_of(command)))
+        assert f"all {count} under headings" in (REPO_ROOT / "README.md").read_text()
 
 
 def test_a_flag_reaches_its_setting_as_the_declared_type():
