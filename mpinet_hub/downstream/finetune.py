@@ -14,7 +14,6 @@ weights-only loadable, resumable) and model/ (SMP `save_pretrained` + mpinet.jso
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -175,27 +174,23 @@ class Finetuner(StepLoop):
     def _resume(self) -> None:
         self.model.load_state_dict(self.resume_checkpoint()["model"])
 
-    # --- loop
-    def run(self) -> Path:
-        """Train to `cfg.steps` (from the resumed step) and save RUN/model; returns its path.
-
-        Under torchrun every process trains on its shard of each step's batches; only rank 0 writes.
-        """
-        with self.lock if self.is_main else nullcontext():
-            return self._train()
-
-    def _train(self) -> Path:
+    # --- the run (training.StepLoop.run: to `cfg.steps` from the resumed step, then RUN/model, whose path it
+    # returns; under torchrun every process trains on its shard of each step's batches, only rank 0 writes)
+    def make_loader(self) -> DataLoader:
         cfg = self.cfg
-        self.write_config()
         if self.is_main:
             self.write_subset()
-        loader = DataLoader(LabeledBatches(self.dataset, self.subset, self.batches, cfg.crop,
-                                         cfg.seed * self.world + self.rank, self.step, cfg.steps),
-                            batch_size=None, num_workers=cfg.workers, pin_memory=self.device.type == "cuda")
         self._mean = torch.tensor(self.mean, device=self.device).view(1, -1, 1, 1)
         self._std = torch.tensor(self.std, device=self.device).view(1, -1, 1, 1)
         self.model.train()
-        self.logged_loop(loader, f"finetune {Path(cfg.encoder).name}")
+        return DataLoader(LabeledBatches(self.dataset, self.subset, self.batches, cfg.crop,
+                                         cfg.seed * self.world + self.rank, self.step, cfg.steps),
+                          batch_size=None, num_workers=cfg.workers, pin_memory=self.device.type == "cuda")
+
+    def label(self) -> str:
+        return f"finetune {Path(self.cfg.encoder).name}"
+
+    def finish(self, last: dict[str, float]) -> Path:
         self.model.eval()
         model_dir = self.out / "model"
         if self.is_main:
@@ -203,7 +198,7 @@ class Finetuner(StepLoop):
                 self.save_checkpoint()
             save_segmentation_model(self.model, model_dir, self.info)
         if self.world > 1:
-            dist.barrier()  # the model folder exists for every rank once train() returns
+            dist.barrier()  # the model folder exists for every rank once run() returns
         return model_dir
 
     # --- one step (training.StepLoop runs the loop)

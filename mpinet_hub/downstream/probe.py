@@ -15,7 +15,7 @@ resume), probe.safetensors (head), metrics.json, confusion.png, previews/.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -336,26 +336,30 @@ class Prober(StepLoop):
     def checkpoint(self, final: bool) -> None:
         self.save_checkpoint()
 
-    def run(self) -> dict[str, Any]:
-        """Train to `steps` (from the resumed step), save the head, evaluate; returns evaluate's metrics dict."""
-        cfg, out = self.cfg, self.out
-        with self.lock:
-            self.write_config()
-            write_labeled_patches(out, cfg.dataset, self.dataset, self.subset, cfg.patch, cfg.label_fraction,
-                                  cfg.subset_seed, getattr(self.dataset, "bands", None))
-            batches = EpochBatches(len(self.subset), cfg.batch_size, cfg.seed)
-            labeled = LabeledBatches(self.dataset, self.subset, batches, cfg.patch, cfg.seed, self.step, cfg.steps)
-            if cfg.feature_cache_mb > 0:
-                features = TurnedPatchFeatures(self.probe, labeled, cfg.patch, self.normalise, cfg.feature_cache_mb)
-                loader = features.batches(self.step, cfg.steps)
-            else:
-                loader = DataLoader(labeled, batch_size=None)
-            self.probe.train()
-            self.logged_loop(loader, f"probe {cfg.encoder}")
-            plot_losses(out / "log.jsonl", out / "loss.png", keys=("ce",))
-            with atomic_output(out / "probe.safetensors") as tmp:  # the user's file mode, never a torn file
-                save_file(self.head_state(), str(tmp))
-            return self.evaluate(out, previews=2)
+    # --- the run (training.StepLoop.run: to `steps` from the resumed step, then the head saved and evaluated;
+    # returns evaluate's metrics dict)
+    def make_loader(self) -> Iterable[Any]:
+        cfg = self.cfg
+        write_labeled_patches(self.out, cfg.dataset, self.dataset, self.subset, cfg.patch, cfg.label_fraction,
+                              cfg.subset_seed, getattr(self.dataset, "bands", None))
+        batches = EpochBatches(len(self.subset), cfg.batch_size, cfg.seed)
+        labeled = LabeledBatches(self.dataset, self.subset, batches, cfg.patch, cfg.seed, self.step, cfg.steps)
+        if cfg.feature_cache_mb > 0:
+            features = TurnedPatchFeatures(self.probe, labeled, cfg.patch, self.normalise, cfg.feature_cache_mb)
+            loader = features.batches(self.step, cfg.steps)
+        else:
+            loader = DataLoader(labeled, batch_size=None)
+        self.probe.train()
+        return loader
+
+    def label(self) -> str:
+        return f"probe {self.cfg.encoder}"
+
+    def finish(self, last: dict[str, float]) -> dict[str, Any]:
+        plot_losses(self.out / "log.jsonl", self.out / "loss.png", keys=("ce",))
+        with atomic_output(self.out / "probe.safetensors") as tmp:  # the user's file mode, never a torn file
+            save_file(self.head_state(), str(tmp))
+        return self.evaluate(self.out, previews=2)
 
     def evaluate(self, out: Path, previews: int = 0) -> dict[str, Any]:
         """`mpinet evaluate` of the probe as it is now on the evaluation split, written to `out`; returns the

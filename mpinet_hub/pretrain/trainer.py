@@ -11,7 +11,6 @@ import math
 import os
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -145,7 +144,7 @@ class Trainer(StepLoop):
             return list(MPINET_TAGS["potsdam"]["band_names"])
         return [f"band{i + 1}" for i in range(self.in_chans)]
 
-    def _bands_note(self) -> str:
+    def config_note(self) -> str:
         """config.yaml's first line where `bands` (Potsdam's band product) did not choose the bands read."""
         if DATASETS[self.cfg.dataset].band_products:
             return ""
@@ -199,23 +198,23 @@ class Trainer(StepLoop):
             views.view2 = views.view2.contiguous(memory_format=torch.channels_last)
         return views
 
-    def run(self) -> dict[str, float]:
-        """Train to the configured step count; holds OUT's lock while it writes there. Returns the last step's terms."""
+    # --- the run (training.StepLoop.run: to the configured step count; returns the last step's terms)
+    def make_loader(self) -> DataLoader:
         cfg = self.cfg
-        with self.lock if self.is_main else nullcontext():
-            self.write_config(self._bands_note())
-            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-            workers = min(cfg.workers, cores)  # more loader processes than cores only compete with the step
-            if workers < cfg.workers and self.is_main:
-                print(f"--workers {cfg.workers}: {workers} used, one per core of this machine", file=sys.stderr)
-            if self.is_main and (few := few_windows(self.images.distinct_windows(), self.images.window_overlap(),
-                                                    cfg.patch, cfg.batch_size)) and few not in _SAID:
-                _SAID.add(few)  # once a process: a study's cells on the same images need not repeat it
-                print(f"warning: {few}", file=sys.stderr)  # before the first step, when it still costs nothing
-            loader = DataLoader(PretrainBatches(self.images, self.batches, self.step, self.total_steps),
-                                batch_size=None, shuffle=False, num_workers=workers, persistent_workers=False,
-                                pin_memory=self.device.type == "cuda")
-            return self.logged_loop(loader, f"pretrain {cfg.method}")
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        workers = min(cfg.workers, cores)  # more loader processes than cores only compete with the step
+        if workers < cfg.workers and self.is_main:
+            print(f"--workers {cfg.workers}: {workers} used, one per core of this machine", file=sys.stderr)
+        if self.is_main and (few := few_windows(self.images.distinct_windows(), self.images.window_overlap(),
+                                                cfg.patch, cfg.batch_size)) and few not in _SAID:
+            _SAID.add(few)  # once a process: a study's cells on the same images need not repeat it
+            print(f"warning: {few}", file=sys.stderr)  # before the first step, when it still costs nothing
+        return DataLoader(PretrainBatches(self.images, self.batches, self.step, self.total_steps),
+                          batch_size=None, shuffle=False, num_workers=workers, persistent_workers=False,
+                          pin_memory=self.device.type == "cuda")
+
+    def label(self) -> str:
+        return f"pretrain {self.cfg.method}"
 
     # --- one step (training.StepLoop runs the loop)
     def compute(self, batch: tuple[torch.Tensor, list]) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:

@@ -6,7 +6,8 @@ scheduler, an EMA target); one log record and one progress update; and every `sa
 last one, `checkpoint(final)`. Around it, the run's life: `claim_then_build` claims and locks the run folder
 before anything is set up, `resume_checkpoint` loads the last checkpoint and refuses one of another kind or other
 settings, `save_checkpoint` writes one (atomic, every tensor finite), `write_config` records the settings, and
-`logged_loop` runs the loop with the run log (run_log.py) and a progress bar that continue from the resumed step.
+`logged_loop` runs the loop with the run log (run_log.py) and a progress bar that continue from the resumed step;
+`run` is that whole life, holding the folder's lock; a kind gives its `make_loader()` and `finish(last)`.
 
 Each kind registers itself by name (`register_kind`), as timm registers its models, and `run(kind, settings)` runs
 one: the study's cells, the quickstart and `run_probe` go through it (the `mpinet` subcommands build the
@@ -17,8 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,7 @@ class StepLoop:
     `checkpoint_path` (OUT/checkpoints/last.pt, named when a run stops on a non-finite loss); `use_precision` sets
     `precision` and `scaler`. The subclass names its `kind` and `checkpoint_format`; its `_build` sets
     `optimizer`, `total_steps`, `save_every` and `log_every`, and calls `use_precision`; its `state()` adds its
-    weights to `training_state()`."""
+    weights to `training_state()`; `make_loader`, `compute`, `checkpoint` and `finish` are its run."""
 
     distributed = True  # one process per GPU under torchrun (False: the kind runs in one process)
     kind: str  # how messages name a run of this kind ("fine-tuning")
@@ -91,8 +92,30 @@ class StepLoop:
         raise NotImplementedError
 
     def run(self) -> Any:
-        """The run from its claimed folder to its last checkpoint and artifacts; returns the kind's result."""
+        """The run from its claimed folder to its last checkpoint and artifacts, holding the folder's lock: the
+        settings (config.yaml), the kind's `make_loader()`, the logged loop from the resumed step, then the kind's
+        `finish(last step's terms)`, whose result it returns."""
+        with self.lock if self.is_main else nullcontext():
+            self.write_config(self.config_note())
+            loader = self.make_loader()
+            return self.finish(self.logged_loop(loader, self.label()))
+
+    def config_note(self) -> str:
+        """Comment lines above the settings in config.yaml."""
+        return ""
+
+    def make_loader(self) -> Iterable[Any]:
+        """One batch a step from `step` to `total_steps`, after the kind has written what it writes before its first
+        step."""
         raise NotImplementedError
+
+    def label(self) -> str:
+        """The progress bar's label."""
+        raise NotImplementedError
+
+    def finish(self, last: dict[str, float]) -> Any:
+        """After the last step: the kind's artifacts and result (by default the last step's terms)."""
+        return last
 
     def training_state(self) -> dict[str, Any]:
         """What every kind's checkpoint holds beside its weights: its format, the step, the settings, the
