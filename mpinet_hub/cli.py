@@ -11,26 +11,31 @@ from collections.abc import Sequence
 from . import __version__
 from .settings import SettingsError
 
-# name -> (module holding `add_arguments(parser)` and `run(args) -> int`, one-line description)
+# name -> (module holding `add_NAME_arguments(parser)` and `run_NAME(args) -> int`, one-line description); the run
+# kinds (pretrain, finetune, probe) are subcommands by their registration (`training.register_kind`), listed first
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "data": ("mpinet_hub.data.cli", "Data sets: `synth` a miniature copy, `check` a folder, `stats` per band, "
              "`prepare` a windowed copy"),
-    "pretrain": ("mpinet_hub.pretrain.cli", "Self-supervised pretraining (mpinet and its ablation ladder, mocov2, "
-                 "densecl)"),
     "diagnose": ("mpinet_hub.pretrain.cli", "Did a pretraining run learn? Instance loss vs chance, key collapse"),
     "export": ("mpinet_hub.hub.cli", "Training checkpoint or state dict -> Hub folder (safetensors, config, card)"),
     "push": ("mpinet_hub.hub.cli", "Upload an export folder to the Hugging Face Hub after checking it"),
     "verify": ("mpinet_hub.hub.cli", "Check an export folder or Hub repo (ORG/NAME@REV): sha256 of the weights"),
-    "finetune": ("mpinet_hub.downstream.cli", "Fine-tune an SMP decoder + encoder on a seeded fraction of the labels"),
-    "probe": ("mpinet_hub.downstream.cli", "Frozen-feature linear probe of an encoder on a seeded label fraction"),
     "evaluate": ("mpinet_hub.downstream.cli", "Whole-tile sliding-window evaluation by a named metric protocol"),
     "predict": ("mpinet_hub.downstream.cli", "Class maps for GeoTIFF/PNG inputs (CRS and transform kept)"),
     "study": ("mpinet_hub.downstream.cli", "Does pretraining pay here? Methods x seeds x controls, verdicts by rule"),
     "quickstart": ("mpinet_hub.downstream.cli", "The whole pipeline on a synthetic Potsdam set in a few minutes"),
     "configs": ("mpinet_hub.pretrain.cli", "List the recipes installed with the package (`--config NAME`)"),
 }
-# the commands that compute on a device, and so take --device
-ON_A_DEVICE = {"pretrain", "finetune", "probe", "evaluate", "predict", "study", "quickstart"}
+# the commands that compute on a device, and so take --device: these and every run kind
+ON_A_DEVICE = {"evaluate", "predict", "study", "quickstart"}
+
+
+def commands() -> dict[str, tuple[str, str]]:
+    """Every subcommand: the registered run kinds' first, then `SUBCOMMANDS`."""
+    from . import downstream, pretrain  # noqa: F401 (importing them registers their run kinds)
+    from .training import RUN_KINDS
+
+    return {name: kind.command for name, kind in RUN_KINDS.items() if kind.command} | SUBCOMMANDS
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -58,10 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     # None: not given, so each command's settings (and a pretraining --config) keep their own default, auto
     on_device.add_argument("--device", help="auto (a GPU when there is one, else the CPU), cpu or cuda "
                            "(default: auto)")
-    for name, (module_name, help_text) in SUBCOMMANDS.items():
+    from .training import RUN_KINDS
+
+    for name, (module_name, help_text) in commands().items():
         module = importlib.import_module(module_name)
+        computes = name in ON_A_DEVICE or name in RUN_KINDS
         p = sub.add_parser(name, help=help_text, description=help_text, formatter_class=HelpFormatter,
-                           parents=[common, on_device] if name in ON_A_DEVICE else [common])
+                           parents=[common, on_device] if computes else [common])
         getattr(module, f"add_{name}_arguments")(p)
         p.set_defaults(_run=getattr(module, f"run_{name}"))
     return parser

@@ -267,7 +267,7 @@ def test_every_command_takes_debug_and_shows_tracebacks_with_it(tmp_path, capsys
     from mpinet_hub.cli import SUBCOMMANDS, build_parser, main
 
     commands = build_parser()._subparsers._group_actions[0].choices
-    assert set(commands) == set(SUBCOMMANDS)
+    assert set(commands) == set(SUBCOMMANDS) | {"pretrain", "finetune", "probe"}  # the run kinds by registration
     for name, parser in commands.items():
         assert any("--debug" in a.option_strings for a in parser._actions), name
     missing = str(tmp_path / "missing.yaml")
@@ -369,3 +369,33 @@ def test_overwrite_help_names_every_file_it_deletes(command, capsys):
     helped = " ".join(capsys.readouterr().out.split())
     overwrite = helped[helped.index("--overwrite start over"):]
     assert all(name in overwrite[:400] for name in RUN_FILES), overwrite[:400]
+
+
+def add_distill_arguments(p):  # the CLI of the run kind registered in the test below
+    p.add_argument("--teacher", default="t0")
+
+
+def run_distill(args) -> int:
+    print(f"distilling from {args.teacher} on {args.device}")
+    return 0
+
+
+def test_a_registered_run_kind_is_an_mpinet_subcommand_that_computes_on_a_device(capsys):
+    """A new run kind is its module and its registration: `mpinet NAME` follows, with --device, from
+    `register_kind(NAME, command=MODULE, description=...)` alone."""
+    from mpinet_hub import training
+    from mpinet_hub.cli import build_parser, main
+
+    before = dict(training.RUN_KINDS)
+    try:
+        @training.register_kind("distill", command=__name__, description="Distil a teacher encoder")
+        class Distill(training.StepLoop):
+            pass
+
+        parser = build_parser()._subparsers._group_actions[0].choices["distill"]
+        assert parser.description == "Distil a teacher encoder"
+        assert main(["distill", "--teacher", "t1", "--device", "cpu"]) == 0
+        assert capsys.readouterr().out == "distilling from t1 on cpu\n"
+    finally:
+        training.RUN_KINDS.clear()
+        training.RUN_KINDS.update(before)

@@ -115,7 +115,8 @@ class FinetuneConfig:
         return asdict(self)
 
 
-@register_kind("finetune")
+@register_kind("finetune", command="mpinet_hub.downstream.cli",
+               description="Fine-tune an SMP decoder + encoder on a seeded fraction of the labels")
 class Finetuner(StepLoop):
     """Builds the SMP model around the encoder SPEC and trains it on the labeled subset; resumable."""
 

@@ -267,7 +267,8 @@ class TurnedPatchFeatures:
 PROBE_FORMAT = "mpinet-hub/probe/1"
 
 
-@register_kind("probe")
+@register_kind("probe", command="mpinet_hub.downstream.cli",
+               description="Frozen-feature linear probe of an encoder on a seeded label fraction")
 class Prober(StepLoop):
     """The probe as a run: claims and locks its folder (`claim_then_build`), trains the head with a plain Adam step
     a batch (32 bits), checkpoints it every `save_every` steps and resumes from OUT/checkpoints/last.pt; the frozen

@@ -95,7 +95,8 @@ class PretrainBatches(StepBatches):
 _SAID: set[str] = set()  # warnings about the data already printed by this process
 
 
-@register_kind("pretrain")
+@register_kind("pretrain", command="mpinet_hub.pretrain.cli",
+               description="Self-supervised pretraining (mpinet and its ablation ladder, mocov2, densecl)")
 class Trainer(StepLoop):
     """Pretraining of `cfg.method` (a PretrainConfig) in cfg.out."""
 

@@ -10,8 +10,8 @@ settings, `save_checkpoint` writes one (atomic, every tensor finite), `write_con
 `run` is that whole life, holding the folder's lock; a kind gives its `make_loader()` and `finish(last)`.
 
 Each kind registers itself by name (`register_kind`), as timm registers its models, and `run(kind, settings)` runs
-one: the study's cells, the quickstart and `run_probe` go through it (the `mpinet` subcommands build the
-registered class themselves, to report from it).
+one: the study's cells, the quickstart and `run_probe` go through it. A kind registered with its CLI module is an
+`mpinet` subcommand (whose `run_NAME` builds the registered class itself, to report from it).
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ class StepLoop:
     save_every: int
     log_every: int
     lock: RunLock | None = None
+    command: tuple[str, str] | None = None  # its `mpinet` subcommand: (CLI module, description); `register_kind`
 
     def __init__(self, cfg: Any, resume: bool = False, overwrite: bool = False) -> None:
         """`resume` continues OUT's run (refused if a setting of its identity changed: settings.changed_settings);
@@ -222,13 +223,17 @@ class StepLoop:
 RUN_KINDS: dict[str, type[StepLoop]] = {}  # name -> the StepLoop subclass that runs it (`register_kind`)
 
 
-def register_kind(name: str) -> Callable[[type[StepLoop]], type[StepLoop]]:
-    """Class decorator: `run(name, settings)` runs `cls(settings, resume=..., overwrite=...).run()`."""
+def register_kind(name: str, command: str | None = None,
+                  description: str = "") -> Callable[[type[StepLoop]], type[StepLoop]]:
+    """Class decorator: `run(name, settings)` runs `cls(settings, resume=..., overwrite=...).run()`; with `command`
+    (a module holding `add_NAME_arguments(parser)` and `run_NAME(args) -> int`), `mpinet NAME` is a subcommand
+    described by `description`."""
 
     def register(cls: type[StepLoop]) -> type[StepLoop]:
         if name in RUN_KINDS:
             raise ValueError(f"run kind {name!r} is registered twice")
         RUN_KINDS[name] = cls
+        cls.command = (command, description) if command else None
         return cls
 
     return register
