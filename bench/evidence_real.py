@@ -41,6 +41,7 @@ from realdata import (  # noqa: E402
 
 from mpinet_hub.downstream.study import StudySettings, run_study  # noqa: E402
 from mpinet_hub.settings import SettingsError  # noqa: E402
+from mpinet_hub.training.run_folder import RunFolderError  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SETS = {"forest": ("IoU:tree", lambda cache, root: write_labeled_folder(fetch_wheel(cache), root)),
@@ -143,7 +144,7 @@ def main() -> None:
             print("unlabeled scenes:", ", ".join(p.name for p in written))
         try:
             run_study(settings)
-        except SettingsError as e:
+        except (SettingsError, RunFolderError) as e:  # e.g. a cell another study side by side is computing
             sys.exit(f"{name}: {e}")
     print("written:", report(bands, a, (time.time() - start) / 60))
 
