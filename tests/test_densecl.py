@@ -130,3 +130,17 @@ def test_settings_a_method_never_reads_are_not_part_of_its_runs_identity():
     assert changed_settings(cfg, older, "reuse") == []
     mpinet = PretrainConfig.from_sources(None, method="mpinet", arch="mpinet_resnet18")
     assert changed_settings(mpinet, dataclasses.asdict(mpinet) | {"pixel_grid": 7}, "reuse") == ["pixel_grid 7 -> 14"]
+
+
+def test_a_setting_given_for_a_method_that_never_reads_it_is_said_not_dropped_silently():
+    """DenseCL's dense weight is w_dense: `--w-pix 0.3` with `--method densecl` (its weight before w_dense) would
+    change nothing, so the user is told which setting to use instead of getting the preset without a word."""
+    with pytest.warns(UserWarning, match=r"densecl never reads w_pix.*w_dense"):
+        cfg = PretrainConfig.from_sources(None, method="densecl", w_pix=0.3)
+    assert cfg.w_dense == 0.5
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        PretrainConfig.from_sources(None, method="densecl", w_dense=0.3, t_ins=0.1)  # read by DenseCL: no word
+        PretrainConfig.from_sources(None, method="mpinet", w_pix=0.5)

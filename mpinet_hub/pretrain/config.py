@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -184,6 +185,11 @@ class PretrainConfig:
             refuse_preset_changes(method, {k: v for k, v in values.items() if k not in overrides}, str(yaml_path))
         cfg = cls(**{**preset, **values, **overrides})
         cfg.validate()
+        unread = sorted(set(overrides) & cfg.inert_settings())
+        if unread:  # e.g. DenseCL's weight given as w_pix, MPINet's before w_dense was DenseCL's own
+            effect = "it has" if len(unread) == 1 else "they have"
+            warnings.warn(f"{method} never reads {', '.join(unread)}, so {effect} no effect on this run (what the "
+                          f"method sets: {', '.join(f'{k} {v}' for k, v in preset.items())})", stacklevel=2)
         return cfg
 
     def validate(self) -> None:
