@@ -12,6 +12,7 @@ import torch
 from mpinet_hub.checkpoint import load_checkpoint
 from mpinet_hub.cli import main
 from mpinet_hub.data.synth import synth_dataset
+from mpinet_hub.pretrain.config import PretrainConfig
 from mpinet_hub.pretrain.diagnose import diagnose, format_diagnosis
 from mpinet_hub.pretrain.registry import _IMPLEMENTATIONS, METHODS
 
@@ -32,6 +33,9 @@ def test_a_method_without_a_queue_trains_is_diagnosed_and_exported(example_metho
     assert main(["pretrain", "--method", "byol-example", "--dataset", "potsdam", "--data-root",
                  str(tmp_path / "data"), "--arch", "mpinet_resnet18", "--patch", "96", "--crop", "64", "--batch-size",
                  "4", "--steps", "3", "--workers", "0", "--device", "cpu", "--out", str(run)]) == 0
+    # its identity leaves out what MPINet and DenseCL own, with nothing of theirs naming it
+    inert = PretrainConfig.from_sources(None, method="byol-example").inert_settings()
+    assert {"w_pix", "w_ffl", "pixel_grid", "ffl_grid", "fusion_levels", "w_dense", "dense_warmup_steps"} <= inert
     records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3] and all(0 <= r["ins"] <= 4 for r in records)
     assert (run / "loss.png").stat().st_size > 1000

@@ -30,6 +30,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from .registry import implementations
 from .shuffle_bn import convert_split_batchnorm, shuffled
 from .views import TwoViews
 
@@ -73,10 +74,17 @@ class MomentumMethod(nn.Module):
         return {}
 
     @classmethod
+    def own_settings(cls, cfg: Any) -> set[str]:
+        """The settings only this method reads (none here: the shared machinery reads the rest)."""
+        return set()
+
+    @classmethod
     def inert_settings(cls, cfg: Any) -> set[str]:
         """The settings with no effect on a run of `cfg` by this method (left out of its identity, so that a
-        changed default of another method's setting does not make a finished run another one): none here."""
-        return set()
+        changed default of another method's setting does not make a finished run another one): those the other
+        registered methods own (`own_settings`) and this one does not."""
+        others = [impl.own_settings(cfg) for impl in implementations() if impl is not cls]
+        return set().union(*others) - cls.own_settings(cfg)
 
     @classmethod
     def instance_chance(cls, cfg: Any) -> float | None:

@@ -24,7 +24,7 @@ from torch import nn
 
 from ..models import MPINET_ARCHS
 from .base import MomentumMethod, feature_backbone
-from .config import PretrainConfig, ffl_settings, pixel_settings
+from .config import PretrainConfig
 from .losses import InfoNCELoss
 from .registry import register_method
 from .views import TwoViews
@@ -78,9 +78,8 @@ class DenseCLModel(MomentumMethod):
         return {"ins": cfg.w_ins, "dense": cfg.w_dense}
 
     @classmethod
-    def inert_settings(cls, cfg: PretrainConfig) -> set[str]:
-        """MPINet's pixel contrast and FFL, which DenseCL never reads."""
-        return ffl_settings(cfg) | pixel_settings(cfg) | {"w_pix", "w_ffl"}
+    def own_settings(cls, cfg: PretrainConfig) -> set[str]:
+        return {"w_dense", "dense_warmup_steps"}
 
     def forward(self, views: TwoViews, online: nn.Module | None = None) -> dict[str, torch.Tensor]:
         b = views.view1.shape[0]

@@ -191,9 +191,13 @@ class MPINetModel(MomentumMethod):
         return {"ins": cfg.w_ins, "pix": cfg.w_pix, "ffl": "w_ffl"}
 
     @classmethod
+    def own_settings(cls, cfg: PretrainConfig) -> set[str]:
+        return ffl_settings(cfg) | pixel_settings(cfg) | {"w_pix", "w_ffl"}
+
+    @classmethod
     def inert_settings(cls, cfg: PretrainConfig) -> set[str]:
-        """DenseCL's settings always; the FFL's when its weight is 0, the pixel contrast's when w_pix is."""
-        inert = {"w_dense", "dense_warmup_steps"} | (ffl_settings(cfg) if cfg.w_ffl == 0 else set())
+        """Other methods' settings; the FFL's when its weight is 0, the pixel contrast's when w_pix is."""
+        inert = super().inert_settings(cfg) | (ffl_settings(cfg) if cfg.w_ffl == 0 else set())
         return inert | (pixel_settings(cfg) if cfg.w_pix == 0 else set())
 
     def logged_scalars(self) -> dict[str, float]:

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..settings import SettingsError
 
-__all__ = ["METHODS", "build_method", "method_class", "register_method"]
+__all__ = ["METHODS", "build_method", "implementations", "method_class", "register_method"]
 
 METHODS: dict[str, dict[str, Any]] = {}  # name -> the PretrainConfig values it sets
 _IMPLEMENTATIONS: dict[str, type] = {}
@@ -42,6 +42,11 @@ def method_class(name: str) -> type:
         raise SettingsError(f"pretraining method {name!r} is not known to this version of mpinet-hub (it knows "
                             f"{', '.join(METHODS)}); a run made with it needs the version that made it")
     return _IMPLEMENTATIONS[name]
+
+
+def implementations() -> set[type]:
+    """Every registered implementation class (a class under several presets once)."""
+    return set(_IMPLEMENTATIONS.values())
 
 
 def build_method(cfg: Any, in_chans: int) -> Any:
