@@ -59,7 +59,7 @@ run_evidence() {
   nvidia-smi dmon -s u -d 1 > "$STAGE/dmon_evidence.txt" 2>&1 &
   DMON=$!
   timeout 500 python3 -m mpinet_hub study --dataset folder --data-root runs/forest --out runs/study-forest-gpu \
-    --metric IoU:tree --device cuda --workers 14 --seeds 0 --pretrain-steps 800 --batch-size 128 --queue-size 1024
+    --metric IoU:tree --device cuda --workers 14 --seeds 0 --pretrain steps=800 batch_size=128 queue_size=1024
   kill $DMON
   mkdir -p "$STAGE/evidence-gpu"
   cp runs/study-forest-gpu/results-val.* "$STAGE/evidence-gpu/" 2>/dev/null || true

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from mpinet_hub.downstream.paired import paired_verdict
 from mpinet_hub.downstream.probe import ProbeConfig, Prober
+from mpinet_hub.downstream.study import nested_settings
 from mpinet_hub.training import resume_or_start
 
 
@@ -45,7 +46,7 @@ def metric_of(metrics: dict, metric: str) -> float:
 
 
 def sweep(study: Path, out: Path, runs: dict[float, list[int]], seeds: list[int], subset_seeds: list[int]) -> None:
-    s = json.loads((study / "study.json").read_text())["settings"]
+    s = nested_settings(json.loads((study / "study.json").read_text())["settings"])
     encoders = {m: str(study / "pretrain" / f"{m.replace(':', '+')}-s{{seed}}") for m in s["methods"]}
     encoders |= {c: c for c in s["controls"]}
     results = out / "results.jsonl"
@@ -63,7 +64,7 @@ def sweep(study: Path, out: Path, runs: dict[float, list[int]], seeds: list[int]
                     cfg = ProbeConfig(spec.format(seed=seed), s["dataset"], s["data_root"], str(cell),
                                       label_fraction=s["fractions"][0], steps=max(milestones), lr=lr,
                                       patch=s["label_patch"], seed=seed, subset_seed=sub, split=s["split"],
-                                      arch=s["arch"], window=s["window"], device=s["device"],
+                                      arch=s["arch"], window=s["probe"]["window"], device=s["device"],
                                       value_max=s["value_max"], reestimate_bn=s["reestimate_bn"], mean=s["mean"],
                                       std=s["std"], save_every=math.gcd(*milestones))  # read at checkpoints
 

@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 __all__ = ["SettingsError", "add_settings_arguments", "changed_settings", "coerce_settings", "field_default",
-           "read_yaml", "setting", "settings_from_args"]
+           "key_values", "read_yaml", "setting", "settings_from_args"]
 
 
 class SettingsError(ValueError):
@@ -97,6 +97,18 @@ def coerce_settings(cls: type, values: dict[str, Any], source: str = "settings")
     return out
 
 
+def key_values(items: list[str], source: str) -> dict[str, Any]:
+    """["steps=400", "lr=0.06"] -> {"steps": 400, "lr": 0.06}, each value read as YAML (a number, a list, true);
+    `source` names the flag in the error for an item that is not KEY=VALUE."""
+    values = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SettingsError(f"{source} {item}: write KEY=VALUE")
+        values[key] = yaml.safe_load(value)
+    return values
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """A settings file as a dict, or one line saying why it is not one (safe_load: no Python tags)."""
     try:
@@ -147,6 +159,8 @@ def _flag_type(tp: Any) -> tuple[Any, str | None]:
         return _flag_type(args[0]) if len(args) == 1 else (str, None)
     if typing.get_origin(tp) is list:
         return args[0], "+"
+    if typing.get_origin(tp) is dict:  # KEY=VALUE items, read by `key_values`
+        return str, "*"
     return tp, None
 
 
@@ -170,12 +184,15 @@ def add_settings_arguments(parser: Any, cls: type, *, positional: tuple[str, ...
         kw: dict[str, Any] = {"help": f.metadata.get("help", "")}
         default = field_default(f)
         if default not in (dataclasses.MISSING, None, [], {}):
-            shown = " ".join(map(str, default)) if isinstance(default, list) else default
+            shown = (" ".join(map(str, default)) if isinstance(default, list) else
+                     " ".join(f"{k}={v}" for k, v in default.items()) if isinstance(default, dict) else default)
             kw["help"] = f"{kw['help']} (default: {shown})".strip()
         if tp is bool:
             kw["action"] = argparse.BooleanOptionalAction
         else:
             kw |= {"type": tp, "nargs": f.metadata.get("nargs") or nargs, "choices": f.metadata.get("choices")}
+            if typing.get_origin(hints[f.name]) is dict:
+                kw["metavar"] = "KEY=VALUE"
         if f.name in positional:
             group.add_argument(f.name, **kw)
         else:
@@ -185,8 +202,12 @@ def add_settings_arguments(parser: Any, cls: type, *, positional: tuple[str, ...
 
 def settings_from_args(cls: type, args: Any) -> dict[str, Any]:
     """Every field of the settings dataclass `cls` that the parsed `args` give a value for, read as its declared
-    type (a flag left at None is not given, so the field keeps its default)."""
+    type (a flag left at None is not given, so the field keeps its default; a dict field's KEY=VALUE items become
+    its dict)."""
+    hints = typing.get_type_hints(cls)
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}
+    given = {name: key_values(value, f"--{name.replace('_', '-')}") if typing.get_origin(hints[name]) is dict
+             else value for name, value in given.items()}
     return coerce_settings(cls, given, "options")
 
 
@@ -211,8 +232,16 @@ def changed_settings(settings: Any, saved: dict[str, Any], purpose: str) -> list
             return paths[0] == paths[1]
         return saved[key] == now[key]
 
-    return [f"{f.name} {saved[f.name]!r} -> {now[f.name]!r}" if f.name in saved else
-            f"{f.name} (not recorded: made by an earlier version) -> {now[f.name]!r}"
-            for f in sorted(dataclasses.fields(settings), key=lambda f: f.name)
+    def change(name: str) -> str:
+        if name not in saved:
+            return f"{name} (not recorded: made by an earlier version) -> {now[name]!r}"
+        old, new = saved[name], now[name]
+        if isinstance(old, dict) and isinstance(new, dict):  # nested settings: name the keys that differ
+            shown = [{k: repr(v) for k, v in d.items()} for d in (old, new)]
+            return "; ".join(f"{name}.{k} {shown[0].get(k, '(unset)')} -> {shown[1].get(k, '(unset)')}"
+                             for k in sorted({*old, *new}) if old.get(k, ...) != new.get(k, ...))
+        return f"{name} {old!r} -> {new!r}"
+
+    return [change(f.name) for f in sorted(dataclasses.fields(settings), key=lambda f: f.name)
             if f.metadata.get("may_change") not in free and f.name not in inert
             and (f.name not in saved or not same(f.name))]

@@ -201,7 +201,8 @@ def test_every_setting_is_a_flag_whose_help_shows_the_default_read_from_the_sett
         default = field_default(f)
         if f.name == "device" or default in (dataclasses.MISSING, None, [], {}):
             continue  # --device: one option for every command, on the parent parser
-        shown = " ".join(map(str, default)) if isinstance(default, list) else default
+        shown = (" ".join(map(str, default)) if isinstance(default, list) else
+                 " ".join(f"{k}={v}" for k, v in default.items()) if isinstance(default, dict) else default)
         assert f"(default: {shown})" in actions[f.name].help, (command, f.name)
         assert actions[f.name].help.split(" (default")[0], f"{command}: {f.name} has no help"
     if command == "pretrain":  # the README counts them

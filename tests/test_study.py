@@ -36,9 +36,10 @@ def blind_encoder(tmp_path_factory):
 
 def _settings(root, out, **kw) -> StudySettings:
     values = dict(dataset="folder", data_root=str(root), out=str(out), methods=["mocov2"], controls=["random"],
-                  seeds=[0, 1, 2], subset_seeds=[0], fractions=[1.0], pretrain_steps=2, batch_size=4, patch=48, crop=32,
-                  queue_size=16, label_patch=32, probe_steps=40, window=64, device="cpu")
-    return StudySettings(**{**values, **kw})
+                  seeds=[0, 1, 2], subset_seeds=[0], fractions=[1.0], label_patch=32, device="cpu",
+                  pretrain=dict(steps=2, batch_size=4, patch=48, crop=32, queue_size=16),
+                  probe=dict(steps=40, window=64))
+    return StudySettings(**{**values, **{k: values[k] | v if k in ("pretrain", "probe") else v for k, v in kw.items()}})
 
 
 def test_t_quantile_matches_the_tables():
@@ -149,11 +150,11 @@ def test_study_calls_the_better_encoder_reuses_cells_and_refuses_other_settings(
     assert {p: p.stat().st_mtime_ns for p in out.rglob("metrics.json")} == stamps
     assert (out / "pretrain" / "mocov2-s0" / "checkpoints" / "last.pt").stat().st_mtime_ns == ckpt_stamp
     # another setting in the same folder is refused, naming it; the CLI says so in one line (exit 2)
-    with pytest.raises(SettingsError, match="probe_steps 40 -> 80"):
-        run_study(_settings(tree_folder, out, probe_steps=80))
+    with pytest.raises(SettingsError, match="probe.steps 40 -> 80"):
+        run_study(_settings(tree_folder, out, probe=dict(steps=80)))
     assert main(["study", "--dataset", "folder", "--data-root", str(tree_folder), "--out", str(out),
-                 "--methods", "mocov2", "--pretrain-steps", "3"]) == 2
-    assert "pretrain_steps 2 -> 3" in capsys.readouterr().err
+                 "--methods", "mocov2", "--pretrain", "steps=3"]) == 2
+    assert "pretrain.steps 2 -> 3" in capsys.readouterr().err
     # no data set's licence for weights pretrained on the user's folder: nothing in the study claims one
     assert not [p for p in out.rglob("*.md") if "ISPRS" in p.read_text()]
 
@@ -192,18 +193,19 @@ def test_a_study_pretrains_on_more_unlabeled_imagery_and_says_so(tmp_path, tree_
 
 
 def test_the_test_split_is_read_only_when_asked_and_the_results_say_so(tmp_path, tree_folder):
-    s = _settings(tree_folder, tmp_path / "s", methods=[], seeds=[0], probe_steps=5)
+    s = _settings(tree_folder, tmp_path / "s", methods=[], seeds=[0], probe=dict(steps=5))
     assert run_study(s)["test_reads"] == []
-    results = run_study(_settings(tree_folder, tmp_path / "s", methods=[], seeds=[0], probe_steps=5, split="test"))
+    results = run_study(_settings(tree_folder, tmp_path / "s", methods=[], seeds=[0], probe=dict(steps=5),
+                                  split="test"))
     assert results["split"] == "test" and len(results["test_reads"]) == 1
     assert "**Scored on the test split**" in (tmp_path / "s" / "results-test.md").read_text()
     assert (tmp_path / "s" / "results-val.md").is_file()  # the val results stay beside them
     assert "No pretraining in this study" in (tmp_path / "s" / "results-val.md").read_text()  # (methods=[])
     # running it again reads no test cell (all are filed): no second reading is recorded
-    again = run_study(_settings(tree_folder, tmp_path / "s", methods=[], seeds=[0], probe_steps=5, split="test"))
+    again = run_study(_settings(tree_folder, tmp_path / "s", methods=[], seeds=[0], probe=dict(steps=5), split="test"))
     assert again["test_reads"] == results["test_reads"]
     # new test cells after a reading are refused (nothing computed), unless asked for, and then recorded as such
-    more = dict(methods=[], seeds=[0, 1], probe_steps=5, split="test")
+    more = dict(methods=[], seeds=[0, 1], probe=dict(steps=5), split="test")
     with pytest.raises(SettingsError, match="was read on .* pass --read-test-again"):
         run_study(_settings(tree_folder, tmp_path / "s", **more))
     assert not (tmp_path / "s" / "probe-test" / "random" / "f1-s1-sub0" / "metrics.json").exists()
@@ -214,9 +216,9 @@ def test_the_test_split_is_read_only_when_asked_and_the_results_say_so(tmp_path,
 
 def test_a_finished_study_is_re_scored_with_batchnorm_re_estimated_beside_the_first_results(tmp_path, tree_folder):
     out = tmp_path / "s"
-    run_study(_settings(tree_folder, out, methods=[], seeds=[0], probe_steps=5))
+    run_study(_settings(tree_folder, out, methods=[], seeds=[0], probe=dict(steps=5)))
     plain = (out / "results-val.md").read_text()
-    results = run_study(_settings(tree_folder, out, methods=[], seeds=[0], probe_steps=5, reestimate_bn=True))
+    results = run_study(_settings(tree_folder, out, methods=[], seeds=[0], probe=dict(steps=5), reestimate_bn=True))
     assert results["settings"]["reestimate_bn"]
     assert "BatchNorm re-estimated for every encoder" in (out / "results-val-bn.md").read_text()
     assert (out / "results-val.md").read_text() == plain and (out / "study-val-bn-probe.png").is_file()
@@ -225,7 +227,7 @@ def test_a_finished_study_is_re_scored_with_batchnorm_re_estimated_beside_the_fi
 
 def test_a_method_variant_is_pretrained_and_compared_beside_its_method(tmp_path, tree_folder, capsys):
     s = _settings(tree_folder, tmp_path / "v", methods=["mocov2", "mocov2:lr=0.3,keep_colour=false"], controls=[],
-                  seeds=[0], probe_steps=5)
+                  seeds=[0], probe=dict(steps=5))
     results = run_study(s)
     variant = tmp_path / "v" / "pretrain" / "mocov2+lr=0.3,keep_colour=false-s0"
     saved = yaml.safe_load((variant / "config.yaml").read_text())
@@ -249,7 +251,7 @@ def test_fine_tuning_cells_start_from_a_recipe_under_the_studys_settings_and_are
     recipe = tmp_path / "unet.yaml"
     recipe.write_text("decoder: unet\nlr: 0.001\nsteps: 999\n")
     settings = _settings(tree_folder, tmp_path / "study", methods=[], seeds=[0], evaluations=["finetune"],
-                         finetune_steps=2, finetune_config=str(recipe))
+                         finetune=dict(steps=2), finetune_config=str(recipe))
     results = run_study(settings)
     cell = Path(results["cells"]["finetune"]["random"]["1"][0]["cell"])
     saved = yaml.safe_load((cell / "run" / "config.yaml").read_text())
@@ -317,16 +319,16 @@ def test_an_encoder_spec_changed_under_its_name_is_never_reused(tmp_path, tree_f
     """`--encoders x=random`, then the same study with `x=random-bn`: the random cell was reused as random-bn."""
     out = tmp_path / "s"
     run_study(_settings(tree_folder, out, methods=[], controls=[], encoders={"x": "random"}, seeds=[0],
-                        probe_steps=5))
+                        probe=dict(steps=5)))
     with pytest.raises(SettingsError, match="'random' -> 'random-bn'"):
         run_study(_settings(tree_folder, out, methods=[], controls=[], encoders={"x": "random-bn"}, seeds=[0],
-                            probe_steps=5))
+                            probe=dict(steps=5)))
 
 
 def test_a_fine_tuning_recipe_changed_on_disk_is_not_reused(tmp_path, tree_folder):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("decoder: unet\nlr: 0.01\n")
-    settings = dict(methods=[], controls=["random"], seeds=[0], evaluations=["finetune"], finetune_steps=2,
+    settings = dict(methods=[], controls=["random"], seeds=[0], evaluations=["finetune"], finetune=dict(steps=2),
                     finetune_config=str(recipe))
     run_study(_settings(tree_folder, tmp_path / "s", **settings))
     recipe.write_text("decoder: unet\nlr: 0.02\n")
@@ -336,11 +338,11 @@ def test_a_fine_tuning_recipe_changed_on_disk_is_not_reused(tmp_path, tree_folde
 
 def test_a_damaged_cell_is_computed_again_and_named(tmp_path, tree_folder, capsys):
     out = tmp_path / "s"
-    first = run_study(_settings(tree_folder, out, methods=[], seeds=[0], probe_steps=5))
+    first = run_study(_settings(tree_folder, out, methods=[], seeds=[0], probe=dict(steps=5)))
     metrics = out / "probe-val" / "random" / "f1-s0-sub0" / "metrics.json"
     for damage in ('{"mIoU": 1', "", "{}"):
         metrics.write_text(damage)
-        again = run_study(_settings(tree_folder, out, methods=[], seeds=[0], probe_steps=5))
+        again = run_study(_settings(tree_folder, out, methods=[], seeds=[0], probe=dict(steps=5)))
         value = again["cells"]["probe"]["random"]["1"][0]["value"]
         assert value == first["cells"]["probe"]["random"]["1"][0]["value"]  # computed again, the same
         assert f"{metrics.parent}: metrics.json is damaged" in capsys.readouterr().err
@@ -408,9 +410,9 @@ def test_a_study_runs_on_one_band_and_four_band_imagery_with_band_statistics_fro
     root = _band_folder(tmp_path / "data", bands, dtype, top)
     out = tmp_path / "s"
     args = ["study", "--dataset", "folder", "--data-root", str(root), "--out", str(out), "--methods", "mocov2",
-            "--controls", "random", "random-bn", "--seeds", "0", "1", "--fractions", "1", "--pretrain-steps", "2",
-            "--batch-size", "4", "--patch", "48", "--crop", "32", "--queue-size", "16", "--label-patch", "32",
-            "--probe-steps", "5", "--window", "64", "--device", "cpu"]
+            "--controls", "random", "random-bn", "--seeds", "0", "1", "--fractions", "1", "--pretrain", "steps=2",
+            "batch_size=4", "patch=48", "crop=32", "queue_size=16", "--label-patch", "32", "--probe", "steps=5",
+            "window=64", "--device", "cpu"]
     if dtype == "uint16":
         args += ["--value-max", str(top)]
     assert main(args) == 0, capsys.readouterr().err
@@ -457,3 +459,44 @@ def test_a_study_refused_for_an_empty_train_split_claims_no_folder(tmp_path, tre
     out = tmp_path / "s"
     assert main(["study", "--dataset", "folder", "--data-root", str(root), "--out", str(out), "--device", "cpu"]) == 1
     assert "train" in capsys.readouterr().err and not out.exists()
+
+
+def test_any_cell_setting_is_set_for_every_cell_under_its_kind_and_a_placed_one_is_refused(tmp_path, tree_folder,
+                                                                                            capsys):
+    """The study mirrored ten of its cells' settings by hand (pretrain_steps, probe_steps, ...), so a probe's lr
+    or a pretraining setting it did not mirror could not be studied; now `--probe KEY=VALUE` sets any of them."""
+    out = tmp_path / "s"
+    common = ["study", "--dataset", "folder", "--data-root", str(tree_folder), "--methods", "--controls", "random",
+              "--seeds", "0", "--fractions", "1", "--label-patch", "32", "--device", "cpu"]
+    assert main([*common, "--out", str(out), "--probe", "steps=5", "window=64", "lr=0.003"]) == 0, \
+        capsys.readouterr().err
+    cell = yaml.safe_load((out / "probe-val" / "random" / "f1-s0-sub0" / "config.yaml").read_text())
+    assert (cell["steps"], cell["window"], cell["lr"]) == (5, 64, 0.003)
+    assert "Probe: 5 steps (window=64, lr=0.003)" in (out / "results-val.md").read_text()
+    # a key the study places for every cell, or no setting of the cell, is refused before any folder is made
+    for flag, message in ((["--probe", "seed=3"], "the study sets seed for every cell"),
+                          (["--pretrain", "stpes=3"], "did you mean 'steps'"),
+                          (["--finetune", "steps"], "--finetune steps: write KEY=VALUE")):
+        assert main([*common, "--out", str(tmp_path / "bad"), *flag]) == 2 and message in capsys.readouterr().err, flag
+        assert not (tmp_path / "bad").exists()
+
+
+def test_a_study_made_with_its_cell_settings_flat_is_resumed_not_refused(tmp_path, tree_folder):
+    """A study folder whose study.json records pretrain_steps, probe_steps, window, ... (before they were nested)
+    is the same study under today's settings: its cells are reused, and a changed step count is still refused."""
+    out = tmp_path / "s"
+    run_study(_settings(tree_folder, out, methods=[], seeds=[0], probe=dict(steps=5)))
+    record = json.loads((out / "study.json").read_text())
+    nested = record["settings"]
+    flat = {k: v for k, v in nested.items() if k not in ("pretrain", "probe", "finetune")} | {
+        "pretrain_steps": nested["pretrain"]["steps"], "batch_size": nested["pretrain"]["batch_size"],
+        "patch": nested["pretrain"]["patch"], "crop": nested["pretrain"]["crop"],
+        "queue_size": nested["pretrain"]["queue_size"], "lr": nested["pretrain"]["lr"], "probe_steps": 5,
+        "window": 64, "finetune_steps": nested["finetune"]["steps"]}
+    (out / "study.json").write_text(json.dumps(record | {"settings": flat}))
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("metrics.json")}
+    run_study(_settings(tree_folder, out, methods=[], seeds=[0], probe=dict(steps=5)))
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("metrics.json")} == stamps
+    (out / "study.json").write_text(json.dumps(record | {"settings": flat}))
+    with pytest.raises(SettingsError, match="probe.steps 5 -> 6"):
+        run_study(_settings(tree_folder, out, methods=[], seeds=[0], probe=dict(steps=6)))

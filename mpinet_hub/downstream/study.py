@@ -44,7 +44,7 @@ from ..models import MPINET_ARCHS
 from ..pretrain.config import METHODS, PretrainConfig, refuse_preset_changes, resolve_config
 from ..pretrain.trainer import pretrain_or_reuse, pretraining_paths
 from ..progress import progress
-from ..settings import SettingsError, changed_settings, coerce_settings, read_yaml, setting
+from ..settings import SettingsError, changed_settings, coerce_settings, field_default, key_values, read_yaml, setting
 from .evaluate import evaluate, write_json
 from .finetune import FinetuneConfig
 from .model import ENCODER_HELP
@@ -125,18 +125,16 @@ class StudySettings:
     split: str = setting("val", may_change="how", help="split the cells are scored on; test only once, at the end")
     metric: str = setting("mIoU", may_change="how", help="mIoU, OA, mF1, or IoU:CLASS for one class (e.g. IoU:road)")
     arch: str = setting("mpinet_resnet18", choices=MPINET_ARCHS, help="encoder of every cell")
-    # pretraining (PretrainConfig fields; `pretrain_config` is a YAML or packaged recipe under them)
+    # pretraining
     unlabeled: list[str] = setting([], help="more imagery for pretraining only (files, folders, globs), beside the "
                                    "train split's images: your unlabeled scenes. Probes, fine-tuning and random-bn "
                                    "still read the labeled train split; an image of the scored splits is refused")
-    pretrain_config: str | None = setting(None, help="YAML or packaged recipe under the pretraining settings below")
-    pretrain_steps: int = setting(200, help="pretraining steps per cell")
-    batch_size: int = setting(32, help="pretraining batch")
-    patch: int = setting(160, help="pretraining window px")
-    crop: int = setting(128, help="pretraining view px (C5 of a 128 px view is 4x4 cells: smaller views leave the "
-                        "deep terms 1-4 values)")
-    queue_size: int = setting(256, help="instance negatives K")
-    lr: float = setting(0.03, help="pretraining lr per 256 images")
+    pretrain: dict[str, Any] = setting(
+        {"steps": 200, "batch_size": 32, "patch": 160, "crop": 128, "queue_size": 256, "lr": 0.03}, help=(
+            "every pretraining cell's settings, over `mpinet pretrain`'s and the recipe's (any of its settings but "
+            "those the study sets, e.g. steps=400 lr=0.06; keys not given keep the values shown). C5 of a 128 px "
+            "view is 4x4 cells: smaller views leave the deep terms 1-4 values"))
+    pretrain_config: str | None = setting(None, help="YAML or packaged recipe under the pretraining settings")
     bands: str = setting("RGB", help="Potsdam's band product (RGB, IRRG, RGBIR); other data sets are read as their "
                          "files are")
     value_max: float | None = setting(None, help=VALUE_MAX_HELP)
@@ -146,20 +144,30 @@ class StudySettings:
     std: list[float] | None = setting(None, was=None, help="per-band normalisation of every cell; default as --mean")
     # downstream
     label_patch: int = setting(96, help="labeled patch px (the subset's unit)")
-    probe_steps: int = setting(300, help="optimiser steps of each probe head")
+    probe: dict[str, Any] = setting({"steps": 300, "window": 512}, help=(
+        "every probe cell's settings, over `mpinet probe`'s (e.g. steps=600 lr=0.003; keys not given keep the "
+        "values shown)"))
     reestimate_bn: bool = setting(False, may_change="how", help="probe: re-estimate BatchNorm statistics on the "
                                   "data for every encoder, not only random-bn")
-    finetune_steps: int = setting(200, help="fine-tuning steps")
+    finetune: dict[str, Any] = setting({"steps": 200, "batch_size": 8}, help=(
+        "every fine-tuning cell's settings, over `mpinet finetune`'s and the recipe's (e.g. steps=400 "
+        "decoder=unet; keys not given keep the values shown)"))
     finetune_config: str | None = setting(None, help="YAML or packaged fine-tuning recipe (decoder, lr, precision, "
                                           "...) under the fine-tuning cells' settings (default: DeepLabV3+)")
-    window: int = setting(512, help="sliding-window side in px")
     device: str = setting("auto", may_change="how", help="auto, cpu or cuda")
     workers: int = setting(0, may_change="how", help="pretraining loader processes")
     read_test_again: bool = setting(False, may_change="how", help="with --split test: compute new test cells "
                                     "although this study's test split was read before (recorded as a second "
                                     "reading); refused otherwise")
 
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # a cell setting not given keeps the study's default
+            if f.name in CELL_SETTINGS:
+                setattr(self, f.name, field_default(f) | getattr(self, f.name))
+
     def validate(self) -> None:
+        for kind, cls in CELL_SETTINGS.items():
+            setattr(self, kind, coerce_settings(cls, getattr(self, kind), f"--{kind}"))
         if self.dataset not in DATASETS:
             raise SettingsError(f"--dataset {self.dataset}: choose one of {', '.join(DATASETS)}")
         unknown = [c for c in self.controls if c not in CONTROLS]
@@ -222,11 +230,11 @@ class StudySettings:
         if method not in METHODS:
             raise SettingsError(f"--methods {entry}: unknown method {method!r}; choose from {', '.join(METHODS)}, "
                                 "optionally as a variant METHOD:KEY=VALUE[,KEY=VALUE]")
-        pairs = [c.partition("=") for c in changes.split(",") if c]
-        if any(not sep or not key for key, sep, _ in pairs):
-            raise SettingsError(f"--methods {entry}: write a variant as METHOD:KEY=VALUE[,KEY=VALUE]")
-        overrides = coerce_settings(PretrainConfig, {key: yaml.safe_load(value) for key, _, value in pairs},
-                                    f"--methods {entry}")
+        try:
+            values = key_values([c for c in changes.split(",") if c], "--methods")
+        except SettingsError:
+            raise SettingsError(f"--methods {entry}: write a variant as METHOD:KEY=VALUE[,KEY=VALUE]") from None
+        overrides = coerce_settings(PretrainConfig, values, f"--methods {entry}")
         own = sorted(set(overrides) & {"dataset", "data_root", "method", "seed", "out"})
         if own:
             raise SettingsError(f"--methods {entry}: {', '.join(own)} is set by the study for every cell")
@@ -236,21 +244,50 @@ class StudySettings:
         if ":" in method:
             method, overrides = self.variant(method)
             return self._pretrain_values(method, seed, out) | overrides
-        return dict(dataset=self.dataset, data_root=[self.data_root, *self.unlabeled], method=method, arch=self.arch,
-                    patch=self.patch, crop=self.crop, batch_size=self.batch_size, steps=self.pretrain_steps,
-                    lr=self.lr, queue_size=self.queue_size, warmup_epochs=1, workers=self.workers, seed=seed,
-                    out=out, save_every=max(50, self.pretrain_steps // 4), device=self.device,
-                    bands=self.bands if DATASETS[self.dataset].band_products else None,
-                    value_max=self.value_max, mean=self.mean, std=self.std)
+        return _cell_values("pretrain", dict(
+            dataset=self.dataset, data_root=[self.data_root, *self.unlabeled], method=method, arch=self.arch,
+            warmup_epochs=1, workers=self.workers, seed=seed, out=out, device=self.device,
+            save_every=max(50, self.pretrain["steps"] // 4), value_max=self.value_max, mean=self.mean, std=self.std,
+            bands=self.bands if DATASETS[self.dataset].band_products else None), self.pretrain)
 
     def finetune_cell_config(self, encoder: str, fraction: float, seed: int, subset_seed: int,
                              out: str) -> FinetuneConfig:
         """A fine-tuning cell's settings: `finetune_config`'s recipe under the study's own."""
-        return FinetuneConfig.from_sources(
-            self.finetune_config, dataset=self.dataset, data_root=self.data_root, encoder=encoder, out=out,
-            label_fraction=fraction, patch=self.label_patch, crop=self.label_patch, batch_size=8,
-            steps=self.finetune_steps, seed=seed, subset_seed=subset_seed, device=self.device,
-            save_every=self.finetune_steps, arch=self.arch, value_max=self.value_max, mean=self.mean, std=self.std)
+        return FinetuneConfig.from_sources(self.finetune_config, **_cell_values("finetune", dict(
+            dataset=self.dataset, data_root=self.data_root, encoder=encoder, out=out, label_fraction=fraction,
+            patch=self.label_patch, crop=self.label_patch, seed=seed, subset_seed=subset_seed, device=self.device,
+            save_every=self.finetune["steps"], arch=self.arch, value_max=self.value_max, mean=self.mean,
+            std=self.std), self.finetune))
+
+
+# each kind of cell: its settings class (what `--pretrain`, `--probe`, `--finetune` KEY=VALUE may name)
+CELL_SETTINGS = {"pretrain": PretrainConfig, "probe": ProbeConfig, "finetune": FinetuneConfig}
+# the cells' settings a study recorded flat before they were nested under their kind (old name -> key)
+_FLAT_CELL_SETTINGS = {"pretrain": {"pretrain_steps": "steps", "batch_size": "batch_size", "patch": "patch",
+                                    "crop": "crop", "queue_size": "queue_size", "lr": "lr"},
+                       "probe": {"probe_steps": "steps", "window": "window"}, "finetune": {"finetune_steps": "steps"}}
+
+
+def _cell_values(kind: str, placed: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """A cell's settings: what the study places (data, seed, folder, normalisation) with the study's `--KIND`
+    settings, which may not name a placed one."""
+    clash = sorted(set(given) & set(placed))
+    if clash:
+        raise SettingsError(f"--{kind} {' '.join(f'{k}={given[k]}' for k in clash)}: the study sets "
+                            f"{', '.join(clash)} for every cell (give the study's own flag, if it has one)")
+    return placed | given
+
+
+def nested_settings(saved: dict[str, Any]) -> dict[str, Any]:
+    """A study's recorded settings in today's form: a study made before its cells' settings were nested under
+    `pretrain`, `probe` and `finetune` recorded them flat (pretrain_steps, probe_steps, window, ...)."""
+    saved = dict(saved)
+    for kind, names in _FLAT_CELL_SETTINGS.items():
+        if kind not in saved:
+            saved[kind] = {key: saved.pop(old) for old, key in names.items() if old in saved}
+            if kind == "finetune":
+                saved[kind]["batch_size"] = 8  # what the study passed to every fine-tuning cell then
+    return saved
 
 
 def _update_json(path: Path, change: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
@@ -293,7 +330,7 @@ def _claim(s: StudySettings, out: Path) -> dict[str, Any]:
     def claim(saved: dict[str, Any] | None) -> dict[str, Any]:
         if saved is None:
             return {"settings": now, "test_reads": []}
-        changed = changed_settings(s, saved["settings"], "reuse")
+        changed = changed_settings(s, nested_settings(saved["settings"]), "reuse")
         if changed:
             raise SettingsError(f"{out} holds a study made with other settings ({'; '.join(changed)}); its cells "
                                 "would be filed under this command. Give another --out, or that study's settings.")
@@ -355,10 +392,10 @@ def _downstream_cell(s: StudySettings, evaluation: str, name: str, spec: str, fr
 
 
 def _probe_cell(s: StudySettings, spec: str, fraction: float, seed: int, subset_seed: int, cell: Path) -> ProbeConfig:
-    return ProbeConfig(spec, s.dataset, s.data_root, str(cell), label_fraction=fraction, steps=s.probe_steps,
-                       patch=s.label_patch, seed=seed, subset_seed=subset_seed, split=s.split, arch=s.arch,
-                       window=s.window, device=s.device, value_max=s.value_max, reestimate_bn=s.reestimate_bn,
-                       mean=s.mean, std=s.std)
+    return ProbeConfig(**_cell_values("probe", dict(
+        encoder=spec, dataset=s.dataset, data_root=s.data_root, out=str(cell), label_fraction=fraction,
+        patch=s.label_patch, seed=seed, subset_seed=subset_seed, split=s.split, arch=s.arch, device=s.device,
+        value_max=s.value_max, reestimate_bn=s.reestimate_bn, mean=s.mean, std=s.std), s.probe))
 
 
 def _finetune_and_evaluate(cfg: FinetuneConfig, s: StudySettings, cell: Path) -> dict[str, Any]:
@@ -551,21 +588,29 @@ def _mean_std(values: list[float]) -> str:
     return f"{100 * statistics.mean(values):.1f} ± {100 * statistics.stdev(values):.1f} ({each})"
 
 
+def _others(settings: dict[str, Any], shown: str) -> str:
+    """A cell kind's settings other than those the sentence names, as " (key=value, ...)"."""
+    rest = [f"{k}={v}" for k, v in settings.items() if k not in shown.split()]
+    return f" ({', '.join(rest)})" if rest else ""
+
+
 def study_markdown(results: dict[str, Any]) -> str:
-    s = results["settings"]
+    s = nested_settings(results["settings"])
+    pre, probe, fine = s["pretrain"], s["probe"], s["finetune"]
     test_note = (f"**Scored on the test split**, read on {', '.join(results['test_reads'])}: report it once, at the "
                  "end, and choose no setting from it." if results["split"] == "test" else
                  "Scored on the val split; the test split was "
                  + (f"read on {', '.join(results['test_reads'])}." if results["test_reads"] else "never read."))
     lines = [f"# Does pretraining pay? {s['dataset']} ({s['data_root']}), {results['metric']} (%)", "", test_note, "",
-             (f"Pretraining: {s['arch']}, {s['pretrain_steps']} steps x batch {s['batch_size']}, {s['crop']} px views "
-              f"of {s['patch']} px windows from the train split"
-              + "".join(f" and {u}" for u in s.get("unlabeled", [])) + f", queue {s['queue_size']}, lr {s['lr']} "
-              "per 256. " if s["methods"] else
+             (f"Pretraining: {s['arch']}, {pre['steps']} steps x batch {pre['batch_size']}, {pre['crop']} px views "
+              f"of {pre['patch']} px windows from the train split"
+              + "".join(f" and {u}" for u in s.get("unlabeled", [])) + f", queue {pre['queue_size']}, lr {pre['lr']} "
+              f"per 256{_others(pre, 'steps batch_size crop patch queue_size lr')}. " if s["methods"] else
               f"No pretraining in this study (encoders: {s['arch']}). ")
-             + f"Probe: {s['probe_steps']} steps"
+             + f"Probe: {probe['steps']} steps{_others(probe, 'steps')}"
              + (", BatchNorm re-estimated for every encoder" if s["reestimate_bn"] else "")
-             + f"; fine-tuning: {s['finetune_steps']} steps; labeled patches of {s['label_patch']} px. "
+             + f"; fine-tuning: {fine['steps']} steps{_others(fine, 'steps')}; labeled patches of "
+             f"{s['label_patch']} px. "
              + (f"Every cell normalised with the per-band mean {s['mean']} and std {s['std']} (--mean/--std, or "
                 "the train split's own where not given). " if s.get("mean") else "")
              + "Seeds "
