@@ -44,3 +44,33 @@ def test_every_registered_method_trains_a_step_through_the_interface(method):
 def test_a_method_name_is_registered_once():
     with pytest.raises(ValueError, match="registered twice"):
         register_method("mpinet")(object)
+
+
+def test_a_methods_own_settings_are_declared_beside_it_and_are_what_it_says_it_owns(capsys):
+    """PretrainConfig was one flat dataclass holding MPINet's 17 pixel-contrast and FFL fields and DenseCL's two:
+    now each method's module declares its settings (its `settings` dataclass), the config carries them after the
+    shared ones, `own_settings` is read from the declaration, and --help shows them under the method's heading."""
+    import dataclasses
+
+    from mpinet_hub.cli import main
+    from mpinet_hub.pretrain.config import SharedSettings
+    from mpinet_hub.pretrain.densecl import DenseCLModel, DenseCLSettings
+    from mpinet_hub.pretrain.method import MPINetModel, MPINetSettings
+
+    def names(cls):
+        return [f.name for f in dataclasses.fields(cls)]
+
+    assert names(PretrainConfig) == names(SharedSettings) + names(MPINetSettings) + names(DenseCLSettings)
+    assert {"w_pix", "w_ffl", "t_pix", "fusion_levels", "pixel_grid", "ffl_grid"} <= set(names(MPINetSettings))
+    assert names(DenseCLSettings) == ["w_dense", "dense_warmup_steps"]
+    assert not {n for n in names(SharedSettings) if n.startswith(("ffl_", "pixel_")) or n in ("w_pix", "w_dense")}
+    cfg = _cfg("mpinet")
+    assert MPINetModel.own_settings(cfg) == set(names(MPINetSettings))
+    assert DenseCLModel.own_settings(cfg) == set(names(DenseCLSettings))
+    assert method_class("mocov2").own_settings(cfg) == set(names(MPINetSettings))  # mocov2 is an MPINet rung
+    with pytest.raises(SystemExit):
+        main(["pretrain", "--help"])
+    help_text = capsys.readouterr().out
+    mpinet_section = help_text.split("MPINet's own settings")[1].split("DenseCL's own settings")[0]
+    assert "--ffl-calibration-ratio" in mpinet_section and "--w-dense" not in mpinet_section
+    assert "--w-dense" in help_text.split("DenseCL's own settings")[1]

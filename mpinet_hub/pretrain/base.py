@@ -20,6 +20,7 @@ A method subclasses `MomentumMethod` and registers itself (registry.py). The tra
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from collections.abc import Callable
 from typing import Any
@@ -73,10 +74,13 @@ class MomentumMethod(nn.Module):
     def logged_scalars(self) -> dict[str, float]:
         return {}
 
+    settings: type | None = None  # the dataclass of the settings only this method reads (`PretrainConfig` has them)
+
     @classmethod
     def own_settings(cls, cfg: Any) -> set[str]:
-        """The settings only this method reads (none here: the shared machinery reads the rest)."""
-        return set()
+        """The settings only this method reads: its `settings` dataclass's fields (the shared machinery reads the
+        rest)."""
+        return {f.name for f in dataclasses.fields(cls.settings)} if cls.settings else set()
 
     @classmethod
     def inert_settings(cls, cfg: Any) -> set[str]:

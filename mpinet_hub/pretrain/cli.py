@@ -19,7 +19,9 @@ def add_pretrain_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plan-memory", type=float, default=80.0, help="device memory in GiB for --plan (an H100: 80)")
     add_settings_arguments(p, PretrainConfig, config=True, skip=("device",), sections={
         "dataset": "data", "method": "method (its preset sets these; flags and --config override it)",
-        "batch_size": "optimisation", "out": "run folder"})
+        "batch_size": "optimisation", "out": "run folder",
+        "w_pix": "MPINet's own settings (read by mpinet and its ladder, by no other method)",
+        "w_dense": "DenseCL's own settings"})
 
 
 def run_pretrain(args: argparse.Namespace) -> int:

@@ -1,4 +1,5 @@
-"""Pretraining configuration: one dataclass, method presets (the ablation ladder), YAML in, flags over YAML."""
+"""Pretraining configuration: the settings every method reads and each method's own (declared beside the method),
+method presets (the ablation ladder), YAML in, flags over YAML."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ from ..data import DATASETS, VALUE_MAX_HELP
 from ..models import MPINET_ARCHS
 from ..settings import SettingsError, coerce_settings, read_yaml, setting
 from ..training import PRECISIONS
+from .densecl import DenseCLSettings
+from .method import MPINetSettings
 from .registry import METHODS, method_class
 
-__all__ = ["ABLATION_LADDER", "METHODS", "PretrainConfig", "ffl_settings", "packaged_configs", "pixel_settings",
+__all__ = ["ABLATION_LADDER", "METHODS", "PretrainConfig", "SharedSettings", "packaged_configs",
            "refuse_preset_changes", "resolve_config"]
 
 # The baselines from the same machinery (presets registered in method.py), as a ladder that changes one factor
@@ -64,18 +67,10 @@ def refuse_preset_changes(method: str, values: dict[str, Any], source: str) -> N
             "from the recipe, or give it as a flag (in a study: a variant METHOD:KEY=VALUE)")
 
 
-def ffl_settings(cfg: PretrainConfig) -> set[str]:
-    """The focal frequency loss's settings (for a method's `inert_settings`)."""
-    return {f.name for f in dataclasses.fields(cfg) if f.name.startswith("ffl_")}
-
-
-def pixel_settings(cfg: PretrainConfig) -> set[str]:
-    """The multi-scale pixel contrast's settings (for a method's `inert_settings`)."""
-    return {f.name for f in dataclasses.fields(cfg) if f.name.startswith("pixel_")} | {"t_pix", "fusion_levels"}
-
-
 @dataclass
-class PretrainConfig:
+class SharedSettings:
+    """The settings every method reads: data, views, the instance term and queue, optimisation, the run."""
+
     # data
     dataset: str = setting("folder", choices=DATASETS, help="a data set's training images (labels unused), or "
                            "`folder` for your own rasters")
@@ -97,36 +92,8 @@ class PretrainConfig:
     method: str = setting("mpinet", choices=METHODS, help="mpinet or a baseline from the same machinery")
     arch: str = setting("mpinet_resnet50", choices=MPINET_ARCHS, help="the encoder")
     w_ins: float = setting(1.0, help="weight of the instance (MoCo) loss")
-    w_pix: float = setting(1.0, help="weight of the multi-scale pixel contrastive loss")
-    w_ffl: float | str = setting("auto", help="weight of the focal frequency loss, or auto: calibrated so that "
-                                 "w_ffl x mean L_ffl = ffl-calibration-ratio x mean L_ins")
-    ffl_calibration_ratio: float = setting(0.5, help="auto w_ffl: the FFL term's size as a share of the instance "
-                                           "term's (chosen on the val band of two real sets)")
-    ffl_calibration_steps: int = setting(10, help="auto w_ffl: steps averaged, once the queue holds only real keys "
-                                         "and the FFL heads have warmed up")
-    ffl_head_warmup: int = setting(50, help="steps the FFL heads train alone, detached from the backbone")
-    ffl_head_loss: str = setting("log", was="raw", choices=("log", "raw"), help="what the FFL heads train on during "
-                                 "that warmup: log L_ffl (its direction at a scale-free size) or raw L_ffl (~0.006, "
-                                 "whose gradient barely moves them; docs/method.md, FFL weight)")
-    w_dense: float = setting(0.5, was=0.5, help="DenseCL: weight of its dense term, lambda (runs made before this "
-                             "setting weighted it by w_pix, 0.5)")
-    dense_warmup_steps: int = setting(0, was=0, help="DenseCL: first steps with the dense term's weight at 0 (the "
-                                      "instance term weighted w_ins + w_dense), so that a random network's matches "
-                                      "do not steer the start, as DenseCL's authors do for their first iterations")
-    fusion_levels: list[str] = setting(["C2", "C3", "C4"], help="levels fused for the pixel contrast")
     queue_size: int = setting(8192, help="instance negatives K")
     t_ins: float = setting(0.2, help="instance InfoNCE temperature")
-    t_pix: float = setting(0.3, help="pixel InfoNCE temperature")
-    pixel_grid: int = setting(14, help="cells per side the fused features are pooled to for the pixel contrast")
-    pixel_anchors: int | None = setting(None, help="anchor cells per image (default: all)")
-    pixel_negatives: str = setting("other-images", choices=("other-images", "all-cells"),
-                                   help="the pixel contrast's negatives: cells of other images, or every other cell")
-    pixel_num_negatives: int | None = setting(4096, help="shared negatives per step (memory linear in the batch)")
-    ffl_grid: int = setting(7, help="cells per side of the features the FFL compares")
-    ffl_alpha: float = setting(1.0, help="focal frequency loss: exponent of the spectrum weight")
-    ffl_patch_factor: int = setting(1, help="focal frequency loss: patches per side")
-    ffl_log_matrix: bool = setting(False, help="focal frequency loss: log-scaled spectrum weight")
-    ffl_batch_matrix: bool = setting(False, help="focal frequency loss: spectrum weight from the whole batch")
     momentum_schedule: str = setting("cosine", choices=("cosine", "fixed"),
                                      help="EMA momentum of the target encoder: cosine (m0 -> 1) or fixed (MoCo v2)")
     momentum: float = setting(0.99, help="EMA momentum (the cosine schedule's start)")
@@ -162,6 +129,13 @@ class PretrainConfig:
     workers: int = setting(4, may_change="how", help="data-loading processes")
     seed: int = setting(0, help="seed of the weights, views and batches")
     device: str = setting("auto", may_change="how", help="auto (a GPU when there is one, else the CPU), cpu or cuda")
+
+
+
+@dataclass
+class PretrainConfig(DenseCLSettings, MPINetSettings, SharedSettings):
+    """A pretraining run's settings: those every method reads, then each method's own (declared beside the
+    method: `MPINetSettings`, `DenseCLSettings`), one flat set of flags and one config.yaml."""
 
     @classmethod
     def from_sources(cls, yaml_path: str | Path | None = None, **overrides: Any) -> PretrainConfig:

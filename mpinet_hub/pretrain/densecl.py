@@ -18,18 +18,35 @@ the optimiser and the queue size. Written here because no maintained library shi
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..models import MPINET_ARCHS
+from ..settings import setting
 from .base import MomentumMethod, feature_backbone
-from .config import PretrainConfig
 from .losses import InfoNCELoss
 from .registry import register_method
 from .views import TwoViews
 
-__all__ = ["DenseCLModel", "DenseCLNetwork", "most_similar"]
+if TYPE_CHECKING:
+    from .config import PretrainConfig
+
+__all__ = ["DenseCLModel", "DenseCLNetwork", "DenseCLSettings", "most_similar"]
+
+
+@dataclass
+class DenseCLSettings:
+    """DenseCL's own settings (`PretrainConfig` carries them as flags and in every run's config)."""
+
+    w_dense: float = setting(0.5, was=0.5, help="DenseCL: weight of its dense term, lambda (runs made before this "
+                             "setting weighted it by w_pix, 0.5)")
+    dense_warmup_steps: int = setting(0, was=0, help="DenseCL: first steps with the dense term's weight at 0 (the "
+                                      "instance term weighted w_ins + w_dense), so that a random network's matches "
+                                      "do not steer the start, as DenseCL's authors do for their first iterations")
 
 
 class DenseCLNetwork(nn.Module):
@@ -65,6 +82,8 @@ def most_similar(query_features: torch.Tensor, key_features: torch.Tensor, keys:
 class DenseCLModel(MomentumMethod):
     """`forward(views)` returns `ins` (global) and `dense`, unweighted."""
 
+    settings = DenseCLSettings
+
     def __init__(self, cfg: PretrainConfig, in_chans: int) -> None:
         super().__init__(cfg, DenseCLNetwork(cfg, in_chans))
         self.add_queue("queue", cfg.queue_size)
@@ -76,10 +95,6 @@ class DenseCLModel(MomentumMethod):
     @classmethod
     def term_weights(cls, cfg: PretrainConfig) -> dict[str, float | str]:
         return {"ins": cfg.w_ins, "dense": cfg.w_dense}
-
-    @classmethod
-    def own_settings(cls, cfg: PretrainConfig) -> set[str]:
-        return {"w_dense", "dense_warmup_steps"}
 
     def forward(self, views: TwoViews, online: nn.Module | None = None) -> dict[str, torch.Tensor]:
         b = views.view1.shape[0]

@@ -7,6 +7,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -14,11 +18,14 @@ from torch import nn
 from torchvision.ops import roi_align
 
 from ..models import MPINET_ARCHS
+from ..settings import setting
 from .base import MomentumMethod, feature_backbone
-from .config import PretrainConfig, ffl_settings, pixel_settings
 from .losses import FocalFrequencyLoss, InfoNCELoss, PixelInfoNCELoss
 from .registry import register_method
 from .views import TwoViews, undo_geometry
+
+if TYPE_CHECKING:
+    from .config import PretrainConfig
 
 __all__ = ["LEVELS", "STRIDES", "MPINetModel", "OnlineNetwork", "cell_centre", "roi_grid", "separable_roi_align"]
 
@@ -29,6 +36,42 @@ STRIDES = (4, 8, 16, 32)
 def _conv_bn_relu(cin: int, cout: int, k: int = 1) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), nn.BatchNorm2d(cout),
                          nn.ReLU(inplace=True))
+
+
+
+@dataclass
+class MPINetSettings:
+    """MPINet's own settings, read by MPINet and its ladder and by no other method: the multi-scale pixel
+    contrast's and the focal frequency loss's (`PretrainConfig` carries them as flags and in every run's config)."""
+
+    w_pix: float = setting(1.0, help="weight of the multi-scale pixel contrastive loss")
+    w_ffl: float | str = setting("auto", help="weight of the focal frequency loss, or auto: calibrated so that "
+                                 "w_ffl x mean L_ffl = ffl-calibration-ratio x mean L_ins")
+    ffl_calibration_ratio: float = setting(0.5, help="auto w_ffl: the FFL term's size as a share of the instance "
+                                           "term's (chosen on the val band of two real sets)")
+    ffl_calibration_steps: int = setting(10, help="auto w_ffl: steps averaged, once the queue holds only real keys "
+                                         "and the FFL heads have warmed up")
+    ffl_head_warmup: int = setting(50, help="steps the FFL heads train alone, detached from the backbone")
+    ffl_head_loss: str = setting("log", was="raw", choices=("log", "raw"), help="what the FFL heads train on during "
+                                 "that warmup: log L_ffl (its direction at a scale-free size) or raw L_ffl (~0.006, "
+                                 "whose gradient barely moves them; docs/method.md, FFL weight)")
+    fusion_levels: list[str] = setting(["C2", "C3", "C4"], help="levels fused for the pixel contrast")
+    t_pix: float = setting(0.3, help="pixel InfoNCE temperature")
+    pixel_grid: int = setting(14, help="cells per side the fused features are pooled to for the pixel contrast")
+    pixel_anchors: int | None = setting(None, help="anchor cells per image (default: all)")
+    pixel_negatives: str = setting("other-images", choices=("other-images", "all-cells"),
+                                   help="the pixel contrast's negatives: cells of other images, or every other cell")
+    pixel_num_negatives: int | None = setting(4096, help="shared negatives per step (memory linear in the batch)")
+    ffl_grid: int = setting(7, help="cells per side of the features the FFL compares")
+    ffl_alpha: float = setting(1.0, help="focal frequency loss: exponent of the spectrum weight")
+    ffl_patch_factor: int = setting(1, help="focal frequency loss: patches per side")
+    ffl_log_matrix: bool = setting(False, help="focal frequency loss: log-scaled spectrum weight")
+    ffl_batch_matrix: bool = setting(False, help="focal frequency loss: spectrum weight from the whole batch")
+
+
+FFL_SETTINGS = {f.name for f in dataclasses.fields(MPINetSettings) if f.name.startswith("ffl_")}
+PIXEL_SETTINGS = {f.name for f in dataclasses.fields(MPINetSettings)
+                  if f.name.startswith("pixel_")} | {"t_pix", "fusion_levels"}
 
 
 class FusionPixelHead(nn.Module):
@@ -174,6 +217,8 @@ class MPINetModel(MomentumMethod):
     """MPINet and its ladder: `forward(views)` returns the loss terms (unweighted) of one step: `ins`, and `pix`
     and `ffl` where their weights are not 0."""
 
+    settings = MPINetSettings
+
     def __init__(self, cfg: PretrainConfig, in_chans: int) -> None:
         super().__init__(cfg, OnlineNetwork(cfg, in_chans))
         self.add_queue("queue", cfg.queue_size)
@@ -191,14 +236,10 @@ class MPINetModel(MomentumMethod):
         return {"ins": cfg.w_ins, "pix": cfg.w_pix, "ffl": "w_ffl"}
 
     @classmethod
-    def own_settings(cls, cfg: PretrainConfig) -> set[str]:
-        return ffl_settings(cfg) | pixel_settings(cfg) | {"w_pix", "w_ffl"}
-
-    @classmethod
     def inert_settings(cls, cfg: PretrainConfig) -> set[str]:
         """Other methods' settings; the FFL's when its weight is 0, the pixel contrast's when w_pix is."""
-        inert = super().inert_settings(cfg) | (ffl_settings(cfg) if cfg.w_ffl == 0 else set())
-        return inert | (pixel_settings(cfg) if cfg.w_pix == 0 else set())
+        inert = super().inert_settings(cfg) | (FFL_SETTINGS if cfg.w_ffl == 0 else set())
+        return inert | (PIXEL_SETTINGS if cfg.w_pix == 0 else set())
 
     def logged_scalars(self) -> dict[str, float]:
         return {"w_ffl": self.ffl_weight()}
