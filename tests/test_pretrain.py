@@ -5,6 +5,7 @@ import math
 import os
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -439,8 +440,12 @@ def test_diagnose_measures_each_terms_gradient_on_the_backbone(tmp_path, potsdam
     assert doubled["ins"] == pytest.approx(first["ins"], rel=1e-4) and doubled["pix"] == pytest.approx(first["pix"],
                                                                                                       rel=1e-4)
     capsys.readouterr()
-    assert main(["diagnose", str(run), "--windows", "4"]) == 0
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        assert main(["diagnose", str(run), "--windows", "4"]) == 0
     assert f"gradient norm on the backbone, one batch: ins {first['ins']:.3g}" in capsys.readouterr().out
+    # a run's saved settings are not choices the user just made: no "mpinet never reads w_dense" about them
+    assert not [w for w in said if "never reads" in str(w.message)]
 
 
 def test_on_a_busy_cpu_commands_leave_the_busy_cores_to_the_other_work(monkeypatch, capsys):

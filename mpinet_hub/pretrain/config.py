@@ -138,10 +138,12 @@ class PretrainConfig(DenseCLSettings, MPINetSettings, SharedSettings):
     method: `MPINetSettings`, `DenseCLSettings`), one flat set of flags and one config.yaml."""
 
     @classmethod
-    def from_sources(cls, yaml_path: str | Path | None = None, **overrides: Any) -> PretrainConfig:
+    def from_sources(cls, yaml_path: str | Path | None = None, *, saved: bool = False,
+                     **overrides: Any) -> PretrainConfig:
         """Defaults < method preset < YAML file < explicit overrides (None means 'not given'). A method chosen
         over a recipe written for another method keeps every value its preset sets: such a recipe that sets one
-        otherwise is refused, naming the key (`refuse_preset_changes`)."""
+        otherwise is refused, naming the key (`refuse_preset_changes`). An override the method never reads is
+        said in a warning, unless `saved` says the overrides are a run's recorded settings, not a user's."""
         values: dict[str, Any] = {}
         if yaml_path:
             if Path(str(yaml_path)).name.removesuffix(".yaml") in packaged_configs("finetune"):
@@ -160,7 +162,7 @@ class PretrainConfig(DenseCLSettings, MPINetSettings, SharedSettings):
         cfg = cls(**{**preset, **values, **overrides})
         cfg.validate()
         unread = sorted(set(overrides) & cfg.inert_settings())
-        if unread:  # e.g. DenseCL's weight given as w_pix, MPINet's before w_dense was DenseCL's own
+        if unread and not saved:  # e.g. DenseCL's weight given as w_pix, MPINet's before w_dense was DenseCL's own
             effect = "it has" if len(unread) == 1 else "they have"
             warnings.warn(f"{method} never reads {', '.join(unread)}, so {effect} no effect on this run (what the "
                           f"method sets: {', '.join(f'{k} {v}' for k, v in preset.items())})", stacklevel=2)

@@ -116,7 +116,7 @@ def _run_images(ckpt: dict[str, Any], seed: int) -> tuple[PretrainConfig, Unlabe
     from .trainer import build_pretraining_dataset
 
     saved = {k: v for k, v in ckpt["config"].items() if not k.endswith("_calibrated")}
-    cfg = PretrainConfig.from_sources(None, **{**saved, "workers": 0})
+    cfg = PretrainConfig.from_sources(None, saved=True, **{**saved, "workers": 0})
     return cfg, build_pretraining_dataset(dataclasses.replace(cfg, seed=seed))
 
 
