@@ -161,9 +161,8 @@ class StudySettings:
                                     "reading); refused otherwise")
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):  # a cell setting not given keeps the study's default
-            if f.name in CELL_SETTINGS:
-                setattr(self, f.name, field_default(f) | getattr(self, f.name))
+        for kind in CELL_SETTINGS:  # a cell setting not given keeps the study's default
+            setattr(self, kind, field_default(self.__dataclass_fields__[kind]) | getattr(self, kind))
 
     def validate(self) -> None:
         for kind, cls in CELL_SETTINGS.items():

@@ -131,7 +131,6 @@ class SharedSettings:
     device: str = setting("auto", may_change="how", help="auto (a GPU when there is one, else the CPU), cpu or cuda")
 
 
-
 @dataclass
 class PretrainConfig(DenseCLSettings, MPINetSettings, SharedSettings):
     """A pretraining run's settings: those every method reads, then each method's own (declared beside the

@@ -38,7 +38,6 @@ def _conv_bn_relu(cin: int, cout: int, k: int = 1) -> nn.Sequential:
                          nn.ReLU(inplace=True))
 
 
-
 @dataclass
 class MPINetSettings:
     """MPINet's own settings, read by MPINet and its ladder and by no other method: the multi-scale pixel
