@@ -15,19 +15,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-__all__ = ["PROTOCOLS", "SegmentationMetrics"]
+from .data import protocol_of
 
-# name -> (number of classes, classes left out of the means, description)
-PROTOCOLS: dict[str, dict[str, Any]] = {
-    "potsdam-mmseg": dict(num_classes=6, exclude_from_mean=(), labels="noBoundary",
-                          description="all 6 classes in the means, noBoundary labels"),
-    "potsdam-geoseg": dict(num_classes=6, exclude_from_mean=(5,), labels="noBoundary",
-                           description="means over the 5 classes without clutter, OA over all, noBoundary labels"),
-    "loveda": dict(num_classes=7, exclude_from_mean=(), description="7 classes"),
-    "uavid": dict(num_classes=8, exclude_from_mean=(), description="8 classes"),
-    "folder": dict(num_classes=None, exclude_from_mean=(), description="every class of classes.yaml"),
-}
-
+__all__ = ["SegmentationMetrics"]
 
 class SegmentationMetrics:
     """Accumulate a confusion matrix over batches (any device), then compute mIoU, OA, mF1 in percent.
@@ -55,13 +45,13 @@ class SegmentationMetrics:
 
     @classmethod
     def from_protocol(cls, name: str, class_names: list[str] | None = None, **kwargs: Any) -> SegmentationMetrics:
-        if name not in PROTOCOLS:
-            raise ValueError(f"unknown protocol {name!r}; choose one of {', '.join(PROTOCOLS)}")
-        p = PROTOCOLS[name]
-        num_classes = p["num_classes"] or len(class_names or ())
-        if not num_classes:
+        """Metrics by a data set's reporting protocol (`data.DatasetSpec.protocols`); the classes default to its
+        reader's."""
+        spec, protocol = protocol_of(name)
+        class_names = class_names or list(spec.reader.classes)
+        if not class_names:
             raise ValueError(f"protocol {name!r} takes its classes from the data: pass class_names")
-        return cls(num_classes, class_names=class_names, exclude_from_mean=p["exclude_from_mean"],
+        return cls(len(class_names), class_names=class_names, exclude_from_mean=protocol.exclude_from_mean,
                    protocol=name, **kwargs)
 
     def reset(self) -> None:

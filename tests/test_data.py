@@ -620,10 +620,10 @@ def test_a_class_listed_twice_in_classes_yaml_is_refused_naming_it(tmp_path):
 def test_every_registered_data_set_is_whole_reader_protocols_synth_and_cli_choices(name, tmp_path):
     """A data set is described once (DATASET_SPECS); what is offered anywhere is derived from it and works."""
     from mpinet_hub.cli import build_parser
-    from mpinet_hub.metrics import PROTOCOLS
+    from mpinet_hub.data import PROTOCOLS
 
     spec = DATASET_SPECS[name]
-    assert spec.protocols and all(p in PROTOCOLS for p in spec.protocols)
+    assert spec.protocols and all(PROTOCOLS[p] is spec.protocols[p] for p in spec.protocols)
     data = next(a for a in build_parser()._subparsers._group_actions[0].choices["data"]._actions
                 if a.dest == "data_command").choices
     synth_choices = next(a for a in data["synth"]._actions if a.dest == "dataset").choices
@@ -635,3 +635,24 @@ def test_every_registered_data_set_is_whole_reader_protocols_synth_and_cli_choic
         reader = spec.reader(tmp_path / name, split="train", patch_size=128)
         mask = reader[0]["mask"]
         assert len(reader) > 0 and mask[mask != 255].max() < reader.num_classes
+
+
+def test_a_new_data_set_declares_its_metric_protocols_with_it_and_they_score_it(monkeypatch):
+    """A data set's protocols (the classes left out of the means, the label product) are facts on its
+    descriptor: registering one there is all that metrics and evaluate need."""
+    import mpinet_hub.data as data
+    from mpinet_hub.downstream.evaluate import _protocol_for
+    from mpinet_hub.metrics import SegmentationMetrics
+
+    class Roofs(data.SegmentationDataset):
+        classes = ("roof", "other")
+
+    spec = data.DatasetSpec(Roofs, {"roofs-only": data.Protocol("means over roof only", exclude_from_mean=(1,))})
+    monkeypatch.setitem(data.DATASET_SPECS, "roofs", spec)
+    assert _protocol_for("roofs", None) == "roofs-only"
+    with pytest.raises(ValueError, match="not one of roofs's"):
+        _protocol_for("roofs", "loveda")
+    metrics = SegmentationMetrics.from_protocol("roofs-only")
+    assert metrics.class_names == ["roof", "other"] and metrics.exclude_from_mean == (1,)
+    with pytest.raises(ValueError, match="takes its classes from the data"):
+        SegmentationMetrics.from_protocol("folder")

@@ -93,7 +93,7 @@ def test_scores_merge_protocol_and_errors():
     b2.update(logits.argmax(1)[1:], gt[1:])
     b.merge(b2)
     assert torch.equal(a.confusion, b.confusion)
-    assert a.compute()["excluded_from_mean"] == ["5"] and a.compute()["protocol"] == "potsdam-geoseg"
+    assert a.compute()["excluded_from_mean"] == ["clutter"] and a.compute()["protocol"] == "potsdam-geoseg"
     with pytest.raises(ValueError, match="differ in shape"):
         a.update(torch.zeros(1, 4, 4), torch.zeros(1, 5, 5))
     with pytest.raises(ValueError, match="outside"):

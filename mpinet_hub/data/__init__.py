@@ -21,6 +21,16 @@ from .unlabeled import UnlabeledImages, image_files, pretraining_images
 
 
 @dataclass(frozen=True)
+class Protocol:
+    """How results on a data set are reported (mmsegmentation's and GeoSeg's conventions): the class ids left out
+    of mIoU and mF1 (not of OA) and the label product scored, where the data set has more than one."""
+
+    description: str
+    exclude_from_mean: tuple[int, ...] = ()
+    labels: str | None = None
+
+
+@dataclass(frozen=True)
 class DatasetSpec:
     """What the package knows about a data set, in one place (as timm keeps a model's facts in its default_cfgs):
     its reader (classes, palette, splits), the metric protocols its results are reported under (the first is
@@ -29,19 +39,32 @@ class DatasetSpec:
     weights pretrained on it live with its pretrained tag (`mpinet_hub.models.MPINET_TAGS`)."""
 
     reader: type[SegmentationDataset]
-    protocols: tuple[str, ...]
+    protocols: dict[str, Protocol]
     synth: Callable[..., list[str]] | None = None
     preparable: bool = True
 
 
 DATASET_SPECS: dict[str, DatasetSpec] = {
-    "potsdam": DatasetSpec(Potsdam, ("potsdam-mmseg", "potsdam-geoseg"), synth_potsdam, preparable=False),
-    "loveda": DatasetSpec(LoveDA, ("loveda",), synth_loveda),
-    "uavid": DatasetSpec(UAVid, ("uavid",), synth_uavid),
-    "folder": DatasetSpec(LabeledFolder, ("folder",)),
+    "potsdam": DatasetSpec(Potsdam, {
+        "potsdam-mmseg": Protocol("all 6 classes in the means, noBoundary labels", labels="noBoundary"),
+        "potsdam-geoseg": Protocol("means over the 5 classes without clutter, OA over all, noBoundary labels",
+                                   exclude_from_mean=(5,), labels="noBoundary")}, synth_potsdam, preparable=False),
+    "loveda": DatasetSpec(LoveDA, {"loveda": Protocol("7 classes")}, synth_loveda),
+    "uavid": DatasetSpec(UAVid, {"uavid": Protocol("8 classes")}, synth_uavid),
+    "folder": DatasetSpec(LabeledFolder, {"folder": Protocol("every class of classes.yaml")}),
 }
 # name -> reader, for the code that needs only that
 DATASETS = {name: spec.reader for name, spec in DATASET_SPECS.items()}
+# protocol name -> protocol, over every data set (`protocol_of` finds its data set)
+PROTOCOLS = {name: p for spec in DATASET_SPECS.values() for name, p in spec.protocols.items()}
+
+
+def protocol_of(name: str) -> tuple[DatasetSpec, Protocol]:
+    """The data set a metric protocol belongs to, and the protocol."""
+    for spec in DATASET_SPECS.values():
+        if name in spec.protocols:
+            return spec, spec.protocols[name]
+    raise ValueError(f"unknown protocol {name!r}; choose one of {', '.join(PROTOCOLS)}")
 
 
 def labeled_splits(name: str, root: str | Path) -> tuple[str, ...]:
@@ -76,6 +99,8 @@ __all__ = [
     "IGNORE_INDEX",
     "LabeledFolder",
     "POTSDAM_SPLITS",
+    "PROTOCOLS",
+    "Protocol",
     "DataError",
     "LoveDA",
     "Potsdam",
@@ -95,6 +120,7 @@ __all__ = [
     "labeled_splits",
     "open_dataset",
     "pretraining_images",
+    "protocol_of",
     "raster_info",
     "read_classes",
     "read_window",

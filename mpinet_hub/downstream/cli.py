@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..data import DATA_ROOT_HELP, DATASETS
-from ..metrics import PROTOCOLS
+from ..data import DATA_ROOT_HELP, DATASETS, PROTOCOLS
 from ..settings import add_settings_arguments, settings_from_args
 from ..training import PRECISIONS, resolve_device
 from ..training.run_folder import add_run_folder_arguments

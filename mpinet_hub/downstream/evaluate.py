@@ -1,4 +1,4 @@
-"""Whole-tile evaluation by a named metric protocol (metrics.PROTOCOLS), with sliding-window inference.
+"""Whole-tile evaluation by a named metric protocol (data.DatasetSpec.protocols), with sliding-window inference.
 
 Writes OUT/metrics.json (protocol, split, checkpoint, ignored pixels, per-class IoU/F1/precision/recall,
 means, confusion matrix), OUT/confusion.png and a few OUT/previews/*.png, and returns the metrics dict.
@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 from ..atomic import write_text_atomic
-from ..data import DATASET_SPECS, Window, evaluation_split, open_dataset
+from ..data import DATASET_SPECS, PROTOCOLS, Window, evaluation_split, open_dataset, protocol_of
 from ..data.base import Scene
-from ..metrics import PROTOCOLS, SegmentationMetrics
+from ..metrics import SegmentationMetrics
 from ..progress import progress
 from ..training import resolve_device
 from .inference import SlidingWindow
@@ -35,10 +35,9 @@ def write_json(obj: Any, path: Path) -> Path:
 
 
 def _protocol_for(dataset: str, protocol: str | None) -> str:
-    allowed = DATASET_SPECS[dataset].protocols
+    allowed = list(DATASET_SPECS[dataset].protocols)
     protocol = protocol or allowed[0]
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+    protocol_of(protocol)  # an unknown one is named as such
     if protocol not in allowed:
         raise ValueError(f"protocol {protocol} is not one of {dataset}'s ({', '.join(allowed)})")
     return protocol
@@ -78,7 +77,8 @@ def evaluate_model(
     split = split or evaluation_split(dataset, data_root)
     model_dir = Path(info.provenance.get("model_dir", out))
     protocol = _protocol_for(dataset, protocol)
-    kwargs = {"labels": PROTOCOLS[protocol]["labels"]} if "labels" in PROTOCOLS[protocol] else {}
+    labels = PROTOCOLS[protocol].labels
+    kwargs = {"labels": labels} if labels else {}
     ds = open_dataset(dataset, data_root, split, bands=bands or info.bands, value_max=info.value_max, **kwargs)
     if not ds.has_labels:
         labeled = ", ".join(ds.labeled_splits)
@@ -139,7 +139,7 @@ def evaluate_model(
     result = metrics.compute()
     result.update(not_finite_pixels=not_finite,
         dataset=dataset, split=split, checkpoint=str(model_dir), scenes=len(ds.scenes), ignored_pixels=ignored,
-        protocol_description=PROTOCOLS[protocol]["description"], window=window, overlap=sw.overlap,
+        protocol_description=PROTOCOLS[protocol].description, window=window, overlap=sw.overlap,
         f1_definition="2PR/(P+R), mmseg parity" if f1_from_precision_recall else "2TP/(2TP+FP+FN)",
         encoder=info.provenance.get("encoder"), decoder=info.provenance.get("decoder"),
         label_fraction=info.provenance.get("labeled_fraction", info.provenance.get("label_fraction")),

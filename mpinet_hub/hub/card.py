@@ -13,6 +13,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from ..data import DATASETS
 from ..models import MPINET_TAGS
 
 __all__ = ["MODEL_INFO_FILE", "card_front_matter", "eval_results", "metrics_markdown", "render_card",
@@ -151,8 +152,8 @@ def render_card(tag: str, **fields: Any) -> str:
             std=json.dumps([round(float(v), 4) for v in fields["std"]]), crop=fields["crop"],
             recipe=fields["recipe"], run_description=fields["run_description"], metrics=metrics_markdown(results),
             data_name=facts["data_name"], data_description=facts["data_description"], data_licence=facts["licence"],
-            data_citation=facts["citation"], num_classes=facts["num_classes"], method_description=method_description,
-            method_citation=method_citation)
+            data_citation=facts["citation"], num_classes=len(DATASETS[tag].classes),
+            method_description=method_description, method_citation=method_citation)
     return str(card)
 
 

@@ -65,7 +65,7 @@ RGB_STD = (0.229, 0.224, 0.225)
 MPINET_TAGS: dict[str, dict[str, Any]] = {
     "potsdam": dict(
         dataset="ISPRS Potsdam (24 training tiles, 256x256 patches, labels unused)",
-        data_name="ISPRS Potsdam", num_classes=6,
+        data_name="ISPRS Potsdam",
         data_description="ISPRS 2D Semantic Labeling Contest, Potsdam: 24 training tiles of 6000x6000 px at 5 cm "
                          "GSD (the release recipe cuts them into 256x256 patches; labels unused).",
         band_names=("R", "G", "B"),
@@ -78,7 +78,7 @@ MPINET_TAGS: dict[str, dict[str, Any]] = {
     ),
     "loveda": dict(
         dataset="LoveDA (Train split, urban + rural, labels unused)",
-        data_name="LoveDA", num_classes=7,
+        data_name="LoveDA",
         data_description="LoveDA (Wang et al., NeurIPS 2021 Datasets and Benchmarks): the Train split, urban and "
                          "rural scenes of 1024x1024 px at 0.3 m GSD (masks unused).",
         band_names=("R", "G", "B"),
@@ -89,7 +89,7 @@ MPINET_TAGS: dict[str, dict[str, Any]] = {
     ),
     "uavid": dict(
         dataset="UAVid v1.5 (train split, labels unused)",
-        data_name="UAVid", num_classes=8,
+        data_name="UAVid",
         data_description="UAVid v1.5 (Lyu et al., ISPRS J. 2020): the 200 frames of `uavid_train` (oblique UAV "
                          "video, 3840x2160 or 4096x2160 px; labels unused).",
         band_names=("R", "G", "B"),
