@@ -114,8 +114,8 @@ def test_sliding_window_equals_whole_image_when_the_window_covers_it(finetuned):
     tuner, _ = finetuned
     model = tuner.model.eval()
     image = torch.rand(3, 64, 96)
-    sw = SlidingWindow(model, tuner.mean, tuner.std, window=128, overlap=32, batch_size=2)
-    mean, std = torch.tensor(tuner.mean).view(1, 3, 1, 1), torch.tensor(tuner.std).view(1, 3, 1, 1)
+    sw = SlidingWindow(model, tuner.info.mean, tuner.info.std, window=128, overlap=32, batch_size=2)
+    mean, std = torch.tensor(tuner.info.mean).view(1, 3, 1, 1), torch.tensor(tuner.info.std).view(1, 3, 1, 1)
     with torch.no_grad():
         whole = model((image[None] - mean) / std)[0]
     assert torch.allclose(sw.predict_image(image), whole, atol=1e-5)
@@ -124,7 +124,7 @@ def test_sliding_window_equals_whole_image_when_the_window_covers_it(finetuned):
     with torch.no_grad():
         ref = pixelwise((image[None] - mean) / std)[0]
     for window, overlap, batch in ((32, 8, 1), (48, 16, 3), (40, 0, 4)):
-        sw = SlidingWindow(pixelwise, tuner.mean, tuner.std, window=window, overlap=overlap, batch_size=batch,
+        sw = SlidingWindow(pixelwise, tuner.info.mean, tuner.info.std, window=window, overlap=overlap, batch_size=batch,
                            pad_multiple=1)
         assert torch.allclose(sw.predict_image(image), ref, atol=1e-5)
 

@@ -400,3 +400,32 @@ def test_a_registered_run_kind_is_an_mpinet_subcommand_that_computes_on_a_device
     finally:
         training.RUN_KINDS.clear()
         training.RUN_KINDS.update(before)
+
+
+def test_every_run_kind_normalises_its_images_with_the_mean_and_std_it_records(tree_folder, tmp_path):
+    """One normalisation for every kind (`StepLoop.use_normalisation`): the step's input is (x - mean) / std with
+    the values the run's artifacts record (the pretraining checkpoint's norm, the fine-tuned model's and the probe's
+    info), not a second copy that could drift from them."""
+    from mpinet_hub.downstream.finetune import Finetuner
+    from mpinet_hub.downstream.probe import ProbeConfig, Prober
+    from mpinet_hub.pretrain.trainer import Trainer
+
+    mean, std = [0.3, 0.4, 0.5], [0.2, 0.25, 0.3]
+    common = dict(dataset="folder", device="cpu", mean=mean, std=std, seed=0)
+    runs = {
+        "pretrain": Trainer(PretrainConfig.from_sources(None, data_root=[str(tree_folder)], arch="mpinet_resnet18",
+                                                        out=str(tmp_path / "pre"), steps=1, batch_size=2, patch=32,
+                                                        crop=32, queue_size=8, workers=0, **common)),
+        "finetune": Finetuner(FinetuneConfig.from_sources(None, data_root=str(tree_folder), out=str(tmp_path / "ft"),
+                                                          patch=32, crop=32, batch_size=2, steps=1, **common)),
+        "probe": Prober(ProbeConfig(encoder="random", data_root=str(tree_folder), out=str(tmp_path / "probe"),
+                                    patch=32, batch_size=2, steps=1, **common)),
+    }
+    images = torch.rand(2, 3, 8, 8)
+    expected = (images - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
+    recorded = {"pretrain": lambda r: (r.norm["mean"], r.norm["std"]),
+                "finetune": lambda r: (r.info.mean, r.info.std), "probe": lambda r: r.mean_std}
+    for kind, run in runs.items():
+        assert torch.allclose(run.normalise(images), expected), kind
+        assert [list(v) for v in recorded[kind](run)] == [mean, std], kind
+        run.lock.abandon()

@@ -21,7 +21,6 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from ..data import DATA_ROOT_HELP, DATASETS, IGNORE_INDEX, VALUE_MAX_HELP, open_dataset
@@ -138,22 +137,19 @@ class Finetuner(StepLoop):
                 f"encoder {cfg.encoder} takes {encoder.in_chans} band(s) but {cfg.dataset} with bands="
                 f"{getattr(self.dataset, 'bands', 'RGB')} gives {in_chans}: choose --bands to match the encoder, or "
                 "an encoder pretrained on these bands")
-        self.mean, self.std = normalisation(cfg.mean, cfg.std, in_chans, default=(encoder.mean, encoder.std))
+        self.use_normalisation(*normalisation(cfg.mean, cfg.std, in_chans, default=(encoder.mean, encoder.std)))
         torch.manual_seed(cfg.seed)  # the decoder's initialisation
         self.model = build_segmentation_model(encoder, cfg.decoder, self.dataset.num_classes)
         if self.world > 1 and self.device.type == "cuda":
             self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.model = self.model.to(self.device)
-        self.runner: torch.nn.Module = self.model
-        if self.world > 1:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.runner = DistributedDataParallel(self.model, device_ids=ids)
+        self.runner = self.wrap_ddp(self.model)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.use_precision(cfg.precision)
         self.batches = EpochBatches(len(self.subset), cfg.batch_size, cfg.seed, self.rank, self.world)
         self.total_steps, self.save_every, self.log_every = cfg.steps, cfg.save_every, cfg.log_every
         self.info = SegmentationModelInfo(
-            classes=list(self.dataset.classes), mean=list(self.mean), std=list(self.std),
+            classes=list(self.dataset.classes), mean=self.mean_std[0], std=self.mean_std[1],
             palette=[list(c) for c in self.dataset.palette] or None, bands=getattr(self.dataset, "bands", "RGB"),
             ignore_index=self.dataset.ignore_index, value_max=cfg.value_max,
             provenance={"dataset": cfg.dataset, "encoder": cfg.encoder, "decoder": cfg.decoder,
@@ -181,8 +177,6 @@ class Finetuner(StepLoop):
         cfg = self.cfg
         if self.is_main:
             self.write_subset()
-        self._mean = torch.tensor(self.mean, device=self.device).view(1, -1, 1, 1)
-        self._std = torch.tensor(self.std, device=self.device).view(1, -1, 1, 1)
         self.model.train()
         return DataLoader(LabeledBatches(self.dataset, self.subset, self.batches, cfg.crop,
                                          cfg.seed * self.world + self.rank, self.step, cfg.steps),
@@ -205,7 +199,7 @@ class Finetuner(StepLoop):
     # --- one step (training.StepLoop runs the loop)
     def compute(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
         images, masks = batch
-        images = (images.to(self.device, non_blocking=True) - self._mean) / self._std
+        images = self.normalise(images.to(self.device, non_blocking=True))
         masks = masks.to(self.device, non_blocking=True)
         # dropout draws, so a resumed run matches the uninterrupted one
         torch.manual_seed(self.cfg.seed * 999_983 + self.step * self.world + self.rank)

@@ -293,9 +293,8 @@ class Prober(StepLoop):
         self.split = cfg.split or evaluation_split(cfg.dataset, cfg.data_root)
         self.subset = labeled_subset(dataset, cfg.label_fraction, cfg.subset_seed)
         backbone = _backbone(cfg, encoder, dataset.num_bands).to(device)
-        self.mean_std = normalisation(cfg.mean, cfg.std, dataset.num_bands, default=(encoder.mean, encoder.std))
-        self.mean = torch.tensor(self.mean_std[0], device=device).view(1, -1, 1, 1)
-        self.std = torch.tensor(self.mean_std[1], device=device).view(1, -1, 1, 1)
+        self.use_normalisation(*normalisation(cfg.mean, cfg.std, dataset.num_bands,
+                                              default=(encoder.mean, encoder.std)))
         if cfg.reestimate_bn or cfg.encoder.startswith("random-bn"):  # statistics from training windows, no labels
             every = EpochBatches(len(dataset), cfg.batch_size, cfg.seed + 1)
             stats = LabeledBatches(dataset, list(range(len(dataset))), every, cfg.patch, cfg.seed, 0, cfg.bn_batches)
@@ -307,9 +306,6 @@ class Prober(StepLoop):
         self.total_steps, self.save_every, self.log_every = cfg.steps, cfg.save_every, 1
         if resume:
             self._resume()
-
-    def normalise(self, images: torch.Tensor) -> torch.Tensor:
-        return (images - self.mean) / self.std
 
     def head_state(self) -> dict[str, torch.Tensor]:
         return {k: v.contiguous() for k, v in self.probe.state_dict().items() if not k.startswith("backbone.")}
@@ -367,7 +363,7 @@ class Prober(StepLoop):
         metrics dict. The head is left in training mode."""
         cfg = self.cfg
         info = SegmentationModelInfo(
-            classes=list(self.dataset.classes), mean=list(self.mean_std[0]), std=list(self.mean_std[1]),
+            classes=list(self.dataset.classes), mean=self.mean_std[0], std=self.mean_std[1],
             palette=[list(c) for c in self.dataset.palette] or None, bands=getattr(self.dataset, "bands", None),
             value_max=cfg.value_max,
             provenance={"dataset": cfg.dataset, "encoder": cfg.encoder,

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from .. import training
@@ -108,9 +107,7 @@ class Trainer(StepLoop):
         self.images = build_pretraining_dataset(cfg)
         self.in_chans = self.images.num_bands
         check_step_fits(cfg, self.in_chans, self.device)
-        mean, std = normalisation(cfg.mean, cfg.std, self.in_chans, default=(RGB_MEAN, RGB_STD))
-        self.mean = torch.tensor(mean, device=self.device).view(1, -1, 1, 1)
-        self.std = torch.tensor(std, device=self.device).view(1, -1, 1, 1)
+        self.use_normalisation(*normalisation(cfg.mean, cfg.std, self.in_chans, default=(RGB_MEAN, RGB_STD)))
         self.batches = EpochBatches(len(self.images), cfg.batch_size, cfg.seed, self.rank, self.world)
         self.total_steps = cfg.steps or max(1, math.ceil((cfg.epochs or 1) * self.batches.per_epoch))
         self.warmup_steps = min(int(cfg.warmup_epochs * self.batches.per_epoch), self.total_steps // 2)
@@ -120,11 +117,9 @@ class Trainer(StepLoop):
             self.model.online = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model.online)
         if cfg.channels_last:  # faster on the CPU too: 0.87x the NCHW step time for mpinet (docs/benchmarks.md)
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.runner = self.model.online
-        if self.world > 1:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.runner = DistributedDataParallel(self.model.online, device_ids=ids)
-        self.norm = {"mean": list(mean), "std": list(std), "bands": self._band_names(), "value_max": cfg.value_max}
+        self.runner = self.wrap_ddp(self.model.online)
+        mean, std = self.mean_std
+        self.norm = {"mean": mean, "std": std, "bands": self._band_names(), "value_max": cfg.value_max}
         self.augment = PhotometricAugment(self.norm["bands"], cfg.crop, cfg.photometric, cfg.keep_colour)
         self.augment = self.augment.to(self.device)
         self.optimizer = self._optimizer()
@@ -192,8 +187,8 @@ class Trainer(StepLoop):
         torch.manual_seed(self.cfg.seed * 999_983 + self.step * (self.world + 1) + self.rank)  # kornia's draws
         views = make_two_views(images, self.cfg.crop, scale=tuple(self.cfg.crop_scale),
                                min_overlap=self.cfg.min_overlap, generator=gen)
-        views.view1 = (self.augment(views.view1) - self.mean) / self.std
-        views.view2 = (self.augment(views.view2) - self.mean) / self.std
+        views.view1 = self.normalise(self.augment(views.view1))
+        views.view2 = self.normalise(self.augment(views.view2))
         if self.cfg.channels_last:
             views.view1 = views.view1.contiguous(memory_format=torch.channels_last)
             views.view2 = views.view2.contiguous(memory_format=torch.channels_last)

@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from ..atomic import write_text_atomic
 from ..checkpoint import atomic_save, load_checkpoint
@@ -42,9 +44,10 @@ class StepLoop:
     """A run of settings `cfg` (a settings dataclass with `device` and `out`). The engine sets the process's
     `rank`, `world` and `is_main`, the `device`, `step` (0, or the step a resume continues from) and
     `checkpoint_path` (OUT/checkpoints/last.pt, named when a run stops on a non-finite loss); `use_precision` sets
-    `precision` and `scaler`. The subclass names its `kind` and `checkpoint_format`; its `_build` sets
-    `optimizer`, `total_steps`, `save_every` and `log_every`, and calls `use_precision`; its `state()` adds its
-    weights to `training_state()`; `make_loader`, `compute`, `checkpoint` and `finish` are its run."""
+    `precision` and `scaler`, `use_normalisation` the per-band `mean_std` that `normalise` applies. The subclass
+    names its `kind` and `checkpoint_format`; its `_build` sets `optimizer`, `total_steps`, `save_every` and
+    `log_every`, and calls `use_precision` (and `use_normalisation`, `wrap_ddp` where it needs them); its `state()`
+    adds its weights to `training_state()`; `make_loader`, `compute`, `checkpoint` and `finish` are its run."""
 
     distributed = True  # one process per GPU under torchrun (False: the kind runs in one process)
     kind: str  # how messages name a run of this kind ("fine-tuning")
@@ -75,6 +78,22 @@ class StepLoop:
         needs (disabled otherwise)."""
         self.precision = resolve_precision(precision, self.device, announce=self.is_main)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "16" and self.device.type == "cuda")
+
+    def use_normalisation(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        """The per-band (mean, std) the run's images are normalised with (`normalise`) and its artifacts record
+        (`mean_std`)."""
+        self.mean_std = (list(mean), list(std))
+        self._mean, self._std = (torch.tensor(v, device=self.device).view(1, -1, 1, 1) for v in self.mean_std)
+
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) on the run's device, normalised per band by `use_normalisation`'s values."""
+        return (images - self._mean) / self._std
+
+    def wrap_ddp(self, module: nn.Module) -> nn.Module:
+        """`module` as each step runs it: wrapped by DistributedDataParallel when the run has several processes."""
+        if self.world == 1:
+            return module
+        return DistributedDataParallel(module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
     def claim_then_build(self, out: Path, resume: bool, overwrite: bool) -> None:
         """Lock and claim the run folder `out` (the main process; `run_folder.claim_run_folder`: nothing of a folder
