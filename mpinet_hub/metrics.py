@@ -19,6 +19,7 @@ from .data import protocol_of
 
 __all__ = ["SegmentationMetrics"]
 
+
 class SegmentationMetrics:
     """Accumulate a confusion matrix over batches (any device), then compute mIoU, OA, mF1 in percent.
 

@@ -649,7 +649,7 @@ def test_a_new_data_set_declares_its_metric_protocols_with_it_and_they_score_it(
 
     spec = data.DatasetSpec(Roofs, {"roofs-only": data.Protocol("means over roof only", exclude_from_mean=(1,))})
     monkeypatch.setitem(data.DATASET_SPECS, "roofs", spec)
-    assert _protocol_for("roofs", None) == "roofs-only"
+    assert _protocol_for("roofs", None) == ("roofs-only", spec.protocols["roofs-only"])
     with pytest.raises(ValueError, match="not one of roofs's"):
         _protocol_for("roofs", "loveda")
     metrics = SegmentationMetrics.from_protocol("roofs-only")

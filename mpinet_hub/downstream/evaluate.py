@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..atomic import write_text_atomic
-from ..data import DATASET_SPECS, PROTOCOLS, Window, evaluation_split, open_dataset, protocol_of
+from ..data import DATASET_SPECS, Protocol, Window, evaluation_split, open_dataset, protocol_of
 from ..data.base import Scene
 from ..metrics import SegmentationMetrics
 from ..progress import progress
@@ -34,13 +34,14 @@ def write_json(obj: Any, path: Path) -> Path:
     return write_text_atomic(path, json.dumps(obj, indent=2))
 
 
-def _protocol_for(dataset: str, protocol: str | None) -> str:
-    allowed = list(DATASET_SPECS[dataset].protocols)
-    protocol = protocol or allowed[0]
-    protocol_of(protocol)  # an unknown one is named as such
-    if protocol not in allowed:
-        raise ValueError(f"protocol {protocol} is not one of {dataset}'s ({', '.join(allowed)})")
-    return protocol
+def _protocol_for(dataset: str, protocol: str | None) -> tuple[str, Protocol]:
+    """(name, protocol) of `dataset` to score by: `protocol`, or the data set's first."""
+    allowed = DATASET_SPECS[dataset].protocols
+    name = protocol or next(iter(allowed))
+    if name not in allowed:
+        protocol_of(name)  # an unknown protocol is named as such
+        raise ValueError(f"protocol {name} is not one of {dataset}'s ({', '.join(allowed)})")
+    return name, allowed[name]
 
 
 def evaluate(model_path: str | Path, dataset: str, data_root: str | Path, split: str | None = None,
@@ -76,9 +77,8 @@ def evaluate_model(
     """`evaluate` for a model in memory (a fine-tuned SMP model, or a probe) described by `info`."""
     split = split or evaluation_split(dataset, data_root)
     model_dir = Path(info.provenance.get("model_dir", out))
-    protocol = _protocol_for(dataset, protocol)
-    labels = PROTOCOLS[protocol].labels
-    kwargs = {"labels": labels} if labels else {}
+    protocol, rules = _protocol_for(dataset, protocol)
+    kwargs = {"labels": rules.labels} if rules.labels else {}
     ds = open_dataset(dataset, data_root, split, bands=bands or info.bands, value_max=info.value_max, **kwargs)
     if not ds.has_labels:
         labeled = ", ".join(ds.labeled_splits)
@@ -139,7 +139,7 @@ def evaluate_model(
     result = metrics.compute()
     result.update(not_finite_pixels=not_finite,
         dataset=dataset, split=split, checkpoint=str(model_dir), scenes=len(ds.scenes), ignored_pixels=ignored,
-        protocol_description=PROTOCOLS[protocol].description, window=window, overlap=sw.overlap,
+        protocol_description=rules.description, window=window, overlap=sw.overlap,
         f1_definition="2PR/(P+R), mmseg parity" if f1_from_precision_recall else "2TP/(2TP+FP+FN)",
         encoder=info.provenance.get("encoder"), decoder=info.provenance.get("decoder"),
         label_fraction=info.provenance.get("labeled_fraction", info.provenance.get("label_fraction")),
