@@ -33,7 +33,6 @@ from ..training import (
     EpochBatches,
     LabeledBatches,
     StepLoop,
-    normalisation,
     plot_losses,
     register_kind,
 )
@@ -137,7 +136,7 @@ class Finetuner(StepLoop):
                 f"encoder {cfg.encoder} takes {encoder.in_chans} band(s) but {cfg.dataset} with bands="
                 f"{getattr(self.dataset, 'bands', 'RGB')} gives {in_chans}: choose --bands to match the encoder, or "
                 "an encoder pretrained on these bands")
-        self.use_normalisation(*normalisation(cfg.mean, cfg.std, in_chans, default=(encoder.mean, encoder.std)))
+        self.use_normalisation(cfg.mean, cfg.std, in_chans, default=(encoder.mean, encoder.std))
         torch.manual_seed(cfg.seed)  # the decoder's initialisation
         self.model = build_segmentation_model(encoder, cfg.decoder, self.dataset.num_classes)
         if self.world > 1 and self.device.type == "cuda":

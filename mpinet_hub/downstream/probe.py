@@ -37,7 +37,6 @@ from ..training import (
     EpochBatches,
     LabeledBatches,
     StepLoop,
-    normalisation,
     plot_losses,
     register_kind,
 )
@@ -293,8 +292,7 @@ class Prober(StepLoop):
         self.split = cfg.split or evaluation_split(cfg.dataset, cfg.data_root)
         self.subset = labeled_subset(dataset, cfg.label_fraction, cfg.subset_seed)
         backbone = _backbone(cfg, encoder, dataset.num_bands).to(device)
-        self.use_normalisation(*normalisation(cfg.mean, cfg.std, dataset.num_bands,
-                                              default=(encoder.mean, encoder.std)))
+        self.use_normalisation(cfg.mean, cfg.std, dataset.num_bands, default=(encoder.mean, encoder.std))
         if cfg.reestimate_bn or cfg.encoder.startswith("random-bn"):  # statistics from training windows, no labels
             every = EpochBatches(len(dataset), cfg.batch_size, cfg.seed + 1)
             stats = LabeledBatches(dataset, list(range(len(dataset))), every, cfg.patch, cfg.seed, 0, cfg.bn_batches)

@@ -29,7 +29,6 @@ from ..training import (
     StepBatches,
     StepLoop,
     last_good_checkpoint_hint,
-    normalisation,
     plot_losses,
     prune_checkpoints,
     register_kind,
@@ -107,7 +106,7 @@ class Trainer(StepLoop):
         self.images = build_pretraining_dataset(cfg)
         self.in_chans = self.images.num_bands
         check_step_fits(cfg, self.in_chans, self.device)
-        self.use_normalisation(*normalisation(cfg.mean, cfg.std, self.in_chans, default=(RGB_MEAN, RGB_STD)))
+        self.use_normalisation(cfg.mean, cfg.std, self.in_chans, default=(RGB_MEAN, RGB_STD))
         self.batches = EpochBatches(len(self.images), cfg.batch_size, cfg.seed, self.rank, self.world)
         self.total_steps = cfg.steps or max(1, math.ceil((cfg.epochs or 1) * self.batches.per_epoch))
         self.warmup_steps = min(int(cfg.warmup_epochs * self.batches.per_epoch), self.total_steps // 2)

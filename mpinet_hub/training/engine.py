@@ -32,6 +32,7 @@ from ..atomic import write_text_atomic
 from ..checkpoint import atomic_save, load_checkpoint
 from ..progress import progress
 from ..settings import SettingsError, changed_settings
+from .batches import normalisation
 from .checks import check_finite, check_finite_state
 from .device import AUTOCAST_DTYPES, init_distributed, resolve_device, resolve_precision
 from .run_folder import RunLock, claim_run_folder
@@ -79,10 +80,11 @@ class StepLoop:
         self.precision = resolve_precision(precision, self.device, announce=self.is_main)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "16" and self.device.type == "cuda")
 
-    def use_normalisation(self, mean: Sequence[float], std: Sequence[float]) -> None:
+    def use_normalisation(self, mean: Sequence[float] | None, std: Sequence[float] | None, bands: int,
+                          default: tuple[Sequence[float], Sequence[float]] | None = None) -> None:
         """The per-band (mean, std) the run's images are normalised with (`normalise`) and its artifacts record
-        (`mean_std`)."""
-        self.mean_std = (list(mean), list(std))
+        (`mean_std`): the given ones, else `default` (`batches.normalisation`: one value per band or an error)."""
+        self.mean_std = normalisation(mean, std, bands, default)
         self._mean, self._std = (torch.tensor(v, device=self.device).view(1, -1, 1, 1) for v in self.mean_std)
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
