@@ -1,11 +1,14 @@
 """Shared fixtures. The Hugging Face environment is set before anything imports huggingface_hub
 (it reads HF_HOME and HF_HUB_OFFLINE once, at import), so every test runs offline against a cache
-that the tests fill themselves."""
+that the tests fill themselves; that cache (about 130 MB) is removed when the session ends."""
 
+import atexit
 import os
+import shutil
 import tempfile
 
 _HF_HOME = tempfile.mkdtemp(prefix="mpinet-hf-home-")
+atexit.register(shutil.rmtree, _HF_HOME, ignore_errors=True)
 os.environ["HF_HOME"] = _HF_HOME
 os.environ.pop("HF_HUB_CACHE", None)
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -26,6 +29,19 @@ import mpinet_hub  # noqa: E402,F401
 from mpinet_hub.hub import export_weights, install_to_hf_cache  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# The suite's temp files (checkpoints, exports, the HF cache) peak at about 1.4 GB (docs/benchmarks.md); on a fuller
+# disk the tests fail midway, each with an ENOSPC deep in pytest's or ruff's own temp handling.
+_TEMP_NEEDED_BYTES = 1_500_000_000
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    temp = tempfile.gettempdir()
+    free = shutil.disk_usage(temp).free
+    if free < _TEMP_NEEDED_BYTES:
+        pytest.exit(f"the tests write up to about {_TEMP_NEEDED_BYTES / 1e9:.1f} GB under {temp}, which has "
+                    f"{free / 1e9:.2f} GB free: free some space there, or point TMPDIR at a folder on a larger disk",
+                    returncode=pytest.ExitCode.USAGE_ERROR)
 
 
 @pytest.fixture(scope="session")
