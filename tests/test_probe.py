@@ -237,3 +237,28 @@ def test_the_training_head_folds_batchnorm_into_the_convolution_with_the_same_lo
     torch.testing.assert_close(stats[0], probe.norm.running_mean, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(stats[1], probe.norm.running_var, rtol=1e-4, atol=1e-6)
     assert int(stats[2]) == int(probe.norm.num_batches_tracked) == 1
+
+
+def test_an_encoder_of_other_bands_than_the_data_is_refused_alike_by_probe_and_finetune(
+        identity_encoder, tmp_path, capsys):
+    """Both said the band counts, in two wordings; only fine-tuning said the fix, and for folder data it named
+    `bands=RGB` and `--bands`, which such data does not take."""
+    root = tmp_path / "gray"
+    (root).mkdir()
+    (root / "classes.yaml").write_text(yaml.safe_dump({"names": ["ground", "roof"]}))
+    mask = np.kron(np.eye(4, dtype=np.uint8), np.ones((32, 32), np.uint8))
+    for kind, array in (("images", mask * 150 + 40), ("masks", mask)):
+        (root / "train" / kind).mkdir(parents=True)
+        for n in range(2):
+            Image.fromarray(array).save(root / "train" / kind / f"tile{n}.png")
+    said = {}
+    for command, encoder, crop in (("probe", [str(identity_encoder)], []),
+                                   ("finetune", ["--encoder", str(identity_encoder)], ["--crop", "64"])):
+        out = tmp_path / command
+        assert main([command, *encoder, "--dataset", "folder", "--data-root", str(root), "--out", str(out),
+                     "--steps", "1", "--patch", "64", *crop, "--device", "cpu"]) == 1
+        said[command] = capsys.readouterr().err.strip().split(": error: ", 1)[1]
+        assert not out.exists()
+    assert said["probe"] == said["finetune"] == (
+        f"encoder {identity_encoder} takes 3 band(s) but folder, read with its files' own bands, gives 1: "
+        "pass an encoder pretrained on 1-band images (mpinet pretrain on them gives one)")

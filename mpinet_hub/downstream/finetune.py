@@ -130,13 +130,7 @@ class Finetuner(StepLoop):
         self.subset = labeled_subset(self.dataset, cfg.label_fraction, cfg.subset_seed)
         if cfg.epochs:  # --batch-size is per process
             cfg.steps = max(1, math.ceil(cfg.epochs * math.ceil(len(self.subset) / (cfg.batch_size * self.world))))
-        in_chans = self.dataset.num_bands
-        if encoder.in_chans != in_chans:
-            raise ValueError(
-                f"encoder {cfg.encoder} takes {encoder.in_chans} band(s) but {cfg.dataset} with bands="
-                f"{getattr(self.dataset, 'bands', 'RGB')} gives {in_chans}: choose --bands to match the encoder, or "
-                "an encoder pretrained on these bands")
-        self.use_normalisation(cfg.mean, cfg.std, in_chans, default=(encoder.mean, encoder.std))
+        self.use_normalisation(cfg.mean, cfg.std, self.dataset.num_bands, default=(encoder.mean, encoder.std))
         torch.manual_seed(cfg.seed)  # the decoder's initialisation
         self.model = build_segmentation_model(encoder, cfg.decoder, self.dataset.num_classes)
         if self.world > 1 and self.device.type == "cuda":

@@ -105,9 +105,17 @@ def labeled_train_split_for(open_train: Callable[[float | None], Any], value_max
                             load: Callable[[int], EncoderSpec], dataset: str) -> tuple[Any, EncoderSpec, float | None]:
     """(labeled train split, encoder, value_max) of a run that trains on an encoder: `load(bands)` loads it for
     the split `open_train(value_max)` gives; without a value_max of the run's own, the scale the weights were
-    trained at (the encoder's) is used and the split read again at it."""
+    trained at (the encoder's) is used and the split read again at it. An encoder of other bands is refused."""
     split = open_train(value_max)
     encoder = load(split.num_bands)
+    if encoder.in_chans != split.num_bands:
+        if split.band_products:
+            read, fix = f"with --bands {split.bands}", "choose --bands to match the encoder, or pass an encoder"
+        else:
+            read, fix = "read with its files' own bands", "pass an encoder"
+        raise ValueError(f"encoder {encoder.spec} takes {encoder.in_chans} band(s) but {dataset}, {read}, gives "
+                         f"{split.num_bands}: {fix} pretrained on {split.num_bands}-band images (mpinet pretrain on "
+                         "them gives one)")
     if value_max is None and encoder.value_max is not None:
         value_max = encoder.value_max
         split = open_train(value_max)

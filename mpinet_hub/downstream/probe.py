@@ -199,8 +199,6 @@ def reestimate_batchnorm(backbone: nn.Module, batches: list[torch.Tensor]) -> No
 
 def _backbone(cfg: ProbeConfig, encoder: EncoderSpec, in_chans: int) -> nn.Module:
     """The encoder's timm backbone (random weights seeded by `cfg.seed` for random and random-bn)."""
-    if encoder.in_chans != in_chans:
-        raise ValueError(f"encoder {cfg.encoder} takes {encoder.in_chans} band(s) but {cfg.dataset} gives {in_chans}")
     torch.manual_seed(cfg.seed)  # random weights of `random`/`random-bn`
     backbone = feature_backbone(encoder.base_arch, in_chans)
     if encoder.state_dict is not None:
