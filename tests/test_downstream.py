@@ -703,3 +703,25 @@ def test_a_failed_preview_leaves_no_map_and_the_rerun_is_not_refused(finetuned, 
     assert not out.exists()
     (tmp_path / "out.preview.png").rmdir()
     assert main(args) == 0 and out.is_file() and (tmp_path / "out.preview.png").is_file()
+
+
+def test_an_encoder_pretrained_on_another_band_product_is_named_with_the_flag_that_reads_it(
+        tmp_path, potsdam_root, capsys):
+    """An encoder pretrained on Potsdam's IRRG, fine-tuned or probed on Potsdam without --bands, was fed RGB (the
+    same count, three bands) without a word: its first filter met red where it had learned infrared."""
+    pre = tmp_path / "pre-irrg"
+    assert main(["pretrain", "--dataset", "potsdam", "--data-root", str(potsdam_root), "--bands", "IRRG", "--method",
+                 "mocov2", "--arch", "mpinet_resnet18", "--patch", "48", "--crop", "32", "--batch-size", "4",
+                 "--steps", "1", "--queue-size", "16", "--warmup-epochs", "0", "--workers", "0", "--out", str(pre),
+                 "--device", "cpu"]) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    common = ["--dataset", "potsdam", "--data-root", str(potsdam_root), "--steps", "1", "--patch", "64",
+              "--device", "cpu"]
+    warning = (f"warning: encoder {pre} was pretrained on bands IR, R, G, but potsdam is read as R, G, B here: "
+               "pass --bands IRRG to read the bands it learned")
+    for bands, warned in ((), True), (("--bands", "IRRG"), False):
+        for name, command in (("finetune", ["finetune", "--encoder", str(pre), "--crop", "64", "--batch-size", "2"]),
+                              ("probe", ["probe", str(pre), "--batch-size", "2", "--window", "64"])):
+            out = tmp_path / f"{name}{'-'.join(bands)}"
+            assert main([*command, *common, *bands, "--out", str(out)]) == 0
+            assert (warning in capsys.readouterr().err) == warned, (name, bands)

@@ -500,3 +500,28 @@ def test_a_study_made_with_its_cell_settings_flat_is_resumed_not_refused(tmp_pat
     (out / "study.json").write_text(json.dumps(record | {"settings": flat}))
     with pytest.raises(SettingsError, match="probe.steps 5 -> 6"):
         run_study(_settings(tree_folder, out, methods=[], seeds=[0], probe=dict(steps=6)))
+
+
+def test_a_potsdam_study_reads_its_band_product_in_every_cell(tmp_path, capsys):
+    """`--bands` reached the pretraining cells only: probes and fine-tuning read RGB, so an IRRG study scored IRRG
+    encoders on RGB images without a word, and an RGBIR one stopped at `4-band input: give --mean and --std` (the
+    band statistics were computed on RGB)."""
+    from mpinet_hub.data.synth import synth_dataset
+
+    synth_dataset("potsdam", tmp_path / "data", tiles=6, size=128)
+    out = tmp_path / "s"
+    assert main(["study", "--dataset", "potsdam", "--data-root", str(tmp_path / "data"), "--out", str(out),
+                 "--bands", "RGBIR", "--methods", "mocov2", "--controls", "random", "--seeds", "0", "--fractions", "1",
+                 "--pretrain", "steps=2", "batch_size=4", "patch=48", "crop=32", "queue_size=16", "--label-patch",
+                 "32", "--probe", "steps=5", "window=64", "--finetune", "steps=2", "batch_size=2", "--evaluations",
+                 "probe", "finetune", "--split", "test", "--device", "cpu"]) == 0, capsys.readouterr().err
+    saved = json.loads((out / "study.json").read_text())["settings"]
+    assert len(saved["mean"]) == len(saved["std"]) == 4
+    configs = [out / "probe-test" / "mocov2" / "f1-s0-sub0" / "config.yaml",
+               out / "finetune-test" / "random" / "f1-s0-sub0" / "run" / "config.yaml"]
+    for config in configs:
+        assert yaml.safe_load(config.read_text())["bands"] == "RGBIR", config
+        patches = json.loads((config.parent / "labeled_patches.json").read_text())
+        assert patches["bands"] == "RGBIR", config
+    said = (out / "results-test.md").read_text()
+    assert said.startswith("# Does pretraining pay? potsdam RGBIR (") and "--dataset potsdam --bands RGBIR " in said

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .base import DATA_ROOT_HELP, VALUE_MAX_HELP, Scene, SegmentationDataset, to_unit_float
+from .base import BANDS_HELP, DATA_ROOT_HELP, VALUE_MAX_HELP, Scene, SegmentationDataset, to_unit_float
 from .folder import LabeledFolder, read_classes
 from .labels import IGNORE_INDEX, decode_colour_label, decode_value_label, encode_colour_label
 from .loveda import LoveDA
@@ -108,6 +108,7 @@ __all__ = [
     "SegmentationDataset",
     "UAVid",
     "UnlabeledImages",
+    "BANDS_HELP",
     "DATA_ROOT_HELP",
     "VALUE_MAX_HELP",
     "Window",

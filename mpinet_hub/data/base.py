@@ -23,6 +23,10 @@ VALUE_MAX_HELP = ("the pixel value read as 1.0, e.g. 4095 for 12-bit data in a u
                   "maximum, 255 or 65535; float files as they are)")
 
 
+BANDS_HELP = ("Potsdam's band product: RGB, IRRG or RGBIR, optionally +DSM; none given: RGB (other data sets are read "
+              "as their files are)")
+
+
 DATA_ROOT_HELP = ("the data set's root: the folder its release archives unpack into, or for --dataset folder your "
                   "labeled folder (ROOT/classes.yaml; ROOT/train|val|test/images/NAME.* with ROOT/SPLIT/masks/NAME.*)")
 

@@ -23,7 +23,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from ..data import DATA_ROOT_HELP, DATASETS, IGNORE_INDEX, VALUE_MAX_HELP, open_dataset
+from ..data import BANDS_HELP, DATA_ROOT_HELP, DATASETS, IGNORE_INDEX, VALUE_MAX_HELP, open_dataset
 from ..data.labeled_subset import labeled_subset, write_labeled_patches
 from ..models import MPINET_ARCHS
 from ..pretrain.config import resolve_config
@@ -62,8 +62,7 @@ class FinetuneConfig:
                                     "least one patch; the share used is printed and carded)")
     out: str = setting("runs/finetune", may_change="how", help="run folder")
     arch: str = setting("mpinet_resnet18", choices=MPINET_ARCHS, help="architecture of random/imagenet encoders")
-    bands: str | None = setting(None, help="Potsdam's band product: RGB (default), IRRG, RGBIR, optionally +DSM "
-                                "(other data sets are read as their files are)")
+    bands: str | None = setting(None, help=BANDS_HELP)
     patch: int = setting(256, help="side of the labeled patches cut from the training tiles (the subset's unit)")
     crop: int = setting(256, help="side of the random training crop of a patch")
     batch_size: int = setting(16, help="per process")

@@ -11,6 +11,7 @@ works offline (SMP #957).
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -63,6 +64,7 @@ class EncoderSpec:
     std: tuple[float, ...]
     in_chans: int
     value_max: float | None = None  # the full-scale pixel value the weights were trained with (None: the file type's)
+    band_names: tuple[str, ...] | None = None  # the bands the weights were trained on, where recorded
 
 
 def load_encoder(spec: str, default_arch: str = "mpinet_resnet18", in_chans: int = 3) -> EncoderSpec:
@@ -73,6 +75,7 @@ def load_encoder(spec: str, default_arch: str = "mpinet_resnet18", in_chans: int
     """
     kind, _, rest = spec.partition(":")
     value_max = None  # only an export folder records it (a training checkpoint's is read with its weights)
+    band_names = None  # an export folder's, else the tag's (timm's config of a hf-hub: repo does not carry them)
     if kind in ("random", "imagenet") and ":" not in rest:
         arch = rest or default_arch
         base = MPINET_ARCHS[arch][0] if arch in MPINET_ARCHS else arch
@@ -89,7 +92,8 @@ def load_encoder(spec: str, default_arch: str = "mpinet_resnet18", in_chans: int
     elif Path(spec).is_dir():
         verify_weights_file(Path(spec) / "model.safetensors")
         model = timm.create_model(f"local-dir:{Path(spec).resolve()}", pretrained=True)
-        value_max = json.loads((Path(spec) / "config.json").read_text()).get("mpinet", {}).get("value_max")
+        recorded = json.loads((Path(spec) / "config.json").read_text()).get("mpinet", {})
+        value_max, band_names = recorded.get("value_max"), recorded.get("band_names")
     else:
         import mpinet_hub  # noqa: F401  (registers the tags)
 
@@ -98,14 +102,18 @@ def load_encoder(spec: str, default_arch: str = "mpinet_resnet18", in_chans: int
     base = MPINET_ARCHS.get(cfg.get("architecture"), (cfg.get("architecture"),))[0]
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("fc.")}
     in_chans = model.conv1.in_channels
-    return EncoderSpec(spec, base, state, tuple(cfg["mean"]), tuple(cfg["std"]), in_chans, value_max)
+    band_names = band_names or cfg.get("band_names")
+    return EncoderSpec(spec, base, state, tuple(cfg["mean"]), tuple(cfg["std"]), in_chans, value_max,
+                       tuple(band_names) if band_names else None)
 
 
 def labeled_train_split_for(open_train: Callable[[float | None], Any], value_max: float | None,
                             load: Callable[[int], EncoderSpec], dataset: str) -> tuple[Any, EncoderSpec, float | None]:
     """(labeled train split, encoder, value_max) of a run that trains on an encoder: `load(bands)` loads it for
     the split `open_train(value_max)` gives; without a value_max of the run's own, the scale the weights were
-    trained at (the encoder's) is used and the split read again at it. An encoder of other bands is refused."""
+    trained at (the encoder's) is used and the split read again at it. An encoder of other bands is refused; one
+    pretrained on another of the data set's band products (Potsdam's IRRG read as RGB: the same count) is warned
+    of, with the flag that reads its bands (not refused: a cross-band fine-tuning may be meant)."""
     split = open_train(value_max)
     encoder = load(split.num_bands)
     if encoder.in_chans != split.num_bands:
@@ -116,6 +124,11 @@ def labeled_train_split_for(open_train: Callable[[float | None], Any], value_max
         raise ValueError(f"encoder {encoder.spec} takes {encoder.in_chans} band(s) but {dataset}, {read}, gives "
                          f"{split.num_bands}: {fix} pretrained on {split.num_bands}-band images (mpinet pretrain on "
                          "them gives one)")
+    learned = [p for p in split.band_products if split.product_band_names(p) == encoder.band_names]
+    if learned and split.band_names != encoder.band_names:
+        print(f"warning: encoder {encoder.spec} was pretrained on bands {', '.join(encoder.band_names)}, but "
+              f"{dataset} is read as {', '.join(split.band_names)} here: pass --bands {learned[0]} to read the bands "
+              "it learned", file=sys.stderr)
     if value_max is None and encoder.value_max is not None:
         value_max = encoder.value_max
         split = open_train(value_max)
@@ -144,7 +157,8 @@ def _encoder_from_checkpoint(spec: str, path: Path) -> EncoderSpec:
                          "weights or pass an export folder")
     norm = meta.get("norm") or {}
     mean, std = tuple(norm.get("mean") or RGB_MEAN), tuple(norm.get("std") or RGB_STD)
-    return EncoderSpec(spec, MPINET_ARCHS[meta["arch"]][0], state, mean, std, len(mean), norm.get("value_max"))
+    return EncoderSpec(spec, MPINET_ARCHS[meta["arch"]][0], state, mean, std, len(mean), norm.get("value_max"),
+                       tuple(norm["bands"]) if norm.get("bands") else None)
 
 
 def build_segmentation_model(

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 
 from .. import training
 from ..atomic import atomic_output
-from ..data import DATA_ROOT_HELP, DATASETS, IGNORE_INDEX, VALUE_MAX_HELP, evaluation_split, open_dataset
+from ..data import BANDS_HELP, DATA_ROOT_HELP, DATASETS, IGNORE_INDEX, VALUE_MAX_HELP, evaluation_split, open_dataset
 from ..data.labeled_subset import labeled_subset, write_labeled_patches
 from ..models import MPINET_ARCHS
 from ..pretrain.base import feature_backbone
@@ -63,6 +63,7 @@ class ProbeConfig:
     dataset: str = setting(choices=DATASETS, help="a named data set, or `folder` for your own labeled folders")
     data_root: str = setting(help=DATA_ROOT_HELP)
     out: str = setting(may_change="how", help="run folder")
+    bands: str | None = setting(None, was=None, help=BANDS_HELP)
     label_fraction: float = setting(0.01, help="fraction of the labeled training patches, e.g. 0.01 for 1%%")
     levels: list[str] = setting(list(LEVELS), choices=LEVELS, help="encoder levels upsampled to stride 4 and "
                                 "concatenated")
@@ -283,7 +284,7 @@ class Prober(StepLoop):
         cfg = self.cfg
         device = self.device
         dataset, encoder, cfg.value_max = labeled_train_split_for(
-            lambda value_max: open_dataset(cfg.dataset, cfg.data_root, "train", patch_size=cfg.patch,
+            lambda value_max: open_dataset(cfg.dataset, cfg.data_root, "train", bands=cfg.bands, patch_size=cfg.patch,
                                            value_max=value_max), cfg.value_max, lambda bands: _encoder(cfg, bands),
             cfg.dataset)
         self.dataset = dataset

@@ -38,7 +38,7 @@ import yaml
 
 from .. import training
 from ..atomic import write_text_atomic
-from ..data import DATA_ROOT_HELP, DATASETS, VALUE_MAX_HELP, labeled_splits, open_dataset
+from ..data import BANDS_HELP, DATA_ROOT_HELP, DATASETS, VALUE_MAX_HELP, labeled_splits, open_dataset
 from ..data.base import band_statistics
 from ..models import MPINET_ARCHS
 from ..pretrain.config import METHODS, PretrainConfig, refuse_preset_changes, resolve_config
@@ -135,8 +135,7 @@ class StudySettings:
             "those the study sets, e.g. steps=400 lr=0.06; keys not given keep the values shown). C5 of a 128 px "
             "view is 4x4 cells: smaller views leave the deep terms 1-4 values"))
     pretrain_config: str | None = setting(None, help="YAML or packaged recipe under the pretraining settings")
-    bands: str = setting("RGB", help="Potsdam's band product (RGB, IRRG, RGBIR); other data sets are read as their "
-                         "files are")
+    bands: str = setting("RGB", help=BANDS_HELP)
     value_max: float | None = setting(None, help=VALUE_MAX_HELP)
     mean: list[float] | None = setting(None, was=None, help="per-band normalisation of every cell (pretraining, "
                                        "probes, fine-tuning, controls); default: ImageNet's for RGB, for other band "
@@ -239,6 +238,13 @@ class StudySettings:
             raise SettingsError(f"--methods {entry}: {', '.join(own)} is set by the study for every cell")
         return method, overrides
 
+    @property
+    def cell_bands(self) -> str | None:
+        """`bands` as the probe and fine-tuning cells read the data: None for the reader's default (Potsdam's RGB)
+        and for a data set read with its files' own bands, as those cells recorded before they took --bands, so
+        that they stay reusable. Pretraining cells have always recorded the product itself."""
+        return self.bands if DATASETS[self.dataset].band_products and self.bands != "RGB" else None
+
     def _pretrain_values(self, method: str, seed: int, out: str) -> dict[str, Any]:
         if ":" in method:
             method, overrides = self.variant(method)
@@ -256,7 +262,7 @@ class StudySettings:
             dataset=self.dataset, data_root=self.data_root, encoder=encoder, out=out, label_fraction=fraction,
             patch=self.label_patch, crop=self.label_patch, seed=seed, subset_seed=subset_seed, device=self.device,
             save_every=self.finetune["steps"], arch=self.arch, value_max=self.value_max, mean=self.mean,
-            std=self.std), self.finetune))
+            std=self.std, bands=self.cell_bands), self.finetune))
 
 
 # each kind of cell: its settings class (what `--pretrain`, `--probe`, `--finetune` KEY=VALUE may name)
@@ -394,7 +400,7 @@ def _probe_cell(s: StudySettings, spec: str, fraction: float, seed: int, subset_
     return ProbeConfig(**_cell_values("probe", dict(
         encoder=spec, dataset=s.dataset, data_root=s.data_root, out=str(cell), label_fraction=fraction,
         patch=s.label_patch, seed=seed, subset_seed=subset_seed, split=s.split, arch=s.arch, device=s.device,
-        value_max=s.value_max, reestimate_bn=s.reestimate_bn, mean=s.mean, std=s.std), s.probe))
+        value_max=s.value_max, reestimate_bn=s.reestimate_bn, mean=s.mean, std=s.std, bands=s.cell_bands), s.probe))
 
 
 def _finetune_and_evaluate(cfg: FinetuneConfig, s: StudySettings, cell: Path) -> dict[str, Any]:
@@ -504,7 +510,7 @@ def _band_normalisation(s: StudySettings) -> None:
     matches its study.json), so that every cell, the controls too, reads the bands alike."""
     if s.mean and s.std:
         return
-    train = open_dataset(s.dataset, s.data_root, "train", value_max=s.value_max)  # whole scenes: any tile size
+    train = open_dataset(s.dataset, s.data_root, "train", s.cell_bands, value_max=s.value_max)  # whole scenes
     if train.num_bands == 3:
         return
     mean, std, _, _ = band_statistics(train, desc=f"{train.num_bands}-band statistics of the train split")
@@ -600,7 +606,10 @@ def study_markdown(results: dict[str, Any]) -> str:
                  "end, and choose no setting from it." if results["split"] == "test" else
                  "Scored on the val split; the test split was "
                  + (f"read on {', '.join(results['test_reads'])}." if results["test_reads"] else "never read."))
-    lines = [f"# Does pretraining pay? {s['dataset']} ({s['data_root']}), {results['metric']} (%)", "", test_note, "",
+    product = s.get("bands", "RGB")  # Potsdam's band product; other data sets are read as their files are
+    bands_flag = f" --bands {product}" if product != "RGB" else ""
+    lines = [f"# Does pretraining pay? {s['dataset']}{' ' + product if bands_flag else ''} ({s['data_root']}), "
+             f"{results['metric']} (%)", "", test_note, "",
              (f"Pretraining: {s['arch']}, {pre['steps']} steps x batch {pre['batch_size']}, {pre['crop']} px views "
               f"of {pre['patch']} px windows from the train split"
               + "".join(f" and {u}" for u in s.get("unlabeled", [])) + f", queue {pre['queue_size']}, lr {pre['lr']} "
@@ -632,7 +641,8 @@ def study_markdown(results: dict[str, Any]) -> str:
     lines += ["## Answer", "", *answer_lines(results), ""]
     if s["methods"]:
         lines += [f"Use a pretrained encoder: `mpinet finetune --encoder {s['out']}/pretrain/METHOD-sSEED --dataset "
-                  f"{s['dataset']} --data-root {s['data_root']} --out RUN`, then `mpinet predict RUN IMAGE`.", ""]
+                  f"{s['dataset']}{bands_flag} --data-root {s['data_root']} --out RUN`, then `mpinet predict RUN "
+                  "IMAGE`.", ""]
     if not results["verdicts"]:
         lines.append("No two encoders were scored at one label fraction: no pair to compare.")
     else:

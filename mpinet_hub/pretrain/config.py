@@ -10,7 +10,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ..data import DATASETS, VALUE_MAX_HELP
+from ..data import BANDS_HELP, DATASETS, VALUE_MAX_HELP
 from ..models import MPINET_ARCHS
 from ..settings import SettingsError, coerce_settings, read_yaml, setting
 from ..training import PRECISIONS
@@ -78,8 +78,7 @@ class SharedSettings:
                                    "then any more unlabeled imagery: files, folders, globs (with --dataset folder, any "
                                    "mix of labeled folders and imagery); an image of a labeled root's val or test "
                                    "split is refused")
-    bands: str = setting("RGB", help="Potsdam's band product: RGB, IRRG or RGBIR (other data sets are read as their "
-                         "files are)")
+    bands: str = setting("RGB", help=BANDS_HELP)
     patch: int = setting(256, help="side of the windows read from the images")
     crop: int = setting(256, help="side of each view")
     mean: list[float] | None = setting(None, help="per-band normalisation (default: the tag's; ImageNet for RGB)")
