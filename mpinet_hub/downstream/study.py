@@ -132,8 +132,9 @@ class StudySettings:
     pretrain: dict[str, Any] = setting(
         {"steps": 200, "batch_size": 32, "patch": 160, "crop": 128, "queue_size": 256, "lr": 0.03}, help=(
             "every pretraining cell's settings, over `mpinet pretrain`'s and the recipe's (any of its settings but "
-            "those the study sets, e.g. steps=400 lr=0.06; keys not given keep the values shown). C5 of a 128 px "
-            "view is 4x4 cells: smaller views leave the deep terms 1-4 values"))
+            "those the study sets, e.g. steps=400 lr=0.06; keys not given keep the values shown, and keep_last=1: "
+            "one periodic checkpoint a cell besides last.pt). C5 of a 128 px view is 4x4 cells: smaller views leave "
+            "the deep terms 1-4 values"))
     pretrain_config: str | None = setting(None, help="YAML or packaged recipe under the pretraining settings")
     bands: str = setting("RGB", help=BANDS_HELP)
     value_max: float | None = setting(None, help=VALUE_MAX_HELP)
@@ -253,7 +254,8 @@ class StudySettings:
             dataset=self.dataset, data_root=[self.data_root, *self.unlabeled], method=method, arch=self.arch,
             warmup_epochs=1, workers=self.workers, seed=seed, out=out, device=self.device,
             save_every=max(50, self.pretrain["steps"] // 4), value_max=self.value_max, mean=self.mean, std=self.std,
-            bands=self.bands if DATASETS[self.dataset].band_products else None), self.pretrain)
+            bands=self.bands if DATASETS[self.dataset].band_products else None),
+            {"keep_last": 1} | self.pretrain)  # the study reads last.pt only; --pretrain keep_last=N keeps more
 
     def finetune_cell_config(self, encoder: str, fraction: float, seed: int, subset_seed: int,
                              out: str) -> FinetuneConfig:
