@@ -535,3 +535,28 @@ def test_a_studys_pretraining_cells_keep_one_periodic_checkpoint_unless_told(tmp
              for s in (_settings(tmp_path, tmp_path / "s"),
                        _settings(tmp_path, tmp_path / "s", pretrain={"keep_last": 3}))]
     assert [cell.keep_last for cell in cells] == [1, 3]
+
+
+def test_a_study_that_fails_before_any_checkpoint_leaves_no_folder_and_the_corrected_rerun_runs(
+        tmp_path, tree_folder, capsys, monkeypatch):
+    """A study whose first pretraining cell was refused (images of 64 px, the default 160 px windows) left
+    study.json behind, so the corrected command was refused: `holds a study made with other settings`."""
+    from mpinet_hub.downstream import study
+
+    out = tmp_path / "s"
+    common = ["study", "--dataset", "folder", "--data-root", str(tree_folder), "--out", str(out), "--methods",
+              "mocov2", "--controls", "random", "--seeds", "0", "--fractions", "1", "--label-patch", "32",
+              "--probe", "steps=5", "window=64", "--device", "cpu", "--pretrain", "steps=2"]
+    assert main(common) != 0  # refused in the study's words: `mpinet pretrain --patch 64` is `--pretrain patch=64`
+    assert ("error: pretraining cell mocov2-s0: every image is smaller than the patch size 160 (patch); pass "
+            "--pretrain patch=64 or less (and crop no larger)") in capsys.readouterr().err and not out.exists()
+    # corrected; a failure once a checkpoint exists keeps the folder: the study resumes from it
+    corrected = [*common, "batch_size=4", "patch=48", "crop=32", "queue_size=16"]
+    with monkeypatch.context() as patched:
+        patched.setattr(study, "run_probe", lambda cfg: (_ for _ in ()).throw(ValueError("the probe failed")))
+        assert main(corrected) == 1 and "the probe failed" in capsys.readouterr().err
+    last = out / "pretrain" / "mocov2-s0" / "checkpoints" / "last.pt"
+    assert last.is_file()
+    made = last.stat().st_mtime_ns
+    assert main(corrected) == 0, capsys.readouterr().err
+    assert last.stat().st_mtime_ns == made  # the pretraining cell was reused, not run again

@@ -21,15 +21,17 @@ a verdict for each pair by `paired.paired_verdict`) and OUT/study-SPLIT-EVALUATI
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
 import glob
 import json
 import re
+import shutil
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -398,6 +400,28 @@ def _downstream_cell(s: StudySettings, evaluation: str, name: str, spec: str, fr
     return cell, metrics
 
 
+@contextlib.contextmanager
+def _in_study_words(cell: str) -> Iterator[None]:
+    """A pretraining cell's refusal as the study's user gives the settings: `mpinet pretrain`'s `--patch 64` is
+    `--pretrain patch=64` here, a flag named without a value its setting's name; the study's own flags (--out,
+    --bands, ...) stay as they are."""
+    own = {f.name for f in dataclasses.fields(StudySettings)}
+    cell_settings = {f.name for f in dataclasses.fields(PretrainConfig)} - own
+
+    def in_words(flag: re.Match[str]) -> str:
+        name = flag.group(1).replace("-", "_")
+        if name not in cell_settings:
+            return flag.group(0)
+        return f"--pretrain {name}={flag.group(2)}" if flag.group(2) else name
+
+    try:
+        yield
+    except ValueError as err:  # SettingsError and the data's refusals; the same exception, its words changed
+        if len(err.args) == 1 and isinstance(err.args[0], str):
+            err.args = (f"{cell}: " + re.sub(r"--([a-z][a-z-]*)(?: (\d[\d.]*)\b)?", in_words, err.args[0]),)
+        raise
+
+
 def _probe_cell(s: StudySettings, spec: str, fraction: float, seed: int, subset_seed: int, cell: Path) -> ProbeConfig:
     return ProbeConfig(**_cell_values("probe", dict(
         encoder=spec, dataset=s.dataset, data_root=s.data_root, out=str(cell), label_fraction=fraction,
@@ -445,8 +469,18 @@ def run_study(s: StudySettings) -> dict[str, Any]:
     s.validate()
     _band_normalisation(s)
     out = Path(s.out)
+    fresh = not out.exists() or not any(out.iterdir())
     out.mkdir(parents=True, exist_ok=True)
-    record = _claim(s, out)
+    try:
+        return _run_cells(s, out, _claim(s, out))
+    except BaseException:
+        # a refused first cell left study.json, and with it the corrected command refused as "other settings"
+        if fresh and not any(out.rglob("*.pt")):  # no checkpoint: nothing to resume from
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _run_cells(s: StudySettings, out: Path, record: dict[str, Any]) -> dict[str, Any]:
     timings = _Timings(out / "timings.json")
     specs: dict[str, list[str]] = {c: [c] * len(s.seeds) for c in s.controls}
     specs |= {name: [spec] * len(s.seeds) for name, spec in s.encoders.items()}
@@ -469,8 +503,9 @@ def run_study(s: StudySettings) -> dict[str, Any]:
     with progress(total=len(runs) + len(downstream), unit="cell", desc="study") as bar:
         for method, seed, run in runs:
             bar.set_postfix_str(f"pretrain {method} seed {seed}")
-            cfg = PretrainConfig.from_sources(s.pretrain_config, **s._pretrain_values(method, seed, str(run)))
-            _, seconds = pretrain_or_reuse(cfg)
+            with _in_study_words(f"pretraining cell {run.name}"):
+                cfg = PretrainConfig.from_sources(s.pretrain_config, **s._pretrain_values(method, seed, str(run)))
+                _, seconds = pretrain_or_reuse(cfg)
             if seconds is not None:
                 timings.record(run, seconds)
             specs.setdefault(method, []).append(str(run))
