@@ -25,7 +25,8 @@ from mpinet_hub.data.synth import synth_dataset
 from mpinet_hub.downstream.evaluate import evaluate
 from mpinet_hub.downstream.finetune import FinetuneConfig, Finetuner
 from mpinet_hub.downstream.inference import SlidingWindow
-from mpinet_hub.downstream.model import load_segmentation_model
+from mpinet_hub.downstream.model import load_encoder, load_segmentation_model
+from mpinet_hub.hub import export_weights, install_to_hf_cache
 from mpinet_hub.metrics import SegmentationMetrics
 
 from .conftest import REPO_ROOT
@@ -715,6 +716,12 @@ def test_an_encoder_pretrained_on_another_band_product_is_named_with_the_flag_th
                  "--steps", "1", "--queue-size", "16", "--warmup-epochs", "0", "--workers", "0", "--out", str(pre),
                  "--device", "cpu"]) == 0, capsys.readouterr().err
     capsys.readouterr()
+    # every encoder SPEC that records its bands is read with them: the run, its export, local-dir: and hf-hub:
+    export = tmp_path / "export-irrg"
+    export_weights(pre / "checkpoints" / "last.pt", export, "mpinet_resnet18", "potsdam")
+    install_to_hf_cache(export, "lab/irrg-encoder")
+    for spec in (str(pre), str(export), f"local-dir:{export}", "hf-hub:lab/irrg-encoder"):
+        assert load_encoder(spec).band_names == ("IR", "R", "G"), spec
     common = ["--dataset", "potsdam", "--data-root", str(potsdam_root), "--steps", "1", "--patch", "64",
               "--device", "cpu"]
     warning = (f"warning: encoder {pre} was pretrained on bands IR, R, G, but potsdam is read as R, G, B here: "

@@ -20,6 +20,7 @@ from typing import Any
 import segmentation_models_pytorch as smp
 import timm
 import torch
+from huggingface_hub import try_to_load_from_cache
 from safetensors import SafetensorError
 from segmentation_models_pytorch.base import SegmentationModel
 
@@ -74,8 +75,6 @@ def load_encoder(spec: str, default_arch: str = "mpinet_resnet18", in_chans: int
     keep the bands they were trained on.
     """
     kind, _, rest = spec.partition(":")
-    value_max = None  # only an export folder records it (a training checkpoint's is read with its weights)
-    band_names = None  # an export folder's, else the tag's (timm's config of a hf-hub: repo does not carry them)
     if kind in ("random", "imagenet") and ":" not in rest:
         arch = rest or default_arch
         base = MPINET_ARCHS[arch][0] if arch in MPINET_ARCHS else arch
@@ -92,8 +91,6 @@ def load_encoder(spec: str, default_arch: str = "mpinet_resnet18", in_chans: int
     elif Path(spec).is_dir():
         verify_weights_file(Path(spec) / "model.safetensors")
         model = timm.create_model(f"local-dir:{Path(spec).resolve()}", pretrained=True)
-        recorded = json.loads((Path(spec) / "config.json").read_text()).get("mpinet", {})
-        value_max, band_names = recorded.get("value_max"), recorded.get("band_names")
     else:
         import mpinet_hub  # noqa: F401  (registers the tags)
 
@@ -102,9 +99,25 @@ def load_encoder(spec: str, default_arch: str = "mpinet_resnet18", in_chans: int
     base = MPINET_ARCHS.get(cfg.get("architecture"), (cfg.get("architecture"),))[0]
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("fc.")}
     in_chans = model.conv1.in_channels
-    band_names = band_names or cfg.get("band_names")
-    return EncoderSpec(spec, base, state, tuple(cfg["mean"]), tuple(cfg["std"]), in_chans, value_max,
+    recorded = _export_record(spec)
+    band_names = recorded.get("band_names") or cfg.get("band_names")  # a tag's are in its timm config
+    return EncoderSpec(spec, base, state, tuple(cfg["mean"]), tuple(cfg["std"]), in_chans, recorded.get("value_max"),
                        tuple(band_names) if band_names else None)
+
+
+def _export_record(spec: str) -> dict[str, Any]:
+    """What an export's config.json records beside timm's config (`mpinet`: value_max, band_names), for an export
+    folder, `local-dir:PATH` or a `hf-hub:` repo in the local cache (timm fetched it; nothing is downloaded here).
+    A training checkpoint's are read with its weights; a tag's band names are in its timm config."""
+    if spec.startswith("hf-hub:"):
+        repo, _, revision = spec.removeprefix("hf-hub:").partition("@")
+        cached = try_to_load_from_cache(repo, "config.json", revision=revision or None)
+        config = Path(cached) if isinstance(cached, str) else None
+    else:
+        config = Path(spec.removeprefix("local-dir:")) / "config.json"
+    if config is None or not config.is_file():
+        return {}
+    return json.loads(config.read_text()).get("mpinet", {})
 
 
 def labeled_train_split_for(open_train: Callable[[float | None], Any], value_max: float | None,
